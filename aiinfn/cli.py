@@ -1,0 +1,115 @@
+"""The `aiinfn` command: render, check, gpus, report.
+
+Exit codes: 0 success; 1 policy violations or a failed check; 2 an invalid stack file (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+from .config.errors import ConfigError
+
+# name -> module holding add_arguments(parser) and run(args) -> int
+SUBCOMMANDS = {
+    "render": ("aiinfn.cli", "Render a stack offline: manifests, Helm values, OpenStack resources, summary."),
+    "check": ("aiinfn.cli", "Validate a stack's config and run the policy rules over its rendered resources."),
+    "gpus": ("aiinfn.gpus", "List this machine's NVIDIA GPUs (pynvml) and print the node-pool snippet."),
+    "report": ("aiinfn.accounting.report", "Print the accounting answers for a period."),
+}
+
+
+def _find_config_error(err: BaseException) -> ConfigError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, ConfigError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _render_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stack", help="a stack name in stacks/ or a path to a stack file")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stack", nargs="?", help="a stack name in stacks/ or a path to a stack file")
+    p.add_argument("--list-rules", action="store_true", help="print every rule: name, enforcement level, description")
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from .engine.output import write
+    from .engine.run import run_program
+
+    rendered = run_program(args.stack)
+    counts = write(rendered, args.out)
+    print(f"rendered {rendered.stack}: {counts['manifests']} Kubernetes objects, {counts['helm_releases']} Helm releases, "
+          f"{counts['openstack']} OpenStack resources -> {args.out}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from .checks import level_name
+
+    if args.list_rules:
+        from policies.rules import ALL_POLICIES
+
+        for policy in ALL_POLICIES:
+            print(f"{policy.name}\t{level_name(policy)}\t{policy.description}")
+        return 0
+    if not args.stack:
+        print("error: stack: give a stack name or path (or --list-rules)", file=sys.stderr)
+        return 2
+    from .checks import run_policies
+    from .engine.run import run_program
+
+    rendered = run_program(args.stack)
+    violations = run_policies(rendered)
+    for v in violations:
+        print(v.line())
+    blocking = [v for v in violations if v.level == "mandatory"]
+    print(f"{rendered.stack}: {len(rendered.resources)} resources checked, {len(blocking)} mandatory and "
+          f"{len(violations) - len(blocking)} advisory violations", file=sys.stderr)
+    return 1 if blocking else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiinfn", description="AI_INFN platform as code")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if module == __name__:
+            {"render": _render_args, "check": _check_args}[name](p)
+            p.set_defaults(handler={"render": run_render, "check": run_check}[name])
+        else:
+            p.set_defaults(module=module)
+            try:
+                importlib.import_module(module).add_arguments(p)
+            except ModuleNotFoundError:
+                pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            handler = importlib.import_module(args.module).run
+        return handler(args)
+    except Exception as err:  # noqa: BLE001 - bad input must never end in a traceback
+        cfg_err = _find_config_error(err)
+        if cfg_err is None:
+            raise
+        print(f"error: {cfg_err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""The typed site configuration: identity, OpenStack tenancy, node pools, cluster, IAM, projects.
+
+Layer sections (accelerators, storage, hub, batch, offload, monitoring) live in their own
+modules beside this one. Cross-field rules are checked in ``validate.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .accelerators import AcceleratorsConfig, MigLayout
+from .batch import BatchConfig
+from .errors import ConfigError
+from .hub import HubConfig
+from .monitoring import MonitoringConfig
+from .offload import OffloadConfig
+from .storage import StorageConfig
+
+SiteKind = Literal["production", "replica", "hackathon"]
+PoolRole = Literal["control", "cpu", "gpu", "storage"]
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def require_dns_label(value: str, path: str, max_len: int = 40) -> None:
+    if not DNS_LABEL.match(value) or len(value) > max_len:
+        raise ConfigError(path, f"{value!r} must be lower-case letters, digits and '-', at most {max_len} characters")
+
+
+def require_cidr(value: str, path: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as err:
+        raise ConfigError(path, f"{value!r} is not a valid network in CIDR form ({err})") from None
+
+
+@dataclass
+class SiteIdentity:
+    name: str
+    domain: str
+    kind: SiteKind
+    expires: str | None = None  # ISO date; required for hackathons
+    contact_email: str | None = None  # ACME registration and alerts
+
+    def __validate__(self, path: str) -> None:
+        require_dns_label(self.name, f"{path}.name", 30)
+        if not re.match(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,}$", self.domain):
+            raise ConfigError(f"{path}.domain", f"{self.domain!r} is not a DNS domain")
+        if self.expires is not None:
+            try:
+                dt.date.fromisoformat(self.expires)
+            except ValueError:
+                raise ConfigError(f"{path}.expires", f"{self.expires!r} is not a date (YYYY-MM-DD)") from None
+        if self.kind == "hackathon" and self.expires is None:
+            raise ConfigError(f"{path}.expires", "a hackathon stack must say when it expires (YYYY-MM-DD)")
+        if self.contact_email is not None and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", self.contact_email):
+            raise ConfigError(f"{path}.contactEmail", f"{self.contact_email!r} is not an e-mail address")
+
+    @property
+    def expiry_date(self) -> dt.date | None:
+        return dt.date.fromisoformat(self.expires) if self.expires else None
+
+
+@dataclass
+class OpenStackConfig:
+    cloud: str  # the clouds.yaml entry the provider uses
+    external_network: str
+    image: str  # boot image name (Ubuntu 24.04 with NVIDIA drivers left to the GPU operator)
+    public_key: str  # OpenSSH public key installed as the tenancy's keypair
+    admin_cidrs: list[str]
+    internal_cidr: str = "10.42.0.0/24"
+    dns_nameservers: list[str] = field(default_factory=lambda: ["131.154.1.1"])
+    availability_zone: str | None = None
+    volume_type: str | None = None
+
+    def __validate__(self, path: str) -> None:
+        if not self.admin_cidrs:
+            raise ConfigError(f"{path}.adminCidrs", "list at least one network from which operators reach SSH and the API")
+        for i, c in enumerate(self.admin_cidrs):
+            net = require_cidr(c, f"{path}.adminCidrs[{i}]")
+            if net.prefixlen == 0:
+                raise ConfigError(f"{path}.adminCidrs[{i}]", f"{c} opens SSH and the Kubernetes API to the whole internet")
+        internal = require_cidr(self.internal_cidr, f"{path}.internalCidr")
+        if internal.version != 4 or internal.prefixlen > 25:
+            raise ConfigError(f"{path}.internalCidr", f"{self.internal_cidr} must be an IPv4 network of /25 or larger")
+        if not re.match(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$", self.public_key):
+            raise ConfigError(f"{path}.publicKey", "is not an OpenSSH public key (ssh-ed25519 AAAA... comment)")
+
+
+@dataclass
+class Taint:
+    key: str
+    effect: TaintEffect
+    value: str = ""
+
+    def __validate__(self, path: str) -> None:
+        if not LABEL_KEY.match(self.key):
+            raise ConfigError(f"{path}.key", f"{self.key!r} is not a valid Kubernetes taint key")
+        if not LABEL_VALUE.match(self.value) or len(self.value) > 63:
+            raise ConfigError(f"{path}.value", f"{self.value!r} is not a valid Kubernetes taint value")
+
+    def render(self) -> str:
+        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+
+
+@dataclass
+class GpuSpec:
+    model: str  # catalogue key
+    count: int  # GPUs passed through to each VM of the pool
+    mig: MigLayout | None = None
+
+
+@dataclass
+class FpgaSpec:
+    model: str
+    count: int
+
+
+@dataclass
+class NodePool:
+    name: str
+    flavor: str
+    count: int
+    role: PoolRole
+    cpus: int  # vCPUs of the flavor: queue quotas and spawn options are computed from it
+    memory_gb: int
+    gpus: GpuSpec | None = None
+    fpgas: list[FpgaSpec] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[Taint] = field(default_factory=list)
+    boot_volume_gb: int = 100
+    scratch_gb: int = 0  # local NVMe exposed as scratch on this pool's nodes
+    data_volume_gb: int = 0  # persistent block volume (storage role: the NFS data)
+    reserved_for: str | None = None  # IAM group that alone may use this pool
+
+    def __validate__(self, path: str) -> None:
+        require_dns_label(self.name, f"{path}.name", 30)
+        for key, val, lo in (("count", self.count, 0), ("cpus", self.cpus, 1), ("memoryGb", self.memory_gb, 1),
+                             ("bootVolumeGb", self.boot_volume_gb, 20), ("scratchGb", self.scratch_gb, 0)):
+            if val < lo:
+                raise ConfigError(f"{path}.{key}", f"must be at least {lo}, got {val}")
+        if self.role == "storage" and self.data_volume_gb < 100:
+            raise ConfigError(f"{path}.dataVolumeGb", "the storage pool needs a data volume of at least 100 GB for NFS")
+        if self.role != "storage" and self.data_volume_gb:
+            raise ConfigError(f"{path}.dataVolumeGb", "only the storage pool carries the persistent data volume")
+        if self.gpus is not None and self.gpus.count < 1:
+            raise ConfigError(f"{path}.gpus.count", f"must be at least 1, got {self.gpus.count}")
+        for i, f in enumerate(self.fpgas):
+            if f.count < 1:
+                raise ConfigError(f"{path}.fpgas[{i}].count", f"must be at least 1, got {f.count}")
+        if self.role == "gpu" and self.gpus is None and not self.fpgas:
+            raise ConfigError(f"{path}.gpus", "a pool with role gpu must declare its GPUs or FPGAs")
+        if self.role in ("control", "storage") and (self.gpus is not None or self.fpgas):
+            raise ConfigError(f"{path}.role", f"a {self.role} pool cannot carry accelerators; use role gpu")
+        for k, v in self.labels.items():
+            if not LABEL_KEY.match(k):
+                raise ConfigError(f"{path}.labels.{k}", "is not a valid Kubernetes label key")
+            if not LABEL_VALUE.match(v) or len(v) > 63:
+                raise ConfigError(f"{path}.labels.{k}", f"{v!r} is not a valid Kubernetes label value")
+
+    def vm_names(self) -> list[str]:
+        """Stable names: growing a pool appends, shrinking drops the highest index."""
+        return [f"{self.name}-{i}" for i in range(self.count)]
+
+    @property
+    def gpus_total(self) -> int:
+        return self.count * (self.gpus.count if self.gpus else 0)
+
+
+@dataclass
+class ClusterConfig:
+    rke2_version: str = "v1.33.5+rke2r1"
+    existing: bool = False  # target an existing cluster through the aiinfn:kubeconfig secret
+    cluster_cidr: str = "10.44.0.0/16"
+    service_cidr: str = "10.45.0.0/16"
+    api_wait_seconds: int = 900
+
+    def __validate__(self, path: str) -> None:
+        if not re.match(r"^v1\.\d+\.\d+\+rke2r\d+$", self.rke2_version):
+            raise ConfigError(f"{path}.rke2Version", f"{self.rke2_version!r} is not a pinned RKE2 release (like v1.33.5+rke2r1)")
+        minor = int(self.rke2_version.split(".")[1])
+        if minor < 28:
+            raise ConfigError(f"{path}.rke2Version", "JupyterHub 5 and Kueue need Kubernetes 1.28 or newer")
+        require_cidr(self.cluster_cidr, f"{path}.clusterCidr")
+        require_cidr(self.service_cidr, f"{path}.serviceCidr")
+
+
+@dataclass
+class IamConfig:
+    issuer: str  # INDIGO IAM base URL, e.g. https://iam.cloud.infn.it/
+    client_id: str
+    user_groups: list[str]
+    admin_groups: list[str]
+
+    def __validate__(self, path: str) -> None:
+        if not re.match(r"^https://[^\s/]+(/[^\s]*)?$", self.issuer):
+            raise ConfigError(f"{path}.issuer", f"{self.issuer!r} must be an https URL")
+        if not self.user_groups:
+            raise ConfigError(f"{path}.userGroups", "list at least one IAM group allowed to log in")
+        if not self.admin_groups:
+            raise ConfigError(f"{path}.adminGroups", "list at least one IAM group of hub administrators")
+
+    @property
+    def issuer_url(self) -> str:
+        return self.issuer.rstrip("/")
+
+
+@dataclass
+class Project:
+    """A research activity: an IAM group, a shared folder, a batch namespace and queue."""
+
+    name: str
+    group: str
+    description: str = ""
+    storage_gb: int = 500
+
+    def __validate__(self, path: str) -> None:
+        require_dns_label(self.name, f"{path}.name", 40)
+
+
+@dataclass
+class SiteConfig:
+    site: SiteIdentity
+    iam: IamConfig
+    openstack: OpenStackConfig | None = None
+    pools: list[NodePool] = field(default_factory=list)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    projects: list[Project] = field(default_factory=list)
+    accelerators: AcceleratorsConfig = field(default_factory=AcceleratorsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+
+    @property
+    def is_protected(self) -> bool:
+        """Production and replica stacks keep their data: protect and retain stateful resources."""
+        return self.site.kind in ("production", "replica")
+
+    def pool(self, name: str) -> NodePool:
+        return next(p for p in self.pools if p.name == name)
+
+    def pools_by_role(self, role: str) -> list[NodePool]:
+        return [p for p in self.pools if p.role == role]
+
+    @property
+    def gpu_pools(self) -> list[NodePool]:
+        return [p for p in self.pools if p.gpus is not None and p.count > 0]

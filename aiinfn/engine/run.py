@@ -1,0 +1,92 @@
+"""Run the real program for one stack under the mock runtime and collect what it registers."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ConfigError, SiteConfig, site_config_from_data
+from . import stackfile
+from .mocks import Recorded, RecordingMocks, RecordingMonitor, is_secret
+
+PROJECT = "ai-infn-platform"
+SECRET_REDACTED = "<secret: derived from a Pulumi secret>"
+
+
+@dataclass
+class Rendered:
+    cfg: SiteConfig
+    stack: str
+    resources: list[Recorded]
+    summary: dict[str, list[str]] = field(default_factory=dict)
+    secrets_requested: dict[str, bool] = field(default_factory=dict)
+
+    def of_type(self, prefix: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type.startswith(prefix)]
+
+
+def load_config(stack: str, secret_values: dict[str, str] | None = None) -> tuple[stackfile.StackFile, SiteConfig]:
+    sf = stackfile.load(stack, secret_values)
+    return sf, site_config_from_data(sf.values)
+
+
+def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rendered:
+    """Validate the config, then run ``components.site.build_site`` exactly as ``pulumi up`` would."""
+    sf, cfg = load_config(stack, secret_values)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import pulumi
+    from pulumi.runtime import settings as pulumi_settings
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    from .. import secrets
+    from ..config import site_config_from_pulumi
+
+    mocks = RecordingMocks()
+    pulumi_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=sf.stack, preview=False, monitor=RecordingMonitor(mocks))
+    conf, secret_keys = stackfile.pulumi_config(sf)
+    pulumi.runtime.set_all_config(conf, secret_keys)
+    secrets.OFFLINE = True
+    secrets.REQUESTED.clear()
+    holder: dict[str, Any] = {}
+
+    def program() -> None:
+        from components.site import build_site
+
+        site_cfg = site_config_from_pulumi()
+        holder["site"] = build_site(site_cfg)
+
+    try:
+        pulumi_settings.SETTINGS.rpc_manager.clear()
+        pulumi_settings.SETTINGS.outputs.clear()
+        _sync_await(run_pulumi_func(program))
+    except ConfigError:
+        raise
+    finally:
+        secrets.OFFLINE = False
+    site = holder["site"]
+    return Rendered(cfg=cfg, stack=sf.stack, resources=[_clean_record(r) for r in mocks.resources],
+                    summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED))
+
+
+def plain(value: Any) -> Any:
+    """Wire values made writable: secrets become placeholders, integral floats integers."""
+    if is_secret(value):
+        inner = value.get("value")
+        if isinstance(inner, str) and inner.startswith("<") and inner.endswith(">") and "<" not in inner[1:-1]:
+            return inner
+        return SECRET_REDACTED
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _clean_record(r: Recorded) -> Recorded:
+    r.inputs = plain(r.inputs)
+    return r

@@ -1,0 +1,62 @@
+"""cloud-init documents that install RKE2 and register each node with its pool's labels and taints."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from aiinfn.config.model import NodePool, SiteConfig
+from aiinfn.nodes import pool_labels, pool_taints
+
+RKE2_TLS_DIR = "/var/lib/rancher/rke2/server/tls"
+SUPERVISOR_PORT = 9345
+
+
+def rke2_config(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str | None, tls_sans: list[str]) -> dict:
+    """The contents of /etc/rancher/rke2/config.yaml for one node."""
+    conf: dict = {"token": token}
+    if server_url:
+        conf["server"] = server_url
+    if pool.role == "control":
+        conf.update({
+            "tls-san": tls_sans,
+            "cluster-cidr": cfg.cluster.cluster_cidr,
+            "service-cidr": cfg.cluster.service_cidr,
+            "write-kubeconfig-mode": "0600",
+            "secrets-encryption": True,
+            "etcd-snapshot-schedule-cron": "0 */6 * * *",
+            "etcd-snapshot-retention": 28,
+        })
+    conf["node-label"] = [f"{k}={v}" for k, v in sorted(pool_labels(cfg, pool).items())]
+    taints = [t.render() for t in pool_taints(cfg, pool)]
+    if taints:
+        conf["node-taint"] = taints
+    return conf
+
+
+def cloud_init(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str | None, tls_sans: list[str],
+               ca_files: dict[str, str] | None = None) -> str:
+    """A #cloud-config document. ``ca_files`` (control nodes only) are PEM files for RKE2's tls dir."""
+    kind = "server" if pool.role == "control" else "agent"
+    files = [{
+        "path": "/etc/rancher/rke2/config.yaml",
+        "permissions": "0600",
+        "owner": "root:root",
+        "content": yaml.safe_dump(rke2_config(cfg, pool, token=token, server_url=server_url, tls_sans=tls_sans),
+                                  sort_keys=False),
+    }]
+    for rel, pem in sorted((ca_files or {}).items()):
+        files.append({"path": f"{RKE2_TLS_DIR}/{rel}", "permissions": "0600", "owner": "root:root", "content": pem})
+    install = (
+        f"curl -sfL https://get.rke2.io | INSTALL_RKE2_VERSION={json.dumps(cfg.cluster.rke2_version)} "
+        f"INSTALL_RKE2_TYPE={kind} sh -"
+    )
+    doc = {
+        "write_files": files,
+        "runcmd": [
+            ["sh", "-c", install],
+            ["systemctl", "enable", "--now", f"rke2-{kind}.service"],
+        ],
+    }
+    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)

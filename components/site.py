@@ -1,0 +1,29 @@
+"""The whole site: tenancy and cluster, then every layer on the cluster's provider."""
+
+from __future__ import annotations
+
+import pulumi
+
+from aiinfn.config.model import SiteConfig
+
+from .cluster import Cluster, ClusterArgs
+from .context import SiteContext
+from .platform import PlatformBase
+
+
+class Site(pulumi.ComponentResource):
+    def __init__(self, cfg: SiteConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("aiinfn:site:Site", cfg.site.name, None, opts)
+        self.cfg = cfg
+        self.cluster = Cluster("cluster", ClusterArgs(cfg=cfg), opts=pulumi.ResourceOptions(parent=self))
+        self.ctx = SiteContext(cfg=cfg, provider=self.cluster.provider)
+        self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
+        # Layers, in dependency order (each issue adds its own line here).
+        self.register_outputs({"api_address": self.cluster.api_address})
+
+    def summary_sections(self) -> dict[str, list[str]]:
+        return self.ctx.summary
+
+
+def build_site(cfg: SiteConfig) -> Site:
+    return Site(cfg)

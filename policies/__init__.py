@@ -1,0 +1,1 @@
+"""The platform's CrossGuard policy pack; rules live in ``policies.rules`` (importable, testable)."""

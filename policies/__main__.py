@@ -1,0 +1,12 @@
+"""Builds the PolicyPack for `pulumi preview --policy-pack policies`. Tests never import this file."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pulumi_policy import PolicyPack  # noqa: E402
+
+from policies.rules import ALL_POLICIES  # noqa: E402
+
+PolicyPack(name="aiinfn-platform", policies=ALL_POLICIES)
