@@ -8,6 +8,7 @@ are snake_case in Python and camelCase in the stack file, as Pulumi's own provid
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import types
 import typing
@@ -85,6 +86,8 @@ def parse(tp: Any, value: Any, path: str) -> Any:
     if tp is Any:
         return value
     if tp is str:
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value.isoformat()  # YAML reads 2026-12-11 as a date; Pulumi config holds strings
         if not isinstance(value, str):
             raise ConfigError(path, f"expected a string, got {_describe(value)}")
         return value

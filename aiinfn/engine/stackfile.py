@@ -93,7 +93,7 @@ def pulumi_config(sf: StackFile) -> tuple[dict[str, str], list[str]]:
 
     conf = {}
     for key, value in sf.values.items():
-        conf[f"{NAMESPACE}:{key}"] = value if isinstance(value, str) else json.dumps(value)
+        conf[f"{NAMESPACE}:{key}"] = value if isinstance(value, str) else json.dumps(value, default=str)
     secret_keys = []
     for key, value in sf.secrets.items():
         conf[f"{NAMESPACE}:{key}"] = value if value is not None else secrets.placeholder(key)

@@ -1,0 +1,66 @@
+"""Names shared by several layers (namespaces, queues, priority classes, labels).
+
+Defined once so the hub, Kueue, the job service, offloading and the policy rules agree.
+"""
+
+from __future__ import annotations
+
+from .config.model import Project
+
+# Namespaces
+PLATFORM_NAMESPACE = "aiinfn-system"
+HUB_NAMESPACE = "hub"
+GPU_OPERATOR_NAMESPACE = "gpu-operator"
+KUEUE_NAMESPACE = "kueue-system"
+STORAGE_NAMESPACE = "storage"
+MONITORING_NAMESPACE = "monitoring"
+OFFLOAD_NAMESPACE = "interlink"
+
+
+def project_namespace(project: Project | str) -> str:
+    """Batch work of a project runs here; its LocalQueue and ResourceQuota live here too."""
+    name = project if isinstance(project, str) else project.name
+    return f"project-{name}"
+
+
+# Kueue
+LOCAL_QUEUE = "batch"  # the LocalQueue in every project namespace
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+LOCAL_CLUSTER_QUEUE = "opportunistic"
+
+
+def cohort(site: str) -> str:
+    return f"aiinfn-{site}"
+
+
+def offload_cluster_queue(remote: str) -> str:
+    return f"offload-{remote}"
+
+
+def offload_flavor(remote: str) -> str:
+    return f"remote-{remote}"
+
+
+# Scheduling priority (kube-scheduler PriorityClasses). Notebooks preempt batch; batch never preempts.
+NOTEBOOK_PRIORITY_CLASS = "aiinfn-notebook"
+NOTEBOOK_PRIORITY = 1000
+BATCH_PRIORITY_CLASSES = {  # name -> value; all negative, preemptionPolicy Never (except "fire")
+    "batch-lowest": -100,
+    "batch-lower": -80,
+    "batch-higher": -50,
+    "batch-highest": -20,
+}
+BATCH_FIRE_CLASS = "batch-fire"  # may preempt other batch work, never a notebook
+BATCH_FIRE_PRIORITY = -10
+DEFAULT_BATCH_CLASS = "batch-lowest"
+
+# Accounting / attribution labels on every user pod (notebooks and jobs)
+LABEL_USER = "aiinfn.infn.it/user"
+LABEL_PROJECT = "aiinfn.infn.it/project"
+LABEL_WORKLOAD = "aiinfn.infn.it/workload"  # "notebook" | "batch" | "bunshin"
+LABEL_OFFLOADABLE = "aiinfn.infn.it/offloadable"
+
+# interLink virtual nodes
+VIRTUAL_NODE_TAINT = "virtual-node.interlink/no-schedule"
+VIRTUAL_NODE_LABEL = "virtual-node.interlink/type"

@@ -1,0 +1,114 @@
+"""Validation of rendered objects against independent schemas (../shared/schemas, kubernetes-validate).
+
+Core Kubernetes objects: the Kubernetes 1.33 OpenAPI schema, strict (unknown fields fail).
+Custom resources: the CRD's openAPIV3Schema of the pinned operator, with every object that lists
+``properties`` closed (as an API server with strict field validation would). Helm values: the
+chart's values schema applied to the chart defaults merged with our values, as Helm does.
+A kind with no schema fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SCHEMAS = SHARED / "schemas"
+K8S_VERSION = "1.33.0"
+
+CORE_GROUPS = {"", "apps", "batch", "rbac.authorization.k8s.io", "networking.k8s.io", "policy", "storage.k8s.io",
+               "scheduling.k8s.io", "autoscaling", "coordination.k8s.io", "node.k8s.io", "admissionregistration.k8s.io",
+               "apiextensions.k8s.io", "certificates.k8s.io", "discovery.k8s.io"}
+
+
+def close_objects(schema: Any) -> Any:
+    """Refuse unknown fields wherever the schema lists properties (unless it preserves unknowns)."""
+    if isinstance(schema, dict):
+        out = {k: close_objects(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [close_objects(v) for v in schema]
+    return schema
+
+
+@functools.lru_cache(maxsize=1)
+def crd_index() -> dict[tuple[str, str, str], dict]:
+    """(group, version, kind) -> closed openAPIV3Schema, from every CRD file in ../shared/schemas."""
+    index: dict[tuple[str, str, str], dict] = {}
+    for path in sorted(SCHEMAS.rglob("*.yaml")):
+        try:
+            docs = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError:
+            continue
+        for doc in docs:
+            if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = doc["spec"]
+            for version in spec["versions"]:
+                schema = version.get("schema", {}).get("openAPIV3Schema")
+                if schema:
+                    index[(spec["group"], version["name"], spec["names"]["kind"])] = close_objects(schema)
+    return index
+
+
+def split_api_version(api_version: str) -> tuple[str, str]:
+    return tuple(api_version.split("/", 1)) if "/" in api_version else ("", api_version)  # type: ignore[return-value]
+
+
+def validate_object(doc: dict[str, Any]) -> None:
+    """Raise AssertionError with the object's identity if it does not validate."""
+    group, version = split_api_version(doc["apiVersion"])
+    ident = f"{doc['kind']} {doc.get('metadata', {}).get('namespace', '')}/{doc.get('metadata', {}).get('name')}"
+    if group in CORE_GROUPS:
+        import kubernetes_validate
+
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            raise AssertionError(f"{ident}: {err}") from None
+        except kubernetes_validate.SchemaNotFoundError as err:
+            raise AssertionError(f"{ident}: no Kubernetes {K8S_VERSION} schema ({err})") from None
+        return
+    schema = crd_index().get((group, version, doc["kind"]))
+    if schema is None:
+        raise AssertionError(f"{ident}: no CRD schema for {doc['apiVersion']} {doc['kind']} in {SCHEMAS}")
+    body = {k: v for k, v in doc.items() if k != "metadata"}
+    body["metadata"] = {}
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(body), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        raise AssertionError(f"{ident}: {'.'.join(str(p) for p in e.path)}: {e.message}")
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = copy.deepcopy(base)
+        for k, v in over.items():
+            out[k] = deep_merge(base.get(k), v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def load_schema_file(path: Path) -> dict:
+    text = path.read_text()
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
+def validate_helm_values(values: dict, schema_path: Path, defaults_path: Path) -> None:
+    """Helm's own check: the chart's schema over its defaults merged with our values."""
+    schema = load_schema_file(schema_path)
+    merged = deep_merge(yaml.safe_load(defaults_path.read_text()) or {}, values)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(merged), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        raise AssertionError(f"{schema_path.name}: {'.'.join(str(p) for p in e.path)}: {e.message}")
