@@ -64,3 +64,22 @@ LABEL_OFFLOADABLE = "aiinfn.infn.it/offloadable"
 # interLink virtual nodes
 VIRTUAL_NODE_TAINT = "virtual-node.interlink/no-schedule"
 VIRTUAL_NODE_LABEL = "virtual-node.interlink/type"
+
+# Storage: the NFS server is reached by its Service name, never by a ClusterIP.
+NFS_SERVICE = "nfs-server"
+NFS_SERVER_DNS = f"{NFS_SERVICE}.{STORAGE_NAMESPACE}.svc.cluster.local"
+NFS_EXPORT_ROOT = "/exports"
+STORAGECLASS_NFS = "nfs-csi"
+STORAGECLASS_JUICEFS = "juicefs"
+STORAGECLASS_SCRATCH = "scratch-local"
+# PersistentVolumeClaims created by the storage layer in the hub namespace and in each project namespace
+PVC_HOMES = "nfs-homes"  # mounted with subPath <username> (notebooks) or the job owner's name (jobs)
+PVC_PUBLIC = "nfs-public"
+PVC_ENVS = "nfs-envs"
+PVC_CVMFS = "cvmfs"
+PVC_JUICEFS = "juicefs-shared"
+
+
+def pvc_project(project: Project | str) -> str:
+    name = project if isinstance(project, str) else project.name
+    return f"nfs-project-{name}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
+from aiinfn.naming import HUB_NAMESPACE, LABEL_PROJECT, project_namespace
+
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
 
 
@@ -37,4 +39,52 @@ class PlatformBase(pulumi.ComponentResource):
             },
             opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
         )
+        # Namespaces every layer uses: the hub's (notebooks run there) and one per project (batch work).
+        self.hub_namespace = self._namespace("ns-hub", HUB_NAMESPACE, ctx, enforce="baseline")
+        self.project_namespaces: dict[str, k8s.core.v1.Namespace] = {}
+        for project in cfg.projects:
+            ns = project_namespace(project)
+            self.project_namespaces[project.name] = self._namespace(
+                f"ns-{ns}", ns, ctx, enforce="baseline", extra={LABEL_PROJECT: project.name})
         self.register_outputs({})
+
+    def _namespace(self, resource_name: str, name: str, ctx: SiteContext, enforce: str,
+                   extra: dict[str, str] | None = None) -> k8s.core.v1.Namespace:
+        """A user-facing namespace: Pod Security labels and a default-deny NetworkPolicy.
+
+        The baseline level is enforced (notebook images need to set their user) and restricted is
+        warned and audited; layers add the NetworkPolicies their traffic needs.
+        """
+        ns = k8s.core.v1.Namespace(
+            resource_name,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels={
+                **ctx.labels("platform"), **(extra or {}),
+                "pod-security.kubernetes.io/enforce": enforce,
+                "pod-security.kubernetes.io/enforce-version": "latest",
+                "pod-security.kubernetes.io/warn": "restricted",
+                "pod-security.kubernetes.io/audit": "restricted",
+            }),
+            opts=ctx.k8s_opts(self),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{resource_name}-default-deny",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="default-deny", namespace=name, labels=ctx.labels("platform")),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(pod_selector={}, policy_types=["Ingress", "Egress"]),
+            opts=ctx.k8s_opts(self, depends_on=[ns]),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{resource_name}-allow-dns",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="allow-dns", namespace=name, labels=ctx.labels("platform")),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                pod_selector={},
+                policy_types=["Egress"],
+                egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                    to=[k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector={
+                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}})],
+                    ports=[k8s.networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=53),
+                           k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=53)],
+                )],
+            ),
+            opts=ctx.k8s_opts(self, depends_on=[ns]),
+        )
+        return ns

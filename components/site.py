@@ -18,7 +18,8 @@ class Site(pulumi.ComponentResource):
         self.cluster = Cluster("cluster", ClusterArgs(cfg=cfg), opts=pulumi.ResourceOptions(parent=self))
         self.ctx = SiteContext(cfg=cfg, provider=self.cluster.provider)
         self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
-        # Layers, in dependency order (each issue adds its own line here).
+        # Layers, in dependency order: accelerators, storage, batch, hub, jobs, offload, observability.
+        # (each issue adds its own line here)
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:
