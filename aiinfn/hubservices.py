@@ -1,0 +1,30 @@
+"""The contract between the hub layer and services that run inside the hub pod (e.g. the job service).
+
+A layer that wants a JupyterHub-managed service builds a ``HubServiceSpec``; the hub layer turns
+it into ``hub.services``, ``hub.loadRoles``, ``hub.extraFiles``/volumes and the environment of the
+hub container, so the service is authenticated by JupyterHub and no custom image is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SecretRef:
+    secret_name: str  # a Kubernetes Secret in the hub namespace
+    key: str
+
+
+@dataclass
+class HubServiceSpec:
+    name: str  # JupyterHub service name; reachable at /services/<name>/
+    command: list[str]  # run by the hub (managed service) inside the hub pod
+    port: int  # the service listens on 127.0.0.1:<port>
+    files: dict[str, str] = field(default_factory=dict)  # absolute path in the hub pod -> file content
+    env: dict[str, str] = field(default_factory=dict)  # non-secret environment
+    secret_env: dict[str, SecretRef] = field(default_factory=dict)  # env var -> Secret key (never a literal)
+    secret_volumes: dict[str, str] = field(default_factory=dict)  # mount path in the hub pod -> Secret name
+    oauth_client_allowed_scopes: list[str] = field(default_factory=list)  # what the service may ask of a user's token
+    user_scopes: list[str] = field(default_factory=lambda: ["access:services!service={name}"])  # granted to the user role
+    service_scopes: list[str] = field(default_factory=lambda: ["read:users", "read:groups", "read:servers"])
