@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ..config.errors import ConfigError
+from ..config.load import is_secret_key
 
 NAMESPACE = "aiinfn"
 
@@ -80,6 +81,8 @@ def load(stack: str, secret_values: dict[str, str] | None = None) -> StackFile:
             continue
         if isinstance(value, dict) and set(value) == {"secure"}:
             sf.secrets[key] = (secret_values or {}).get(key)
+        elif is_secret_key(key):
+            raise ConfigError(full, f"is stored in clear; store it with `pulumi config set --secret {full}`")
         else:
             sf.values[key] = value
     for key, val in (secret_values or {}).items():
