@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pulumi
 import pulumi_kubernetes as k8s
 
 from aiinfn.naming import HUB_NAMESPACE, LABEL_PROJECT, project_namespace
+from aiinfn.offerings import site_offerings
 
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
 
@@ -36,6 +39,14 @@ class PlatformBase(pulumi.ComponentResource):
                 "expires": cfg.site.expires or "",
                 "iamIssuer": cfg.iam.issuer_url,
                 "iamClientId": cfg.iam.client_id,
+                # What the pools provide: queue quotas are checked against it (policy quota-within-capacity).
+                "offerings": json.dumps([{"key": o.key, "kind": o.kind, "resource": o.resource_name, "count": o.count,
+                                          "nodeLabels": o.node_labels, "pools": list(o.pools)}
+                                         for o in site_offerings(cfg)], sort_keys=True),
+                "workerCapacity": json.dumps({
+                    "cpu": sum(p.cpus * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
+                    "memoryGb": sum(p.memory_gb * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
+                }, sort_keys=True),
             },
             opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
         )
