@@ -64,6 +64,17 @@ LABEL_OFFLOADABLE = "aiinfn.infn.it/offloadable"
 # interLink virtual nodes
 VIRTUAL_NODE_TAINT = "virtual-node.interlink/no-schedule"
 VIRTUAL_NODE_LABEL = "virtual-node.interlink/type"
+LABEL_REMOTE_SITE = "aiinfn.infn.it/remote-site"  # on a virtual node, its flavor, and what is shipped to it
+
+
+def virtual_node_name(remote: str) -> str:
+    """The Kubernetes node an interLink virtual kubelet registers for a remote site."""
+    return f"interlink-{remote}"
+
+
+def offload_juicefs_secret(remote: str) -> str:
+    """The JuiceFS mount Secret (in each project namespace) that offloaded pods may mount on ``remote``."""
+    return f"juicefs-offload-{remote}"
 
 # Storage: the NFS server is reached by its Service name, never by a ClusterIP.
 NFS_SERVICE = "nfs-server"
