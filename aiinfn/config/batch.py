@@ -1,12 +1,113 @@
-"""Stack config section ``aiinfn:batch``: Kueue and batch priorities (issue: batch)."""
+"""Stack config section ``aiinfn:batch``: Kueue, batch priorities and the notebook eviction bound.
+
+Every field has a safe default so a minimal stack renders. Keys in the stack file are camelCase
+(``terminationGracePeriodSeconds``). See docs/batch.md for what each setting does.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import SiteConfig
+
+KUEUE_CHART_VERSION = "0.19.2"  # chart `kueue` from oci://registry.k8s.io/kueue/charts, app v0.19.2
 
 
 @dataclass
 class BatchConfig:
-    """Settings of the batch layer. Every field has a safe default so a minimal stack renders."""
+    """Settings of the batch layer."""
 
     enabled: bool = True
+    # Kueue Helm chart version (pinned; only the release this program's CRD schemas were checked against).
+    kueue_version: str = KUEUE_CHART_VERSION
+    # Grace period of batch pods when a notebook preempts them (SIGTERM .. SIGKILL). It is the
+    # main term of the worst-case time a notebook waits for a GPU held by batch work.
+    termination_grace_period_seconds: int = 30
+    # Job retries for real failures; evictions (DisruptionTarget) never count (podFailurePolicy).
+    backoff_limit: int = 3
+    ttl_seconds_after_finished: int = 3600
+    default_priority_class: str = "batch-lowest"
+    # What each VM keeps for the kubelet, system daemons and DaemonSets (GPU operator, CSI, exporters);
+    # the rest of its CPU and memory is offered to batch work in the ClusterQueue quotas.
+    reserved_cpus_per_node: int = 2
+    reserved_memory_gb_per_node: int = 8
+    # Kueue waitForPodsReady: an admitted job whose pods are not all running after podsReadyTimeout, or
+    # whose pod was preempted by a notebook and could not come back within recoveryTimeout, is suspended
+    # and requeued with exponential backoff (base .. max), freeing its quota for work that can run.
+    pods_ready_timeout_seconds: int = 600
+    recovery_timeout_seconds: int = 300
+    requeue_backoff_base_seconds: int = 60
+    requeue_backoff_max_seconds: int = 3600
+    # Fair sharing between projects (admission fair sharing over LocalQueues): usage half-life and
+    # per-project weights (default 1; a project with weight 2 gets twice the share).
+    usage_half_life_hours: int = 168
+    project_weights: dict[str, int] = field(default_factory=dict)
+    # Object-count caps per project namespace (ResourceQuota).
+    max_jobs_per_project: int = 500
+    max_pods_per_project: int = 1000
+
+    def __validate__(self, path: str) -> None:
+        if self.kueue_version != KUEUE_CHART_VERSION:
+            raise ConfigError(f"{path}.kueueVersion", f"only Kueue {KUEUE_CHART_VERSION} is supported (its CRD schemas are "
+                                                      f"pinned and checked), got {self.kueue_version!r}")
+        bounds = {
+            "terminationGracePeriodSeconds": (self.termination_grace_period_seconds, 0, 600),
+            "backoffLimit": (self.backoff_limit, 0, 100),
+            "ttlSecondsAfterFinished": (self.ttl_seconds_after_finished, 0, 30 * 86400),
+            "reservedCpusPerNode": (self.reserved_cpus_per_node, 0, 64),
+            "reservedMemoryGbPerNode": (self.reserved_memory_gb_per_node, 0, 512),
+            "podsReadyTimeoutSeconds": (self.pods_ready_timeout_seconds, 30, 86400),
+            "recoveryTimeoutSeconds": (self.recovery_timeout_seconds, 0, 86400),
+            "requeueBackoffBaseSeconds": (self.requeue_backoff_base_seconds, 1, 86400),
+            "requeueBackoffMaxSeconds": (self.requeue_backoff_max_seconds, 1, 7 * 86400),
+            "usageHalfLifeHours": (self.usage_half_life_hours, 1, 24 * 365),
+            "maxJobsPerProject": (self.max_jobs_per_project, 1, 100000),
+            "maxPodsPerProject": (self.max_pods_per_project, 1, 100000),
+        }
+        for key, (val, lo, hi) in bounds.items():
+            if not lo <= val <= hi:
+                raise ConfigError(f"{path}.{key}", f"must be between {lo} and {hi}, got {val}")
+        if self.requeue_backoff_max_seconds < self.requeue_backoff_base_seconds:
+            raise ConfigError(f"{path}.requeueBackoffMaxSeconds",
+                              f"{self.requeue_backoff_max_seconds} is below requeueBackoffBaseSeconds "
+                              f"({self.requeue_backoff_base_seconds})")
+        for name, w in self.project_weights.items():
+            if not 1 <= w <= 100:
+                raise ConfigError(f"{path}.projectWeights.{name}", f"must be between 1 and 100, got {w}")
+        if not re.match(r"^[a-z0-9-]+$", self.default_priority_class):
+            raise ConfigError(f"{path}.defaultPriorityClass", f"{self.default_priority_class!r} is not a class name")
+
+
+def validate_site(cfg: SiteConfig) -> None:
+    """Cross-key rules of the batch section (called by config.validate after the core rules)."""
+    from .. import naming
+
+    b = cfg.batch
+    path = "aiinfn:batch"
+    classes = list(naming.BATCH_PRIORITY_CLASSES)
+    if b.default_priority_class not in classes:
+        raise ConfigError(f"{path}.defaultPriorityClass",
+                          f"{b.default_priority_class!r} is not a batch class ({', '.join(classes)}); "
+                          f"{naming.BATCH_FIRE_CLASS} must be asked for explicitly")
+    projects = {p.name for p in cfg.projects}
+    for name in b.project_weights:
+        if name not in projects:
+            raise ConfigError(f"{path}.projectWeights.{name}", f"no project named {name!r} in aiinfn:projects")
+    if not b.enabled:
+        return
+    for i, pool in enumerate(cfg.pools):
+        if pool.count == 0 or pool.role not in ("gpu", "cpu"):
+            continue
+        if pool.cpus <= b.reserved_cpus_per_node:
+            raise ConfigError(f"aiinfn:pools[{i}].cpus",
+                              f"{pool.cpus} vCPUs leave nothing for batch work after aiinfn:batch.reservedCpusPerNode "
+                              f"({b.reserved_cpus_per_node})")
+        if pool.memory_gb <= b.reserved_memory_gb_per_node:
+            raise ConfigError(f"aiinfn:pools[{i}].memoryGb",
+                              f"{pool.memory_gb} GB leave nothing for batch work after "
+                              f"aiinfn:batch.reservedMemoryGbPerNode ({b.reserved_memory_gb_per_node})")

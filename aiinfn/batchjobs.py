@@ -1,0 +1,194 @@
+"""The batch Job as users submit it (through the job service): one pure function, plain manifests.
+
+The job-submission service imports ``batch_job`` and sends the returned dict to the API server
+(``BatchV1Api.create_namespaced_job(namespace, body)``); tests render it and check it against the
+objects the batch layer creates. Nothing here talks to a cluster.
+
+What the Job carries, and why:
+
+- namespace ``project-<project>`` and label ``kueue.x-k8s.io/queue-name: batch``: the project's
+  LocalQueue, which points to the site's opportunistic ClusterQueue; ``spec.suspend: true`` so
+  nothing starts before Kueue admits it;
+- label ``kueue.x-k8s.io/priority-class``: the Kueue WorkloadPriorityClass of the same name as the
+  pods' scheduler PriorityClass (``batch-lowest`` .. ``batch-highest``, ``batch-fire``);
+- pods in a negative PriorityClass with ``preemptionPolicy: Never`` (``batch-fire`` may preempt other
+  batch work, never a notebook), ``terminationGracePeriodSeconds`` from ``aiinfn:batch``: a notebook
+  preempts them and waits at most ``aiinfn.queues.notebook_wait_bound_seconds``;
+- ``podFailurePolicy`` ignoring ``DisruptionTarget``: an eviction for a notebook never uses up
+  ``backoffLimit`` (needs ``restartPolicy: Never``); real failures still count;
+- accelerator request = limit (1 by default) of the offering's resource name, the offering's node
+  labels as nodeSelector (so Kueue picks that offering's ResourceFlavor, even where several offerings
+  share ``nvidia.com/gpu``), and the tolerations of the pools carrying it;
+- accounting labels (user, project, workload kind, offloadable) on the Job and its pods;
+- no service-account token, no privilege escalation, all capabilities dropped.
+
+Offloadable jobs also tolerate the interLink virtual-node taint so Kueue may place them on a remote
+flavor of the cohort; they may only mount Secret, ConfigMap and emptyDir volumes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import naming
+from .config.model import SiteConfig
+from .queues import queue_topology
+
+OFFLOAD_SAFE_VOLUMES = ("secret", "configMap", "emptyDir")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+class BatchJobError(ValueError):
+    """A submission that cannot become a valid batch Job (message names the field)."""
+
+
+@dataclass
+class BatchJobRequest:
+    """A user's submission, as the job service receives it."""
+
+    name: str  # Job name (DNS label, at most 63 characters)
+    project: str  # project name from aiinfn:projects (not the namespace)
+    user: str  # IAM preferred_username of the submitter (accounting label)
+    image: str  # pinned image reference
+    command: list[str]
+    offering: str = "cpu"  # offering key from aiinfn.offerings.site_offerings: "t4", "a100-80gb-1g.10gb", "cpu"
+    accelerators: int = 1  # devices of the offering per pod (ignored for "cpu")
+    cpu: str = "1"  # request per pod (Kubernetes quantity)
+    memory: str = "4Gi"  # request = limit per pod
+    priority_class: str | None = None  # one of naming.BATCH_PRIORITY_CLASSES or BATCH_FIRE_CLASS; None: site default
+    offloadable: bool = False
+    completions: int = 1
+    parallelism: int | None = None
+    completion_mode: str | None = None  # "Indexed" for per-index logs
+    active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int | None = None  # None: aiinfn:batch.ttlSecondsAfterFinished
+    env: list[dict[str, Any]] = field(default_factory=list)  # wire-format EnvVar (use valueFrom for secrets)
+    volumes: list[dict[str, Any]] = field(default_factory=list)  # wire-format Volume
+    volume_mounts: list[dict[str, Any]] = field(default_factory=list)
+    working_dir: str | None = None
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # extra labels (never override the platform's)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+def _check(req: BatchJobRequest, cfg: SiteConfig) -> None:
+    if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", req.name) or len(req.name) > 63:
+        raise BatchJobError(f"name: {req.name!r} must be a DNS label of at most 63 characters")
+    if req.project not in {p.name for p in cfg.projects}:
+        raise BatchJobError(f"project: no project {req.project!r} at site {cfg.site.name}")
+    if not req.user or not re.match(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$", req.user) or len(req.user) > 63:
+        raise BatchJobError(f"user: {req.user!r} is not usable as a label value")
+    last = req.image.rsplit("/", 1)[-1]
+    pinned = "@" in req.image or (":" in last and not last.endswith(":latest"))
+    if not pinned:
+        raise BatchJobError(f"image: {req.image!r} must be pinned to a tag or digest (not latest)")
+    if not req.command:
+        raise BatchJobError("command: must not be empty")
+    for key in ("cpu", "memory"):
+        if not _QUANTITY.match(getattr(req, key)):
+            raise BatchJobError(f"{key}: {getattr(req, key)!r} is not a Kubernetes quantity")
+    if req.offering != "cpu" and not 1 <= req.accelerators <= 16:
+        raise BatchJobError(f"accelerators: must be between 1 and 16, got {req.accelerators}")
+    if req.completions < 1 or (req.parallelism is not None and req.parallelism < 1):
+        raise BatchJobError("completions/parallelism: must be at least 1")
+    if req.offloadable:
+        for v in req.volumes:
+            kinds = [k for k in v if k != "name"]
+            if not kinds or kinds[0] not in OFFLOAD_SAFE_VOLUMES:
+                raise BatchJobError(f"volumes: {v.get('name')!r} cannot leave the site; an offloadable job may only "
+                                    f"mount {', '.join(OFFLOAD_SAFE_VOLUMES)} volumes")
+
+
+def batch_job(cfg: SiteConfig, req: BatchJobRequest) -> dict[str, Any]:
+    """The batch/v1 Job (wire format, camelCase) for ``req`` at site ``cfg``; raises BatchJobError."""
+    _check(req, cfg)
+    b = cfg.batch
+    priority = req.priority_class or b.default_priority_class
+    allowed = [*naming.BATCH_PRIORITY_CLASSES, naming.BATCH_FIRE_CLASS]
+    if priority not in allowed:
+        raise BatchJobError(f"priority_class: {priority!r} is not a batch class ({', '.join(allowed)})")
+    topo = queue_topology(cfg)
+    try:
+        flavor = topo.flavor_for_offering(req.offering)
+    except StopIteration:
+        keys = ", ".join(f.offering.key for f in topo.flavors)
+        raise BatchJobError(f"offering: {req.offering!r} is not offered at {cfg.site.name} ({keys})") from None
+
+    labels = {**req.labels,
+              naming.LABEL_USER: req.user, naming.LABEL_PROJECT: req.project, naming.LABEL_WORKLOAD: "batch",
+              naming.LABEL_OFFLOADABLE: "true" if req.offloadable else "false"}
+    job_labels = {**labels, naming.QUEUE_LABEL: naming.LOCAL_QUEUE, naming.PRIORITY_LABEL: priority}
+
+    requests: dict[str, Any] = {"cpu": req.cpu, "memory": req.memory}
+    limits: dict[str, Any] = {"memory": req.memory}
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    if req.offering != "cpu":
+        requests[flavor.resource_name] = req.accelerators
+        limits[flavor.resource_name] = req.accelerators
+        node_selector = dict(flavor.node_labels)
+        tolerations = [dict(t) for t in flavor.tolerations]
+    if req.offloadable:
+        tolerations.append({"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"})
+
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": req.image,
+        "command": list(req.command),
+        "resources": {"requests": requests, "limits": limits},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if req.env:
+        container["env"] = [dict(e) for e in req.env]
+    if req.volume_mounts:
+        container["volumeMounts"] = [dict(m) for m in req.volume_mounts]
+    if req.working_dir:
+        container["workingDir"] = req.working_dir
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "priorityClassName": priority,
+        "terminationGracePeriodSeconds": b.termination_grace_period_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if req.volumes:
+        pod_spec["volumes"] = [dict(v) for v in req.volumes]
+    psc: dict[str, Any] = {}
+    if req.run_as_user is not None:
+        psc["runAsUser"] = req.run_as_user
+        psc["runAsNonRoot"] = req.run_as_user != 0
+    if req.run_as_group is not None:
+        psc["runAsGroup"] = req.run_as_group
+    if psc:
+        pod_spec["securityContext"] = psc
+
+    spec: dict[str, Any] = {
+        "suspend": True,
+        "completions": req.completions,
+        "parallelism": req.parallelism or req.completions,
+        "backoffLimit": b.backoff_limit,
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        "ttlSecondsAfterFinished": (req.ttl_seconds_after_finished if req.ttl_seconds_after_finished is not None
+                                    else b.ttl_seconds_after_finished),
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if req.completion_mode:
+        spec["completionMode"] = req.completion_mode
+    if req.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = req.active_deadline_seconds
+    metadata: dict[str, Any] = {"name": req.name, "namespace": naming.project_namespace(req.project), "labels": job_labels}
+    if req.annotations:
+        metadata["annotations"] = dict(req.annotations)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
