@@ -165,7 +165,15 @@ LABEL_ROLE = "aiinfn.infn.it/role"
 LABEL_GPU_MODEL = "aiinfn.infn.it/gpu-model"
 LABEL_FPGA_MODEL = "aiinfn.infn.it/fpga-model"
 LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
+
+
+def fpga_board_label(board: str) -> str:
+    """Set to "true" on every node carrying that board (a pool may mix boards, e.g. U50 + U250)."""
+    return f"aiinfn.infn.it/fpga.{board}"
+
+
 LABEL_MIG_CONFIG = "nvidia.com/mig.config"
+LABEL_DEVICE_PLUGIN_CONFIG = "nvidia.com/device-plugin.config"  # per-node device-plugin config (time-slicing)
 GPU_TAINT_KEY = "nvidia.com/gpu"
 FPGA_TAINT_KEY = "amd.com/fpga"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -193,5 +201,7 @@ class Offering:
     model: str | None  # catalogue key
     profile: str | None = None  # MIG profile
     node_labels: dict[str, str] = field(default_factory=dict)
-    count: int = 0  # how many the site has
+    count: int = 0  # how many the site advertises (time-sliced devices count once per replica)
     pools: tuple[str, ...] = ()
+    physical_count: int = 0  # devices (GPUs, MIG slices, boards) behind ``count``
+    time_sliced: bool = False  # shared by device-plugin time-slicing on some pool

@@ -26,8 +26,15 @@ def pool_labels(site: SiteConfig, pool: NodePool) -> dict[str, str]:
         gpu = cat.GPUS.get(pool.gpus.model)
         if gpu is not None and gpu.supports_mig:
             labels[cat.LABEL_MIG_CONFIG] = mig_config_name(pool)
+        from .mig import device_plugin_config_name
+
+        sharing = device_plugin_config_name(site, pool)
+        if sharing is not None:
+            labels[cat.LABEL_DEVICE_PLUGIN_CONFIG] = sharing
     if pool.fpgas:
         labels[cat.LABEL_FPGA_MODEL] = pool.fpgas[0].model
+        for f in pool.fpgas:
+            labels[cat.fpga_board_label(f.model)] = "true"
     if pool.reserved_for:
         labels[RESERVED_TAINT_KEY] = pool.reserved_for
     labels.update(pool.labels)

@@ -6,6 +6,7 @@ import pulumi
 
 from aiinfn.config.model import SiteConfig
 
+from .accelerators import Accelerators
 from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
 from .platform import PlatformBase
@@ -20,6 +21,8 @@ class Site(pulumi.ComponentResource):
         self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
         # Layers, in dependency order: accelerators, storage, batch, hub, jobs, offload, observability.
         # (each issue adds its own line here)
+        self.accelerators = Accelerators("accelerators", self.ctx,
+                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

@@ -1,24 +1,144 @@
-"""Stack config section ``aiinfn:accelerators`` and the per-pool MIG layout type."""
+"""Stack config section ``aiinfn:accelerators``, the per-pool MIG layout type, and their checks.
+
+A pool's ``gpus.mig`` is one of:
+
+- absent, or ``whole``: every GPU of the pool is used whole (MIG disabled);
+- a profile, ``1g.10gb`` or ``all-1g.10gb``: every GPU cut into as many slices of it as fit;
+- one entry per GPU of a VM, each ``whole`` or a mapping profile -> count, e.g.
+  ``[{1g.10gb: 7}, whole, {2g.20gb: 1, 1g.10gb: 2, 3g.40gb: 1}]``.
+
+Syntax is checked while parsing; what depends on the GPU model (does it have MIG, is the
+profile one of its own, do the slices fit its 7 compute / 8 memory slices) is checked in
+``validate_site`` against the catalogue. Every mistake is one line naming the key.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .model import SiteConfig
+
+PROFILE_RE = re.compile(r"^[1-8]g\.\d+gb$")
+WHOLE = "whole"
+
+
+def _profile_name(value: str, path: str) -> str:
+    name = value.removeprefix("all-")
+    if not PROFILE_RE.match(name):
+        raise ConfigError(path, f"{value!r} is not a MIG profile name (like 1g.10gb or all-1g.10gb) nor {WHOLE!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class MigLayout:
+    """A pool's MIG layout as written in the stack file (``gpus.mig``), typed.
+
+    ``uniform``: the profile every GPU is filled with; ``per_gpu``: one mapping per GPU
+    ({} for a whole GPU); both None: MIG disabled on every GPU (``whole``).
+    """
+
+    uniform: str | None = None
+    per_gpu: tuple[dict[str, int], ...] | None = None
+
+    @property
+    def is_whole(self) -> bool:
+        return self.uniform is None and self.per_gpu is None
+
+    @property
+    def raw(self) -> Any:
+        """The layout in stack-file form (kept for readers of the first skeleton)."""
+        if self.uniform is not None:
+            return f"all-{self.uniform}"
+        if self.per_gpu is not None:
+            return [dict(g) if g else WHOLE for g in self.per_gpu]
+        return WHOLE
+
+    @classmethod
+    def __parse_config__(cls, value: Any, path: str) -> MigLayout:
+        if isinstance(value, str):
+            if value in (WHOLE, "all-disabled"):
+                return cls()
+            return cls(uniform=_profile_name(value, path))
+        if isinstance(value, list):
+            if not value:
+                raise ConfigError(path, "an empty list; give one entry per GPU of a VM, or leave mig out for whole GPUs")
+            gpus: list[dict[str, int]] = []
+            for i, entry in enumerate(value):
+                sub = f"{path}[{i}]"
+                if entry == WHOLE or entry == "all-disabled":
+                    gpus.append({})
+                    continue
+                if not isinstance(entry, dict):
+                    raise ConfigError(sub, f"expected {WHOLE!r} or a mapping of MIG profile to count, got {entry!r}")
+                if not entry:
+                    raise ConfigError(sub, f"an empty mapping; write {WHOLE!r} for a GPU used whole")
+                slices: dict[str, int] = {}
+                for name, count in entry.items():
+                    if not isinstance(name, str):
+                        raise ConfigError(sub, f"key {name!r} must be a MIG profile name like 1g.10gb")
+                    prof = _profile_name(name, f"{sub}.{name}")
+                    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                        raise ConfigError(f"{sub}.{name}", f"expected a slice count of at least 1, got {count!r}")
+                    slices[prof] = slices.get(prof, 0) + count
+                gpus.append(slices)
+            return cls(per_gpu=tuple(gpus))
+        raise ConfigError(path, f"expected {WHOLE!r}, a MIG profile (all-1g.10gb) or a list with one entry per GPU, "
+                                f"got {type(value).__name__}")
 
 
 @dataclass
-class MigLayout:
-    """A pool's MIG layout as written in the stack file (``gpus.mig``).
+class DriverConfig:
+    """The NVIDIA driver the GPU operator installs (disable where the image already has one)."""
 
-    Either a uniform layout name (``all-1g.10gb``) or one entry per GPU (a mapping of
-    profile to count, or ``whole``). Checked against the catalogue by the accelerator layer.
-    """
+    enabled: bool = True
+    version: str = "595.91.07"  # the chart's default driver of v26.7.0, pinned here
+    kernel_module_type: Literal["auto", "open", "proprietary"] = "auto"
+    use_precompiled: bool = False
 
-    raw: Any
+    def __validate__(self, path: str) -> None:
+        if not re.match(r"^\d{3}\.\d+(\.\d+)?$", self.version):
+            raise ConfigError(f"{path}.version", f"{self.version!r} is not a pinned NVIDIA driver version (like 595.91.07)")
 
-    @classmethod
-    def __parse_config__(cls, value: Any, path: str) -> "MigLayout":
-        return cls(value)
+
+@dataclass
+class ToolkitConfig:
+    """The NVIDIA container toolkit; on RKE2 it is pointed at RKE2's containerd automatically."""
+
+    enabled: bool = True
+    version: str = "v1.20.0"
+
+    def __validate__(self, path: str) -> None:
+        if not re.match(r"^v\d+\.\d+\.\d+$", self.version):
+            raise ConfigError(f"{path}.version", f"{self.version!r} is not a pinned toolkit release (like v1.20.0)")
+
+
+@dataclass
+class TimeSlicing:
+    """Device-plugin sharing on one pool: each GPU or MIG slice is advertised ``replicas`` times."""
+
+    pool: str
+    replicas: int
+
+    def __validate__(self, path: str) -> None:
+        if not 2 <= self.replicas <= 16:
+            raise ConfigError(f"{path}.replicas", f"must be between 2 and 16 (sessions sharing one GPU or slice), got {self.replicas}")
+
+
+@dataclass
+class DcgmConfig:
+    """DCGM exporter (GPU metrics), scraped through the ServiceMonitor the GPU operator creates."""
+
+    scrape_interval: str = "5s"
+    service_monitor_labels: dict[str, str] = field(default_factory=dict)
+
+    def __validate__(self, path: str) -> None:
+        if not re.match(r"^([0-9]+(ms|s|m|h))+$", self.scrape_interval):
+            raise ConfigError(f"{path}.scrapeInterval", f"{self.scrape_interval!r} is not a Prometheus duration (like 5s)")
 
 
 @dataclass
@@ -26,3 +146,93 @@ class AcceleratorsConfig:
     """Settings of the accelerator layer. Every field has a safe default so a minimal stack renders."""
 
     enabled: bool = True
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    toolkit: ToolkitConfig = field(default_factory=ToolkitConfig)
+    dcgm: DcgmConfig = field(default_factory=DcgmConfig)
+    time_slicing: list[TimeSlicing] = field(default_factory=list)
+    # The site must be able to run at least this many GPU sessions at once (0: no requirement).
+    min_gpu_sessions: int = 0
+    # Exact extended-resource names of FPGA boards, where the plugin's shell/timestamp differs
+    # from the catalogue (check with `kubectl describe node`): board key -> resource name.
+    fpga_resource_names: dict[str, str] = field(default_factory=dict)
+
+    def __validate__(self, path: str) -> None:
+        if self.min_gpu_sessions < 0:
+            raise ConfigError(f"{path}.minGpuSessions", f"must be 0 or more, got {self.min_gpu_sessions}")
+        for board, name in self.fpga_resource_names.items():
+            if not re.match(r"^[a-z0-9.-]+/[A-Za-z0-9_.-]+$", name):
+                raise ConfigError(f"{path}.fpgaResourceNames.{board}", f"{name!r} is not an extended resource name (vendor/name)")
+
+    def replicas_for(self, pool_name: str) -> int:
+        return next((t.replicas for t in self.time_slicing if t.pool == pool_name), 1)
+
+
+def _check_slices(model: Any, slices: dict[str, int], path: str) -> None:
+    """One GPU's slices against its model: own profiles, per-profile maximum, 7 compute / 8 memory slices."""
+    for name, count in slices.items():
+        prof = model.profile(name)
+        if prof is None:
+            raise ConfigError(f"{path}.{name}", f"{name} is not a MIG profile of {model.key} "
+                                                f"(its profiles: {', '.join(p.name for p in model.mig_profiles)})")
+        if count > prof.max_instances:
+            raise ConfigError(f"{path}.{name}", f"{count} x {name} do not fit one {model.key}: at most {prof.max_instances}")
+    compute = sum(model.profile(n).compute_slices * c for n, c in slices.items())
+    memory = sum(model.profile(n).memory_slices * c for n, c in slices.items())
+    desc = " + ".join(f"{c}x{n}" for n, c in slices.items())
+    if compute > model.compute_slices:
+        raise ConfigError(path, f"{desc} needs {compute} compute slices; one {model.key} has {model.compute_slices}")
+    if memory > model.memory_slices:
+        raise ConfigError(path, f"{desc} needs {memory} memory slices; one {model.key} has {model.memory_slices}")
+
+
+def validate_site(cfg: SiteConfig) -> None:
+    """Accelerator rules that need the catalogue or span several keys (called by config.validate)."""
+    from .. import catalogue as cat
+
+    for i, pool in enumerate(cfg.pools):
+        if pool.gpus is None or pool.gpus.mig is None or pool.gpus.mig.is_whole:
+            continue
+        path = f"aiinfn:pools[{i}].gpus.mig"
+        layout = pool.gpus.mig
+        model = cat.GPUS[pool.gpus.model]
+        if not model.supports_mig:
+            mig_models = ", ".join(k for k, g in cat.GPUS.items() if g.supports_mig)
+            raise ConfigError(path, f"{model.key} ({model.display}) has no MIG; remove mig to use whole GPUs "
+                                    f"(MIG models: {mig_models})")
+        if layout.uniform is not None:
+            if model.profile(layout.uniform) is None:
+                raise ConfigError(path, f"{layout.uniform} is not a MIG profile of {model.key} "
+                                        f"(its profiles: {', '.join(p.name for p in model.mig_profiles)})")
+            continue
+        assert layout.per_gpu is not None
+        if len(layout.per_gpu) != pool.gpus.count:
+            raise ConfigError(path, f"lists {len(layout.per_gpu)} GPUs but gpus.count is {pool.gpus.count}; "
+                                    f"give one entry per GPU ({WHOLE!r} for a GPU used whole)")
+        for g, slices in enumerate(layout.per_gpu):
+            if slices:
+                _check_slices(model, slices, f"{path}[{g}]")
+
+    acc = cfg.accelerators
+    seen: set[str] = set()
+    for i, ts in enumerate(acc.time_slicing):
+        path = f"aiinfn:accelerators.timeSlicing[{i}].pool"
+        pool = next((p for p in cfg.pools if p.name == ts.pool), None)
+        if pool is None:
+            raise ConfigError(path, f"no pool named {ts.pool!r} (pools: {', '.join(p.name for p in cfg.pools)})")
+        if pool.gpus is None:
+            raise ConfigError(path, f"pool {ts.pool!r} has no GPUs to share")
+        if ts.pool in seen:
+            raise ConfigError(path, f"pool {ts.pool!r} is listed twice")
+        seen.add(ts.pool)
+    for board in acc.fpga_resource_names:
+        if board not in cat.FPGAS:
+            raise ConfigError(f"aiinfn:accelerators.fpgaResourceNames.{board}",
+                              f"unknown FPGA board (catalogue: {', '.join(cat.FPGAS)})")
+    if acc.min_gpu_sessions:
+        from ..mig import site_gpu_sessions
+
+        sessions = site_gpu_sessions(cfg)
+        if sessions < acc.min_gpu_sessions:
+            raise ConfigError("aiinfn:accelerators.minGpuSessions",
+                              f"the pools run {sessions} GPU sessions at once, fewer than {acc.min_gpu_sessions}; "
+                              "add GPUs, smaller MIG slices or timeSlicing replicas")
