@@ -9,6 +9,7 @@ from aiinfn.config.model import SiteConfig
 from .accelerators import Accelerators
 from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
+from .offload import Offload
 from .platform import PlatformBase
 
 
@@ -21,6 +22,9 @@ class Site(pulumi.ComponentResource):
         self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
         # Layers, in dependency order: accelerators, storage, batch, hub, jobs, offload, observability.
         # (each issue adds its own line here)
+        self.offload = Offload("offload", self.ctx,
+                               juicefs_secret_data=getattr(getattr(self, "storage", None), "juicefs_secret_data", None),
+                               opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.accelerators = Accelerators("accelerators", self.ctx,
                                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.register_outputs({"api_address": self.cluster.api_address})

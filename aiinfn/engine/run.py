@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import ConfigError, SiteConfig, site_config_from_data
 from . import stackfile
-from .mocks import Recorded, RecordingMocks, RecordingMonitor, is_secret
+from .mocks import Recorded, RecordingMocks, RecordingMonitor, is_secret, secret
 
 PROJECT = "ai-infn-platform"
 SECRET_REDACTED = "<secret: derived from a Pulumi secret>"
@@ -77,6 +77,8 @@ def plain(value: Any) -> Any:
         inner = value.get("value")
         if isinstance(inner, str) and inner.startswith("<") and inner.endswith(">") and "<" not in inner[1:-1]:
             return inner
+        if isinstance(inner, dict):  # a secret map (Secret.data/stringData): keep its keys, redact each value
+            return {k: plain(secret(v)) for k, v in inner.items()}
         return SECRET_REDACTED
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}

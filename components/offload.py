@@ -1,0 +1,333 @@
+"""Offloading with interLink: one virtual node per remote site, its Kueue flavor and queue.
+
+For each remote site of ``aiinfn:offload``:
+
+- the interLink virtual kubelet, as the objects the interLink Helm chart 0.6.0 (appVersion 0.6.0)
+  installs — ServiceAccount, ClusterRole/Binding, the ``InterLinkConfig.yaml`` ConfigMap, the
+  Deployment — rendered as typed manifests so that the credential reaches the kubelet from a
+  Secret (the chart 0.6.0 can only read a token written by its refresh sidecar, and passes the
+  client secret and refresh token to that sidecar as plain env values), images are pinned and
+  every object is validated against the Kubernetes schema;
+- a Kueue ResourceFlavor selecting that virtual node: ``nodeLabels`` pin admitted pods to it and
+  ``nodeTaints`` make Kueue assign the flavor only to workloads whose pods already tolerate
+  ``virtual-node.interlink/no-schedule`` (offloadable jobs); the flavor adds no toleration, so a
+  job that may not leave the site can never be sent there by Kueue;
+- a ClusterQueue in the site's cohort whose nominal quota is the remote capacity, lent to the
+  cohort (the local queue borrows it when local capacity is exhausted), and a LocalQueue of the
+  same name in every project namespace for jobs sent to one remote site explicitly;
+- the JuiceFS mount Secret, copied into each project namespace under a per-remote name for the
+  remote sites with ``allowSecrets: true`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from aiinfn import catalogue, naming
+from aiinfn.config.offload import RemoteSite, remote_quotas
+from aiinfn.secrets import REQUESTED, supplied_secret
+
+from .context import SiteContext
+
+CHART_NAME = "interlink"  # interlink-hq/interlink-helm-chart, mirrored here as typed objects
+CHART_VERSION = "0.6.0"
+CHART_REPO = "https://interlink-hq.github.io/interlink-helm-chart/"
+INTERLINK_VERSION = "0.6.0"
+VK_IMAGE = f"ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw:{INTERLINK_VERSION}"
+REFRESH_IMAGE = f"ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw-refresh:{INTERLINK_VERSION}"
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+TOKEN_DIR = "/opt/interlink"
+TOKEN_FILE = f"{TOKEN_DIR}/token"
+CONFIG_FILE = "/etc/interlink/InterLinkConfig.yaml"
+LAYER = "offload"
+
+# The virtual kubelet always taints its node ``virtual-node.interlink/no-schedule=true:NoSchedule``
+# (interLink 0.6.0, NewProviderConfig) and appends NodeTaints to it. Listing the same key and
+# effect again in NodeTaints would make the API server refuse the Node ("taints must be unique by
+# key and effect pair"), so NodeTaints carries only extra taints; node_taints() is the result.
+VK_BUILTIN_TAINT = {"key": naming.VIRTUAL_NODE_TAINT, "value": "true", "effect": "NoSchedule"}
+VK_BUILTIN_LABELS = {naming.VIRTUAL_NODE_LABEL: "virtual-kubelet", "kubernetes.io/role": "agent"}
+
+
+def node_labels(site: RemoteSite) -> dict[str, str]:
+    """Labels the platform asks the virtual kubelet to put on its node (NodeLabels)."""
+    labels = {naming.LABEL_REMOTE_SITE: site.name, "aiinfn.infn.it/remote-plugin": site.plugin}
+    models = [a.model for a in site.resources.accelerators]
+    if len(models) == 1:  # one GPU model: jobs that select a model by label may land here
+        labels[catalogue.LABEL_GPU_MODEL] = models[0]
+    labels.update(site.node_labels)
+    return labels
+
+
+def node_taints(site: RemoteSite) -> list[dict[str, str]]:
+    """The taints the registered virtual node carries: the kubelet's own plus NodeTaints."""
+    extra = [{"key": t["Key"], "value": t["Value"], "effect": t["Effect"]} for t in vk_config(site)["NodeTaints"]]
+    return [dict(VK_BUILTIN_TAINT), *extra]
+
+
+def flavor_node_labels(site: RemoteSite) -> dict[str, str]:
+    """What the ResourceFlavor selects: the virtual-node type label and this remote's name."""
+    return {naming.VIRTUAL_NODE_LABEL: "virtual-kubelet", naming.LABEL_REMOTE_SITE: site.name}
+
+
+def vk_config(site: RemoteSite, namespace: str = naming.OFFLOAD_NAMESPACE) -> dict[str, Any]:
+    """The virtual kubelet's InterLinkConfig.yaml (keys as interLink 0.6.0 reads them)."""
+    res = site.resources
+    return {
+        "InterlinkURL": site.endpoint,
+        "InterlinkPort": str(site.port),
+        "ExportPodData": True,
+        "VerboseLogging": False,
+        "ErrorsOnlyLogging": False,
+        "ServiceAccount": naming.virtual_node_name(site.name),
+        "Namespace": namespace,
+        "VKTokenFile": TOKEN_FILE,
+        "Resources": {
+            "CPU": str(res.cpu),
+            "Memory": f"{res.memory_gb}Gi",
+            "Pods": str(res.pods),
+            "Accelerators": [
+                {"ResourceType": catalogue.GPU_RESOURCE, "Model": a.model, "Available": a.count}
+                for a in res.accelerators
+            ],
+        },
+        "HTTP": {"Insecure": False, "CaCert": ""},
+        "KubeletHTTP": {"Insecure": True},
+        "NodeLabels": [f"{k}={v}" for k, v in node_labels(site).items()],
+        "NodeTaints": [],  # the no-schedule taint is added by the kubelet itself (VK_BUILTIN_TAINT)
+        "Network": {"EnableTunnel": False},
+    }
+
+
+def _rbac_rules() -> list[dict[str, Any]]:
+    """What the virtual kubelet needs (the chart 0.6.0 ClusterRole, without its unused Deployment
+    and Ingress rights: the wstunnel feature is off)."""
+    return [
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+         "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["create", "get", "list", "watch", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "serviceaccounts", "namespaces"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["pods/status", "nodes/status"], "verbs": ["update", "patch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["create", "get", "list", "watch", "delete"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    ]
+
+
+_SECURE = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+           "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+class Offload(pulumi.ComponentResource):
+    def __init__(self, name: str, ctx: SiteContext,
+                 juicefs_secret_data: Mapping[str, pulumi.Input[str]] | None = None,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("aiinfn:offload:Offload", name, None, opts)
+        cfg = ctx.cfg
+        self.ctx = ctx
+        self.sites = cfg.offload.active_sites
+        self.flavors: dict[str, k8s.apiextensions.CustomResource] = {}
+        self.cluster_queues: dict[str, k8s.apiextensions.CustomResource] = {}
+        self.shipped_secrets: dict[str, list[k8s.core.v1.Secret]] = {}
+        self.namespace = None
+        if self.sites:
+            self.namespace = k8s.core.v1.Namespace(
+                "ns-offload",
+                metadata={"name": naming.OFFLOAD_NAMESPACE, "labels": {
+                    **ctx.labels(LAYER),
+                    "pod-security.kubernetes.io/enforce": "baseline",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                    "pod-security.kubernetes.io/warn": "restricted",
+                    "pod-security.kubernetes.io/audit": "restricted",
+                }},
+                opts=ctx.k8s_opts(self),
+            )
+        for site in self.sites:
+            self._virtual_node(site)
+            self._kueue(site)
+            self.shipped_secrets[site.name] = self._ship_juicefs(site, juicefs_secret_data)
+        self._summary(juicefs_secret_data is not None)
+        self.register_outputs({"remote_sites": [s.name for s in self.sites]})
+
+    # --- the virtual kubelet ------------------------------------------------------------------
+    def _virtual_node(self, site: RemoteSite) -> None:
+        ctx, ns, node = self.ctx, naming.OFFLOAD_NAMESPACE, naming.virtual_node_name(site.name)
+        labels = ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name, "app.kubernetes.io/name": "interlink-vk",
+                                      "app.kubernetes.io/instance": node, "app.kubernetes.io/version": INTERLINK_VERSION})
+        dep = [self.namespace]
+        sa = k8s.core.v1.ServiceAccount(f"{site.name}-sa", metadata={"name": node, "namespace": ns, "labels": labels},
+                                        opts=ctx.k8s_opts(self, depends_on=dep))
+        role = k8s.rbac.v1.ClusterRole(f"{site.name}-role", metadata={"name": f"{node}-vk", "labels": labels},
+                                       rules=_rbac_rules(), opts=ctx.k8s_opts(self))
+        k8s.rbac.v1.ClusterRoleBinding(
+            f"{site.name}-rolebinding", metadata={"name": f"{node}-vk", "labels": labels},
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{node}-vk"},
+            subjects=[{"kind": "ServiceAccount", "name": node, "namespace": ns}],
+            opts=ctx.k8s_opts(self, depends_on=[sa, role]))
+        config = k8s.core.v1.ConfigMap(
+            f"{site.name}-config", metadata={"name": f"{node}-virtual-kubelet-config", "namespace": ns, "labels": labels},
+            data={"InterLinkConfig.yaml": yaml.safe_dump(vk_config(site), sort_keys=False)},
+            opts=ctx.k8s_opts(self, depends_on=dep))
+        # Credentials: a Secret from supplied secrets, mounted as a file / read with secretKeyRef.
+        auth_name = f"{node}-auth"
+        keys = site.auth.secret_keys()
+        data: dict[str, pulumi.Input[str]] = {}
+        if site.auth.mode == "bearer":
+            data["token"] = supplied_secret(site.auth.bearer_token_key)  # type: ignore[arg-type]
+        else:
+            oauth = site.auth.oauth
+            assert oauth is not None
+            if oauth.refresh_token_key:
+                data["refresh-token"] = supplied_secret(oauth.refresh_token_key)
+            if oauth.client_secret_key:
+                data["client-secret"] = supplied_secret(oauth.client_secret_key)
+        self._missing_keys = getattr(self, "_missing_keys", []) + [k for k in keys if not REQUESTED.get(k)]
+        auth = k8s.core.v1.Secret(f"{site.name}-auth", metadata={"name": auth_name, "namespace": ns, "labels": labels},
+                                  type="Opaque", string_data=data, opts=ctx.k8s_opts(self, depends_on=dep))
+
+        vk_mounts = [{"name": "config", "mountPath": CONFIG_FILE, "subPath": "InterLinkConfig.yaml", "readOnly": True}]
+        volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": f"{node}-virtual-kubelet-config"}}]
+        containers: list[dict[str, Any]] = []
+        if site.auth.mode == "bearer":
+            vk_mounts.append({"name": "token", "mountPath": TOKEN_DIR, "readOnly": True})
+            volumes.append({"name": "token", "secret": {"secretName": auth_name, "items": [{"key": "token", "path": "token"}],
+                                                         "defaultMode": 0o400}})
+        else:
+            oauth = site.auth.oauth
+            assert oauth is not None
+            vk_mounts.append({"name": "token", "mountPath": TOKEN_DIR, "readOnly": True})
+            volumes.append({"name": "token", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+            env: list[dict[str, Any]] = [
+                {"name": "IAM_TOKEN_ENDPOINT", "value": oauth.token_url},
+                {"name": "IAM_CLIENT_ID", "value": oauth.client_id},
+                {"name": "IAM_VK_AUD", "value": oauth.audience},
+                {"name": "IAM_GRANT_TYPE", "value": oauth.grant_type},
+                {"name": "TOKEN_PATH", "value": TOKEN_FILE},
+            ]
+            if oauth.client_secret_key:
+                env.append({"name": "IAM_CLIENT_SECRET",
+                            "valueFrom": {"secretKeyRef": {"name": auth_name, "key": "client-secret"}}})
+            if oauth.refresh_token_key:
+                env.append({"name": "IAM_REFRESH_TOKEN",
+                            "valueFrom": {"secretKeyRef": {"name": auth_name, "key": "refresh-token"}}})
+            containers.append({
+                "name": "refresh-token", "image": REFRESH_IMAGE, "imagePullPolicy": "IfNotPresent",
+                "command": ["python3", "/opt/refresh.py"], "env": env,
+                "resources": {"requests": {"cpu": "100m", "memory": "300Mi"}, "limits": {"cpu": "200m", "memory": "500Mi"}},
+                "volumeMounts": [{"name": "token", "mountPath": TOKEN_DIR}],
+                "securityContext": _SECURE,
+            })
+        containers.insert(0, {
+            "name": "vk", "image": VK_IMAGE, "imagePullPolicy": "IfNotPresent",
+            "env": [
+                {"name": "NODENAME", "value": node},
+                {"name": "KUBELET_PORT", "value": "10250"},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "CONFIGPATH", "value": CONFIG_FILE},
+            ],
+            "ports": [{"name": "kubelet", "containerPort": 10250}],
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+            "volumeMounts": vk_mounts,
+            "securityContext": _SECURE,
+        })
+        k8s.apps.v1.Deployment(
+            f"{site.name}-vk",
+            metadata={"name": f"{node}-node", "namespace": ns, "labels": labels},
+            spec={
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},  # never two kubelets registering the same node
+                "selector": {"matchLabels": {"app.kubernetes.io/instance": node}},
+                "template": {
+                    "metadata": {"labels": {**labels}},
+                    "spec": {
+                        "serviceAccountName": node,
+                        "automountServiceAccountToken": True,
+                        "containers": containers,
+                        "volumes": volumes,
+                    },
+                },
+            },
+            opts=ctx.k8s_opts(self, depends_on=[sa, config, auth]),
+        )
+
+    # --- Kueue ---------------------------------------------------------------------------------
+    def _kueue(self, site: RemoteSite) -> None:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        flavor_name = naming.offload_flavor(site.name)
+        cq_name = naming.offload_cluster_queue(site.name)
+        labels = ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name})
+        flavor = k8s.apiextensions.CustomResource(
+            f"{site.name}-flavor", api_version=KUEUE_API, kind="ResourceFlavor",
+            metadata={"name": flavor_name, "labels": labels},
+            spec={"nodeLabels": flavor_node_labels(site),
+                  "nodeTaints": [dict(VK_BUILTIN_TAINT)]},
+            opts=ctx.k8s_opts(self))
+        quotas = remote_quotas(site)
+        cq = k8s.apiextensions.CustomResource(
+            f"{site.name}-clusterqueue", api_version=KUEUE_API, kind="ClusterQueue",
+            metadata={"name": cq_name, "labels": labels},
+            spec={
+                "cohortName": naming.cohort(cfg.site.name),
+                "namespaceSelector": {"matchExpressions": [{"key": naming.LABEL_PROJECT, "operator": "Exists"}]},
+                "queueingStrategy": "BestEffortFIFO",
+                "resourceGroups": [{
+                    "coveredResources": list(quotas),
+                    "flavors": [{"name": flavor_name, "resources": [
+                        # lends everything to the cohort, borrows nothing (only this flavor is listed)
+                        {"name": r, "nominalQuota": q, "borrowingLimit": "0"} for r, q in quotas.items()
+                    ]}],
+                }],
+            },
+            opts=ctx.k8s_opts(self, depends_on=[flavor]))
+        self.flavors[site.name] = flavor
+        self.cluster_queues[site.name] = cq
+        for project in cfg.projects:
+            ns = naming.project_namespace(project)
+            k8s.apiextensions.CustomResource(
+                f"{site.name}-localqueue-{project.name}", api_version=KUEUE_API, kind="LocalQueue",
+                metadata={"name": cq_name, "namespace": ns, "labels": labels},
+                spec={"clusterQueue": cq_name},
+                opts=ctx.k8s_opts(self, depends_on=[cq]))
+
+    # --- what may leave the site ---------------------------------------------------------------
+    def _ship_juicefs(self, site: RemoteSite, data: Mapping[str, pulumi.Input[str]] | None) -> list[k8s.core.v1.Secret]:
+        """The JuiceFS mount secret, per project namespace, for a remote that allows secrets; else nothing."""
+        if not site.allow_secrets or data is None:
+            return []
+        out = []
+        for project in self.ctx.cfg.projects:
+            ns = naming.project_namespace(project)
+            out.append(k8s.core.v1.Secret(
+                f"{site.name}-juicefs-{project.name}",
+                metadata={"name": naming.offload_juicefs_secret(site.name), "namespace": ns,
+                          "labels": self.ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name,
+                                                              naming.LABEL_PROJECT: project.name})},
+                type="Opaque", string_data=dict(data),
+                opts=self.ctx.k8s_opts(self)))
+        return out
+
+    def _summary(self, juicefs_available: bool) -> None:
+        lines: list[str] = []
+        if not self.sites:
+            lines.append("- no remote sites (aiinfn:offload.sites is empty)")
+        for s in self.sites:
+            r = s.resources
+            accel = ", ".join(f"{a.count}× {catalogue.GPUS[a.model].display}" for a in r.accelerators) or "no GPUs"
+            if s.allow_secrets:
+                ship = "JuiceFS secret shipped" if juicefs_available else "JuiceFS secret allowed (none available yet)"
+            else:
+                ship = "no secrets shipped"
+            lines.append(f"- **{s.name}** ({s.plugin}) {s.endpoint}:{s.port}, node `{naming.virtual_node_name(s.name)}`, "
+                         f"queue `{naming.offload_cluster_queue(s.name)}`: {r.cpu} CPU, {r.memory_gb} GiB, "
+                         f"{r.pods} pods, {accel}; auth {s.auth.mode}; {ship}")
+        for key in dict.fromkeys(getattr(self, "_missing_keys", [])):
+            lines.append(f"- set before deploying: `pulumi config set --secret aiinfn:{key}`")
+        self.ctx.add_summary("Offloading", lines)
