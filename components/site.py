@@ -7,6 +7,7 @@ import pulumi
 from aiinfn.config.model import SiteConfig
 
 from .accelerators import Accelerators
+from .batch import Batch
 from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
 from .offload import Offload
@@ -22,6 +23,8 @@ class Site(pulumi.ComponentResource):
         self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
         # Layers, in dependency order: accelerators, storage, batch, hub, jobs, offload, observability.
         # (each issue adds its own line here)
+        self.batch = Batch("batch", self.ctx, project_namespaces=self.platform.project_namespaces,
+                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.offload = Offload("offload", self.ctx,
                                juicefs_secret_data=getattr(getattr(self, "storage", None), "juicefs_secret_data", None),
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))

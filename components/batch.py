@@ -1,0 +1,292 @@
+"""Opportunistic batch with Kueue: flavors and queues from the catalogue, eviction for notebooks.
+
+- Kueue v0.19.2 (Helm chart ``kueue`` from ``oci://registry.k8s.io/kueue/charts``) with a deliberate
+  manager configuration (``kueue_manager_config``): only the ``batch/job`` integration, Jobs without
+  a queue label left alone, waitForPodsReady with recovery (a Job whose pod a notebook evicted gives
+  its quota back), fair sharing between queues of the cohort and admission fair sharing between the
+  projects' LocalQueues.
+- One ResourceFlavor per offering (``aiinfn.queues.queue_topology``), one Cohort per site, the
+  ClusterQueue ``opportunistic`` whose quotas equal what the site has, a LocalQueue ``batch`` and two
+  ResourceQuotas in every project namespace, WorkloadPriorityClasses and the kube-scheduler
+  PriorityClasses of batch work (negative, ``preemptionPolicy: Never``; ``batch-fire`` preempts
+  other batch work only). The notebook PriorityClass belongs to the hub layer.
+
+See docs/batch.md for the eviction mechanism and the worst-case wait of a notebook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from aiinfn import naming
+from aiinfn.config.model import SiteConfig
+from aiinfn.queues import MAX_FLAVOR_LABELS, MAX_FLAVOR_TOLERATIONS, QueueTopology, notebook_wait_bound_seconds, queue_topology
+
+from .context import SiteContext
+
+LAYER = "batch"
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+KUEUE_CHART = "oci://registry.k8s.io/kueue/charts/kueue"
+KUEUE_IMAGE = "registry.k8s.io/kueue/kueue"
+FRAMEWORKS = ["batch/job"]  # the job service creates batch/v1 Jobs only; notebooks are never gated
+RESOURCE_QUOTA_OBJECTS = "batch-objects"
+RESOURCE_QUOTA_PRIORITY = "batch-priority-only"
+
+
+class WorkloadPriorityClass(k8s.apiextensions.CustomResource):
+    """Kueue's WorkloadPriorityClass: ``value`` and ``description`` sit beside metadata, not in a spec."""
+
+    def __init__(self, resource_name: str, *, metadata: dict[str, Any], value: int, description: str,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        from pulumi_kubernetes import _utilities
+
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(version=_utilities.get_version()))
+        props = {"apiVersion": KUEUE_API, "kind": "WorkloadPriorityClass", "metadata": metadata,
+                 "value": value, "description": description}
+        pulumi.CustomResource.__init__(self, f"kubernetes:{KUEUE_API}:WorkloadPriorityClass", resource_name, props, opts)
+
+
+def batch_classes() -> dict[str, int]:
+    """kube-scheduler PriorityClasses of batch work: name -> value (all below the notebooks' class)."""
+    return {**naming.BATCH_PRIORITY_CLASSES, naming.BATCH_FIRE_CLASS: naming.BATCH_FIRE_PRIORITY}
+
+
+def kueue_manager_config(cfg: SiteConfig) -> dict[str, Any]:
+    """Kueue's Configuration (config.kueue.x-k8s.io/v1beta2), as the chart's managerConfig carries it."""
+    b = cfg.batch
+    return {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+        "kind": "Configuration",
+        "health": {"healthProbeBindAddress": ":8081"},
+        "metrics": {"bindAddress": ":8443", "enableClusterQueueResources": True},
+        "webhook": {"port": 9443},
+        "leaderElection": {"leaderElect": True, "resourceName": "c1f6bfd2.kueue.x-k8s.io"},
+        "controller": {"groupKindConcurrency": {
+            "Job.batch": 5, "Pod": 5, "Workload.kueue.x-k8s.io": 5, "LocalQueue.kueue.x-k8s.io": 1,
+            "ClusterQueue.kueue.x-k8s.io": 1, "ResourceFlavor.kueue.x-k8s.io": 1}},
+        "clientConnection": {"qps": 50, "burst": 100},
+        # Only Jobs that name a LocalQueue are queued; anything else (system Jobs) runs as before.
+        "manageJobsWithoutQueueName": False,
+        # Kueue manages work in project namespaces only (those carry the project label).
+        "managedJobsNamespaceSelector": {"matchExpressions": [{"key": naming.LABEL_PROJECT, "operator": "Exists"}]},
+        "waitForPodsReady": {
+            "timeout": f"{b.pods_ready_timeout_seconds}s",
+            "recoveryTimeout": f"{b.recovery_timeout_seconds}s",
+            "blockAdmission": False,
+            "requeuingStrategy": {"timestamp": "Eviction", "backoffBaseSeconds": b.requeue_backoff_base_seconds,
+                                  "backoffMaxSeconds": b.requeue_backoff_max_seconds},
+        },
+        "integrations": {"frameworks": list(FRAMEWORKS),
+                         "labelKeysToCopy": [naming.LABEL_USER, naming.LABEL_PROJECT, naming.LABEL_OFFLOADABLE]},
+        # Preemption between ClusterQueues of the cohort (local and offload queues) follows fair shares.
+        "fairSharing": {"preemptionStrategies": ["LessThanOrEqualToFinalShare", "LessThanInitialShare"]},
+        # Between projects (LocalQueues of one ClusterQueue): admission ordered by decayed past usage.
+        "admissionFairSharing": {"usageHalfLifeTime": f"{b.usage_half_life_hours}h", "usageSamplingInterval": "5m"},
+        # Scratch requests are not a queue resource: Kueue ignores them instead of refusing the Job.
+        "resources": {"excludeResourcePrefixes": ["ephemeral-storage"]},
+    }
+
+
+def kueue_values(cfg: SiteConfig) -> dict[str, Any]:
+    """Values of the kueue chart (keys of charts/kueue/values.yaml at 0.19.2)."""
+    replicas = 2 if cfg.site.kind == "production" else 1
+    return {
+        "controllerManager": {
+            "replicas": replicas,
+            "manager": {
+                "image": {"repository": KUEUE_IMAGE, "tag": f"v{cfg.batch.kueue_version}", "pullPolicy": "IfNotPresent"},
+                # Its webhook admits every Job of a project: keep it scheduled before user work.
+                "priorityClassName": "system-cluster-critical",
+            },
+            "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}],
+            "podDisruptionBudget": {"enabled": replicas > 1, "minAvailable": 1},
+        },
+        "managerConfig": {"controllerManagerConfigYaml": yaml.safe_dump(kueue_manager_config(cfg), sort_keys=False)},
+        "enableCertManager": False,  # Kueue's internal certificate management for its webhook
+        "enableKueueViz": False,
+        "enablePrometheus": False,  # the observability layer adds its own ServiceMonitor
+    }
+
+
+def _remote_flavors(cfg: SiteConfig) -> list[tuple[str, list[str]]]:
+    """Remote (interLink) flavors of the cohort the local queue may borrow: (name, resources)."""
+    sites = getattr(cfg.offload, "active_sites", None) or []
+    out = []
+    for site in sites:
+        try:
+            from aiinfn.config.offload import remote_quotas
+
+            resources = list(remote_quotas(site))
+        except ImportError:  # pragma: no cover - offload layer absent
+            resources = ["cpu", "memory"]
+        out.append((naming.offload_flavor(site.name), resources))
+    return out
+
+
+def cluster_queue_spec(cfg: SiteConfig, topo: QueueTopology) -> dict[str, Any]:
+    covered = list(topo.covered_resources)
+    remote = _remote_flavors(cfg)
+    for _, resources in remote:
+        covered += [r for r in resources if r not in covered]
+    flavors = []
+    for f in topo.flavors:
+        nominal = f.nominal(covered)
+        flavors.append({"name": f.name, "resources": [{"name": r, "nominalQuota": nominal[r]} for r in covered]})
+    # Remote flavors: no quota of our own; the local queue borrows what the offload queues lend.
+    for name, _ in remote:
+        flavors.append({"name": name, "resources": [{"name": r, "nominalQuota": 0} for r in covered]})
+    return {
+        "cohortName": topo.cohort,
+        "namespaceSelector": {"matchExpressions": [{"key": naming.LABEL_PROJECT, "operator": "Exists"}]},
+        "queueingStrategy": "BestEffortFIFO",
+        "flavorFungibility": {"whenCanBorrow": "MayStopSearch", "whenCanPreempt": "TryNextFlavor"},
+        "preemption": {
+            # Quota lent to the cohort comes back at once; inside the queue higher batch priority wins.
+            "reclaimWithinCohort": "Any",
+            "withinClusterQueue": "LowerPriority",
+        },
+        "fairSharing": {"weight": 1},
+        "admissionScope": {"admissionMode": "UsageBasedAdmissionFairSharing"},
+        "resourceGroups": [{"coveredResources": covered, "flavors": flavors}],
+    }
+
+
+class Batch(pulumi.ComponentResource):
+    def __init__(self, name: str, ctx: SiteContext,
+                 project_namespaces: dict[str, pulumi.Resource] | None = None,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("aiinfn:batch:Batch", name, None, opts)
+        self.ctx = ctx
+        cfg = ctx.cfg
+        self.topology = queue_topology(cfg)
+        self.flavors: dict[str, k8s.apiextensions.CustomResource] = {}
+        self.local_queues: dict[str, k8s.apiextensions.CustomResource] = {}
+        self.priority_classes: dict[str, k8s.scheduling.v1.PriorityClass] = {}
+        self.release = None
+        self.cluster_queue = None
+        if not cfg.batch.enabled:
+            ctx.add_summary("Batch", ["- disabled (aiinfn:batch.enabled is false): no Kueue, no batch queue"])
+            self.register_outputs({})
+            return
+        labels = ctx.labels(LAYER)
+        self.namespace = k8s.core.v1.Namespace(
+            "ns-kueue",
+            metadata={"name": naming.KUEUE_NAMESPACE, "labels": {
+                **labels,
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest"}},
+            opts=ctx.k8s_opts(self))
+        self.release = k8s.helm.v3.Release(
+            "kueue",
+            name="kueue",
+            chart=KUEUE_CHART,
+            version=cfg.batch.kueue_version,
+            namespace=naming.KUEUE_NAMESPACE,
+            values=kueue_values(cfg),
+            atomic=True,
+            timeout=600,
+            opts=ctx.k8s_opts(self, depends_on=[self.namespace]))
+        crds = [self.release]
+
+        for cls, value in batch_classes().items():
+            fire = cls == naming.BATCH_FIRE_CLASS
+            self.priority_classes[cls] = k8s.scheduling.v1.PriorityClass(
+                f"priorityclass-{cls}",
+                metadata={"name": cls, "labels": labels},
+                value=value,
+                global_default=False,
+                preemption_policy="PreemptLowerPriority" if fire else "Never",
+                description=("Urgent batch work: may preempt other batch work, never a notebook." if fire else
+                             "Opportunistic batch work: never preempts; a notebook preempts it."),
+                opts=ctx.k8s_opts(self))
+            WorkloadPriorityClass(
+                f"workloadpriorityclass-{cls}",
+                metadata={"name": cls, "labels": labels},
+                value=value,
+                description=f"Kueue priority of {cls} batch Jobs (same value as the pod PriorityClass).",
+                opts=ctx.k8s_opts(self, depends_on=crds))
+
+        topo = self.topology
+        cohort = k8s.apiextensions.CustomResource(
+            "cohort", api_version=KUEUE_API, kind="Cohort",
+            metadata={"name": topo.cohort, "labels": labels},
+            spec={"fairSharing": {"weight": 1}},
+            opts=ctx.k8s_opts(self, depends_on=crds))
+        for f in topo.flavors:
+            if len(f.node_labels) > MAX_FLAVOR_LABELS or len(f.tolerations) > MAX_FLAVOR_TOLERATIONS:
+                raise ValueError(f"flavor {f.name}: Kueue allows {MAX_FLAVOR_LABELS} node labels and "
+                                 f"{MAX_FLAVOR_TOLERATIONS} tolerations")
+            spec: dict[str, Any] = {"nodeLabels": dict(f.node_labels)}
+            if f.tolerations:
+                spec["tolerations"] = [dict(t) for t in f.tolerations]
+            self.flavors[f.name] = k8s.apiextensions.CustomResource(
+                f"flavor-{f.name}", api_version=KUEUE_API, kind="ResourceFlavor",
+                metadata={"name": f.name, "labels": labels}, spec=spec,
+                opts=ctx.k8s_opts(self, depends_on=crds))
+        self.cluster_queue = k8s.apiextensions.CustomResource(
+            "clusterqueue", api_version=KUEUE_API, kind="ClusterQueue",
+            metadata={"name": topo.cluster_queue, "labels": labels},
+            spec=cluster_queue_spec(cfg, topo),
+            opts=ctx.k8s_opts(self, depends_on=[*crds, cohort, *self.flavors.values()]))
+
+        allowed_classes = list(batch_classes())
+        for project in cfg.projects:
+            ns = naming.project_namespace(project)
+            dep: list[pulumi.Resource] = [n for n in [(project_namespaces or {}).get(project.name)] if n is not None]
+            plabels = ctx.labels(LAYER, **{naming.LABEL_PROJECT: project.name})
+            self.local_queues[project.name] = k8s.apiextensions.CustomResource(
+                f"localqueue-{project.name}", api_version=KUEUE_API, kind="LocalQueue",
+                metadata={"name": topo.local_queue, "namespace": ns, "labels": plabels},
+                spec={"clusterQueue": topo.cluster_queue,
+                      "fairSharing": {"weight": cfg.batch.project_weights.get(project.name, 1)}},
+                opts=ctx.k8s_opts(self, depends_on=[*dep, self.cluster_queue]))
+            k8s.core.v1.ResourceQuota(
+                f"quota-{project.name}-objects",
+                metadata={"name": RESOURCE_QUOTA_OBJECTS, "namespace": ns, "labels": plabels},
+                spec={"hard": {"pods": str(cfg.batch.max_pods_per_project),
+                               "count/jobs.batch": str(cfg.batch.max_jobs_per_project),
+                               "services.loadbalancers": "0", "services.nodeports": "0"}},
+                opts=ctx.k8s_opts(self, depends_on=dep))
+            # No pod of a project namespace may run in any class but the batch ones (not the notebooks').
+            k8s.core.v1.ResourceQuota(
+                f"quota-{project.name}-priority",
+                metadata={"name": RESOURCE_QUOTA_PRIORITY, "namespace": ns, "labels": plabels},
+                spec={"hard": {"pods": "0"},
+                      "scopeSelector": {"matchExpressions": [
+                          {"scopeName": "PriorityClass", "operator": "NotIn", "values": allowed_classes}]}},
+                opts=ctx.k8s_opts(self, depends_on=dep))
+
+        ctx.add_summary("Batch", summary_lines(cfg, topo))
+        self.register_outputs({"cluster_queue": topo.cluster_queue, "cohort": topo.cohort,
+                               "flavors": [f.name for f in topo.flavors]})
+
+
+def summary_lines(cfg: SiteConfig, topo: QueueTopology) -> list[str]:
+    bound = notebook_wait_bound_seconds(cfg)
+    lines = [
+        (f"- Kueue {cfg.batch.kueue_version} (API {KUEUE_API}); integrations: {', '.join(FRAMEWORKS)}; "
+        f"Jobs without a queue label are not managed"),
+        (f"- cohort `{topo.cohort}`; ClusterQueue `{topo.cluster_queue}` (preemption: reclaim within cohort, "
+        f"lower priority within the queue; fair sharing); LocalQueue `{topo.local_queue}` in "
+        f"{len(cfg.projects)} project namespaces"),
+    ]
+    remote = _remote_flavors(cfg)
+    if remote:
+        lines.append(f"- borrows from the offload queues of the cohort: {', '.join(n for n, _ in remote)}")
+    lines += ["", "| flavor | accelerator resource | devices | CPU | memory | pools |", "|---|---|---|---|---|---|"]
+    for f in topo.flavors:
+        lines.append(f"| {f.name} | {f.resource_name or '-'} | {f.devices} | {f.cpus} | {f.memory_gi} Gi | "
+                     f"{', '.join(f.pools) or '-'} |")
+    classes = ", ".join(f"{k} {v}" for k, v in batch_classes().items())
+    lines += ["",
+              (f"- priority classes: {classes} (preemptionPolicy Never except {naming.BATCH_FIRE_CLASS}); "
+              f"notebooks {naming.NOTEBOOK_PRIORITY_CLASS} {naming.NOTEBOOK_PRIORITY}"),
+              (f"- notebook eviction bound: a notebook waits at most {bound['total']} s for a device held by batch "
+              f"work (grace {bound['grace']} s + scheduling {bound['scheduling']} s + kubelet {bound['kubelet']} s "
+              f"+ scheduler requeue {bound['requeue']} s + bind {bound['bind']} s); evictions do not count "
+              f"against backoffLimit {cfg.batch.backoff_limit}")]
+    return lines
