@@ -22,6 +22,7 @@ SECTION_KEYS = tuple(camel(f.name) for f in dataclasses.fields(SiteConfig))
 SECRET_KEYS: dict[str, str] = {
     "iamClientSecret": "the INDIGO IAM client secret of this site's hub client",
     "kubeconfig": "kubeconfig of an existing cluster (only with aiinfn:cluster.existing: true)",
+    "grafanaClientSecret": "the INDIGO IAM client secret of Grafana's login (aiinfn:monitoring.grafana.clientId)",
 }
 SECRET_PREFIXES = ("offloadToken",)  # one per remote site: offloadToken<Name>
 
