@@ -1,0 +1,72 @@
+"""Entry point: ``python3 -m aiinfn_jobservice`` as a JupyterHub-managed service in the hub pod.
+
+Environment (JupyterHub sets the JUPYTERHUB_* ones for a managed service):
+
+- ``JUPYTERHUB_SERVICE_URL``: where to listen (its port; a non-loopback host binds all interfaces)
+- ``JUPYTERHUB_SERVICE_PREFIX``: the URL prefix (``/services/jobs/``)
+- ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_API_URL``, ``JUPYTERHUB_CLIENT_ID``, ...: read by HubOAuth
+- ``AIINFN_JOBS_SETTINGS``: the JSON settings file the program ships
+- ``AIINFN_JOBS_KUBE``: ``serviceaccount`` (default: the token Secret mounted at ``AIINFN_JOBS_TOKEN_DIR``)
+  or ``memory`` (no cluster: objects kept in memory, for trials and tests only)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth
+
+from .app import make_app
+from .kube import AsyncioKubeClient, KubeClient, MemoryKubeClient
+from .settings import Settings, SettingsError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def kube_from_env() -> KubeClient:
+    mode = os.environ.get("AIINFN_JOBS_KUBE", "serviceaccount")
+    if mode == "memory":
+        logging.getLogger("aiinfn.jobservice").warning("AIINFN_JOBS_KUBE=memory: no cluster, jobs are kept in memory")
+        return MemoryKubeClient()
+    if mode != "serviceaccount":
+        raise SystemExit(f"AIINFN_JOBS_KUBE: {mode!r} is not 'serviceaccount' or 'memory'")
+    token_dir = os.environ.get("AIINFN_JOBS_TOKEN_DIR", "")
+    if not token_dir or not os.path.exists(os.path.join(token_dir, "token")):
+        raise SystemExit(f"AIINFN_JOBS_TOKEN_DIR: no ServiceAccount token found in {token_dir!r}")
+    return AsyncioKubeClient(token_dir)
+
+
+async def serve() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        site = Settings.load(os.environ.get("AIINFN_JOBS_SETTINGS", "settings.json"))
+    except SettingsError as err:
+        raise SystemExit(str(err)) from None
+    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/jobs/")
+    kube = kube_from_env()
+    app = make_app(site, kube, HubOAuth(), prefix)
+    host = url.hostname or "127.0.0.1"
+    address = host if host in LOOPBACK else ""
+    app.listen(url.port or 80, address=address)
+    logging.getLogger("aiinfn.jobservice").info("job service for site %s listening on %s:%s%s",
+                                                 site.site, address or "*", url.port, prefix)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await kube.close()
+
+
+def main() -> None:
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

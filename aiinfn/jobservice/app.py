@@ -1,0 +1,326 @@
+"""The HTTP API (tornado), authenticated by JupyterHub OAuth: a caller presents its JupyterHub token.
+
+Routes, under the service prefix (``/services/jobs/``):
+
+    GET    api/info                              what the caller may ask for
+    POST   api/jobs                              submit a job
+    POST   api/bunshin                           submit a clone of the caller's running notebook
+    GET    api/jobs[?project=P][&all=true]       the caller's jobs (admins: everyone's with all=true)
+    GET    api/jobs/<project>/<id>               one job
+    GET    api/jobs/<project>/<id>/logs?index=N  the log of completion index N
+    DELETE api/jobs/<project>/<id>               delete a job (its pods and sandbox go with it)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from tornado import web
+
+from .bunshin import clone_notebook, find_notebook_pod
+from .errors import ApiError, bad_request, not_found
+from .jobspec import (
+    ANN_OWNER,
+    CONTAINER,
+    MANAGED_BY,
+    Caller,
+    VolumeRequest,
+    build_job,
+    caller_projects,
+    check_permission,
+    is_admin,
+    label_value,
+    new_job_name,
+    owned_by,
+    parse_request,
+    plain_base,
+    plain_volumes,
+    usable_pools,
+)
+from .kube import KubeClient, KubeError
+from .settings import ProjectInfo, Settings
+from .status import WORKLOAD_JOB_UID_LABEL, summarize
+
+log = logging.getLogger("aiinfn.jobservice")
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    @property
+    def hub_auth(self) -> HubOAuth:  # type: ignore[override]
+        return self.settings["hub_auth"]
+
+    @property
+    def site(self) -> Settings:
+        return self.settings["site_settings"]
+
+    @property
+    def kube(self) -> KubeClient:
+        return self.settings["kube"]
+
+    def caller(self) -> Caller:
+        model = self.current_user
+        if not model:
+            presented = bool(self.request.headers.get("Authorization")) or bool(self.get_argument("token", ""))
+            if presented:
+                raise ApiError(403, "your JupyterHub token is not valid for the job service "
+                                    f"(it needs the scope {' '.join(sorted(self.hub_auth.access_scopes or []))})")
+            raise ApiError(401, "authenticate with your JupyterHub token: 'Authorization: token <JUPYTERHUB_API_TOKEN>'")
+        if model.get("kind", "user") != "user":
+            raise ApiError(403, "only users submit jobs")
+        return Caller.from_model(model)
+
+    def body_json(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"{}")
+        except json.JSONDecodeError as err:
+            raise bad_request(f"the request body is not JSON ({err.msg} at position {err.pos})") from None
+
+    def send(self, status: int, payload: dict[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(payload, indent=1, sort_keys=True))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"status": status_code, "error": message}))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, ApiError):
+            if self._finished:
+                return
+            if e.status == 401:
+                self.set_header("WWW-Authenticate", "token")
+            self.send(e.status, {"status": e.status, "error": e.message})
+            return
+        if isinstance(e, KubeError):
+            status = 404 if e.status == 404 else 409 if e.status == 409 else 502
+            log.warning("Kubernetes API error %s: %s", e.status, e.message)
+            if not self._finished:
+                self.send(status, {"status": status, "error": f"the cluster answered {e.status}: {e.message}"})
+            return
+        super()._handle_request_exception(e)
+
+    def project_for(self, name: str) -> ProjectInfo:
+        project = self.site.projects.get(name)
+        if project is None:
+            raise not_found(f"project {name!r} does not exist on this site")
+        return project
+
+    async def owned_job(self, caller: Caller, project: ProjectInfo, job_id: str) -> dict[str, Any]:
+        job = await self.kube.get_job(project.namespace, job_id)
+        labels = (job or {}).get("metadata", {}).get("labels") or {}
+        if job is None or labels.get("app.kubernetes.io/managed-by") != MANAGED_BY:
+            raise not_found(f"job {job_id!r} not found in project {project.name}")
+        owner = (job["metadata"].get("annotations") or {}).get(ANN_OWNER)
+        if owner != caller.name and not is_admin(self.site, caller):
+            raise not_found(f"job {job_id!r} not found among your jobs in project {project.name}")
+        return job
+
+    async def workloads_of(self, namespace: str, job: dict[str, Any]) -> list[dict[str, Any]]:
+        uid = job["metadata"].get("uid")
+        if not uid:
+            return []
+        try:
+            return await self.kube.list_workloads(namespace, f"{WORKLOAD_JOB_UID_LABEL}={uid}")
+        except KubeError as err:  # queue state is a nicety; the job's own status still answers
+            log.warning("cannot read Kueue workloads in %s: %s", namespace, err.message)
+            return []
+
+
+class InfoHandler(BaseHandler):
+    async def get(self) -> None:
+        caller = self.caller()
+        site = self.site
+        offerings = []
+        for o in sorted(site.offerings.values(), key=lambda o: o.key):
+            pools = usable_pools(o, caller)
+            if o.pools and not pools:
+                continue
+            offerings.append({"key": o.key, "kind": o.kind, "resourceName": o.resource_name,
+                              "maxCpu": max((p.max_cpu for p in pools), default=None),
+                              "maxMemoryGi": max((p.max_memory_gi for p in pools), default=None),
+                              "maxCount": max((p.per_node for p in pools), default=0)})
+        admin = is_admin(site, caller)
+        priorities = [p for p in site.priorities if admin or p not in site.admin_priorities]
+        self.send(200, {
+            "user": caller.name, "admin": admin, "site": site.site,
+            "projects": [{"name": p, "namespace": site.projects[p].namespace} for p in caller_projects(site, caller)],
+            "priorities": priorities, "defaultPriority": site.default_priority,
+            "offerings": offerings, "images": site.images,
+            "volumes": sorted(["home", "public", "envs", "project", "juicefs"]),
+            "limits": {"maxCompletions": site.limits.max_completions, "maxParallelism": site.limits.max_parallelism,
+                       "maxActiveDeadlineSeconds": site.limits.max_deadline_seconds,
+                       "defaultTtlSecondsAfterFinished": site.limits.default_ttl_seconds,
+                       "maxSandboxBytes": site.limits.max_sandbox_bytes},
+        })
+
+
+class SubmitHandler(BaseHandler):
+    bunshin = False
+
+    async def post(self) -> None:
+        caller = self.caller()
+        site = self.site
+        req = parse_request(self.body_json(), site, bunshin=self.bunshin)
+        project = check_permission(site, caller, req)
+        if self.bunshin:
+            pods = await self.kube.list_pods(site.hub_namespace, site.notebook_selector)
+            pod = find_notebook_pod(pods, caller.name, req.server_name)
+            base = clone_notebook(pod, site, project, caller.name)
+            if req.volumes is not None:
+                base.volumes, base.mounts = plain_volumes(site, caller, project, req.volumes, req.cvmfs)
+            elif req.cvmfs and not any((v.get("persistentVolumeClaim") or {}).get("claimName") == site.claims["cvmfs"]
+                                       for v in base.volumes):
+                vols, mounts = plain_volumes(site, caller, project, VolumeRequest(), True)
+                base.volumes += vols
+                base.mounts += mounts
+        else:
+            base = plain_base(site, caller, project, req)
+        job_id = new_job_name(req.name)
+        job, config_map = build_job(site, caller, project, req, base, job_id)
+        created = await self.kube.create_job(project.namespace, job)
+        if config_map is not None:
+            try:
+                await self.kube.create_config_map(project.namespace, owned_by(config_map, created))
+            except KubeError:
+                await self.kube.delete_job(project.namespace, job_id)
+                raise
+        log.info("user %s submitted %s job %s/%s", caller.name, base.workload, project.namespace, job_id)
+        self.send(201, {"job": summarize(created, site), "dropped": base.dropped})
+
+
+class BunshinHandler(SubmitHandler):
+    bunshin = True
+
+
+class JobsHandler(SubmitHandler):
+    """GET lists jobs; POST (inherited) submits one."""
+
+    async def get(self) -> None:
+        caller = self.caller()
+        site = self.site
+        everyone = self.get_argument("all", "false").lower() in ("1", "true", "yes")
+        if everyone and not is_admin(site, caller):
+            raise ApiError(403, "only administrators may list everyone's jobs")
+        project_name = self.get_argument("project", "")
+        namespaces = [self.project_for(project_name).namespace] if project_name else site.project_namespaces()
+        selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+        if not everyone:
+            selector += f",{site.names.label_user}={label_value(caller.name)}"
+        jobs = []
+        for ns in namespaces:
+            found = await self.kube.list_jobs(ns, selector)
+            if not found:
+                continue
+            try:
+                workloads = await self.kube.list_workloads(ns, "")
+            except KubeError:
+                workloads = []
+            by_uid: dict[str, list[dict[str, Any]]] = {}
+            for wl in workloads:
+                uid = (wl.get("metadata", {}).get("labels") or {}).get(WORKLOAD_JOB_UID_LABEL)
+                if uid:
+                    by_uid.setdefault(uid, []).append(wl)
+            for job in found:
+                if not everyone and (job["metadata"].get("annotations") or {}).get(ANN_OWNER) != caller.name:
+                    continue
+                jobs.append(summarize(job, site, by_uid.get(job["metadata"].get("uid", ""), [])))
+        jobs.sort(key=lambda j: (j.get("created") or "", j["id"] or ""), reverse=True)
+        self.send(200, {"jobs": jobs})
+
+
+class JobHandler(BaseHandler):
+    async def get(self, project_name: str, job_id: str) -> None:
+        caller = self.caller()
+        project = self.project_for(project_name)
+        job = await self.owned_job(caller, project, job_id)
+        self.send(200, {"job": summarize(job, self.site, await self.workloads_of(project.namespace, job))})
+
+    async def delete(self, project_name: str, job_id: str) -> None:
+        caller = self.caller()
+        project = self.project_for(project_name)
+        await self.owned_job(caller, project, job_id)
+        await self.kube.delete_job(project.namespace, job_id)
+        log.info("user %s deleted job %s/%s", caller.name, project.namespace, job_id)
+        self.send(200, {"deleted": job_id, "project": project.name})
+
+
+class LogsHandler(BaseHandler):
+    async def get(self, project_name: str, job_id: str) -> None:
+        caller = self.caller()
+        project = self.project_for(project_name)
+        job = await self.owned_job(caller, project, job_id)
+        completions = int(job["spec"].get("completions") or 1)
+        try:
+            index = int(self.get_argument("index", "0"))
+            limit = int(self.get_argument("limitBytes", str(self.site.limits.max_log_bytes)))
+            tail_arg = self.get_argument("tailLines", "")
+            tail = int(tail_arg) if tail_arg else None
+        except ValueError:
+            raise bad_request("index, limitBytes and tailLines must be integers") from None
+        if not 0 <= index < completions:
+            raise bad_request(f"index: {index} is not a completion index of this job (0..{completions - 1})")
+        limit = max(1, min(limit, self.site.limits.max_log_bytes))
+        if tail is not None and tail < 0:
+            raise bad_request("tailLines: must not be negative")
+        pods = await self.kube.list_pods(project.namespace,
+                                         f"{JOB_NAME_LABEL}={job_id},{COMPLETION_INDEX_LABEL}={index}")
+        if not pods:
+            raise not_found(f"no pod has run index {index} of job {job_id} yet (the job may still be queued)")
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        pod = pods[-1]  # the latest attempt
+        text = await self.kube.read_pod_log(project.namespace, pod["metadata"]["name"], CONTAINER, limit, tail)
+        self.send(200, {"job": job_id, "index": index, "pod": pod["metadata"]["name"],
+                        "podPhase": (pod.get("status") or {}).get("phase"), "attempts": len(pods), "log": text})
+
+
+class RootHandler(BaseHandler):
+    @web.authenticated
+    async def get(self) -> None:  # a browser landing page: who you are and where the API lives
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        prefix = self.settings["service_prefix"]
+        self.finish(f"AI_INFN job service for {self.current_user['name']}.\n"
+                    f"API: {prefix}api/info, {prefix}api/jobs, {prefix}api/bunshin (see docs/jobs.md).\n")
+
+
+class HealthHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish('{"ok": true}')
+
+
+def make_app(site: Settings, kube: KubeClient, hub_auth: HubOAuth, prefix: str) -> web.Application:
+    """The tornado application; ``prefix`` is the service prefix (``/services/jobs/``)."""
+    if not prefix.endswith("/"):
+        prefix += "/"
+    seg = r"([a-z0-9][-a-z0-9]*)"
+    return web.Application(
+        [
+            (prefix, RootHandler),
+            (prefix + "health", HealthHandler),
+            (prefix + "oauth_callback", HubOAuthCallbackHandler),
+            (prefix + "api/info", InfoHandler),
+            (prefix + "api/jobs", JobsHandler),
+            (prefix + "api/bunshin", BunshinHandler),
+            (prefix + f"api/jobs/{seg}/{seg}", JobHandler),
+            (prefix + f"api/jobs/{seg}/{seg}/logs", LogsHandler),
+        ],
+        hub_auth=hub_auth,
+        site_settings=site,
+        kube=kube,
+        service_prefix=prefix,
+        cookie_secret=os.urandom(32),  # only for the OAuth state cookie of the browser landing page
+        xsrf_cookies=True,
+    )
+
