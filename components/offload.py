@@ -8,10 +8,8 @@ For each remote site of ``aiinfn:offload``:
   Secret (the chart 0.6.0 can only read a token written by its refresh sidecar, and passes the
   client secret and refresh token to that sidecar as plain env values), images are pinned and
   every object is validated against the Kubernetes schema;
-- a Kueue ResourceFlavor selecting that virtual node: ``nodeLabels`` pin admitted pods to it and
-  ``nodeTaints`` make Kueue assign the flavor only to workloads whose pods already tolerate
-  ``virtual-node.interlink/no-schedule`` (offloadable jobs); the flavor adds no toleration, so a
-  job that may not leave the site can never be sent there by Kueue;
+- a Kueue ResourceFlavor selecting that virtual node: ``nodeLabels`` pin admitted pods to it,
+  ``nodeTaints`` record the node's taint and ``tolerations`` let admitted pods onto it;
 - a ClusterQueue in the site's cohort whose nominal quota is the remote capacity, lent to the
   cohort (the local queue borrows it when local capacity is exhausted), and a LocalQueue of the
   same name in every project namespace for jobs sent to one remote site explicitly;
@@ -268,7 +266,11 @@ class Offload(pulumi.ComponentResource):
             f"{site.name}-flavor", api_version=KUEUE_API, kind="ResourceFlavor",
             metadata={"name": flavor_name, "labels": labels},
             spec={"nodeLabels": flavor_node_labels(site),
-                  "nodeTaints": [dict(VK_BUILTIN_TAINT)]},
+                  "nodeTaints": [dict(VK_BUILTIN_TAINT)],
+                  # injected into pods admitted on this flavor (the policy pack requires it); with it
+                  # Kueue no longer gates on nodeTaints, so which workloads reach a remote flavor is
+                  # decided by the queues listing it (offload-<remote> LocalQueues, cohort borrowing).
+                  "tolerations": [{"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]},
             opts=ctx.k8s_opts(self))
         quotas = remote_quotas(site)
         cq = k8s.apiextensions.CustomResource(
