@@ -12,6 +12,7 @@ from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
 from .offload import Offload
 from .platform import PlatformBase
+from .storage import Storage
 
 
 class Site(pulumi.ComponentResource):
@@ -23,6 +24,8 @@ class Site(pulumi.ComponentResource):
         self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
         # Layers, in dependency order: accelerators, storage, batch, hub, jobs, offload, observability.
         # (each issue adds its own line here)
+        self.storage = Storage("storage", self.ctx, self.platform,
+                               opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.batch = Batch("batch", self.ctx, project_namespaces=self.platform.project_namespaces,
                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.offload = Offload("offload", self.ctx,

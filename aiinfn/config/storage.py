@@ -1,8 +1,203 @@
-"""Stack config section ``aiinfn:storage``: NFS, JuiceFS, CVMFS, scratch and backups (issue: storage)."""
+"""Stack config section ``aiinfn:storage``: NFS, JuiceFS, CVMFS, scratch and backups (issue: storage).
+
+Also the uid/gid scheme of the NFS data (``user_uid``, ``group_gid``, ``project_gid``): the storage
+layer prepares directories with these ids and the hub runs notebooks with them, so both sides call
+the same functions. Ids are derived from a hash of the name (deterministic across sites and runs);
+collisions among the names a stack knows are refused at validation, and an operator resolves one by
+pinning an id in ``uidOverrides`` / ``gidOverrides``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import Project, SiteConfig
+
+# Id ranges (documented in docs/storage.md). Users get uid == gid (a private group) in USER range;
+# project groups and the env-maintainers group get gids in GROUP range; the two never overlap and
+# both stay clear of distribution accounts (<60000) and of 'nobody' (65534).
+USER_ID_MIN, USER_ID_SPAN = 100_000, 800_000  # [100000, 900000)
+GROUP_ID_MIN, GROUP_ID_SPAN = 900_000, 90_000  # [900000, 990000)
+SYSTEM_UID = 0
+REDIS_UID = 999  # the uid the official redis image runs as
+
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+IMAGE = re.compile(r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$")
+QUANTITY = re.compile(r"^[0-9]+(Mi|Gi|Ti)$")
+CRON = re.compile(r"^(\S+\s+){4}\S+$")
+CVMFS_REPO = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)+$")
+
+
+def _hash(kind: str, name: str, span: int) -> int:
+    digest = hashlib.sha256(f"{kind}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % span
+
+
+def require_image(value: str, path: str) -> None:
+    if not IMAGE.match(value) or value.endswith(":latest"):
+        raise ConfigError(path, f"{value!r} must be a pinned image reference (registry/repo:tag, not latest)")
+
+
+@dataclass
+class LifecycleRule:
+    """An S3 lifecycle rule on the JuiceFS bucket (days; 0 leaves that action out)."""
+
+    id: str
+    prefix: str = ""
+    expiration_days: int = 0
+    noncurrent_version_expiration_days: int = 0
+    abort_incomplete_multipart_days: int = 0
+
+    def __validate__(self, path: str) -> None:
+        if not re.match(r"^[A-Za-z0-9._-]{1,255}$", self.id):
+            raise ConfigError(f"{path}.id", f"{self.id!r} must be 1-255 letters, digits, '.', '_' or '-'")
+        for key, val in (("expirationDays", self.expiration_days),
+                         ("noncurrentVersionExpirationDays", self.noncurrent_version_expiration_days),
+                         ("abortIncompleteMultipartDays", self.abort_incomplete_multipart_days)):
+            if val < 0:
+                raise ConfigError(f"{path}.{key}", f"must be 0 (off) or a number of days, got {val}")
+        if not (self.expiration_days or self.noncurrent_version_expiration_days or self.abort_incomplete_multipart_days):
+            raise ConfigError(path, "a lifecycle rule needs at least one of expirationDays, "
+                                    "noncurrentVersionExpirationDays, abortIncompleteMultipartDays")
+
+    def to_plain(self) -> dict:
+        return {"id": self.id, "prefix": self.prefix, "expirationDays": self.expiration_days,
+                "noncurrentVersionExpirationDays": self.noncurrent_version_expiration_days,
+                "abortIncompleteMultipartDays": self.abort_incomplete_multipart_days}
+
+
+def _default_lifecycle() -> list[LifecycleRule]:
+    # JuiceFS rewrites/deletes objects on compaction: keep overwritten versions 30 days (undo window).
+    return [LifecycleRule(id="expire-noncurrent", noncurrent_version_expiration_days=30),
+            LifecycleRule(id="abort-multipart", abort_incomplete_multipart_days=7)]
+
+
+@dataclass
+class NfsConfig:
+    # erichough/nfs-server: kernel nfsd in a privileged pod, NFSv4 only (one TCP port).
+    image: str = "docker.io/erichough/nfs-server:2.2.1"
+    helper_image: str = "docker.io/library/busybox:1.37.0"
+    host_path: str = "/srv/aiinfn-nfs"  # where the storage node mounts the tenancy's data volume
+    csi_chart_version: str = "4.12.1"
+    env_maintainers_group: str = "ai-infn/env-maintainers"  # IAM group that may write /envs
+    reconcile_seconds: int = 60  # the directory keeper re-applies the layout this often
+
+    def __validate__(self, path: str) -> None:
+        require_image(self.image, f"{path}.image")
+        require_image(self.helper_image, f"{path}.helperImage")
+        if not re.match(r"^/[A-Za-z0-9._/-]+$", self.host_path) or self.host_path.rstrip("/") in ("", "/"):
+            raise ConfigError(f"{path}.hostPath", f"{self.host_path!r} must be an absolute directory other than /")
+        if not re.match(r"^v?\d+\.\d+\.\d+$", self.csi_chart_version):
+            raise ConfigError(f"{path}.csiChartVersion", f"{self.csi_chart_version!r} must be a pinned chart version")
+        if self.reconcile_seconds < 10:
+            raise ConfigError(f"{path}.reconcileSeconds", f"must be at least 10, got {self.reconcile_seconds}")
+
+
+@dataclass
+class JuicefsConfig:
+    enabled: bool = True
+    s3_endpoint: str = "https://rgw.cloud.infn.it"  # the site's Ceph Rados Gateway
+    s3_region: str = "us-east-1"
+    bucket: str = ""  # default: aiinfn-<site>-juicefs (bucket names always carry the site name)
+    volume_name: str = ""  # default: aiinfn-<site>
+    versioning: bool = True
+    lifecycle_rules: list[LifecycleRule] = field(default_factory=_default_lifecycle)
+    tags: dict[str, str] = field(default_factory=dict)
+    redis_image: str = "docker.io/library/redis:7.4.2"
+    redis_storage_gi: int = 10
+    csi_chart_version: str = "0.32.1"
+
+    def __validate__(self, path: str) -> None:
+        if not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", self.s3_endpoint):
+            raise ConfigError(f"{path}.s3Endpoint", f"{self.s3_endpoint!r} must be an http(s) URL")
+        if self.bucket and (not S3_BUCKET.match(self.bucket) or ".." in self.bucket):
+            raise ConfigError(f"{path}.bucket", f"{self.bucket!r} is not a valid S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
+        if self.volume_name and not re.match(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", self.volume_name):
+            raise ConfigError(f"{path}.volumeName", f"{self.volume_name!r} must be 3-63 lower-case letters, digits and '-'")
+        require_image(self.redis_image, f"{path}.redisImage")
+        if self.redis_storage_gi < 1:
+            raise ConfigError(f"{path}.redisStorageGi", f"must be at least 1, got {self.redis_storage_gi}")
+        ids = [r.id for r in self.lifecycle_rules]
+        for i, rid in enumerate(ids):
+            if ids.index(rid) != i:
+                raise ConfigError(f"{path}.lifecycleRules[{i}].id", f"rule id {rid!r} is used twice")
+        for k, v in self.tags.items():
+            if not (0 < len(k) <= 128 and len(v) <= 256):
+                raise ConfigError(f"{path}.tags.{k}", "S3 tag keys are 1-128 and values at most 256 characters")
+        if not re.match(r"^v?\d+\.\d+\.\d+$", self.csi_chart_version):
+            raise ConfigError(f"{path}.csiChartVersion", f"{self.csi_chart_version!r} must be a pinned chart version")
+
+
+@dataclass
+class CvmfsConfig:
+    enabled: bool = True
+    repositories: list[str] = field(default_factory=lambda: ["cms.cern.ch", "sft.cern.ch", "atlas.cern.ch"])
+    http_proxy: str = "DIRECT"  # e.g. "http://squid.cnaf.infn.it:3128"; DIRECT only for small sites
+    cache_quota_mb: int = 20000
+    chart_version: str = "2.3.2"
+
+    def __validate__(self, path: str) -> None:
+        if not self.repositories:
+            raise ConfigError(f"{path}.repositories", "list at least one repository (or set enabled: false)")
+        for i, r in enumerate(self.repositories):
+            if not CVMFS_REPO.match(r):
+                raise ConfigError(f"{path}.repositories[{i}]", f"{r!r} is not a CVMFS repository name (like cms.cern.ch)")
+        if self.http_proxy != "DIRECT" and not re.match(r"^http://[^\s;|]+(;[^\s;|]+)*(\|http://[^\s;|]+)*$",
+                                                          self.http_proxy):
+            raise ConfigError(f"{path}.httpProxy", f"{self.http_proxy!r} must be DIRECT or http://host:port[|...]")
+        if self.cache_quota_mb < 1000:
+            raise ConfigError(f"{path}.cacheQuotaMb", f"must be at least 1000 MB, got {self.cache_quota_mb}")
+        if not re.match(r"^\d+\.\d+\.\d+$", self.chart_version):
+            raise ConfigError(f"{path}.chartVersion", f"{self.chart_version!r} must be a pinned chart version")
+
+
+@dataclass
+class ScratchConfig:
+    enabled: bool = True
+    host_path: str = "/mnt/scratch"  # where GPU VMs mount their local NVMe
+    provisioner_image: str = "docker.io/rancher/local-path-provisioner:v0.0.31"
+
+    def __validate__(self, path: str) -> None:
+        if not re.match(r"^/[A-Za-z0-9._/-]+$", self.host_path) or self.host_path.rstrip("/") in ("", "/"):
+            raise ConfigError(f"{path}.hostPath", f"{self.host_path!r} must be an absolute directory other than /")
+        require_image(self.provisioner_image, f"{path}.provisionerImage")
+
+
+@dataclass
+class BackupConfig:
+    enabled: bool = True
+    # borg repository on the remote target, e.g. ssh://borg@backup.cnaf.infn.it:22/./aiinfn-cnaf
+    repository: str = ""
+    known_hosts: str = ""  # the remote's SSH host key line(s): the job checks the host strictly
+    schedule: str = "30 2 * * *"
+    image: str = "ghcr.io/borgmatic-collective/borgmatic:1.9.10"
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    keep_monthly: int = 6
+    compression: str = "zstd,3"
+
+    def __validate__(self, path: str) -> None:
+        if self.repository and not re.match(r"^(ssh://[^\s@/]+@[^\s/:]+(:\d+)?/\S+|/\S+)$", self.repository):
+            raise ConfigError(f"{path}.repository", f"{self.repository!r} must be ssh://user@host[:port]/path (or an absolute path)")
+        if not CRON.match(self.schedule):
+            raise ConfigError(f"{path}.schedule", f"{self.schedule!r} is not a 5-field cron expression")
+        require_image(self.image, f"{path}.image")
+        for key, val in (("keepDaily", self.keep_daily), ("keepWeekly", self.keep_weekly), ("keepMonthly", self.keep_monthly)):
+            if val < 0:
+                raise ConfigError(f"{path}.{key}", f"must be 0 or more, got {val}")
+        if self.keep_daily + self.keep_weekly + self.keep_monthly == 0:
+            raise ConfigError(f"{path}.keepDaily", "a retention that keeps nothing would prune every archive")
+        if not re.match(r"^(none|lz4|zstd(,\d{1,2})?|zlib(,\d)?|lzma(,\d)?)$", self.compression):
+            raise ConfigError(f"{path}.compression", f"{self.compression!r} is not a borg compression spec")
+        if self.repository.startswith("ssh://") and not self.known_hosts.strip():
+            raise ConfigError(f"{path}.knownHosts", "give the backup server's SSH host key (ssh-keyscan output) for an ssh:// repository")
 
 
 @dataclass
@@ -10,3 +205,126 @@ class StorageConfig:
     """Settings of the storage layer. Every field has a safe default so a minimal stack renders."""
 
     enabled: bool = True
+    users: list[str] = field(default_factory=list)  # user names that get a home (IAM preferred_username)
+    uid_overrides: dict[str, int] = field(default_factory=dict)  # user -> uid (to settle a collision)
+    gid_overrides: dict[str, int] = field(default_factory=dict)  # IAM group -> gid (to settle a collision)
+    nfs: NfsConfig = field(default_factory=NfsConfig)
+    juicefs: JuicefsConfig = field(default_factory=JuicefsConfig)
+    cvmfs: CvmfsConfig = field(default_factory=CvmfsConfig)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+
+    def __validate__(self, path: str) -> None:
+        for i, u in enumerate(self.users):
+            if not USERNAME.match(u):
+                raise ConfigError(f"{path}.users[{i}]", f"{u!r} is not a POSIX user name (lower-case letters, digits, '.', '_', '-')")
+            if self.users.index(u) != i:
+                raise ConfigError(f"{path}.users[{i}]", f"user {u!r} is listed twice")
+        for u, uid in self.uid_overrides.items():
+            if not USER_ID_MIN <= uid < USER_ID_MIN + USER_ID_SPAN:
+                raise ConfigError(f"{path}.uidOverrides.{u}", f"uid {uid} is outside the user range "
+                                                               f"[{USER_ID_MIN}, {USER_ID_MIN + USER_ID_SPAN})")
+        for g, gid in self.gid_overrides.items():
+            if not GROUP_ID_MIN <= gid < GROUP_ID_MIN + GROUP_ID_SPAN:
+                raise ConfigError(f"{path}.gidOverrides.{g}", f"gid {gid} is outside the group range "
+                                                               f"[{GROUP_ID_MIN}, {GROUP_ID_MIN + GROUP_ID_SPAN})")
+
+
+# --- the id scheme --------------------------------------------------------------------------------
+
+def user_uid(storage: StorageConfig, user: str) -> int:
+    """uid (and private gid) of a user: pinned override, else 100000 + sha256('user:<name>') mod 800000."""
+    if user in storage.uid_overrides:
+        return storage.uid_overrides[user]
+    return USER_ID_MIN + _hash("user", user, USER_ID_SPAN)
+
+
+def group_gid(storage: StorageConfig, group: str) -> int:
+    """gid of an IAM group (project groups, env maintainers): override, else 900000 + hash mod 90000."""
+    if group in storage.gid_overrides:
+        return storage.gid_overrides[group]
+    return GROUP_ID_MIN + _hash("group", group, GROUP_ID_SPAN)
+
+
+def project_gid(cfg: SiteConfig, project: Project | str) -> int:
+    p = project if not isinstance(project, str) else next(x for x in cfg.projects if x.name == project)
+    return group_gid(cfg.storage, p.group)
+
+
+def env_maintainers_gid(cfg: SiteConfig) -> int:
+    return group_gid(cfg.storage, cfg.storage.nfs.env_maintainers_group)
+
+
+def bucket_name(cfg: SiteConfig) -> str:
+    return cfg.storage.juicefs.bucket or f"aiinfn-{cfg.site.name}-juicefs"
+
+
+def juicefs_volume_name(cfg: SiteConfig) -> str:
+    return cfg.storage.juicefs.volume_name or f"aiinfn-{cfg.site.name}"
+
+
+def backup_repository(cfg: SiteConfig) -> str:
+    return cfg.storage.backup.repository
+
+
+def backups_active(cfg: SiteConfig) -> bool:
+    return cfg.storage.enabled and cfg.storage.backup.enabled and bool(cfg.storage.backup.repository)
+
+
+# --- cross-key rules --------------------------------------------------------------------------------
+
+def validate_site(cfg: SiteConfig) -> None:
+    st = cfg.storage
+    path = "aiinfn:storage"
+    # uids: collisions among the users this stack knows
+    seen: dict[int, str] = {}
+    for i, u in enumerate(st.users):
+        uid = user_uid(st, u)
+        if uid in seen:
+            raise ConfigError(f"{path}.users[{i}]", f"uid {uid} of {u!r} collides with {seen[uid]!r}; "
+                                                     f"pin one in {path}.uidOverrides")
+        seen[uid] = u
+    for u in st.uid_overrides:
+        if u not in st.users:
+            raise ConfigError(f"{path}.uidOverrides.{u}", f"{u!r} is not in {path}.users")
+    # gids: project groups and the env-maintainers group
+    groups: list[tuple[str, str]] = [(f"aiinfn:projects[{i}].group", p.group) for i, p in enumerate(cfg.projects)]
+    groups.append((f"{path}.nfs.envMaintainersGroup", st.nfs.env_maintainers_group))
+    gseen: dict[int, str] = {}
+    for key, g in groups:
+        gid = group_gid(st, g)
+        if gid in gseen and gseen[gid] != g:
+            raise ConfigError(key, f"gid {gid} of group {g!r} collides with {gseen[gid]!r}; pin one in {path}.gidOverrides")
+        gseen[gid] = g
+    known = {g for _, g in groups}
+    for g in st.gid_overrides:
+        if g not in known:
+            raise ConfigError(f"{path}.gidOverrides.{g}", f"{g!r} is neither a project group nor the env-maintainers group")
+    # A site's data is its own: bucket names and borg repositories carry the site name, so a clone
+    # (hackathon) can never point at production data, and prune never touches another site's archives.
+    if st.juicefs.bucket and cfg.site.name not in st.juicefs.bucket:
+        raise ConfigError(f"{path}.juicefs.bucket", f"{st.juicefs.bucket!r} must contain the site name "
+                                                    f"{cfg.site.name!r} (one bucket per site; clones never share production's)")
+    if st.backup.repository and cfg.site.name not in st.backup.repository:
+        raise ConfigError(f"{path}.backup.repository", f"{st.backup.repository!r} must contain the site name "
+                                                       f"{cfg.site.name!r} (one borg repository per site)")
+    if st.enabled and st.backup.enabled and not st.backup.repository and cfg.is_protected:
+        raise ConfigError(f"{path}.backup.repository", f"a {cfg.site.kind} site must back up its NFS data: "
+                                                       "give the borg repository (ssh://user@host/path)")
+    if st.nfs.host_path.rstrip("/") == st.scratch.host_path.rstrip("/"):
+        raise ConfigError(f"{path}.scratch.hostPath", "must differ from the NFS data path")
+
+
+def isolation_problems(configs: list[SiteConfig]) -> list[str]:
+    """Across stacks: a hackathon never shares a bucket, JuiceFS volume or borg repo with a protected site."""
+    problems = []
+    protected = [c for c in configs if c.is_protected]
+    for h in (c for c in configs if c.site.kind == "hackathon"):
+        for p in protected:
+            for what, fn in (("bucket", bucket_name), ("JuiceFS volume", juicefs_volume_name),
+                             ("borg repository", backup_repository)):
+                if fn(h) and fn(h) == fn(p):
+                    problems.append(f"hackathon {h.site.name} uses {p.site.name}'s {what} {fn(h)!r}")
+            if h.site.name == p.site.name:
+                problems.append(f"hackathon {h.site.name} has the same site name as {p.site.kind} {p.site.name}")
+    return problems

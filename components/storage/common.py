@@ -1,0 +1,42 @@
+"""Small helpers shared by the storage sub-modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi_kubernetes as k8s
+
+from aiinfn.naming import STORAGE_NAMESPACE
+
+from ..context import SiteContext
+
+LAYER = "storage"
+SCRIPTS = Path(__file__).parent / "scripts"
+CSI_NAMESPACE = "kube-system"  # CSI drivers live beside the other node-critical system pods
+
+
+def script(name: str) -> str:
+    return (SCRIPTS / name).read_text()
+
+
+def meta(ctx: SiteContext, name: str, namespace: str | None = STORAGE_NAMESPACE, component: str | None = None,
+         **extra: str) -> k8s.meta.v1.ObjectMetaArgs:
+    labels = ctx.labels(LAYER, **extra)
+    if component:
+        labels["app.kubernetes.io/component"] = component
+        labels["app.kubernetes.io/name"] = component
+    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels)
+
+
+def reclaim_policy(ctx: SiteContext) -> str:
+    """Every PV keeps its data when its claim goes (Retain); only throw-away stacks may Delete dynamic ones."""
+    return "Retain"
+
+
+def restricted_container_security(run_as_user: int | None = None) -> dict:
+    sc: dict = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": True}
+    if run_as_user is not None:
+        sc["runAsUser"] = run_as_user
+        sc["runAsGroup"] = run_as_user
+    return sc

@@ -1,0 +1,254 @@
+"""The NFS server on the storage node, the csi-driver-nfs release, and the directory layout.
+
+The server is a pod pinned to the storage pool that exports the tenancy's data volume (mounted by the
+node at ``storage.nfs.hostPath``) with the kernel NFS server, NFSv4 only. Clients reach it by the
+Service name ``NFS_SERVER_DNS`` (never a ClusterIP). Directories are created with their owners and
+modes by an init container, and kept so by a sidecar that re-applies the same layout every minute.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from aiinfn.catalogue import LABEL_POOL
+from aiinfn.config.model import SiteConfig
+from aiinfn.config.storage import REDIS_UID, env_maintainers_gid, project_gid, user_uid
+from aiinfn.naming import NFS_EXPORT_ROOT, NFS_SERVER_DNS, NFS_SERVICE, STORAGECLASS_NFS
+from aiinfn.nodes import tolerations_for
+
+from ..context import SiteContext
+from .common import CSI_NAMESPACE, meta, script
+
+CSI_NFS_DRIVER = "nfs.csi.k8s.io"
+CSI_NFS_REPO = "https://raw.githubusercontent.com/kubernetes-csi/csi-driver-nfs/master/charts"
+NFS_MOUNT_OPTIONS = ["nfsvers=4.2", "hard", "noatime"]
+NFS_PORT = 2049
+
+# Export subpaths (relative to NFS_EXPORT_ROOT)
+HOMES = "homes"
+PROJECTS = "projects"
+PUBLIC = "public"
+ENVS = "envs"
+SYSTEM = ".system"
+REDIS_DIR = f"{SYSTEM}/juicefs-redis"
+DYNAMIC = "dynamic"  # subdirectories made by the nfs-csi StorageClass (dynamic volumes)
+
+
+def share(rel: str) -> str:
+    return f"{NFS_EXPORT_ROOT}/{rel}" if rel else NFS_EXPORT_ROOT
+
+
+def project_dir(name: str) -> str:
+    return f"{PROJECTS}/{name}"
+
+
+def layout(cfg: SiteConfig) -> list[tuple[str, int, int, str]]:
+    """(mode, uid, gid, path relative to the export root), parents first.
+
+    homes/ and projects/ are 0711 root: anyone may traverse to a folder they own, nobody may list
+    who else has one. A home is 0700 uid:uid. A project folder is root:<project gid> 2770 (setgid:
+    new files inherit the group). envs/ is root:<maintainers gid> 2775. public/ is 1777 (sticky:
+    everyone writes, only the owner deletes).
+    """
+    st = cfg.storage
+    rows: list[tuple[str, int, int, str]] = [
+        ("0755", 0, 0, "."),
+        ("0711", 0, 0, HOMES),
+        ("0711", 0, 0, PROJECTS),
+        ("1777", 0, 0, PUBLIC),
+        ("2775", 0, env_maintainers_gid(cfg), ENVS),
+        ("0711", 0, 0, SYSTEM),
+        ("0700", REDIS_UID, REDIS_UID, REDIS_DIR),
+        ("0711", 0, 0, DYNAMIC),
+    ]
+    for u in st.users:
+        uid = user_uid(st, u)
+        rows.append(("0700", uid, uid, f"{HOMES}/{u}"))
+    for p in cfg.projects:
+        rows.append(("2770", 0, project_gid(cfg, p), project_dir(p.name)))
+    return rows
+
+
+def layout_text(cfg: SiteConfig) -> str:
+    head = "# mode uid gid path (relative to the NFS export root); generated from the stack config\n"
+    return head + "".join(f"{m} {u} {g} {p}\n" for m, u, g, p in layout(cfg))
+
+
+def client_networks(cfg: SiteConfig) -> list[str]:
+    """Who may mount: the nodes (CSI node plugins mount from the host network) and the pod network."""
+    nets = []
+    if cfg.openstack is not None:
+        nets.append(cfg.openstack.internal_cidr)
+    nets.append(cfg.cluster.cluster_cidr)
+    return nets
+
+
+def exports_text(cfg: SiteConfig) -> str:
+    """/etc/exports: root squashed everywhere (a root container cannot bypass the modes above),
+    except the dynamic/ tree where csi-driver-nfs (root) creates per-volume subdirectories."""
+    nets = client_networks(cfg)
+    main = " ".join(f"{n}(rw,sync,no_subtree_check,root_squash,crossmnt)" for n in nets)
+    dyn = " ".join(f"{n}(rw,sync,no_subtree_check,no_root_squash)" for n in nets)
+    return f"{NFS_EXPORT_ROOT} {main}\n{share(DYNAMIC)} {dyn}\n"
+
+
+def storage_pool(cfg: SiteConfig):
+    pools = cfg.pools_by_role("storage")
+    return pools[0] if pools else None
+
+
+def node_placement(cfg: SiteConfig) -> dict:
+    """nodeSelector/tolerations that put a pod on the storage node (when the stack declares one)."""
+    pool = storage_pool(cfg)
+    if pool is None:
+        return {}
+    out: dict = {"nodeSelector": {LABEL_POOL: pool.name}}
+    tol = tolerations_for(cfg, pool)
+    if tol:
+        out["tolerations"] = tol
+    return out
+
+
+class Nfs:
+    """Builds the NFS server and the CSI driver as children of the Storage component."""
+
+    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: k8s.core.v1.Namespace) -> None:
+        cfg = ctx.cfg
+        nfs = cfg.storage.nfs
+        opts = ctx.k8s_opts(parent, depends_on=[namespace])
+        self.config = k8s.core.v1.ConfigMap(
+            "nfs-config",
+            metadata=meta(ctx, "nfs-server-config", component="nfs-server"),
+            data={"exports": exports_text(cfg), "layout.txt": layout_text(cfg), "prepare-dirs.sh": script("prepare-dirs.sh")},
+            opts=opts,
+        )
+        labels = {"app.kubernetes.io/name": "nfs-server", "app.kubernetes.io/component": "nfs-server"}
+        data_volume = {"name": "data", "hostPath": {"path": nfs.host_path, "type": "Directory"}}
+        keeper_sc = {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
+                     "capabilities": {"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE"]},
+                     "seccompProfile": {"type": "RuntimeDefault"}}
+        keeper_mounts = [{"name": "data", "mountPath": NFS_EXPORT_ROOT},
+                         {"name": "config", "mountPath": "/etc/aiinfn-nfs", "readOnly": True}]
+        self.server = k8s.apps.v1.Deployment(
+            "nfs-server",
+            metadata=meta(ctx, NFS_SERVICE, component="nfs-server"),
+            spec={
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},  # never two servers on the same data
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": {**ctx.labels("storage"), **labels}},
+                    "spec": {
+                        **node_placement(cfg),
+                        "priorityClassName": "system-cluster-critical",
+                        "automountServiceAccountToken": False,
+                        "initContainers": [{
+                            "name": "prepare-dirs",
+                            "image": nfs.helper_image,
+                            "command": ["sh", "/etc/aiinfn-nfs/prepare-dirs.sh", NFS_EXPORT_ROOT, "/etc/aiinfn-nfs/layout.txt"],
+                            "securityContext": keeper_sc,
+                            "volumeMounts": keeper_mounts,
+                        }],
+                        "containers": [
+                            {
+                                "name": "nfs-server",
+                                "image": nfs.image,
+                                # kernel nfsd: the server needs the host's nfsd module and privileges.
+                                "securityContext": {"privileged": True},
+                                "env": [{"name": "NFS_DISABLE_VERSION_3", "value": "1"},
+                                        {"name": "NFS_LOG_LEVEL", "value": "DEBUG"}],
+                                "ports": [{"name": "nfs", "containerPort": NFS_PORT, "protocol": "TCP"}],
+                                "readinessProbe": {"tcpSocket": {"port": NFS_PORT}, "periodSeconds": 10},
+                                "livenessProbe": {"tcpSocket": {"port": NFS_PORT}, "periodSeconds": 20,
+                                                  "failureThreshold": 6},
+                                "volumeMounts": [
+                                    {"name": "data", "mountPath": NFS_EXPORT_ROOT},
+                                    {"name": "config", "mountPath": "/etc/exports", "subPath": "exports", "readOnly": True},
+                                    {"name": "modules", "mountPath": "/lib/modules", "readOnly": True},
+                                ],
+                                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+                            },
+                            {
+                                "name": "dir-keeper",
+                                "image": nfs.helper_image,
+                                "command": ["sh", "/etc/aiinfn-nfs/prepare-dirs.sh", NFS_EXPORT_ROOT,
+                                            "/etc/aiinfn-nfs/layout.txt", str(nfs.reconcile_seconds)],
+                                "securityContext": keeper_sc,
+                                "volumeMounts": keeper_mounts,
+                                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                                              "limits": {"memory": "64Mi"}},
+                            },
+                        ],
+                        "volumes": [
+                            data_volume,
+                            {"name": "config", "configMap": {"name": "nfs-server-config"}},
+                            {"name": "modules", "hostPath": {"path": "/lib/modules", "type": "Directory"}},
+                        ],
+                    },
+                },
+            },
+            opts=ctx.k8s_opts(parent, depends_on=[namespace, self.config]),
+        )
+        self.service = k8s.core.v1.Service(
+            "nfs-service",
+            metadata=meta(ctx, NFS_SERVICE, component="nfs-server"),
+            spec={"type": "ClusterIP", "selector": labels,
+                  "ports": [{"name": "nfs", "port": NFS_PORT, "targetPort": NFS_PORT, "protocol": "TCP"}]},
+            opts=opts,
+        )
+        self.network_policy = k8s.networking.v1.NetworkPolicy(
+            "nfs-netpol",
+            metadata=meta(ctx, "nfs-server-clients", component="nfs-server"),
+            spec={"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"],
+                  "ingress": [{"from": [{"ipBlock": {"cidr": n}} for n in client_networks(cfg)],
+                               "ports": [{"protocol": "TCP", "port": NFS_PORT}]}]},
+            opts=opts,
+        )
+        self.csi = k8s.helm.v3.Release(
+            "csi-driver-nfs",
+            name="csi-driver-nfs",
+            chart="csi-driver-nfs",
+            version=nfs.csi_chart_version,
+            namespace=CSI_NAMESPACE,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CSI_NFS_REPO),
+            values={
+                "driver": {"name": CSI_NFS_DRIVER},
+                "controller": {"replicas": 1, "dnsPolicy": "ClusterFirstWithHostNet", "runOnControlPlane": False},
+                # The node plugin mounts on every node (GPU nodes are tainted): resolve the Service name
+                # through cluster DNS although it runs on the host network.
+                "node": {"dnsPolicy": "ClusterFirstWithHostNet", "tolerations": [{"operator": "Exists"}]},
+                "storageClass": {"create": False},
+                "externalSnapshotter": {"enabled": False},
+            },
+            opts=ctx.k8s_opts(parent),
+        )
+        self.storage_class = k8s.storage.v1.StorageClass(
+            "sc-nfs",
+            metadata=meta(ctx, STORAGECLASS_NFS, namespace=None),
+            provisioner=CSI_NFS_DRIVER,
+            parameters={"server": NFS_SERVER_DNS, "share": share(DYNAMIC)},
+            reclaim_policy="Retain",
+            volume_binding_mode="Immediate",
+            allow_volume_expansion=False,
+            mount_options=NFS_MOUNT_OPTIONS,
+            opts=ctx.k8s_opts(parent, depends_on=[self.csi]),
+        )
+
+
+def nfs_pv_spec(name: str, rel: str, capacity_gi: int, claim_ns: str, claim_name: str, read_only: bool = False) -> dict:
+    return {
+        "capacity": {"storage": f"{capacity_gi}Gi"},
+        "accessModes": ["ReadWriteMany"],
+        "persistentVolumeReclaimPolicy": "Retain",
+        "storageClassName": STORAGECLASS_NFS,
+        "mountOptions": NFS_MOUNT_OPTIONS,
+        "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": claim_ns, "name": claim_name},
+        "csi": {
+            "driver": CSI_NFS_DRIVER,
+            "volumeHandle": f"{NFS_SERVER_DNS}{share(rel)}##{name}",  # unique per PV
+            "readOnly": read_only,
+            "volumeAttributes": {"server": NFS_SERVER_DNS, "share": share(rel)},
+        },
+    }
+
