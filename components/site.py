@@ -10,6 +10,7 @@ from .accelerators import Accelerators
 from .batch import Batch
 from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
+from .hub import Hub
 from .offload import Offload
 from .platform import PlatformBase
 from .storage import Storage
@@ -28,6 +29,9 @@ class Site(pulumi.ComponentResource):
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.batch = Batch("batch", self.ctx, project_namespaces=self.platform.project_namespaces,
                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.hub = Hub("hub", self.ctx, namespace=self.platform.hub_namespace,
+                       extra_services=getattr(self, "hub_services", []),
+                       opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.offload = Offload("offload", self.ctx,
                                juicefs_secret_data=getattr(getattr(self, "storage", None), "juicefs_secret_data", None),
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))

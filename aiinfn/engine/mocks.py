@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from google.protobuf import json_format
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
@@ -80,7 +81,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         meta = self.pending.pop((args.typ, args.name), {})
-        self.resources.append(Recorded(type=args.typ, name=args.name, inputs=dict(args.inputs), custom=args.custom, **meta))
+        # The SDK's deserializer marks a whole map secret when one leaf is (a Helm values tree with one
+        # generated token would be redacted entirely); the raw wire form keeps the mark on the leaf.
+        raw = meta.pop("raw_inputs", None)
+        inputs = raw if raw is not None else dict(args.inputs)
+        self.resources.append(Recorded(type=args.typ, name=args.name, inputs=inputs, custom=args.custom, **meta))
         state = dict(args.inputs)
         state.update(_outputs(args.typ, args.name, args.inputs))
         return deploy_time(f"id of {args.name}"), state
@@ -102,5 +107,6 @@ class RecordingMonitor(MockMonitor):
                 "retain_on_delete": bool(request.retainOnDelete),
                 "provider": request.provider,
                 "ignore_changes": list(request.ignoreChanges),
+                "raw_inputs": json_format.MessageToDict(request.object),
             }
         return super().RegisterResource(request)

@@ -1,0 +1,134 @@
+"""The Hub component: zero-to-jupyterhub release, its secrets, TLS issuer and notebook PriorityClass."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from aiinfn import naming
+from aiinfn.hubservices import HubServiceSpec
+from aiinfn.secrets import supplied_secret
+
+from ..context import SiteContext
+from .values import (
+    CLUSTER_ISSUER,
+    HUB_CHART,
+    HUB_CHART_VERSION,
+    HUB_REPO,
+    IAM_SECRET_KEY,
+    IAM_SECRET_NAME,
+    build_profiles,
+    hub_values,
+)
+
+CERT_MANAGER_CHART_VERSION = "v1.21.1"
+CERT_MANAGER_REPO = "https://charts.jetstack.io"
+CERT_MANAGER_NAMESPACE = "cert-manager"
+
+
+class Hub(pulumi.ComponentResource):
+    def __init__(self, name: str, ctx: SiteContext, namespace: pulumi.Resource | None = None,
+                 extra_services: list[HubServiceSpec] | None = None,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("aiinfn:hub:Hub", name, None, opts)
+        cfg = ctx.cfg
+        hub = cfg.hub
+        services = list(extra_services or [])
+        ns = naming.HUB_NAMESPACE
+        deps = [namespace] if namespace is not None else []
+        labels = ctx.labels("hub")
+
+        # Notebooks preempt batch: above every batch class (all negative), and allowed to preempt.
+        self.priority_class = k8s.scheduling.v1.PriorityClass(
+            "notebook-priority",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=naming.NOTEBOOK_PRIORITY_CLASS, labels=labels),
+            value=naming.NOTEBOOK_PRIORITY,
+            preemption_policy="PreemptLowerPriority",
+            global_default=False,
+            description="Interactive notebooks: preempt opportunistic batch pods holding the resources they need",
+            opts=ctx.k8s_opts(self),
+        )
+
+        # Generated once and kept in the stack state: a redeploy never regenerates them.
+        keep = pulumi.ResourceOptions(parent=self, protect=cfg.is_protected)
+        cookie = random.RandomBytes("hub-cookie-secret", length=32, opts=keep)
+        proxy = random.RandomBytes("hub-proxy-token", length=32, opts=keep)
+        crypt = random.RandomBytes("hub-crypt-key", length=32, opts=keep)
+        secrets = {"cookie_secret": cookie.hex, "proxy_token": proxy.hex, "crypt_key": crypt.hex}
+
+        # The IAM client secret reaches the hub container only, through this Secret and secretKeyRef.
+        self.iam_secret = k8s.core.v1.Secret(
+            "hub-iam-client",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=IAM_SECRET_NAME, namespace=ns, labels=labels),
+            type="Opaque",
+            string_data={IAM_SECRET_KEY: supplied_secret("iamClientSecret")},
+            opts=ctx.k8s_opts(self, depends_on=deps),
+        )
+
+        release_deps: list[pulumi.Resource] = [*deps, self.iam_secret, self.priority_class]
+        if hub.tls == "acme":
+            issuer_deps: list[pulumi.Resource] = []
+            if hub.install_cert_manager:
+                self.cert_manager = k8s.helm.v3.Release(
+                    "cert-manager",
+                    name="cert-manager",
+                    chart="cert-manager",
+                    version=CERT_MANAGER_CHART_VERSION,
+                    namespace=CERT_MANAGER_NAMESPACE,
+                    create_namespace=True,
+                    repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CERT_MANAGER_REPO),
+                    values={"crds": {"enabled": True}},
+                    opts=ctx.k8s_opts(self),
+                )
+                issuer_deps.append(self.cert_manager)
+            self.issuer = k8s.apiextensions.CustomResource(
+                "acme-issuer",
+                api_version="cert-manager.io/v1",
+                kind="ClusterIssuer",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=CLUSTER_ISSUER, labels=labels),
+                spec={
+                    "acme": {
+                        "email": cfg.site.contact_email,
+                        "server": hub.acme_server,
+                        "privateKeySecretRef": {"name": f"{CLUSTER_ISSUER}-account-key"},
+                        "solvers": [{"http01": {"ingress": {"ingressClassName": hub.ingress_class}}}],
+                    },
+                },
+                opts=ctx.k8s_opts(self, depends_on=issuer_deps),
+            )
+            release_deps.append(self.issuer)
+
+        self.values = hub_values(cfg, secrets, services)
+        self.release = k8s.helm.v3.Release(
+            "jupyterhub",
+            name="jupyterhub",
+            chart=HUB_CHART,
+            version=HUB_CHART_VERSION,
+            namespace=ns,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=HUB_REPO),
+            values=self.values,
+            timeout=900,
+            opts=ctx.k8s_opts(self, depends_on=release_deps),
+        )
+
+        host = hub.host(cfg.site.domain)
+        profiles = build_profiles(cfg)
+        shown = ", ".join(f"`{p['slug']}`" for p in profiles)
+        tls = (f"TLS from cert-manager ACME (`{hub.acme_server}`, contact {cfg.site.contact_email})"
+               if hub.tls == "acme" else "TLS terminated upstream")
+        allowed = ", ".join(cfg.iam.user_groups + [p.group for p in cfg.projects])
+        images = ", ".join(f"`{i.image}`" for i in hub.images)
+        ctx.add_summary("Hub", [
+            f"- JupyterHub (zero-to-jupyterhub {HUB_CHART_VERSION}) at `https://{host}/`, {tls}",
+            (f"- login: INDIGO IAM `{cfg.iam.issuer_url}` client `{cfg.iam.client_id}`; allowed groups: {allowed}; "
+             f"admins: {', '.join(cfg.iam.admin_groups)}"),
+            f"- spawn profiles ({len(profiles)}): {shown}",
+            (f"- images: {images}; CPUs {hub.cpu_choices}, memory {hub.memory_choices_gb} GB "
+             f"(guarantee {hub.cpu_guarantee:g} CPU / {hub.memory_guarantee_gb} GB)"),
+            (f"- notebooks: PriorityClass `{naming.NOTEBOOK_PRIORITY_CLASS}` ({naming.NOTEBOOK_PRIORITY}, preempts batch); "
+             f"culled after {hub.cull_timeout_seconds} s idle; named servers {'on' if hub.named_servers else 'off'}; "
+             f"collaborative mode {'on' if hub.collaborative else 'off'}"),
+            f"- services in the hub pod: {', '.join(s.name for s in services) or 'none'}",
+        ])
+        self.register_outputs({"host": host})

@@ -1,0 +1,221 @@
+"""Hub-side logic of the AI_INFN JupyterHub: IAM groups, spawn options and notebook volumes.
+
+Runs inside the zero-to-jupyterhub hub pod (shipped by the Pulumi program through ``hub.extraFiles``)
+and imports only what the z2jh 4.4.0 hub image ships: the standard library, JupyterHub,
+OAuthenticator and KubeSpawner (the latter only through the spawner object it is handed).
+Everything site-specific comes from ``site.json`` written by the program beside this file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+SITE_FILE = "/usr/local/etc/jupyterhub/aiinfn/site.json"
+_LABEL_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def load_site(path: str = SITE_FILE) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# --- IAM groups -----------------------------------------------------------------------------
+
+def iam_groups(user_info: dict[str, Any]) -> list[str]:
+    """Every group of an INDIGO IAM userinfo response, whatever claim carries it.
+
+    IAM answers ``groups`` (names) with the ``profile`` scope and ``wlcg.groups`` (paths with a
+    leading '/') with the ``wlcg.groups`` scope; a user in several groups lists them all
+    (oauthenticator issue 761). Both claims are read and merged, without duplicates.
+    """
+    out: list[str] = []
+    for claim in ("groups", "wlcg.groups"):
+        value = user_info.get(claim) or []
+        if isinstance(value, str):
+            value = [value]
+        for g in value:
+            if not isinstance(g, str):
+                continue
+            name = g.strip().lstrip("/")
+            if name and name not in out:
+                out.append(name)
+    return out
+
+
+def groups_key(site: dict[str, Any]):
+    """The ``auth_state_groups_key`` callable: the site-relevant IAM groups of a login."""
+    relevant = set(site["known_groups"])
+
+    def key(auth_state: dict[str, Any]) -> list[str]:
+        user_info = auth_state.get("oauth_user") or {}
+        return [g for g in iam_groups(user_info) if g in relevant]
+
+    return key
+
+
+# --- Spawn options --------------------------------------------------------------------------
+
+def user_group_names(spawner: Any) -> set[str]:
+    return {g.name for g in spawner.user.groups}
+
+
+def _choices(base: list[int], extra: list[int], cap: int) -> list[int]:
+    return sorted({v for v in [*base, *extra] if v <= cap})
+
+
+def profiles_for(site: dict[str, Any], groups: set[str]) -> list[dict[str, Any]]:
+    """The KubeSpawner profile list a member of ``groups`` sees.
+
+    One profile per offering (whole GPU model, MIG profile, FPGA board, CPU only) on the shared
+    pools, plus the same on each pool reserved for a group the user is in. Each profile lets the
+    user pick an image, CPUs and memory; group allowances add choices, capped by the pool size.
+    """
+    extra_cpu: list[int] = []
+    extra_mem: list[int] = []
+    for a in site["allowances"]:
+        if a["group"] in groups:
+            extra_cpu += a["extra_cpus"]
+            extra_mem += a["extra_memory_gb"]
+    images = {i["name"]: {"display_name": f"{i['name']}: {i['description'] or i['image']}",
+                          "kubespawner_override": {"image": i["image"]}} for i in site["images"]}
+    first = True
+    out = []
+    for p in site["profiles"]:
+        if p["reserved_for"] is not None and p["reserved_for"] not in groups:
+            continue
+        cpus = _choices(site["cpu_choices"], extra_cpu, p["max_cpus"])
+        mems = _choices(site["memory_choices_gb"], extra_mem, p["max_memory_gb"])
+        if not cpus or not mems:
+            continue
+        override: dict[str, Any] = {
+            "node_affinity_required": p["node_affinity_required"],
+            "tolerations": site["base_tolerations"] + p["tolerations"],
+            "cpu_guarantee": site["cpu_guarantee"],
+            "mem_guarantee": f"{site['memory_guarantee_gb']}G",
+        }
+        if p["resource_name"]:
+            override["extra_resource_limits"] = {p["resource_name"]: "1"}
+            override["extra_resource_guarantees"] = {p["resource_name"]: "1"}
+        out.append({
+            "slug": p["slug"],
+            "display_name": p["display_name"],
+            "description": p["description"],
+            "default": first,
+            "kubespawner_override": override,
+            "profile_options": {
+                "image": {"display_name": "Image", "choices": images},
+                "cpu": {"display_name": "CPUs", "choices": {
+                    str(c): {"display_name": f"{c} CPU" + ("s" if c > 1 else ""),
+                             "kubespawner_override": {"cpu_limit": float(c)}} for c in cpus}},
+                "memory": {"display_name": "Memory", "choices": {
+                    str(m): {"display_name": f"{m} GB", "kubespawner_override": {"mem_limit": f"{m}G"}} for m in mems}},
+            },
+        })
+        first = False
+    return out
+
+
+def profile_list(site: dict[str, Any]):
+    """The ``KubeSpawner.profile_list`` callable."""
+
+    def build(spawner: Any) -> list[dict[str, Any]]:
+        return profiles_for(site, user_group_names(spawner))
+
+    return build
+
+
+# --- Volumes, labels, environment --------------------------------------------------------------
+
+def label_value(text: str) -> str:
+    """A Kubernetes label value for a user name: invalid characters become '_', at most 63."""
+    v = _LABEL_BAD.sub("_", text)[:63].strip("-_.")
+    return v or "unknown"
+
+
+def user_projects(site: dict[str, Any], groups: set[str]) -> list[dict[str, str]]:
+    return [p for p in site["projects"] if p["group"] in groups]
+
+
+def notebook_storage(site: dict[str, Any], username: str, groups: set[str],
+                     profile_slug: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volume_mounts) of one user's notebook, in Kubernetes wire format."""
+    pvc = site["pvcs"]
+    volumes: list[dict[str, Any]] = [
+        {"name": "home", "persistentVolumeClaim": {"claimName": pvc["homes"]}},
+        {"name": "public", "persistentVolumeClaim": {"claimName": pvc["public"]}},
+        {"name": "envs", "persistentVolumeClaim": {"claimName": pvc["envs"]}},
+        {"name": "cvmfs", "persistentVolumeClaim": {"claimName": pvc["cvmfs"], "readOnly": True}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{site['shm_gb']}Gi"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": f"{site['tmp_gb']}Gi"}},
+    ]
+    env_maintainer = bool(groups & set(site["env_maintainer_groups"]))
+    mounts: list[dict[str, Any]] = [
+        {"name": "home", "mountPath": f"/home/{username}", "subPath": username},
+        {"name": "public", "mountPath": "/home/shared/public"},
+        {"name": "envs", "mountPath": "/envs", "readOnly": not env_maintainer},
+        {"name": "cvmfs", "mountPath": "/cvmfs", "readOnly": True, "mountPropagation": "HostToContainer"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    for p in user_projects(site, groups):
+        vol = f"project-{p['name']}"
+        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": p["pvc"]}})
+        mounts.append({"name": vol, "mountPath": f"/home/shared/{p['name']}"})
+    profile = next((p for p in site["profiles"] if p["slug"] == profile_slug), None)
+    if profile is not None and profile["scratch_gb"] > 0:
+        volumes.append({"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": site["scratch_storage_class"],
+            "resources": {"requests": {"storage": f"{profile['scratch_gb']}Gi"}}}}}})
+        mounts.append({"name": "scratch", "mountPath": "/scratch"})
+    return volumes, mounts
+
+
+def pre_spawn_hook(site: dict[str, Any]):
+    """The ``Spawner.pre_spawn_hook``: per-user volumes, accounting labels, home and environment."""
+
+    def hook(spawner: Any) -> None:
+        username = spawner.user.name
+        groups = user_group_names(spawner)
+        slug = (spawner.user_options or {}).get("profile")
+        volumes, mounts = notebook_storage(site, username, groups, slug)
+        spawner.volumes = volumes
+        spawner.volume_mounts = mounts
+        labels = site["labels"]
+        projects = user_projects(site, groups)
+        extra = {labels["user"]: label_value(username), labels["workload"]: "notebook"}
+        if len(projects) == 1:
+            extra[labels["project"]] = projects[0]["name"]
+        spawner.extra_labels = {**spawner.extra_labels, **extra}
+        spawner.working_dir = f"/home/{username}"
+        spawner.notebook_dir = f"/home/{username}"
+        spawner.environment = {**spawner.environment, "HOME": f"/home/{username}",
+                               "AIINFN_PROJECTS": ",".join(p["name"] for p in projects)}
+        # Real-time collaboration (jupyter-collaboration in the image) only where the stack asks for it.
+        rtc = "--YDocExtension.disable_rtc=" + ("False" if site["collaborative"] else "True")
+        spawner.args = [a for a in spawner.args if not a.startswith("--YDocExtension.disable_rtc=")] + [rtc]
+
+    return hook
+
+
+def service_environment(services: list[dict[str, Any]], site: dict[str, Any], env: dict[str, str]) -> None:
+    """Give each managed service the Secret-backed variables it needs from the hub's environment.
+
+    The values reach the hub container through secretKeyRef; JupyterHub starts managed services
+    with a clean environment, so they are copied here, at hub start, never written to any file.
+    """
+    wanted = site.get("service_secret_env", {})
+    for svc in services:
+        for var in wanted.get(svc.get("name"), []):
+            if var in env:
+                svc.setdefault("environment", {})[var] = env[var]
+
+
+def configure(c: Any, site: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    """Apply the AI_INFN settings to a JupyterHub config object ``c``."""
+    c.GenericOAuthenticator.auth_state_groups_key = groups_key(site)
+    c.KubeSpawner.profile_list = profile_list(site)
+    c.KubeSpawner.pre_spawn_hook = pre_spawn_hook(site)
+    if env is not None and "services" in c.JupyterHub:
+        service_environment(c.JupyterHub.services, site, env)
