@@ -5,8 +5,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pulumi_policy import PolicyPack  # noqa: E402
+from pulumi_policy import PolicyPack
 
-from policies.rules import ALL_POLICIES  # noqa: E402
+from policies.rules import ALL_POLICIES
 
 PolicyPack(name="aiinfn-platform", policies=ALL_POLICIES)

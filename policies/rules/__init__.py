@@ -1,12 +1,24 @@
-"""Every rule of the pack. Each module exposes POLICIES; this package gathers them in one list."""
+"""Every rule of the pack, by theme. Each module exposes POLICIES; this package gathers them in one list.
+
+Themes: exposure, secrets, supply_chain, gpus, queues, offload, data_safety, hackathon, namespaces.
+"""
 
 from __future__ import annotations
 
 from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
 
-from . import exposure, supply_chain
+from . import data_safety, exposure, gpus, hackathon, namespaces, offload, queues, secrets, supply_chain
 
-ALL_POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
-    *exposure.POLICIES,
-    *supply_chain.POLICIES,
-]
+THEMES = {
+    "exposure": exposure.POLICIES,
+    "secrets": secrets.POLICIES,
+    "supply_chain": supply_chain.POLICIES,
+    "gpus": gpus.POLICIES,
+    "queues": queues.POLICIES,
+    "offload": offload.POLICIES,
+    "data_safety": data_safety.POLICIES,
+    "hackathon": hackathon.POLICIES,
+    "namespaces": namespaces.POLICIES,
+}
+
+ALL_POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [p for ps in THEMES.values() for p in ps]

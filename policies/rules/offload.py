@@ -1,0 +1,98 @@
+"""Offloading: what may run on interLink virtual nodes carries no local storage; offload queues reach them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pulumi_policy import ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
+
+from aiinfn import naming
+
+from .common import HELM_RELEASE, MANDATORY, dig, fix, kind_of, obj_name, pod_templates, values_of, z2jh_profiles
+
+# Volume sources an offloaded pod may use: they travel with the pod. NFS, PVCs, host paths and CSI do not.
+PORTABLE_VOLUMES = {"name", "secret", "configMap", "emptyDir", "projected", "downwardAPI"}
+
+
+def tolerates_virtual_nodes(tolerations: list[Mapping[str, Any]]) -> bool:
+    for t in tolerations:
+        if t.get("key") == naming.VIRTUAL_NODE_TAINT:
+            return True
+        if not t.get("key") and t.get("operator") == "Exists":  # tolerates every taint
+            return True
+    return False
+
+
+def _offloadable_no_local_volumes(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    for t in pod_templates(args.resource_type, args.props):
+        offloadable = tolerates_virtual_nodes(t.tolerations()) or \
+            str(t.labels.get(naming.LABEL_OFFLOADABLE, "")).lower() == "true"
+        if not offloadable or t.kind == "DaemonSet":
+            continue
+        for v in t.volumes():
+            sources = set(v) - PORTABLE_VOLUMES
+            if sources:
+                report(fix(f"{t} may run on a virtual node but mounts volume '{v.get('name')}' "
+                           f"({', '.join(sorted(sources))})", "offloaded pods carry only Secret, ConfigMap and "
+                           "emptyDir volumes: stage data in and out instead, or drop the virtual-node toleration"))
+    if args.resource_type == HELM_RELEASE and chart_is_hub(args.props):
+        for path, ov in z2jh_profiles(values_of(args.props)):
+            if tolerates_virtual_nodes(ov.get("tolerations") or []):
+                report(fix(f"Helm release '{args.name}' {path} lets notebooks onto virtual nodes, which cannot "
+                           "mount their NFS home", f"remove the {naming.VIRTUAL_NODE_TAINT} toleration from "
+                           "notebook profiles; offload batch jobs instead"))
+        if tolerates_virtual_nodes(dig(values_of(args.props), "singleuser", "extraTolerations", default=[]) or []):
+            report(fix(f"Helm release '{args.name}' singleuser.extraTolerations lets notebooks onto virtual nodes",
+                       f"remove the {naming.VIRTUAL_NODE_TAINT} toleration"))
+
+
+def chart_is_hub(props: Mapping[str, Any]) -> bool:
+    return str(props.get("chart") or "").rsplit("/", 1)[-1] == "jupyterhub"
+
+
+offload_no_local_volumes = ResourceValidationPolicy(
+    name="offload-no-local-volumes",
+    description=f"Pods that may run on interLink virtual nodes (tolerate {naming.VIRTUAL_NODE_TAINT} or are "
+    "labelled offloadable) mount only Secret, ConfigMap, emptyDir or projected volumes: no NFS, PVC, hostPath, "
+    "CSI; notebooks never tolerate virtual nodes.",
+    enforcement_level=MANDATORY,
+    validate=_offloadable_no_local_volumes,
+)
+
+
+def _offload_flavors(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    kind = kind_of(args.resource_type, args.props)
+    if not str(args.props.get("apiVersion") or "").startswith("kueue.x-k8s.io/"):
+        return
+    name = obj_name(args.props, args.name)
+    spec = args.props.get("spec") or {}
+    if kind == "ResourceFlavor" and name.startswith(naming.offload_flavor("")):
+        if not tolerates_virtual_nodes(spec.get("tolerations") or []):
+            report(fix(f"ResourceFlavor {name} (offload) does not tolerate {naming.VIRTUAL_NODE_TAINT}",
+                       f"add spec.tolerations [{{key: {naming.VIRTUAL_NODE_TAINT}, operator: Exists, "
+                       "effect: NoSchedule}]"))
+        if not (spec.get("nodeLabels") or {}):
+            report(fix(f"ResourceFlavor {name} (offload) has no nodeLabels, so its pods could land on local nodes",
+                       f"set spec.nodeLabels to the virtual node's labels (e.g. {naming.VIRTUAL_NODE_LABEL})"))
+    elif kind == "ResourceFlavor" and tolerates_virtual_nodes(spec.get("tolerations") or []):
+        report(fix(f"ResourceFlavor {name} tolerates virtual nodes but is not an offload flavor",
+                   f"name offload flavors {naming.offload_flavor('<remote>')}; local flavors never tolerate "
+                   f"{naming.VIRTUAL_NODE_TAINT}"))
+    elif kind == "ClusterQueue" and name.startswith(naming.offload_cluster_queue("")):
+        for group in spec.get("resourceGroups") or []:
+            for fl in group.get("flavors") or []:
+                if not str(fl.get("name")).startswith(naming.offload_flavor("")):
+                    report(fix(f"offload ClusterQueue {name} uses local flavor {fl.get('name')}",
+                               f"offload queues use only {naming.offload_flavor('<remote>')} flavors"))
+
+
+offload_flavors = ResourceValidationPolicy(
+    name="offload-flavors-virtual-only",
+    description="Offload ResourceFlavors (remote-*) tolerate the virtual-node taint and select virtual nodes; "
+    "local flavors never tolerate it; offload-* ClusterQueues use only remote flavors.",
+    enforcement_level=MANDATORY,
+    validate=_offload_flavors,
+)
+
+POLICIES = [offload_no_local_volumes, offload_flavors]
