@@ -59,6 +59,8 @@ def volume_dropped_reason(vol: dict[str, Any], allowed_claims: set[str]) -> str 
         return "Secret volume"
     if "emptyDir" in source or "nfs" in source:
         return None
+    if "ephemeral" in source:  # node-local scratch: a fresh claim per pod, created in the job's namespace
+        return None
     if "persistentVolumeClaim" in source:
         claim = source["persistentVolumeClaim"].get("claimName")
         return None if claim in allowed_claims else f"claim {claim} does not exist in the project namespace"

@@ -1,0 +1,138 @@
+"""Bunshin clones of realistic notebook pods: the notebook's environment runs in the batch copies, and
+no secret, hub session token or service-account token is ever carried over."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aiinfn import naming
+from aiinfn.jobservice.bunshin import clone_notebook, find_notebook_pod
+from aiinfn.jobservice.errors import ApiError
+from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_volumes
+from tests.jobservice_fixtures import notebook_pod, site_settings
+from tests.schemas import validate_object
+
+CALLER = Caller("mrossi", ("ai-infn/users", "ai-infn/cms-tracking", "ai-infn/atlas-anomaly"))
+SECRET_VALUES = ("f3c1b0e6a9d84b3c9a1e2d3c4b5a6978", "hunter2", "wJalrXUtnFEMI", "0123456789abcdef", "eyJhbGciOiJSUzI1NiJ9")
+
+
+def bunshin(body: dict, pod: dict | None = None, caller: Caller = CALLER):
+    site = site_settings("cnaf")
+    req = parse_request({"name": "clone", "project": "cms-tracking", "command": ["python", "train.py"], **body},
+                        site, bunshin=True)
+    project = check_permission(site, caller, req)
+    base = clone_notebook(pod or notebook_pod(), site, project, caller.name)
+    if req.volumes is not None:
+        base.volumes, base.mounts = plain_volumes(site, caller, project, req.volumes, req.cvmfs)
+    job, cm = build_job(site, caller, project, req, base, "clone-x1y2z")
+    return job, cm, base
+
+
+def test_clone_validates_and_keeps_the_notebook_environment():
+    job, _, base = bunshin({})
+    validate_object(job)
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    nb = notebook_pod()["spec"]["containers"][0]
+    assert c["image"] == nb["image"]
+    assert c["workingDir"] == "/home/mrossi"
+    assert c["command"] == ["python", "train.py"] and "args" not in c
+    env = {e["name"]: e for e in c["env"]}
+    for kept in ("HOME", "JUPYTER_IMAGE", "AIINFN_PROJECTS", "MLFLOW_TRACKING_URI", "JUPYTERHUB_USER", "POD_NAME"):
+        assert kept in env, kept
+    assert env["MEM_REQUEST_BYTES"]["valueFrom"]["resourceFieldRef"]["containerName"] == "job"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["home"] == {"name": "home", "mountPath": "/home/mrossi", "subPath": "mrossi"}
+    for name in ("public", "envs", "cvmfs", "dshm", "tmp", "scratch", "project-cms-tracking"):
+        assert name in mounts, name
+    assert pod["securityContext"] == {"fsGroup": 100, "runAsUser": 1000, "runAsGroup": 100}
+    labels = job["metadata"]["labels"]
+    assert labels[naming.LABEL_WORKLOAD] == "bunshin" and labels[naming.QUEUE_LABEL] == naming.LOCAL_QUEUE
+    assert job["metadata"]["annotations"]["aiinfn.infn.it/bunshin-source"] == "jupyter-mrossi"
+
+
+def test_no_secret_or_token_is_carried_over():
+    job, cm, base = bunshin({"sandbox": {"train.py": "print('x')"}})
+    text = json.dumps(job) + json.dumps(cm)
+    for secret in SECRET_VALUES:
+        assert secret not in text
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod and "imagePullSecrets" not in pod
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert not any(n.startswith("kube-api-access-") for n in vols)
+    assert not any("projected" in v or "secret" in v for v in vols.values())
+    assert "hub-extra-config" not in vols  # a ConfigMap of the hub namespace
+    for c in pod["containers"] + pod.get("initContainers", []):
+        assert "envFrom" not in c
+        assert not any(m["mountPath"].startswith("/var/run/secrets") for m in c["volumeMounts"])
+        for e in c.get("env", []):
+            assert "secretKeyRef" not in e.get("valueFrom", {})
+            assert "configMapKeyRef" not in e.get("valueFrom", {})
+            assert not e["name"].startswith("JPY_")
+            assert e["name"] == "JUPYTERHUB_USER" or not e["name"].startswith("JUPYTERHUB_")
+            for word in ("TOKEN", "SECRET", "PASSWORD", "KEY"):
+                assert word not in e["name"].upper(), e["name"]
+    dropped = "\n".join(base.dropped)
+    for name in ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "S3_ENDPOINT", "WANDB_API_KEY", "kube-api-access-7xk2p",
+                 "s3-credentials", "envFrom"):
+        assert name in dropped, name
+
+
+def test_notebook_scheduling_is_replaced_by_batch_scheduling():
+    job, _, _ = bunshin({"accelerator": "a100-80gb", "priority": "highest"})
+    validate_object(job)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "batch-highest"
+    for key in ("schedulerName", "nodeName", "initContainers"):
+        assert key not in pod, key
+    assert pod["nodeSelector"] == {"aiinfn.infn.it/gpu-model": "a100-80gb"}
+    assert not any(t["key"] == "hub.jupyter.org/dedicated" for t in pod["tolerations"])
+    assert pod["terminationGracePeriodSeconds"] == 30 and pod["restartPolicy"] == "Never"
+    res = pod["containers"][0]["resources"]
+    assert res["requests"] == res["limits"]
+    assert "ports" not in pod["containers"][0] and "lifecycle" not in pod["containers"][0]
+
+
+def test_other_projects_folders_do_not_follow_into_this_projects_namespace():
+    job, _, base = bunshin({})
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert "nfs-project-cms-tracking" in claims and "nfs-project-atlas-anomaly" not in claims
+    assert any("project-atlas-anomaly" in d for d in base.dropped)
+    mounts = [m["name"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]]
+    assert "project-atlas-anomaly" not in mounts
+
+
+def test_offloaded_bunshin_needs_local_volumes_dropped():
+    with pytest.raises(ApiError) as err:
+        bunshin({"offload": True})
+    assert err.value.status == 400 and "NFS or PVC" in err.value.message and "home" in err.value.message
+    job, _, _ = bunshin({"offload": True, "volumes": {}, "cvmfs": False})
+    validate_object(job)
+    pod = job["spec"]["template"]["spec"]
+    assert {"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists"} in pod["tolerations"]
+    assert all(set(v) - {"name"} <= {"emptyDir", "configMap", "secret"} for v in pod["volumes"])
+
+
+def test_find_notebook_pod_picks_the_callers_running_server():
+    pods = [notebook_pod("arossi"), notebook_pod("mrossi", phase="Pending"), notebook_pod("mrossi", server_name="gpu"),
+            notebook_pod("mrossi")]
+    assert find_notebook_pod(pods, "mrossi", "")["metadata"]["name"] == "jupyter-mrossi"
+    assert find_notebook_pod(pods, "mrossi", "gpu")["metadata"]["name"] == "jupyter-mrossi--gpu"
+    with pytest.raises(ApiError) as err:
+        find_notebook_pod(pods[:2], "mrossi", "")
+    assert err.value.status == 409 and "start it" in err.value.message
+    with pytest.raises(ApiError) as err:
+        clone_notebook(notebook_pod("arossi"), site_settings("cnaf"), site_settings("cnaf").projects["cms-tracking"],
+                       "mrossi")
+    assert err.value.status == 403
+
+
+def test_user_with_odd_name_and_dots():
+    pod = notebook_pod("mario.rossi", projects=("cms-tracking",))
+    job, _, _ = bunshin({}, pod, Caller("mario.rossi", ("ai-infn/cms-tracking",)))
+    validate_object(job)
+    assert job["metadata"]["labels"][naming.LABEL_USER] == "mario.rossi"
