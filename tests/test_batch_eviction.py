@@ -19,6 +19,7 @@ from aiinfn.queues import notebook_wait_bound_seconds
 
 from .conftest import rendered_stack
 from .schemas import validate_object
+from .stackdata import stack_doc
 
 STACKS = ["cnaf", "recas", "hackathon-padova"]
 
@@ -162,11 +163,12 @@ def test_evictions_do_not_consume_backoff_and_end_within_the_grace_period(stack:
     assert pod["restartPolicy"] == "Never"  # required by podFailurePolicy
     rules = spec["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
-    assert pod["terminationGracePeriodSeconds"] == cfg.batch.termination_grace_period_seconds == 30
+    grace = (stack_doc(stack)["config"].get("aiinfn:batch") or {}).get("terminationGracePeriodSeconds", 30)
+    assert pod["terminationGracePeriodSeconds"] == grace
     assert spec["backoffLimit"] == cfg.batch.backoff_limit
     assert eviction_settings(cfg)["podFailurePolicy"] == spec["podFailurePolicy"]
     bound = notebook_wait_bound_seconds(cfg)
-    assert bound["total"] == 30 + 1 + 4 + 10 + 1
+    assert bound["total"] == grace + 1 + 4 + 10 + 1  # docs/batch.md: grace + 16 s
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -131,6 +131,7 @@ def test_summary_shows_topology_and_bound() -> None:
     assert "aiinfn-cnaf" in lines and "opportunistic" in lines
     assert "| a100-80gb-1g.10gb | nvidia.com/mig-1g.10gb | 16 |" in lines
     assert "at most 46 s" in lines
+    assert "at most 31 s" in "\n".join(rendered_stack("hackathon-padova").summary["Batch"])  # its grace is 15 s
 
 
 @pytest.mark.parametrize("mutate,key", [
