@@ -17,6 +17,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -67,9 +68,18 @@ class Postgres:
     def stop(self) -> None:
         subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"], check=False,
                        capture_output=True, timeout=30)
+        shutil.rmtree(self.data.parent, ignore_errors=True)
 
 
-def start_postgres(tmp: Path) -> Postgres:
+def _run(cmd: list[str], timeout: float) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed: {proc.stdout[-1000:]} {proc.stderr[-1000:]}")
+
+
+def start_postgres() -> Postgres:
+    """A private cluster in its own temporary directory (under /tmp, so the postgres user can reach it)."""
+    tmp = Path(tempfile.mkdtemp(prefix="aiinfn-pg-"))
     initdb = need_binary(PG_BIN / "initdb")
     pg_ctl = need_binary(PG_BIN / "pg_ctl")
     as_user: list[str] = []
@@ -87,12 +97,16 @@ def start_postgres(tmp: Path) -> Postgres:
     if as_user:
         for p in (sock, pwfile):
             os.chown(p, pw.pw_uid, pw.pw_gid)
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "aiinfn", "--auth=scram-sha-256", f"--pwfile={pwfile}",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+    _run([*as_user, initdb, "-D", str(data), "-U", "aiinfn", "--auth=scram-sha-256", f"--pwfile={pwfile}",
+          "-E", "UTF8", "--no-sync"], 120)
     port = free_port()
     opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(tmp / "log"), "-w", "-t", "60", "start"],
-                   check=True, capture_output=True, timeout=90)
+    try:
+        _run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(tmp / "log"), "-w", "-t", "60", "start"], 90)
+    except AssertionError as err:
+        log = (tmp / "log").read_text()[-1500:] if (tmp / "log").exists() else ""
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AssertionError(f"{err}\n{log}") from None
     return Postgres(f"host=127.0.0.1 port={port} user=aiinfn password={password} dbname=postgres", data, as_user, pg_ctl)
 
 
