@@ -41,6 +41,8 @@ PUBLIC_PORTS = {80, 443}
 DEFAULT_INGRESS_SERVICES = ["kube-system/rke2-ingress-nginx-controller", "ingress-nginx/ingress-nginx-controller",
                             "kube-system/rke2-traefik", "kube-system/traefik"]
 DEFAULT_INGRESS_CHARTS = ["ingress-nginx", "rke2-ingress-nginx", "traefik"]
+# An Ingress behind a site proxy that terminates TLS says so explicitly, naming that proxy.
+TLS_UPSTREAM_ANNOTATION = "aiinfn.infn.it/tls-terminated-upstream"
 USER_NAMESPACES = re.compile(rf"^({re.escape(naming.HUB_NAMESPACE)}|project-.+)$")
 
 
@@ -157,15 +159,18 @@ no_nodeport_loadbalancer = ResourceValidationPolicy(
 def _ingress_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type == HELM_RELEASE and is_jupyterhub(args.props):
         ing = dig(values_of(args.props), "ingress", default={}) or {}
-        if ing.get("enabled"):
+        if ing.get("enabled") and not (ing.get("annotations") or {}).get(TLS_UPSTREAM_ANNOTATION):
             hosts = set(ing.get("hosts") or [])
             covered = {h for t in ing.get("tls") or [] for h in (t or {}).get("hosts") or []}
             if not ing.get("tls") or hosts - covered:
                 report(fix(f"Helm release '{args.name}' enables the hub ingress without TLS for "
                            f"{sorted(hosts - covered) or 'its hosts'}",
-                           "set ingress.tls with a secretName and every host of ingress.hosts"))
+                           "set ingress.tls with a secretName and every host of ingress.hosts (or, when a site "
+                           f"proxy terminates TLS, annotate the ingress {TLS_UPSTREAM_ANNOTATION}: <proxy>)"))
         return
     if kind_of(args.resource_type, args.props) != "Ingress":
+        return
+    if ((args.props.get("metadata") or {}).get("annotations") or {}).get(TLS_UPSTREAM_ANNOTATION):
         return
     spec = args.props.get("spec") or {}
     hosts = {r.get("host") for r in spec.get("rules") or [] if isinstance(r, Mapping) and r.get("host")}
@@ -177,7 +182,8 @@ def _ingress_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
 
 ingress_tls = ResourceValidationPolicy(
     name="ingress-tls",
-    description="Every Ingress (and the hub's chart ingress) terminates TLS for all of its hosts.",
+    description="Every Ingress (and the hub's chart ingress) terminates TLS for all of its hosts, unless annotated "
+    f"{TLS_UPSTREAM_ANNOTATION} naming the site proxy that does.",
     enforcement_level=MANDATORY,
     validate=_ingress_tls,
 )

@@ -9,7 +9,7 @@ from pulumi_policy import ReportViolation, ResourceValidationArgs, ResourceValid
 
 from aiinfn import naming
 
-from .common import HELM_RELEASE, MANDATORY, dig, fix, kind_of, obj_name, pod_templates, values_of, z2jh_profiles
+from .common import HELM_RELEASE, MANDATORY, fix, kind_of, obj_name, pod_templates, values_of, walk
 
 # Volume sources an offloaded pod may use: they travel with the pod. NFS, PVCs, host paths and CSI do not.
 PORTABLE_VOLUMES = {"name", "secret", "configMap", "emptyDir", "projected", "downwardAPI"}
@@ -37,14 +37,13 @@ def _offloadable_no_local_volumes(args: ResourceValidationArgs, report: ReportVi
                            f"({', '.join(sorted(sources))})", "offloaded pods carry only Secret, ConfigMap and "
                            "emptyDir volumes: stage data in and out instead, or drop the virtual-node toleration"))
     if args.resource_type == HELM_RELEASE and chart_is_hub(args.props):
-        for path, ov in z2jh_profiles(values_of(args.props)):
-            if tolerates_virtual_nodes(ov.get("tolerations") or []):
+        # Notebook tolerations: singleuser.extraTolerations, profile overrides, and the hub's own profile table.
+        for path, key, val in walk(values_of(args.props)):
+            if key.lower().endswith("tolerations") and isinstance(val, list) and tolerates_virtual_nodes(
+                    [t for t in val if isinstance(t, Mapping)]):
                 report(fix(f"Helm release '{args.name}' {path} lets notebooks onto virtual nodes, which cannot "
                            "mount their NFS home", f"remove the {naming.VIRTUAL_NODE_TAINT} toleration from "
-                           "notebook profiles; offload batch jobs instead"))
-        if tolerates_virtual_nodes(dig(values_of(args.props), "singleuser", "extraTolerations", default=[]) or []):
-            report(fix(f"Helm release '{args.name}' singleuser.extraTolerations lets notebooks onto virtual nodes",
-                       f"remove the {naming.VIRTUAL_NODE_TAINT} toleration"))
+                           "notebook settings; offload batch jobs instead"))
 
 
 def chart_is_hub(props: Mapping[str, Any]) -> bool:
