@@ -92,7 +92,7 @@ GPUS: dict[str, GpuModel] = {
             "NVIDIA A100 40GB",
             "NVIDIA-A100-PCIE-40GB",
             40,
-            ("0x20B010DE", "0x20F110DE"),
+            ("0x20B010DE", "0x20B110DE", "0x20F110DE"),
             _profiles(
                 ("1g.5gb", 1, 1, 7),
                 ("1g.10gb", 1, 2, 4),
@@ -149,6 +149,9 @@ GPUS: dict[str, GpuModel] = {
     )
 }
 
+# resource_name: the AMD/Xilinx device plugin advertises ``amd.com/<shell>-<timestamp>`` for a
+# board flashed with that shell; the timestamp comes from the flashed platform, so a site sets the
+# exact names it sees (``kubectl describe node``) in aiinfn:accelerators.fpgaResourceNames.
 FPGAS: dict[str, FpgaModel] = {
     f.key: f
     for f in (
