@@ -3,6 +3,7 @@
 #
 #   borg-backup.sh backup               create an archive of $BACKUP_SOURCE, prune, compact
 #   borg-backup.sh restore ARCHIVE DIR  extract ARCHIVE ("latest" = newest) into the empty DIR
+#   borg-backup.sh prune                apply the retention only
 #   borg-backup.sh list                 list the archives
 #
 # Environment: BORG_REPO, BORG_PASSPHRASE (required); BACKUP_SOURCE (backup), ARCHIVE_PREFIX
@@ -44,11 +45,16 @@ backup() {
     # Paths are stored relative to the source so a restore lands directly in the target dir.
     (cd "$BACKUP_SOURCE" && borg create --stats --one-file-system --exclude-caches \
         --compression "${COMPRESSION:-zstd,3}" "::$name" .)
+    prune
+    log "done: $name"
+}
+
+prune() {
+    # Only this site's archives ($prefix-*): another prefix in the same repository is never touched.
     log "pruning $prefix-* (daily ${KEEP_DAILY:-7}, weekly ${KEEP_WEEKLY:-4}, monthly ${KEEP_MONTHLY:-6})"
     borg prune --list --glob-archives "$prefix-*" \
         --keep-daily "${KEEP_DAILY:-7}" --keep-weekly "${KEEP_WEEKLY:-4}" --keep-monthly "${KEEP_MONTHLY:-6}"
     borg compact
-    log "done: $name"
 }
 
 restore() {
@@ -72,6 +78,7 @@ cmd=${1:-backup}
 case "$cmd" in
     backup) backup ;;
     restore) restore "$@" ;;
+    prune) prune ;;
     list) borg list --glob-archives "$prefix-*" ;;
-    *) echo "usage: borg-backup.sh backup | restore ARCHIVE|latest DIR | list" >&2; exit 2 ;;
+    *) echo "usage: borg-backup.sh backup | prune | restore ARCHIVE|latest DIR | list" >&2; exit 2 ;;
 esac
