@@ -51,6 +51,8 @@ def resource_label(r: Recorded) -> str:
         ns = f"{meta['namespace']}/" if meta.get("namespace") else ""
         label = f"{r.inputs.get('kind') or kind} {ns}{meta['name']}"
         return label if meta["name"] == r.name else f"{label} (resource {r.name})"
+    if r.type == "pulumi-python:dynamic:Resource":
+        return f"dynamic resource {r.name}"
     return f"{kind} {r.name}"
 
 

@@ -145,7 +145,7 @@ backups_scheduled = StackValidationPolicy(
     validate=_backups_scheduled,
 )
 
-_NO_ENCRYPTION = re.compile(r"(--encryption[ =]+none\b|\s-e\s+none\b|--insecure-no-password|"
+_NO_ENCRYPTION = re.compile(r"(--encryption[\s=]+none\b|(^|\s)-e\s+none\b|--insecure-no-password|"
                             r"BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes)")
 _PASS_VARS = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND", "BORG_PASSPHRASE_FD", "RESTIC_PASSWORD",
               "RESTIC_PASSWORD_FILE", "BORG_KEY_FILE")

@@ -165,8 +165,7 @@ def _no_production_data(args: StackValidationArgs, report: ReportViolation) -> N
     for r in args.resources:
         why = _refs_production(r, sites, own)
         if why:
-            label = f"{res_kind(r) or r.resource_type.rsplit(':', 1)[-1]} {where(r.props, r.name) or r.name}"
-            report(fix(f"hackathon {label} {why}", "give the hackathon its own empty volumes and buckets; copy "
+            report(fix(f"this hackathon's {r.name} {why}", "give the hackathon its own empty volumes and buckets; copy "
                        "public datasets in, never attach or mount production storage"), r.urn)
 
 

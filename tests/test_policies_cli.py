@@ -1,0 +1,67 @@
+"""The pack as a whole: `aiinfn check --list-rules`, the shipped stacks pass, and stack files that pass config
+validation but break a rule make `aiinfn check` exit 1 naming the rule, the resource and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from aiinfn.cli import main
+from policies.rules import ALL_POLICIES, THEMES
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = ROOT / "tests" / "data" / "policies"
+SHIPPED = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+def test_the_pack_covers_every_theme_with_named_described_rules():
+    assert len(ALL_POLICIES) >= 25
+    names = [p.name for p in ALL_POLICIES]
+    assert len(set(names)) == len(names)
+    assert set(THEMES) == {"exposure", "secrets", "supply_chain", "gpus", "queues", "offload", "data_safety",
+                           "hackathon", "namespaces"}
+    assert all(THEMES.values())
+    for p in ALL_POLICIES:
+        assert p.description and len(p.description) > 30, p.name
+        assert p.enforcement_level is not None, p.name
+    advisory = {p.name for p in ALL_POLICIES if p.enforcement_level.value != "mandatory"}
+    assert advisory == {"hackathon-not-expired"}  # the one rule with a reason to be advisory
+
+
+def test_list_rules_prints_one_line_per_rule(capsys):
+    assert main(["check", "--list-rules"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(ALL_POLICIES)
+    for line, policy in zip(lines, ALL_POLICIES, strict=True):
+        name, level, description = line.split("\t")
+        assert (name, level, description) == (policy.name, policy.enforcement_level.value, policy.description)
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_shipped_stacks_pass_every_mandatory_rule(stack, capsys):
+    rc = main(["check", stack])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "[mandatory]" not in out
+
+
+CASES = {  # stack file -> (rule, resource named in the line)
+    "hackathon-prod-client": ("hackathon-own-iam-client", "ConfigMap aiinfn-system/aiinfn-site"),
+    "hackathon-long-expiry": ("hackathon-expiry", "ConfigMap aiinfn-system/aiinfn-site"),
+    "hackathon-prod-bucket": ("hackathon-no-production-data", "dynamic resource juicefs-bucket"),
+    "replica-no-backup": ("backups-scheduled", "stack replica-no-backup"),
+}
+
+
+def test_every_bad_stack_file_has_a_case():
+    assert {p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in BAD.glob("Pulumi.*.yaml")} == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_stack_files_fail_naming_rule_resource_and_fix(name, capsys):
+    rule, resource = CASES[name]
+    rc = main(["check", str(BAD / f"Pulumi.{name}.yaml")])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[mandatory]")]
+    assert rc == 1
+    hits = [ln for ln in lines if ln.startswith(f"[mandatory] {rule}: {resource}")]
+    assert hits, lines
+    assert all("(fix: " in ln for ln in lines)
