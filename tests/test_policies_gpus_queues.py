@@ -204,3 +204,26 @@ def test_offload_flavors_virtual_only():
     assert check_resource(p, *k8s(KQ, "ResourceFlavor", "t4", spec={"tolerations": [VK_TOL]}))
     local_cq = k8s(KQ, "ClusterQueue", "offload-tier1", spec={"resourceGroups": [{"flavors": [{"name": "t4"}]}]})
     assert check_resource(p, *local_cq)
+
+
+def test_user_jobs_from_the_job_service_pass_the_resource_rules(cnaf):
+    """The Jobs users submit are built at run time (aiinfn.batchjobs), not rendered: check them here."""
+    from pulumi_policy import ResourceValidationPolicy
+
+    from aiinfn.batchjobs import BatchJobRequest, batch_job
+    from aiinfn.offerings import site_offerings
+    from policies.rules import ALL_POLICIES
+
+    gpu = next(o.key for o in site_offerings(cnaf.cfg) if o.kind == "gpu")
+    jobs = [batch_job(cnaf.cfg, BatchJobRequest("train", cnaf.cfg.projects[0].name, "alice",
+                                                "quay.io/jupyter/pytorch-notebook:cuda12-2026-08-24",
+                                                ["python", "train.py"], offering=gpu)),
+            batch_job(cnaf.cfg, BatchJobRequest("sweep", cnaf.cfg.projects[0].name, "alice",
+                                                "docker.io/library/python:3.12.8", ["python", "x.py"],
+                                                offloadable=True))]
+    for manifest in jobs:
+        for policy in ALL_POLICIES:
+            if isinstance(policy, ResourceValidationPolicy):
+                assert check_resource(policy, "kubernetes:batch/v1:Job", manifest) == [], policy.name
+    grace = jobs[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace <= gpus.DEFAULT_MAX_GRACE_SECONDS

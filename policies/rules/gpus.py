@@ -28,7 +28,9 @@ from .common import (
 
 BATCH_CLASSES = {**naming.BATCH_PRIORITY_CLASSES, naming.BATCH_FIRE_CLASS: naming.BATCH_FIRE_PRIORITY}
 BATCH_WORKLOADS = ("batch", "bunshin")
-DEFAULT_MAX_GRACE_SECONDS = 120
+# A notebook that preempts batch work waits grace + ~16 s (docs/batch.md); 240 s keeps that under
+# zero-to-jupyterhub's default spawn timeout of 300 s.
+DEFAULT_MAX_GRACE_SECONDS = 240
 
 
 def _kubespawner_priority(values: Mapping[str, Any]) -> str | None:

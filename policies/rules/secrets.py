@@ -46,7 +46,7 @@ from .common import (
 DEFAULT_CHART_SECRET_PATHS = [
     r"^hub\.config\.[A-Za-z]*OAuthenticator\.client_secret$",
     r"^hub\.cookieSecret$",
-    r"^hub\.config\.(JupyterHub|CryptKeeper)\.(cookie_secret|keys)$",
+    r"^hub\.config\.(JupyterHub|CryptKeeper)\.(cookie_secret|keys)(\[\d+\])?$",
     r"^proxy\.secretToken$",
     r"^hub\.services\.[^.]+\.api_?[tT]oken$",
     r"^hub\.db\.password$",
@@ -137,7 +137,7 @@ def _helm_values_no_clear_secrets(args: ResourceValidationArgs, report: ReportVi
         return
     trusted = [re.compile(p) for p in (args.get_config() or {}).get("chartSecretPaths", DEFAULT_CHART_SECRET_PATHS)]
     for path, value in strings(values_of(args.props)):
-        key = re.split(r"[.\[]", path)[-1]
+        key = re.sub(r"(\[\d+\])+$", "", path).rsplit(".", 1)[-1]
         if {re.sub(r"\[\d+\]$", "", seg) for seg in path.split(".")} & ENV_KEYS:
             continue  # env literals: rule no-secret-env-literals
         bad_shape = secret_looking_value(value)
