@@ -153,7 +153,7 @@ class Storage(pulumi.ComponentResource):
                          f"cache {st.cvmfs.cache_quota_mb} MB per node, claim `{PVC_CVMFS}`")
         if self.scratch is not None and scratch_pools(cfg):
             lines.append(f"- scratch (`{STORAGECLASS_SCRATCH}`, per-session request): "
-                         + ", ".join(f"{p.name} {slot_gi(p)} GB" for p in scratch_pools(cfg)))
+                         + ", ".join(f"{p.name} {slot_gi(cfg, p)} GB" for p in scratch_pools(cfg)))
         if self.backup is not None:
             b = st.backup
             lines.append(f"- backups: CronJob `{CRONJOB}` `{b.schedule}` (UTC) borg repokey → `{b.repository}`, "

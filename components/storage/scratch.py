@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import NodePool, SiteConfig
+from aiinfn.mig import pool_gpu_sessions
 from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_SCRATCH
 from aiinfn.nodes import tolerations_for
 
@@ -31,16 +32,17 @@ def scratch_pools(cfg: SiteConfig) -> list[NodePool]:
     return [p for p in cfg.pools if p.scratch_gb > 0 and p.count > 0]
 
 
-def slots(pool: NodePool) -> int:
-    """Concurrent sessions a node's scratch is shared by: one per accelerator (at least one)."""
-    n = pool.gpus.count if pool.gpus else 0
+def slots(cfg: SiteConfig, pool: NodePool) -> int:
+    """Concurrent accelerator sessions on one node of the pool: GPU pods (whole GPUs, MIG slices,
+    time-slicing replicas) plus FPGA boards, at least one."""
+    n = pool_gpu_sessions(cfg, pool) // max(1, pool.count) if pool.gpus is not None else 0
     n += sum(f.count for f in pool.fpgas)
     return max(1, n)
 
 
-def slot_gi(pool: NodePool) -> int:
-    """Scratch a session on this pool may request (GB of the pool's NVMe divided among its slots)."""
-    return pool.scratch_gb // slots(pool)
+def slot_gi(cfg: SiteConfig, pool: NodePool) -> int:
+    """Scratch a session on this pool may request (GB of a node's NVMe divided among its sessions)."""
+    return pool.scratch_gb // slots(cfg, pool)
 
 
 def _tolerations(cfg: SiteConfig) -> list[dict]:
