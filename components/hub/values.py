@@ -73,6 +73,13 @@ def _profile(cfg: SiteConfig, slug: str, display: str, description: str, resourc
 
 
 def _describe(o: cat.Offering) -> tuple[str, str]:
+    display, desc = _describe_kind(o)
+    if getattr(o, "time_sliced", False):
+        desc += " (time-sliced: shared with other notebooks)"
+    return display, desc
+
+
+def _describe_kind(o: cat.Offering) -> tuple[str, str]:
     if o.kind == "gpu":
         g = cat.GPUS[o.model]
         return f"GPU: {g.display}", f"one whole {g.display} ({g.memory_gb} GB); {o.count} on the site"

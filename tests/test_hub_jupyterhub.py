@@ -1,0 +1,347 @@
+"""The hub-side code, as rendered for CNAF, loaded by a real JupyterHub (PyPI jupyterhub 5.5).
+
+The hub process gets exactly what the chart would give it: the rendered ``hub.config`` applied
+class by class (as z2jh's jupyterhub_config.py does), the ``hub.extraConfig`` snippet, and the
+``hub.extraFiles`` (aiinfn_hub.py, site.json) written where the snippet looks for them; the IAM
+client secret arrives in ``OAUTH_CLIENT_SECRET`` as the Secret's secretKeyRef would put it.
+Only three things are stand-ins: INDIGO IAM (a loopback server answering the token and userinfo
+endpoints with fixed users), the proxy (routes kept in memory), and the spawner (records the
+resolved KubeSpawner options instead of creating a pod). Login goes through the real
+GenericOAuthenticator handlers: /hub/oauth_login, the state cookie, /hub/oauth_callback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+import yaml
+
+from aiinfn import naming
+from aiinfn.engine.output import helm_releases, write
+from aiinfn.engine.run import Rendered, run_program
+
+IAM_SECRET = "iam-Cl1ent-S3cret-for-the-hub-test"  # stands in for the decrypted stack secret
+ADMIN_TOKEN = secrets.token_hex(16)
+SUPPORT = Path(__file__).resolve().parent / "hub_support"
+
+# What INDIGO IAM's userinfo endpoint answers for each test user (code -> claims). Groups come in
+# both forms IAM uses: ``groups`` (names) and ``wlcg.groups`` (paths with a leading '/').
+USERS: dict[str, dict[str, Any]] = {
+    "alice": {"sub": "a1", "preferred_username": "alice",
+              "wlcg.groups": ["/ai-infn/users", "/ai-infn/lhcb-flashsim"]},
+    "bob": {"sub": "b2", "preferred_username": "bob", "groups": ["ai-infn/cms-tracking", "some-other-vo/x"]},
+    "carol": {"sub": "c3", "preferred_username": "carol",
+              "groups": ["ai-infn/users"], "wlcg.groups": ["/ai-infn/admins", "/ai-infn/users"]},
+    "mallory": {"sub": "m4", "preferred_username": "mallory", "groups": ["other-vo/users"],
+                "wlcg.groups": ["/other-vo"]},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeIam(BaseHTTPRequestHandler):
+    client_secrets: ClassVar[list[str]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        if self.path != "/token":
+            return self._json(404, {"error": "not_found"})
+        form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            FakeIam.client_secrets.append(base64.b64decode(auth[6:]).decode().split(":", 1)[1])
+        elif "client_secret" in form:
+            FakeIam.client_secrets.append(form["client_secret"][0])
+        code = form.get("code", [""])[0]
+        if code not in USERS:
+            return self._json(400, {"error": "invalid_grant", "error_description": "unknown code"})
+        return self._json(200, {"access_token": f"at-{code}", "token_type": "Bearer", "expires_in": 3600,
+                                "scope": "openid profile email offline_access wlcg wlcg.groups"})
+
+    def do_GET(self) -> None:
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        user = token.removeprefix("at-")
+        if self.path.startswith("/userinfo") and token.startswith("at-") and user in USERS:
+            return self._json(200, USERS[user])
+        return self._json(401, {"error": "invalid_token"})
+
+
+HUB_CONFIG = '''
+import json, os
+values = json.load(open(os.environ["HUB_VALUES"]))
+hub = values["hub"]
+iam = os.environ["FAKE_IAM"]
+port = int(os.environ["HUB_PORT"])
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{port}"
+c.JupyterHub.bind_url = f"http://127.0.0.1:{os.environ['PROXY_PORT']}"
+c.JupyterHub.proxy_class = "aiinfn_standin.NullProxy"
+c.JupyterHub.spawner_class = "aiinfn_standin.KubeSpawner"
+c.JupyterHub.db_url = "sqlite:///" + os.path.join(os.environ["HUB_WORK"], "jupyterhub.sqlite")
+c.JupyterHub.cookie_secret_file = os.path.join(os.environ["HUB_WORK"], "cookie_secret")
+# What z2jh's jupyterhub_config.py does with the values (the generated CryptKeeper key is a
+# deploy-time placeholder here: the test key comes through JUPYTERHUB_CRYPT_KEY instead).
+for cls, conf in hub["config"].items():
+    if cls != "CryptKeeper":
+        c[cls].update(conf)
+c.JupyterHub.allow_named_servers = hub["allowNamedServers"]
+c.JupyterHub.named_server_limit_per_user = hub["namedServerLimitPerUser"]
+# The platform's services as the chart lists them; not started here (their command is dropped).
+c.JupyterHub.services = [{k: v for k, v in svc.items() if k != "command"} for svc in hub["services"].values()] + [
+    {"name": "test-admin", "api_token": os.environ["ADMIN_TOKEN"]}]
+c.JupyterHub.load_roles = [{"name": k, **v} for k, v in hub["loadRoles"].items()] + [
+    {"name": "test-admin", "services": ["test-admin"],
+     "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "read:groups", "admin:groups"]}]
+# INDIGO IAM on loopback instead of the site's issuer (same paths).
+c.GenericOAuthenticator.authorize_url = iam + "/authorize"
+c.GenericOAuthenticator.token_url = iam + "/token"
+c.GenericOAuthenticator.userdata_url = iam + "/userinfo"
+c.GenericOAuthenticator.oauth_callback_url = f"http://127.0.0.1:{port}/hub/oauth_callback"
+for snippet in hub["extraConfig"].values():
+    exec(snippet)
+'''
+
+
+@pytest.fixture(scope="module")
+def cnaf_with_secret() -> Rendered:
+    """CNAF rendered with the IAM client secret set, as the decrypted stack file would give it."""
+    return run_program("cnaf", secret_values={"iamClientSecret": IAM_SECRET})
+
+
+@pytest.fixture(scope="module")
+def hub_values(cnaf_with_secret: Rendered) -> dict[str, Any]:
+    release = next(r for r in helm_releases(cnaf_with_secret) if r.inputs.get("name") == "jupyterhub")
+    return release.inputs["values"]
+
+
+@pytest.fixture(scope="module")
+def hub(hub_values: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("hub")
+    etc = work / "etc"
+    records = work / "records"
+    etc.mkdir()
+    records.mkdir()
+    files = hub_values["hub"]["extraFiles"]
+    for f in files.values():  # as the chart mounts them, under AIINFN_HUB_DIR
+        if f["mountPath"].startswith("/usr/local/etc/jupyterhub/aiinfn/"):
+            target = etc / Path(f["mountPath"]).name
+            target.write_text(f["stringData"] if "stringData" in f else json.dumps(f["data"]))
+    (work / "values.json").write_text(json.dumps(hub_values))
+    (work / "jupyterhub_config.py").write_text(HUB_CONFIG)
+
+    iam = ThreadingHTTPServer(("127.0.0.1", 0), FakeIam)
+    threading.Thread(target=iam.serve_forever, daemon=True).start()
+    port = free_port()
+    env_from_values = {e["name"]: e.get("value") for e in hub_values["hub"]["extraEnv"]}
+    env = {
+        **os.environ,
+        "HUB_VALUES": str(work / "values.json"),
+        "HUB_WORK": str(work),
+        "HUB_PORT": str(port),
+        "PROXY_PORT": str(free_port()),
+        "FAKE_IAM": f"http://127.0.0.1:{iam.server_address[1]}",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
+        "OAUTH_CLIENT_SECRET": IAM_SECRET,  # what secretKeyRef puts in the hub container
+        "AIINFN_HUB_DIR": str(etc),
+        "STANDIN_RECORD_DIR": str(records),
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
+        "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    assert "OAUTH_CLIENT_SECRET" in env_from_values, "the hub container gets the IAM secret from the Secret"
+    with open(work / "hub.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(work / "jupyterhub_config.py")],
+                                cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError("JupyterHub exited:\n" + (work / "hub.log").read_text()[-4000:])
+            try:
+                if requests.get(f"{base}/hub/api/", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("JupyterHub did not start:\n" + (work / "hub.log").read_text()[-4000:])
+            time.sleep(0.3)
+        yield {"base": base, "records": records, "work": work, "values": hub_values}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        iam.shutdown()
+
+
+def api(hub: dict[str, Any], method: str, path: str, **kw: Any) -> requests.Response:
+    return requests.request(method, f"{hub['base']}/hub/api{path}",
+                            headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=20, **kw)
+
+
+def login(hub: dict[str, Any], user: str) -> requests.Response:
+    """The browser's path through the real OAuth handlers: login redirect, IAM, callback."""
+    s = requests.Session()
+    r = s.get(f"{hub['base']}/hub/oauth_login", allow_redirects=False, timeout=10)
+    assert r.status_code == 302, r.text
+    q = parse_qs(urlparse(r.headers["Location"]).query)
+    assert set(q["scope"][0].split()) >= {"openid", "profile", "wlcg.groups"}
+    return s.get(f"{hub['base']}/hub/oauth_callback", params={"code": user, "state": q["state"][0]},
+                 allow_redirects=False, timeout=20)
+
+
+def spawn(hub: dict[str, Any], user: str, options: dict[str, str], server: str = "") -> tuple[int, dict | None]:
+    path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
+    r = api(hub, "POST", path, json=options)
+    record = hub["records"] / (f"{user}-{server}.json" if server else f"{user}.json")
+    if r.status_code >= 400:
+        return r.status_code, None
+    deadline = time.monotonic() + 20
+    while not record.exists():
+        assert time.monotonic() < deadline, f"no spawn record for {user}: {r.status_code} {r.text}"
+        time.sleep(0.2)
+    return r.status_code, json.loads(record.read_text())
+
+
+def mounts(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["mountPath"]: m for m in record["volume_mounts"]}
+
+
+def claims(record: dict[str, Any]) -> dict[str, str]:
+    return {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in record["volumes"] if "persistentVolumeClaim" in v}
+
+
+def test_login_groups_admin_and_refusal(hub: dict[str, Any]) -> None:
+    for user in ("alice", "bob", "carol"):
+        r = login(hub, user)
+        assert r.status_code == 302, f"{user}: {r.status_code} {r.text[:300]}"
+    assert login(hub, "mallory").status_code == 403  # in no allowed group
+    assert api(hub, "GET", "/users/mallory").status_code == 404
+
+    alice = api(hub, "GET", "/users/alice").json()
+    bob = api(hub, "GET", "/users/bob").json()
+    carol = api(hub, "GET", "/users/carol").json()
+    # wlcg.groups paths lose their '/', both claims merge (oauthenticator issue 761), other VOs dropped
+    assert sorted(alice["groups"]) == ["ai-infn/lhcb-flashsim", "ai-infn/users"]
+    assert bob["groups"] == ["ai-infn/cms-tracking"]  # a project group alone is enough to log in
+    assert sorted(carol["groups"]) == ["ai-infn/admins", "ai-infn/users"]
+    assert carol["admin"] is True
+    assert alice["admin"] is False and bob["admin"] is False
+    # the hub sent the stack's client secret to IAM's token endpoint (it came from the environment)
+    assert FakeIam.client_secrets and set(FakeIam.client_secrets) == {IAM_SECRET}
+
+
+def test_notebook_of_project_member(hub: dict[str, Any]) -> None:
+    login(hub, "alice")
+    status, rec = spawn(hub, "alice", {"profile": "a100-80gb-1g.10gb", "image": "pytorch-cuda", "cpu": "2", "memory": "8"})
+    assert rec is not None, status
+    m = mounts(rec)
+    assert m["/home/alice"]["subPath"] == "alice"
+    assert claims(rec)["home"] == naming.PVC_HOMES
+    assert "/home/shared/lhcb-flashsim" in m and "/home/shared/cms-tracking" not in m
+    assert claims(rec)[m["/home/shared/lhcb-flashsim"]["name"]] == naming.pvc_project("lhcb-flashsim")
+    assert [p for p in m if p.startswith("/home/shared/")] == ["/home/shared/public", "/home/shared/lhcb-flashsim"]
+    assert m["/envs"]["readOnly"] is True
+    assert m["/cvmfs"]["readOnly"] is True and m["/cvmfs"]["mountPropagation"] == "HostToContainer"
+    vols = {v["name"]: v for v in rec["volumes"]}
+    assert vols[m["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+    assert "emptyDir" in vols[m["/tmp"]["name"]]
+    scratch = vols[m["/scratch"]["name"]]["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert scratch["storageClassName"] == naming.STORAGECLASS_SCRATCH
+    # the resolved profile: MIG slice on the MIG pool, tolerating its GPU taint, the chosen size
+    assert rec["image"] == "quay.io/jupyter/pytorch-notebook:cuda12-2026-08-24"
+    assert rec["cpu_limit"] == 2 and rec["mem_limit"] == 8 * 1024**3
+    assert rec["cpu_guarantee"] == 1 and rec["mem_guarantee"] == 2 * 1024**3
+    assert rec["extra_resource_limits"] == {"nvidia.com/mig-1g.10gb": "1"}  # CNAF's MIG layouts are mixed
+    exprs = rec["node_affinity_required"][0]["matchExpressions"]
+    assert {"key": "aiinfn.infn.it/pool", "operator": "In", "values": ["a100-mig"]} in exprs
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"} in rec["tolerations"]
+    assert rec["labels"][naming.LABEL_USER] == "alice"
+    assert rec["labels"][naming.LABEL_WORKLOAD] == "notebook"
+    assert rec["labels"][naming.LABEL_PROJECT] == "lhcb-flashsim"
+    assert rec["working_dir"] == "/home/alice"
+    assert "--YDocExtension.disable_rtc=True" in rec["args"]  # collaborative mode is off at CNAF
+
+
+def test_other_project_and_admin_mounts(hub: dict[str, Any]) -> None:
+    login(hub, "bob")
+    login(hub, "carol")
+    _, bob = spawn(hub, "bob", {"profile": "cpu"})
+    _, carol = spawn(hub, "carol", {"profile": "t4", "cpu": "4", "memory": "16"})
+    assert bob is not None and carol is not None
+    mb, mc = mounts(bob), mounts(carol)
+    assert "/home/shared/cms-tracking" in mb and "/home/shared/lhcb-flashsim" not in mb
+    assert mb["/envs"]["readOnly"] is True
+    assert not [p for p in mc if p.startswith("/home/shared/") and p != "/home/shared/public"]
+    assert mc["/envs"]["readOnly"] is False  # admins maintain the shared environments by default
+    assert "/scratch" in mc and "/scratch" in mb  # CNAF's CPU notebooks run on its NVMe-backed pools
+    assert bob["extra_resource_limits"] == {} and carol["extra_resource_limits"] == {"nvidia.com/gpu": "1"}
+    assert naming.LABEL_PROJECT not in carol["labels"]
+    assert bob["image"] == "quay.io/jupyter/pytorch-notebook:cuda12-2026-08-24"  # the default choices
+    assert bob["cpu_limit"] == 1 and bob["mem_limit"] == 4 * 1024**3
+    # every accelerator the site has is offered: whole GPUs, MIG profiles, FPGAs, and CPU only
+    assert set(bob["profiles"]) == {"cpu", "t4", "rtx5000", "a100-80gb", "a30-1g.6gb", "a100-80gb-1g.10gb",
+                                    "a100-80gb-2g.20gb", "a100-80gb-3g.40gb", "alveo-u50", "alveo-u250",
+                                    "versal-v70"}
+
+
+def test_named_server_and_unknown_profile(hub: dict[str, Any]) -> None:
+    login(hub, "alice")
+    status, rec = spawn(hub, "alice", {"profile": "alveo-u250"}, server="fpga")
+    assert rec is not None and rec["server"] == "fpga", status
+    assert rec["extra_resource_limits"] == {"amd.com/xilinx_u250_gen3x16_xdma_shell_4_1": "1"}
+    status, rec = spawn(hub, "alice", {"profile": "h100-80gb"}, server="nope")
+    assert rec is None and status >= 400
+
+
+def test_no_secret_in_any_notebook_environment(hub: dict[str, Any]) -> None:
+    records = list(hub["records"].glob("*.json"))
+    assert len(records) >= 4
+    for path in records:
+        text = path.read_text()
+        assert IAM_SECRET not in text, path.name
+        env = json.loads(text)["env"]
+        assert "OAUTH_CLIENT_SECRET" not in env and "JUPYTERHUB_CRYPT_KEY" not in env
+        assert not any(k.startswith("CONFIGPROXY") for k in env)
+
+
+def test_secret_in_no_rendered_file(cnaf_with_secret: Rendered, tmp_path: Path) -> None:
+    write(cnaf_with_secret, tmp_path)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 5
+    for path in files:
+        assert IAM_SECRET not in path.read_text(), path
+    # ... while the Secret the hub reads it from is rendered, its value a placeholder
+    docs = yaml.safe_load_all((tmp_path / "manifests" / "hub.yaml").read_text())
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "hub-iam-client")
+    assert secret["stringData"]["client-secret"].startswith("<secret")
