@@ -11,7 +11,7 @@ from aiinfn.jobservice.settings import Settings
 from components.jobs import job_service_settings
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def settings_dict(stack: str) -> dict[str, Any]:
     _, cfg = load_config(stack)
     return job_service_settings(cfg)

@@ -212,7 +212,7 @@ def test_script_without_shebang_runs_with_bash():
 
 
 def test_offloaded_job_tolerates_virtual_nodes_and_may_use_them():
-    _, (job, cm) = make("cnaf", {"name": "off", "project": "cms-tracking", "command": ["python", "run.py"],
+    _, (job, _) = make("cnaf", {"name": "off", "project": "cms-tracking", "command": ["python", "run.py"],
                                  "accelerator": "a100-80gb", "offload": True, "sandbox": {"run.py": "print(1)"}})
     validate_object(job)
     pod = pod_of(job)

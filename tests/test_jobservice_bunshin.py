@@ -31,7 +31,7 @@ def bunshin(body: dict, pod: dict | None = None, caller: Caller = CALLER):
 
 
 def test_clone_validates_and_keeps_the_notebook_environment():
-    job, _, base = bunshin({})
+    job, _, _ = bunshin({})
     validate_object(job)
     pod = job["spec"]["template"]["spec"]
     c = pod["containers"][0]

@@ -55,8 +55,11 @@ async def serve() -> None:
     app.listen(url.port or 80, address=address)
     logging.getLogger("aiinfn.jobservice").info("job service for site %s listening on %s:%s%s",
                                                  site.site, address or "*", url.port, prefix)
+    parent = os.getppid()
     try:
-        await asyncio.Event().wait()
+        while os.getppid() == parent:  # the hub started us: stop when it is gone
+            await asyncio.sleep(2)
+        logging.getLogger("aiinfn.jobservice").warning("the hub process is gone; stopping")
     finally:
         await kube.close()
 

@@ -321,6 +321,8 @@ def make_app(site: Settings, kube: KubeClient, hub_auth: HubOAuth, prefix: str) 
         kube=kube,
         service_prefix=prefix,
         cookie_secret=os.urandom(32),  # only for the OAuth state cookie of the browser landing page
-        xsrf_cookies=True,
+        # No tornado-wide XSRF check: token requests need none, and HubOAuth itself checks XSRF
+        # whenever a request is authenticated by the OAuth cookie instead of a token.
+        xsrf_cookies=False,
     )
 

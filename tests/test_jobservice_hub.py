@@ -1,0 +1,448 @@
+"""The job service behind a REAL JupyterHub (PyPI jupyterhub 5.5) started on loopback by the tests.
+
+Two copies of the service are registered in the hub:
+
+- ``jobs``: run in this process (tornado in a thread) as an external service with its API token,
+  with the in-memory Kubernetes client, so the tests see every object it would create;
+- ``jobs-shipped``: a hub-MANAGED service started by the hub from the files, command and environment
+  of the ``HubServiceSpec`` the program ships (code copied by content into a temporary root), proving
+  that the shipped package runs on its own (in-memory client, as no cluster exists here).
+
+Users and IAM-like groups come from the hub's own database (DummyAuthenticator, ``load_groups``);
+tokens are real JupyterHub API tokens issued through the hub's REST API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiinfn.engine.run import load_config
+from aiinfn.jobservice.app import make_app
+from aiinfn.jobservice.kube import MemoryKubeClient
+from components.jobs import INSTALL_ROOT, service_spec
+from tests.jobservice_fixtures import notebook_pod, site_settings
+from tests.schemas import validate_object
+
+GROUPS = {
+    "ai-infn/users": ["mrossi", "arossi", "boss", "nobody"],
+    "ai-infn/cms-tracking": ["mrossi", "arossi"],
+    "ai-infn/atlas-anomaly": ["mrossi"],
+    "ai-infn/admins": ["boss"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(method: str, url: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"token {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        status = err.code
+    try:
+        return status, json.loads(raw or b"null")
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+def child_pids(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (from /proc), recorded before the hub stops."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def pids_in(directory: Path) -> list[int]:
+    """Processes whose working directory is ``directory``."""
+    out = []
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            if Path(os.readlink(cwd)) == directory:
+                out.append(int(cwd.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+HUB_CONFIG = """
+from jupyterhub.auth import DummyAuthenticator
+from jupyterhub.proxy import Proxy
+
+
+class NoProxy(Proxy):
+    \"\"\"No configurable-http-proxy here: tests reach the hub and the services on their own ports.\"\"\"
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def add_route(self, routespec, target, data):
+        pass
+
+    async def delete_route(self, routespec):
+        pass
+
+    async def get_all_routes(self):
+        return {{}}
+
+
+c = get_config()  # noqa: F821
+c.JupyterHub.proxy_class = NoProxy
+c.JupyterHub.bind_url = "http://127.0.0.1:{public_port}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
+c.JupyterHub.db_url = "sqlite:///{root}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{root}/cookie_secret"
+c.JupyterHub.pid_file = "{root}/hub.pid"
+c.JupyterHub.cleanup_servers = True
+c.JupyterHub.authenticator_class = DummyAuthenticator
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {{"boss"}}
+c.JupyterHub.load_groups = {groups}
+c.JupyterHub.services = {services}
+c.JupyterHub.load_roles = {roles}
+"""
+
+
+class InProcessService:
+    """The service's tornado app on its own event loop in a thread (an external hub service)."""
+
+    def __init__(self, port: int, hub_api: str, token: str) -> None:
+        from jupyterhub.services.auth import HubOAuth
+
+        self.kube = MemoryKubeClient()
+        self.site = site_settings("cnaf")
+        self.port = port
+        self.auth = HubOAuth(api_token=token, api_url=hub_api, oauth_client_id="service-jobs",
+                             access_scopes={"access:services!service=jobs", "access:services"}, cache_max_age=0)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = make_app(self.site, self.kube, self.auth, "/services/jobs/")
+        self.server = app.listen(self.port, address="127.0.0.1")
+        self.ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.stop)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def hub():
+    root = Path(tempfile.mkdtemp(prefix="jobservice-hub-"))
+    hub_port, public_port, svc_port, shipped_port = free_port(), free_port(), free_port(), free_port()
+    jobs_token, admin_token = secrets.token_hex(16), secrets.token_hex(16)
+
+    # The shipped copy: files, command and environment exactly as the program hands them to the hub,
+    # with the install root moved to a temporary directory and no cluster (memory client).
+    _, cfg = load_config("cnaf")
+    spec = service_spec(cfg)
+    ship_root = root / "ship"
+    for path, content in spec.files.items():
+        target = ship_root / Path(path).relative_to(INSTALL_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    env = {k: v.replace(INSTALL_ROOT, str(ship_root)) for k, v in spec.env.items()}
+    env["AIINFN_JOBS_KUBE"] = "memory"
+    command = [sys.executable if spec.command[0] == "python3" else spec.command[0], *spec.command[1:]]
+
+    services = [
+        {"name": "jobs", "url": f"http://127.0.0.1:{svc_port}", "api_token": jobs_token, "oauth_no_confirm": True},
+        {"name": "jobs-shipped", "url": f"http://127.0.0.1:{shipped_port}", "command": command, "environment": env,
+         "cwd": str(root), "oauth_no_confirm": True},
+        {"name": "test-admin", "api_token": admin_token},
+    ]
+    roles = [
+        {"name": "user", "scopes": ["self", "access:services!service=jobs", "access:services!service=jobs-shipped"]},
+        {"name": "admin", "services": ["test-admin"], "users": ["boss"]},
+    ]
+    groups = {g: {"users": users} for g, users in GROUPS.items()}
+    (root / "jupyterhub_config.py").write_text(HUB_CONFIG.format(
+        public_port=public_port, hub_port=hub_port, root=root, groups=repr(groups), services=repr(services),
+        roles=repr(roles)))
+    log = open(root / "hub.log", "w")  # noqa: SIM115 - closed at teardown, after the hub stops
+    hub_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(root / "jupyterhub_config.py")],
+                            cwd=root, stdout=log, stderr=subprocess.STDOUT, env=hub_env, start_new_session=True)
+    hub_api = f"http://127.0.0.1:{hub_port}/hub/api"
+    service = InProcessService(svc_port, hub_api, jobs_token)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"jupyterhub exited {proc.returncode}:\n{(root / 'hub.log').read_text()[-3000:]}")
+            try:
+                status, _ = call("GET", f"{hub_api}/")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"jupyterhub not ready:\n{(root / 'hub.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        service.start()
+
+        def token_for(user: str, scopes: list[str] | None = None) -> str:
+            body: dict[str, Any] = {"note": "jobservice test", "expires_in": 3600}
+            if scopes is not None:
+                body["scopes"] = scopes
+            status, reply = call("POST", f"{hub_api}/users/{user}/tokens", admin_token, body)
+            assert status == 201, reply
+            return reply["token"]
+
+        yield {"api": hub_api, "svc": f"http://127.0.0.1:{svc_port}/services/jobs",
+               "shipped": f"http://127.0.0.1:{shipped_port}/services/jobs-shipped", "service": service,
+               "token_for": token_for, "root": root}
+    finally:
+        service.stop()
+        children = child_pids(proc.pid)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        # The managed service, if the hub left it behind (it runs in its own session): our hub's children
+        # and any process working in our private directory, by pid.
+        for pid in set(children) | set(pids_in(root)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tokens(hub):
+    scope = ["access:services!service=jobs", "access:services!service=jobs-shipped"]
+    return {u: hub["token_for"](u, scope) for u in ("mrossi", "arossi", "boss", "nobody")}
+
+
+JOB = {"name": "train", "project": "cms-tracking", "command": ["python", "train.py"], "sandbox": {"train.py": "print(1)\n"},
+       "accelerator": "t4", "cpu": 2, "memory": "8Gi", "completions": 2, "volumes": {"home": True, "project": True},
+       "cvmfs": True}
+
+
+def test_without_a_token_the_service_answers_401(hub):
+    for method, path, body in (("GET", "/api/info", None), ("GET", "/api/jobs", None), ("POST", "/api/jobs", JOB),
+                               ("POST", "/api/bunshin", JOB), ("DELETE", "/api/jobs/cms-tracking/train-abcde", None)):
+        status, reply = call(method, hub["svc"] + path, None, body)
+        assert status == 401, (method, path, reply)
+        assert "JupyterHub token" in reply["error"]
+    assert hub["service"].kube.created == []
+
+
+def test_a_wrong_or_insufficient_token_gets_403(hub):
+    status, reply = call("GET", hub["svc"] + "/api/info", "not-a-real-token")
+    assert status == 403, reply
+    weak = hub["token_for"]("mrossi", ["read:users:name!user"])  # a valid token without access to the service
+    status, reply = call("POST", hub["svc"] + "/api/jobs", weak, JOB)
+    assert status == 403, reply
+    assert "access:services" in reply["error"]
+    assert hub["service"].kube.created == []
+
+
+def test_info_lists_only_the_callers_projects(hub, tokens):
+    status, info = call("GET", hub["svc"] + "/api/info", tokens["mrossi"])
+    assert status == 200, info
+    assert info["user"] == "mrossi" and info["admin"] is False
+    assert [p["name"] for p in info["projects"]] == ["atlas-anomaly", "cms-tracking"]
+    assert "fire" not in info["priorities"]
+    assert {"t4", "a100-80gb", "cpu"} <= {o["key"] for o in info["offerings"]}
+    status, info = call("GET", hub["svc"] + "/api/info", tokens["boss"])
+    assert info["admin"] is True and "fire" in info["priorities"]
+
+
+def test_submitting_to_a_project_not_yours_is_403(hub, tokens):
+    before = len(hub["service"].kube.created)
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"], {**JOB, "project": "virgo-gw"})
+    assert status == 403, reply
+    assert "virgo-gw" in reply["error"] and "not a member" in reply["error"]
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["nobody"], JOB)
+    assert status == 403 and "your projects: none" in reply["error"]
+    assert len(hub["service"].kube.created) == before
+
+
+def test_a_valid_submission_creates_a_valid_job_and_its_sandbox(hub, tokens):
+    kube = hub["service"].kube
+    before = len(kube.created)
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"], JOB)
+    assert status == 201, reply
+    created = kube.created[before:]
+    assert [o["kind"] for o in created] == ["Job", "ConfigMap"]
+    job, cm = created
+    for obj in created:
+        validate_object(obj)
+    assert reply["job"]["id"] == job["metadata"]["name"] and reply["job"]["phase"] == "Queued"
+    assert job["metadata"]["namespace"] == "project-cms-tracking"
+    labels = job["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "batch"
+    assert labels["aiinfn.infn.it/user"] == "mrossi" and labels["aiinfn.infn.it/project"] == "cms-tracking"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "batch-lowest"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == kube.objects[("Job", "project-cms-tracking",
+                                                                           job["metadata"]["name"])]["metadata"]["uid"]
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"], {**JOB, "accelerator": "h100"})
+    assert status == 400 and reply["error"].startswith("accelerator:")
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"], {**JOB, "offload": True})
+    assert status == 400 and "NFS or PVC" in reply["error"]
+
+
+def test_list_logs_and_delete_are_per_owner_admins_see_all(hub, tokens):
+    kube = hub["service"].kube
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"],
+                         {"name": "mine", "project": "atlas-anomaly", "command": ["echo", "hi"]})
+    assert status == 201, reply
+    job_id = reply["job"]["id"]
+    status, listing = call("GET", hub["svc"] + "/api/jobs", tokens["mrossi"])
+    assert status == 200 and job_id in [j["id"] for j in listing["jobs"]]
+    assert all(j["user"] == "mrossi" for j in listing["jobs"])
+    status, listing = call("GET", hub["svc"] + "/api/jobs", tokens["arossi"])
+    assert status == 200 and job_id not in [j["id"] for j in listing["jobs"]]
+    status, reply = call("GET", hub["svc"] + "/api/jobs?all=true", tokens["arossi"])
+    assert status == 403
+    status, listing = call("GET", hub["svc"] + "/api/jobs?all=true", tokens["boss"])
+    assert status == 200 and job_id in [j["id"] for j in listing["jobs"]]
+    # Someone else cannot see or delete it
+    for method in ("GET", "DELETE"):
+        status, reply = call(method, f"{hub['svc']}/api/jobs/atlas-anomaly/{job_id}", tokens["arossi"])
+        assert status == 404, reply
+    # Logs per completion index, from the pods the Job controller would create
+    for attempt, text in ((1, "first try\n"), (2, "epoch 1\nepoch 2\ndone\n")):
+        kube.add({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"{job_id}-0-p{attempt}", "namespace": "project-atlas-anomaly",
+            "creationTimestamp": f"2026-11-28T00:0{attempt}:00Z",
+            "labels": {"batch.kubernetes.io/job-name": job_id, "batch.kubernetes.io/job-completion-index": "0"}},
+            "status": {"phase": "Succeeded"}}, log=text)
+    status, reply = call("GET", f"{hub['svc']}/api/jobs/atlas-anomaly/{job_id}/logs?index=0", tokens["mrossi"])
+    assert status == 200, reply
+    assert reply["log"] == "epoch 1\nepoch 2\ndone\n" and reply["attempts"] == 2 and reply["pod"].endswith("-p2")
+    status, reply = call("GET", f"{hub['svc']}/api/jobs/atlas-anomaly/{job_id}/logs?index=0&tailLines=1",
+                         tokens["mrossi"])
+    assert reply["log"] == "done\n"
+    status, reply = call("GET", f"{hub['svc']}/api/jobs/atlas-anomaly/{job_id}/logs?index=3", tokens["mrossi"])
+    assert status == 400 and reply["error"].startswith("index:")
+    # Kueue's view shows up in the job's status
+    uid = kube.objects[("Job", "project-atlas-anomaly", job_id)]["metadata"]["uid"]
+    kube.add({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Workload", "metadata": {
+        "name": f"job-{job_id}-1a2b3", "namespace": "project-atlas-anomaly", "labels": {"kueue.x-k8s.io/job-uid": uid}},
+        "status": {"conditions": [{"type": "QuotaReserved", "status": "False",
+                                   "message": "couldn't assign flavors to pod set main: insufficient quota"}]}})
+    status, reply = call("GET", f"{hub['svc']}/api/jobs/atlas-anomaly/{job_id}", tokens["mrossi"])
+    assert status == 200 and reply["job"]["queue"]["admitted"] is False
+    assert "insufficient quota" in reply["job"]["queue"]["message"]
+    # The owner deletes it
+    status, reply = call("DELETE", f"{hub['svc']}/api/jobs/atlas-anomaly/{job_id}", tokens["mrossi"])
+    assert status == 200 and reply["deleted"] == job_id
+    assert ("Job", "project-atlas-anomaly", job_id) in kube.deleted
+    status, _ = call("GET", f"{hub['svc']}/api/jobs/atlas-anomaly/{job_id}", tokens["mrossi"])
+    assert status == 404
+
+
+def test_admins_delete_anyones_job(hub, tokens):
+    kube = hub["service"].kube
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["arossi"],
+                         {"name": "theirs", "project": "cms-tracking", "script": "echo hi", "sandbox": {"a.txt": "a"}})
+    assert status == 201, reply
+    job_id = reply["job"]["id"]
+    cm_key = ("ConfigMap", "project-cms-tracking", f"{job_id}-sandbox")
+    assert cm_key in kube.objects
+    status, reply = call("DELETE", f"{hub['svc']}/api/jobs/cms-tracking/{job_id}", tokens["boss"])
+    assert status == 200, reply
+    assert cm_key not in kube.objects  # owned by the Job: goes with it
+
+
+def test_bunshin_clones_the_callers_running_notebook(hub, tokens):
+    kube = hub["service"].kube
+    kube.add(notebook_pod("mrossi"))
+    kube.add(notebook_pod("arossi", phase="Succeeded"))
+    before = len(kube.created)
+    status, reply = call("POST", hub["svc"] + "/api/bunshin", tokens["mrossi"],
+                         {"name": "copy", "project": "cms-tracking", "command": ["python", "train.py", "--seed", "1"],
+                          "accelerator": "a100-80gb", "completions": 4, "parallelism": 2})
+    assert status == 201, reply
+    [job] = kube.created[before:]
+    validate_object(job)
+    assert job["metadata"]["labels"]["aiinfn.infn.it/workload"] == "bunshin"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == notebook_pod()["spec"]["containers"][0]["image"]
+    assert pod["automountServiceAccountToken"] is False
+    text = json.dumps(job)
+    assert "f3c1b0e6a9d84b3c9a1e2d3c4b5a6978" not in text and "kube-api-access" not in text
+    assert any("JUPYTERHUB_API_TOKEN" in d for d in reply["dropped"])
+    status, reply = call("POST", hub["svc"] + "/api/bunshin", tokens["arossi"],
+                         {"name": "copy", "project": "cms-tracking", "command": ["true"]})
+    assert status == 409 and "start it" in reply["error"]
+
+
+def test_the_shipped_managed_service_runs_from_the_spec(hub, tokens):
+    """The hub started ``python3 -m aiinfn_jobservice`` from the shipped files with the spec's environment."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            status, reply = call("GET", hub["shipped"] + "/health")
+            if status == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("the managed service did not start:\n" + (hub["root"] / "hub.log").read_text()[-3000:])
+        time.sleep(0.3)
+    status, reply = call("GET", hub["shipped"] + "/api/info")
+    assert status == 401
+    status, info = call("GET", hub["shipped"] + "/api/info", tokens["mrossi"])
+    assert status == 200, info
+    assert info["site"] == "cnaf" and [p["name"] for p in info["projects"]] == ["atlas-anomaly", "cms-tracking"]
+    status, reply = call("POST", hub["shipped"] + "/api/jobs", tokens["mrossi"], {**JOB, "project": "virgo-gw"})
+    assert status == 403
+    status, reply = call("POST", hub["shipped"] + "/api/jobs", tokens["mrossi"], JOB)
+    assert status == 201, reply
+    assert reply["job"]["project"] == "cms-tracking" and reply["job"]["user"] == "mrossi"
