@@ -11,6 +11,7 @@ from .batch import Batch
 from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
 from .hub import Hub
+from .jobs import Jobs
 from .offload import Offload
 from .platform import PlatformBase
 from .storage import Storage
@@ -29,6 +30,10 @@ class Site(pulumi.ComponentResource):
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.batch = Batch("batch", self.ctx, project_namespaces=self.platform.project_namespaces,
                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.jobs = Jobs("jobs", self.ctx, project_namespaces=self.platform.project_namespaces,
+                         hub_namespace=self.platform.hub_namespace,
+                         opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.hub_services = [self.jobs.service_spec]
         self.hub = Hub("hub", self.ctx, namespace=self.platform.hub_namespace,
                        extra_services=getattr(self, "hub_services", []),
                        opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
