@@ -213,8 +213,10 @@ class Nfs:
             namespace=CSI_NAMESPACE,
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CSI_NFS_REPO),
             values={
-                "driver": {"name": CSI_NFS_DRIVER},
-                "controller": {"replicas": 1, "dnsPolicy": "ClusterFirstWithHostNet", "runOnControlPlane": False},
+                # mountPermissions 0: the driver never chmods a share (the modes set by the keeper stay).
+                "driver": {"name": CSI_NFS_DRIVER, "mountPermissions": 0},
+                "controller": {"replicas": 1, "dnsPolicy": "ClusterFirstWithHostNet", "runOnControlPlane": False,
+                               "defaultOnDeletePolicy": "retain"},
                 # The node plugin mounts on every node (GPU nodes are tainted): resolve the Service name
                 # through cluster DNS although it runs on the host network.
                 "node": {"dnsPolicy": "ClusterFirstWithHostNet", "tolerations": [{"operator": "Exists"}]},
