@@ -12,6 +12,7 @@ from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
 from .hub import Hub
 from .jobs import Jobs
+from .observability import Observability
 from .offload import Offload
 from .platform import PlatformBase
 from .storage import Storage
@@ -42,6 +43,8 @@ class Site(pulumi.ComponentResource):
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.accelerators = Accelerators("accelerators", self.ctx,
                                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.observability = Observability("observability", self.ctx,
+                                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

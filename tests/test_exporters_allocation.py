@@ -148,3 +148,11 @@ def test_api_failure_is_a_series_not_a_crash():
     registry.register(AllocationCollector(api.snapshot))
     fams = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
     assert fams["aiinfn_allocation_exporter_up"].samples[0].value == 0
+
+
+def test_site_fpga_resource_override(monkeypatch):
+    from aiinfn.exporters import allocation
+
+    monkeypatch.setitem(allocation.FPGA_RESOURCES, "amd.com/xilinx_u250_gen3x16_xdma_shell_4_2", "alveo-u250")
+    dev = classify("amd.com/xilinx_u250_gen3x16_xdma_shell_4_2", {})
+    assert (dev.kind, dev.model) == ("fpga", "alveo-u250")

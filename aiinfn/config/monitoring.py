@@ -20,7 +20,6 @@ _DURATION = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d|w|y)$")
 _SIZE = re.compile(r"^[1-9][0-9]*(B|KB|MB|GB|TB|PB|EB)$")
 _CRON = re.compile(r"^(\S+\s+){4}\S+$")
 _IMAGE = re.compile(r"^[a-z0-9]([a-z0-9._/:-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$")
-_DIR = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 # The platform's runtime image (exporters, accounting aggregator): built from this repository.
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/ai-infn/aiinfn-platform:0.1.0"
@@ -109,15 +108,12 @@ class AccountingConfig:
 
 @dataclass
 class StorageExporterConfig:
+    """The NFS usage exporter runs on the storage node and reads the data volume (homes/, projects/) directly."""
+
     enabled: bool = True
-    homes_dir: str = "homes"  # under the NFS export root: one folder per user
-    projects_dir: str = "projects"  # under the NFS export root: one folder per project
     scan_minutes: int = 30  # a full walk of the tree every this often
 
     def __validate__(self, path: str) -> None:
-        for key, val in (("homesDir", self.homes_dir), ("projectsDir", self.projects_dir)):
-            if not _DIR.match(val) or ".." in val.split("/"):
-                raise ConfigError(f"{path}.{key}", f"{val!r} must be a relative folder under the NFS export")
         if self.scan_minutes < 1:
             raise ConfigError(f"{path}.scanMinutes", f"must be at least 1, got {self.scan_minutes}")
 
@@ -133,6 +129,9 @@ class MonitoringConfig:
     storage_class: str | None = None  # default StorageClass of the cluster when unset
     scrape_interval: str = "30s"
     dcgm_scrape_interval: str = "5s"
+    # Our ServiceMonitor for the GPU operator's DCGM exporter (honorLabels, pod labels kept). Turn the
+    # GPU operator chart's own dcgmExporter.serviceMonitor off, or DCGM is scraped twice.
+    dcgm_service_monitor: bool = True
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     grafana: GrafanaConfig = field(default_factory=GrafanaConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)

@@ -38,6 +38,8 @@ Obj = dict[str, Any]
 MIG_PREFIX = "nvidia.com/mig-"
 HUB_USERNAME_LABEL = "hub.jupyter.org/username"  # set by KubeSpawner on notebook pods
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# Site overrides of FPGA resource names (aiinfn:accelerators.fpgaResourceNames): resource -> board key.
+FPGA_RESOURCES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ def classify(resource: str, node_labels: dict[str, str]) -> Device | None:
         return Device(resource, "gpu", model, "")
     if resource.startswith(MIG_PREFIX):  # MIG "mixed" strategy
         return Device(resource, "mig", model, resource.removeprefix(MIG_PREFIX))
+    if resource in FPGA_RESOURCES:
+        return Device(resource, "fpga", FPGA_RESOURCES[resource], "")
     for board in cat.FPGAS.values():
         if resource == board.resource_name:
             return Device(resource, "fpga", board.key, "")
@@ -247,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=9401)
     p.add_argument("--address", default="0.0.0.0")
     p.add_argument("--api", help="Kubernetes API URL (default: in-cluster service account)")
+    p.add_argument("--fpga-resource", action="append", default=[], metavar="RESOURCE=BOARD",
+                   help="an FPGA extended resource whose name differs from the catalogue's")
     args = p.parse_args(argv)
+    for item in args.fpga_resource:
+        resource, _, board = item.partition("=")
+        FPGA_RESOURCES[resource] = board
     api = KubeAPI(args.api) if args.api else KubeAPI.in_cluster()
     REGISTRY.register(AllocationCollector(api.snapshot))
     start_http_server(args.port, addr=args.address)
