@@ -77,6 +77,9 @@ def gpu_operator_values(cfg) -> dict[str, Any]:
     if not cfg.cluster.existing:
         toolkit["env"] = RKE2_TOOLKIT_ENV
     monitor_labels = {LABEL_SITE: cfg.site.name, **acc.dcgm.service_monitor_labels}
+    # The observability layer ships its own DCGM ServiceMonitor (honorLabels, pod labels kept);
+    # the chart's is then off, or every DCGM series would be scraped twice (doubling accounting sums).
+    own_monitor = not (cfg.monitoring.enabled and cfg.monitoring.dcgm_service_monitor)
     return {
         "mig": {"strategy": mig.mig_strategy(cfg)},
         "driver": {
@@ -93,7 +96,11 @@ def gpu_operator_values(cfg) -> dict[str, Any]:
         },
         "dcgmExporter": {
             "enabled": True,
-            "serviceMonitor": {"enabled": True, "interval": acc.dcgm.scrape_interval, "additionalLabels": monitor_labels},
+            # metrics carry the pod holding each GPU/slice and its accounting and Kueue labels only
+            "enablePodLabels": True,
+            "podLabelAllowlistRegex": [r"^aiinfn\.infn\.it/.*$", r"^kueue\.x-k8s\.io/.*$"],
+            "serviceMonitor": {"enabled": own_monitor, "interval": acc.dcgm.scrape_interval,
+                               "additionalLabels": monitor_labels},
         },
         "daemonsets": {"tolerations": tolerations},
         "node-feature-discovery": {"worker": {"tolerations": [
