@@ -345,3 +345,13 @@ def test_secret_in_no_rendered_file(cnaf_with_secret: Rendered, tmp_path: Path) 
     docs = yaml.safe_load_all((tmp_path / "manifests" / "hub.yaml").read_text())
     secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "hub-iam-client")
     assert secret["stringData"]["client-secret"].startswith("<secret")
+
+
+def test_group_allowance_in_the_real_hub(hub: dict[str, Any]) -> None:
+    """CNAF grants its admins 8/16 CPUs and 32/64 GB on top of the defaults; others get 1/2/4 and 4/8/16."""
+    login(hub, "carol")
+    login(hub, "bob")
+    _, rec = spawn(hub, "carol", {"profile": "a100-80gb", "cpu": "16", "memory": "64"}, server="big")
+    assert rec is not None and rec["cpu_limit"] == 16 and rec["mem_limit"] == 64 * 1024**3
+    status, rec = spawn(hub, "bob", {"profile": "a100-80gb", "cpu": "16"}, server="big")
+    assert rec is None and status >= 400

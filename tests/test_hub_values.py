@@ -132,6 +132,9 @@ def test_tls_and_ingress(any_stack: Rendered) -> None:
     issuer = next(o for o in objects(any_stack, "ClusterIssuer") if o["metadata"]["name"] == issuer_name)
     assert issuer["apiVersion"] == "cert-manager.io/v1"
     assert issuer["spec"]["acme"]["email"] == cfg.site.contact_email
+    solver = next(o for o in objects(any_stack, "NetworkPolicy") if o["metadata"]["name"] == "allow-acme-http01-solver")
+    assert solver["metadata"]["namespace"] == naming.HUB_NAMESPACE
+    assert solver["spec"]["podSelector"]["matchLabels"] == {"acme.cert-manager.io/http01-solver": "true"}
 
 
 def test_tls_terminated_upstream() -> None:
@@ -254,3 +257,54 @@ def test_acme_needs_a_contact_email() -> None:
 def test_summary_lines(cnaf: Rendered) -> None:
     text = "\n".join(cnaf.summary["Hub"])
     assert "https://hub.ai-infn.cnaf.infn.it/" in text and "aiinfn-notebook" in text
+
+
+def test_services_in_the_hub_pod() -> None:
+    from aiinfn.hubservices import HubServiceSpec, SecretRef
+
+    spec = HubServiceSpec(
+        name="jobs", command=["python3", "-m", "svc"], port=10101,
+        files={"/usr/local/share/svc/settings.json": "{}"},
+        env={"SVC_MODE": "hub"},
+        secret_env={"SVC_DB_PASSWORD": SecretRef("svc-db", "password")},
+        secret_volumes={"/var/run/secrets/svc": "svc-token"},
+        oauth_client_allowed_scopes=["access:services!service=jobs"],
+    )
+    cfg = config_of("recas")
+    v = hub_values(cfg, {"cookie_secret": "x", "proxy_token": "y", "crypt_key": "z"}, [spec])
+    validate_helm_values(v, Z2JH / "values.schema.4.4.0.yaml", Z2JH / "values.4.4.0.yaml")
+    hub = v["hub"]
+    svc = hub["services"]["jobs"]
+    assert svc["command"] == ["python3", "-m", "svc"] and svc["url"] == "http://hub:10101"
+    assert svc["environment"] == {"SVC_MODE": "hub"}  # never the secret: that comes from the hub's env
+    assert svc["oauth_client_allowed_scopes"] == ["access:services!service=jobs"]
+    assert hub["loadRoles"]["jobs-service"] == {"description": "what the jobs service may do",
+                                                "scopes": ["read:users", "read:groups", "read:servers"],
+                                                "services": ["jobs"]}
+    assert hub["loadRoles"]["user"]["scopes"] == ["self", "access:services!service=jobs"]
+    assert {"mountPath": "/usr/local/share/svc/settings.json", "stringData": "{}"} in hub["extraFiles"].values()
+    env = {e["name"]: e for e in hub["extraEnv"]}
+    assert env["SVC_DB_PASSWORD"] == {"name": "SVC_DB_PASSWORD",
+                                      "valueFrom": {"secretKeyRef": {"name": "svc-db", "key": "password"}}}
+    vol = next(x for x in hub["extraVolumes"] if x.get("secret", {}).get("secretName") == "svc-token")
+    assert {"name": vol["name"], "mountPath": "/var/run/secrets/svc", "readOnly": True} in hub["extraVolumeMounts"]
+    assert {"name": "svc-jobs", "port": 10101, "targetPort": 10101, "protocol": "TCP"} in hub["service"]["extraPorts"]
+    assert any(r["ports"] == [{"port": 10101, "protocol": "TCP"}] for r in hub["networkPolicy"]["ingress"])
+    site = hub["extraFiles"]["aiinfn-site"]["data"]
+    assert site["service_secret_env"] == {"jobs": ["SVC_DB_PASSWORD"]}
+    # at hub start the variable is copied from the hub's environment into the managed service's
+    services = [dict(svc)]
+    hubconf().service_environment(services, site, {"SVC_DB_PASSWORD": "pw", "OAUTH_CLIENT_SECRET": "no"})
+    assert services[0]["environment"] == {"SVC_MODE": "hub", "SVC_DB_PASSWORD": "pw"}
+
+
+def test_hub_can_be_disabled(tmp_path) -> None:
+    from aiinfn.engine.run import run_program
+
+    from .stackdata import write_variant
+
+    path = write_variant(tmp_path, "recas", lambda c: c.update({"aiinfn:hub": {"enabled": False}}))
+    r = run_program(str(path))
+    assert not [x for x in helm_releases(r) if x.inputs.get("name") == "jupyterhub"]
+    assert not [o for o in objects(r, "ClusterIssuer")]
+    assert r.summary["Hub"] == ["- JupyterHub disabled (`aiinfn:hub.enabled: false`)"]

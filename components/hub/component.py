@@ -38,6 +38,10 @@ class Hub(pulumi.ComponentResource):
         ns = naming.HUB_NAMESPACE
         deps = [namespace] if namespace is not None else []
         labels = ctx.labels("hub")
+        if not hub.enabled:
+            ctx.add_summary("Hub", ["- JupyterHub disabled (`aiinfn:hub.enabled: false`)"])
+            self.register_outputs({})
+            return
 
         # Notebooks preempt batch: above every batch class (all negative), and allowed to preempt.
         self.priority_class = k8s.scheduling.v1.PriorityClass(
@@ -98,6 +102,19 @@ class Hub(pulumi.ComponentResource):
                 opts=ctx.k8s_opts(self, depends_on=issuer_deps),
             )
             release_deps.append(self.issuer)
+            # cert-manager answers the HTTP-01 challenge from a solver pod in the hub namespace,
+            # which the namespace's default-deny policy would otherwise cut off from the ingress.
+            self.acme_solver_policy = k8s.networking.v1.NetworkPolicy(
+                "acme-http01-solver",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name="allow-acme-http01-solver", namespace=ns, labels=labels),
+                spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                    pod_selector={"matchLabels": {"acme.cert-manager.io/http01-solver": "true"}},
+                    policy_types=["Ingress"],
+                    ingress=[k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                        ports=[k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=8089)])],
+                ),
+                opts=ctx.k8s_opts(self, depends_on=deps),
+            )
 
         self.values = hub_values(cfg, secrets, services)
         self.release = k8s.helm.v3.Release(
