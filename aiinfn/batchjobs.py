@@ -23,7 +23,10 @@ What the Job carries, and why:
 - no service-account token, no privilege escalation, all capabilities dropped.
 
 Offloadable jobs also tolerate the interLink virtual-node taint so Kueue may place them on a remote
-flavor of the cohort; they may only mount Secret, ConfigMap and emptyDir volumes.
+flavor of the cohort, and select their nodes with two ORed node-affinity terms (the offering's labels,
+or any interLink virtual node) instead of a nodeSelector; they may only mount Secret, ConfigMap and
+emptyDir volumes. ``eviction_settings`` gives the eviction fields alone, for services that build
+their Jobs themselves.
 """
 
 from __future__ import annotations
@@ -102,6 +105,21 @@ def _check(req: BatchJobRequest, cfg: SiteConfig) -> None:
                                     f"mount {', '.join(OFFLOAD_SAFE_VOLUMES)} volumes")
 
 
+def eviction_settings(cfg: SiteConfig) -> dict[str, Any]:
+    """What makes a batch pod give way to a notebook, for services that build Jobs themselves.
+
+    ``terminationGracePeriodSeconds`` (pod spec), ``podFailurePolicy`` and ``backoffLimit`` (Job spec);
+    pods also need ``restartPolicy: Never`` and a batch PriorityClass.
+    """
+    return {
+        "terminationGracePeriodSeconds": cfg.batch.termination_grace_period_seconds,
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+        "backoffLimit": cfg.batch.backoff_limit,
+    }
+
+
 def batch_job(cfg: SiteConfig, req: BatchJobRequest) -> dict[str, Any]:
     """The batch/v1 Job (wire format, camelCase) for ``req`` at site ``cfg``; raises BatchJobError."""
     _check(req, cfg)
@@ -125,14 +143,22 @@ def batch_job(cfg: SiteConfig, req: BatchJobRequest) -> dict[str, Any]:
     requests: dict[str, Any] = {"cpu": req.cpu, "memory": req.memory}
     limits: dict[str, Any] = {"memory": req.memory}
     node_selector: dict[str, str] = {}
+    affinity: dict[str, Any] | None = None
     tolerations: list[dict[str, Any]] = []
     if req.offering != "cpu":
         requests[flavor.resource_name] = req.accelerators
         limits[flavor.resource_name] = req.accelerators
-        node_selector = dict(flavor.node_labels)
         tolerations = [dict(t) for t in flavor.tolerations]
+        if not req.offloadable:
+            node_selector = dict(flavor.node_labels)
+        else:
+            # Either this offering's nodes or an interLink virtual node (Kueue and the scheduler OR the terms).
+            local = [{"key": k, "operator": "In", "values": [v]} for k, v in flavor.node_labels.items()]
+            remote = [{"key": naming.VIRTUAL_NODE_LABEL, "operator": "Exists"}]
+            affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": local}, {"matchExpressions": remote}]}}}
     if req.offloadable:
-        tolerations.append({"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"})
+        tolerations.append({"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists"})
 
     container: dict[str, Any] = {
         "name": "main",
@@ -152,13 +178,15 @@ def batch_job(cfg: SiteConfig, req: BatchJobRequest) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "priorityClassName": priority,
-        "terminationGracePeriodSeconds": b.termination_grace_period_seconds,
+        "terminationGracePeriodSeconds": cfg.batch.termination_grace_period_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "containers": [container],
     }
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
+    if affinity:
+        pod_spec["affinity"] = affinity
     if tolerations:
         pod_spec["tolerations"] = tolerations
     if req.volumes:
@@ -172,14 +200,13 @@ def batch_job(cfg: SiteConfig, req: BatchJobRequest) -> dict[str, Any]:
     if psc:
         pod_spec["securityContext"] = psc
 
+    eviction = eviction_settings(cfg)
     spec: dict[str, Any] = {
         "suspend": True,
         "completions": req.completions,
         "parallelism": req.parallelism or req.completions,
-        "backoffLimit": b.backoff_limit,
-        "podFailurePolicy": {"rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]},
+        "backoffLimit": eviction["backoffLimit"],
+        "podFailurePolicy": eviction["podFailurePolicy"],
         "ttlSecondsAfterFinished": (req.ttl_seconds_after_finished if req.ttl_seconds_after_finished is not None
                                     else b.ttl_seconds_after_finished),
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},

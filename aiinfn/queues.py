@@ -13,6 +13,8 @@ How quotas are derived (see docs/batch.md):
   between the offerings on that VM in proportion to their weight (a whole GPU or FPGA board weighs 1,
   a MIG slice its compute slices over the GPU's, e.g. 1g.10gb = 1/7 of an A100), rounded down to
   whole CPUs and GiB per VM. The cpu-only flavor gets the VMs of the cpu pools.
+- A time-sliced pool (``aiinfn:accelerators`` timeSlicing) advertises each GPU or slice once per
+  replica; its device quota counts replicas, as Kubernetes does.
 - Pools reserved for a group (``reservedFor``) and pools with no VMs give nothing to batch work.
 """
 
@@ -142,12 +144,16 @@ def queue_topology(cfg: SiteConfig) -> QueueTopology:
         total = sum((w for _, w in weights.values()), Fraction(0))
         if total == 0:
             continue
+        # Time-sliced GPUs are advertised once per replica: the quota counts what pods can request.
+        replicas_for = getattr(cfg.accelerators, "replicas_for", None)
+        replicas = replicas_for(pool.name) if replicas_for is not None and pool.gpus is not None else 1
         cpu_vm = max(pool.cpus - b.reserved_cpus_per_node, 0)
         mem_vm = max(pool.memory_gb - b.reserved_memory_gb_per_node, 0)
         for key, (n, w) in weights.items():
             cpus[key] = cpus.get(key, 0) + pool.count * math.floor(cpu_vm * w / total)
             mem[key] = mem.get(key, 0) + pool.count * math.floor(mem_vm * w / total)
-            devices[key] = devices.get(key, 0) + pool.count * n
+            fpga = any(cat.FPGAS[f.model].key == key for f in pool.fpgas)
+            devices[key] = devices.get(key, 0) + pool.count * n * (1 if fpga else replicas)
             pools_of.setdefault(key, []).append(pool)
 
     offerings = site_offerings(cfg)
