@@ -56,7 +56,8 @@ POD_KEY = (f"(({INFO}) * 0 + 1) or on (namespace, pod) "
            "label_replace(max by (namespace, pod, user, project, workload) (aiinfn_pod_requests_cpu_cores) * 0 + 1,"
            " \"kind\", \"cpu\", \"\", \"\")")
 UTIL = 'avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{pod!=""})'
-POWER = 'sum by (namespace, pod) (DCGM_FI_DEV_POWER_USAGE{pod!=""})'
+# max by GPU first: the same GPU scraped by two monitors (ours and the GPU operator's) counts once
+POWER = 'sum by (namespace, pod) (max by (namespace, pod, UUID, GPU_I_ID) (DCGM_FI_DEV_POWER_USAGE{pod!=""}))'
 CPU_USED = 'sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{{container!="", container!="POD", pod!=""}}[{w}]))'
 MEM_USED = 'sum by (namespace, pod) (container_memory_working_set_bytes{container!="", container!="POD", pod!=""})'
 CPU_REQ = "max by (namespace, pod) (aiinfn_pod_requests_cpu_cores)"

@@ -21,7 +21,7 @@ from aiinfn.naming import MONITORING_NAMESPACE
 HERE = Path(__file__).parent
 RULES_DIR = HERE / "rules"
 DASHBOARDS_DIR = HERE / "dashboards"
-_PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+_PLACEHOLDER = re.compile(r"\$\{([a-z][a-z0-9_]*)\}")
 
 
 def rule_params(cfg: SiteConfig) -> dict[str, str]:
