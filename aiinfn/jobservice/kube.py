@@ -163,8 +163,10 @@ class AsyncioKubeClient(KubeClient):
         conf = client.Configuration(host=host)
         conf.ssl_ca_cert = str(base / "ca.crt")
         self._token_file = base / "token"
-        conf.api_key = {"authorization": self._token_file.read_text().strip()}
-        conf.api_key_prefix = {"authorization": "Bearer"}
+        token = self._token_file.read_text().strip()
+        # "BearerToken" is the auth setting of current clients; "authorization" that of older ones.
+        conf.api_key = {"BearerToken": token, "authorization": token}
+        conf.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
         self._client = client
         self._api = client.ApiClient(conf)
         self._batch = client.BatchV1Api(self._api)
@@ -175,12 +177,15 @@ class AsyncioKubeClient(KubeClient):
         return obj if isinstance(obj, dict) else self._api.sanitize_for_serialization(obj)
 
     async def _call(self, coro: Any) -> Any:
+        import aiohttp  # kubernetes_asyncio's transport
         from kubernetes_asyncio.client.exceptions import ApiException
 
         try:
             return await coro
         except ApiException as err:
             raise KubeError(int(err.status or 500), str(err.reason or err)) from None
+        except (TimeoutError, OSError, aiohttp.ClientError) as err:
+            raise KubeError(503, f"cannot reach the Kubernetes API ({err.__class__.__name__}: {err})") from None
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._plain(await self._call(self._batch.create_namespaced_job(namespace, body)))

@@ -1,0 +1,262 @@
+"""What the program deploys for the job service: least-privilege RBAC, the token Secret, the managed
+service handed to the hub, a self-contained shipped package; and the real kubernetes_asyncio client
+speaking to a recording HTTP endpoint (the API server cannot run here)."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import ssl
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from aiinfn import naming
+from aiinfn.jobservice import PACKAGE_DIR, SERVICE_MODULES
+from components.jobs import INSTALL_ROOT, PACKAGE, SERVICE_ACCOUNT, SETTINGS_PATH, TOKEN_DIR, TOKEN_SECRET, service_spec
+from tests.conftest import rendered_stack
+from tests.schemas import validate_object
+
+ALLOWED_TOP_LEVEL = {"jupyterhub", "tornado", "kubernetes_asyncio", "aiohttp"}  # aiohttp: kubernetes_asyncio's
+
+
+def manifests(stack: str, kind: str) -> list[dict]:
+    out = []
+    for r in rendered_stack(stack).resources:
+        if r.inputs.get("kind") == kind and (r.inputs.get("metadata") or {}).get("labels", {}).get(
+                "aiinfn.infn.it/layer") == "jobs":
+            out.append(r.inputs)
+    return out
+
+
+@pytest.mark.parametrize("stack", ["cnaf", "recas", "hackathon-padova"])
+def test_rbac_is_namespaced_and_least_privilege(stack):
+    cfg = rendered_stack(stack).cfg
+    roles = manifests(stack, "Role")
+    by_ns = {r["metadata"]["namespace"]: r for r in roles}
+    assert set(by_ns) == {naming.HUB_NAMESPACE, *(naming.project_namespace(p) for p in cfg.projects)}
+    assert not manifests(stack, "ClusterRole") and not manifests(stack, "ClusterRoleBinding")
+    for ns, role in by_ns.items():
+        granted = {(g, res, v) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]
+                   for v in rule["verbs"]}
+        assert not any("*" in x for x in granted), ns
+        assert not any(res in ("secrets", "pods/exec", "pods/attach", "serviceaccounts", "roles", "rolebindings")
+                       for _, res, _ in granted), ns
+        if ns == naming.HUB_NAMESPACE:
+            assert granted == {("", "pods", "get"), ("", "pods", "list")}
+        else:
+            assert {res for _, res, _ in granted} == {"jobs", "pods", "pods/log", "configmaps", "workloads"}
+            writes = {(res, v) for _, res, v in granted if v in ("create", "update", "patch", "delete", "deletecollection")}
+            assert writes == {("jobs", "create"), ("jobs", "delete"), ("configmaps", "create"), ("configmaps", "delete")}
+    bindings = manifests(stack, "RoleBinding")
+    assert {b["metadata"]["namespace"] for b in bindings} == set(by_ns)
+    for b in bindings:
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": naming.HUB_NAMESPACE}]
+        assert b["roleRef"]["kind"] == "Role"
+    for obj in roles + bindings:
+        validate_object(obj)
+
+
+def test_service_account_and_its_token_secret():
+    [sa] = manifests("cnaf", "ServiceAccount")
+    assert sa["metadata"] == {**sa["metadata"], "name": SERVICE_ACCOUNT, "namespace": naming.HUB_NAMESPACE}
+    assert sa["automountServiceAccountToken"] is False
+    [secret] = manifests("cnaf", "Secret")
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["name"] == TOKEN_SECRET and secret["metadata"]["namespace"] == naming.HUB_NAMESPACE
+    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == SERVICE_ACCOUNT
+    assert "data" not in secret and "stringData" not in secret  # the control plane fills it
+    validate_object(sa)
+    validate_object(secret)
+
+
+def test_the_hub_runs_the_service_with_the_token_mounted():
+    rel = [r for r in rendered_stack("cnaf").resources if r.type == "kubernetes:helm.sh/v3:Release"
+           and r.inputs.get("chart") == "jupyterhub"]
+    if not rel:
+        pytest.skip("no hub layer in this checkout")
+    hub = rel[0].inputs["values"]["hub"]
+    svc = hub["services"]["jobs"]
+    assert svc["command"] == ["python3", "-m", PACKAGE]
+    assert svc["environment"]["AIINFN_JOBS_TOKEN_DIR"] == TOKEN_DIR
+    files = {f["mountPath"] for f in hub["extraFiles"].values()}
+    assert {f"{INSTALL_ROOT}/{PACKAGE}/{m}" for m in SERVICE_MODULES} | {SETTINGS_PATH} <= files
+    mounts = {m["mountPath"]: m["name"] for m in hub.get("extraVolumeMounts", [])}
+    vols = {v["name"]: v for v in hub.get("extraVolumes", [])}
+    assert vols[mounts[TOKEN_DIR]]["secret"]["secretName"] == TOKEN_SECRET
+    assert "access:services!service=jobs" in hub["loadRoles"]["user"]["scopes"]
+
+
+def test_every_module_is_shipped_and_imports_only_what_the_hub_image_has():
+    on_disk = {p.name for p in PACKAGE_DIR.glob("*.py")}
+    assert on_disk == set(SERVICE_MODULES)
+    stdlib = set(sys.stdlib_module_names)
+    for name in SERVICE_MODULES:
+        tree = ast.parse((PACKAGE_DIR / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: inside the package
+                    continue
+                tops = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                assert top in stdlib or top in ALLOWED_TOP_LEVEL or top == "__future__", f"{name} imports {top}"
+
+
+def test_shipped_settings_hold_no_secret_and_parse():
+    from aiinfn.jobservice.settings import Settings
+
+    cfg = rendered_stack("cnaf").cfg
+    spec = service_spec(cfg)
+    text = spec.files[SETTINGS_PATH]
+    Settings.from_dict(json.loads(text))
+    assert not spec.secret_env
+    assert spec.secret_volumes == {TOKEN_DIR: TOKEN_SECRET}
+    lowered = text.lower()
+    for word in ("password", "secret", "token\"", "clientsecret", "BEGIN "):
+        assert word.lower() not in lowered, word
+    assert all(not v.startswith("<") for v in spec.env.values())
+
+
+def test_summary_mentions_the_job_service():
+    lines = rendered_stack("cnaf").summary.get("Job service", [])
+    assert any("/services/jobs/" in line for line in lines)
+
+
+# --- the real client, against a recording HTTPS endpoint ------------------------------------------------
+
+def self_signed_cert() -> tuple[bytes, bytes]:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
+    pytest.importorskip("kubernetes_asyncio")
+    from tornado import web
+
+    from aiinfn.jobservice.kube import AsyncioKubeClient, KubeError
+
+    seen: list[tuple[str, str, dict, str]] = []
+
+    class Recorder(web.RequestHandler):
+        def _record(self) -> None:
+            body = json.loads(self.request.body) if self.request.body else {}
+            seen.append((self.request.method, self.request.uri, body, self.request.headers.get("Authorization", "")))
+
+        def get(self, path: str) -> None:
+            self._record()
+            if path.endswith("/log"):
+                self.set_header("Content-Type", "text/plain")
+                self.finish("line 1\nline 2\n")
+            elif "/namespaces/elsewhere/" in path:  # RBAC: the service has no Role there
+                self.set_status(403)
+                self.finish({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403})
+            elif path.endswith("/jobs/missing"):
+                self.set_status(404)
+                self.finish({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+            elif path.endswith("/workloads"):
+                self.finish({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadList", "items": [
+                    {"metadata": {"name": "job-x", "namespace": "project-a"}}]})
+            else:
+                self.finish({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [
+                    {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "project-a",
+                                                                     "labels": {"a": "b"}}}]})
+
+        def post(self, path: str) -> None:
+            self._record()
+            obj = json.loads(self.request.body)
+            obj["metadata"]["uid"] = "6f1c3d0a-5b5e-4c1e-9a53-0c9c1b7e2f10"
+            self.set_status(201)
+            self.finish(obj)
+
+        def delete(self, path: str) -> None:
+            self._record()
+            self.finish({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+    (tmp_path / "token").write_text("sa-token-value\n")
+    cert, key = self_signed_cert()  # the API server's TLS, verified with the token Secret's ca.crt
+    (tmp_path / "ca.crt").write_bytes(cert)
+    (tmp_path / "server.crt").write_bytes(cert)
+    (tmp_path / "server.key").write_bytes(key)
+
+    async def scenario() -> None:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+        server = web.Application([(r"(/.*)", Recorder)]).listen(0, address="127.0.0.1", ssl_options=ssl_ctx)
+        port = next(iter(server._sockets.values())).getsockname()[1]
+        client = AsyncioKubeClient(str(tmp_path), host=f"https://127.0.0.1:{port}")
+        try:
+            job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "project-a"},
+                   "spec": {"template": {"spec": {"containers": [{"name": "job", "image": "x:1"}],
+                                                  "restartPolicy": "Never"}}}}
+            created = await client.create_job("project-a", job)
+            assert created["metadata"]["uid"].startswith("6f1c")
+            assert created["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # camelCase dicts back
+            await client.create_config_map("project-a", {"apiVersion": "v1", "kind": "ConfigMap",
+                                                         "metadata": {"name": "c", "namespace": "project-a"}})
+            pods = await client.list_pods("project-a", "batch.kubernetes.io/job-name=j")
+            assert pods[0]["metadata"]["labels"] == {"a": "b"}
+            assert await client.read_pod_log("project-a", "p", "job", 1000, 5) == "line 1\nline 2\n"
+            assert (await client.list_workloads("project-a", "kueue.x-k8s.io/job-uid=u"))[0]["metadata"]["name"] == "job-x"
+            assert await client.get_job("project-a", "missing") is None
+            await client.delete_job("project-a", "j")
+            with pytest.raises(KubeError) as err:
+                await client.list_jobs("elsewhere", "")
+            assert err.value.status == 403
+        finally:
+            await client.close()
+            server.stop()
+
+    result: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(scenario())
+        except BaseException as err:  # noqa: BLE001 - reported below
+            result.append(err)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    if result:
+        raise result[0]
+    methods = [(m, u.split("?")[0]) for m, u, _, _ in seen]
+    assert methods[:7] == [
+        ("POST", "/apis/batch/v1/namespaces/project-a/jobs"),
+        ("POST", "/api/v1/namespaces/project-a/configmaps"),
+        ("GET", "/api/v1/namespaces/project-a/pods"),
+        ("GET", "/api/v1/namespaces/project-a/pods/p/log"),
+        ("GET", "/apis/kueue.x-k8s.io/v1beta2/namespaces/project-a/workloads"),
+        ("GET", "/apis/batch/v1/namespaces/project-a/jobs/missing"),
+        ("DELETE", "/apis/batch/v1/namespaces/project-a/jobs/j"),
+    ]
+    assert all(auth == "Bearer sa-token-value" for *_, auth in seen), [a for *_, a in seen]
+    assert parse_qs(urlsplit(seen[2][1]).query) == {"labelSelector": ["batch.kubernetes.io/job-name=j"]}
+    assert parse_qs(urlsplit(seen[3][1]).query) == {"container": ["job"], "limitBytes": ["1000"], "tailLines": ["5"]}
+    assert seen[0][2]["metadata"]["name"] == "j"
+    assert seen[6][2].get("propagationPolicy") == "Background"
+    assert Path(PACKAGE_DIR / "kube.py").read_text().count("class ") >= 3
