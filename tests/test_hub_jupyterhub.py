@@ -42,11 +42,14 @@ SUPPORT = Path(__file__).resolve().parent / "hub_support"
 # What INDIGO IAM's userinfo endpoint answers for each test user (code -> claims). Groups come in
 # both forms IAM uses: ``groups`` (names) and ``wlcg.groups`` (paths with a leading '/').
 USERS: dict[str, dict[str, Any]] = {
-    "alice": {"sub": "a1", "preferred_username": "alice",
+    "arizzi": {"sub": "a1", "preferred_username": "arizzi",
               "wlcg.groups": ["/ai-infn/users", "/ai-infn/lhcb-flashsim"]},
-    "bob": {"sub": "b2", "preferred_username": "bob", "groups": ["ai-infn/cms-tracking", "some-other-vo/x"]},
-    "carol": {"sub": "c3", "preferred_username": "carol",
+    "lanciotti": {"sub": "b2", "preferred_username": "lanciotti", "groups": ["ai-infn/cms-tracking", "some-other-vo/x"]},
+    "danisgo": {"sub": "c3", "preferred_username": "danisgo",
               "groups": ["ai-infn/users"], "wlcg.groups": ["/ai-infn/admins", "/ai-infn/users"]},
+    "mbarbetti": {"sub": "d5", "preferred_username": "mbarbetti",
+                  "groups": ["ai-infn/users", "ai-infn/env-maintainers"]},
+    "eve": {"sub": "e6", "preferred_username": "eve", "groups": ["ai-infn/users"]},  # no home on the site
     "mallory": {"sub": "m4", "preferred_username": "mallory", "groups": ["other-vo/users"],
                 "wlcg.groups": ["/other-vo"]},
 }
@@ -143,7 +146,8 @@ def hub_values(cnaf_with_secret: Rendered) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def hub(hub_values: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def hub(hub_values: dict[str, Any], cnaf_with_secret: Rendered,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("hub")
     etc = work / "etc"
     records = work / "records"
@@ -194,7 +198,7 @@ def hub(hub_values: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
             if time.monotonic() > deadline:
                 raise AssertionError("JupyterHub did not start:\n" + (work / "hub.log").read_text()[-4000:])
             time.sleep(0.3)
-        yield {"base": base, "records": records, "work": work, "values": hub_values}
+        yield {"base": base, "records": records, "work": work, "values": hub_values, "cfg": cnaf_with_secret.cfg}
     finally:
         proc.terminate()
         try:
@@ -242,31 +246,31 @@ def claims(record: dict[str, Any]) -> dict[str, str]:
 
 
 def test_login_groups_admin_and_refusal(hub: dict[str, Any]) -> None:
-    for user in ("alice", "bob", "carol"):
+    for user in ("arizzi", "lanciotti", "danisgo"):
         r = login(hub, user)
         assert r.status_code == 302, f"{user}: {r.status_code} {r.text[:300]}"
     assert login(hub, "mallory").status_code == 403  # in no allowed group
     assert api(hub, "GET", "/users/mallory").status_code == 404
 
-    alice = api(hub, "GET", "/users/alice").json()
-    bob = api(hub, "GET", "/users/bob").json()
-    carol = api(hub, "GET", "/users/carol").json()
+    arizzi = api(hub, "GET", "/users/arizzi").json()
+    lanciotti = api(hub, "GET", "/users/lanciotti").json()
+    danisgo = api(hub, "GET", "/users/danisgo").json()
     # wlcg.groups paths lose their '/', both claims merge (oauthenticator issue 761), other VOs dropped
-    assert sorted(alice["groups"]) == ["ai-infn/lhcb-flashsim", "ai-infn/users"]
-    assert bob["groups"] == ["ai-infn/cms-tracking"]  # a project group alone is enough to log in
-    assert sorted(carol["groups"]) == ["ai-infn/admins", "ai-infn/users"]
-    assert carol["admin"] is True
-    assert alice["admin"] is False and bob["admin"] is False
+    assert sorted(arizzi["groups"]) == ["ai-infn/lhcb-flashsim", "ai-infn/users"]
+    assert lanciotti["groups"] == ["ai-infn/cms-tracking"]  # a project group alone is enough to log in
+    assert sorted(danisgo["groups"]) == ["ai-infn/admins", "ai-infn/users"]
+    assert danisgo["admin"] is True
+    assert arizzi["admin"] is False and lanciotti["admin"] is False
     # the hub sent the stack's client secret to IAM's token endpoint (it came from the environment)
     assert FakeIam.client_secrets and set(FakeIam.client_secrets) == {IAM_SECRET}
 
 
 def test_notebook_of_project_member(hub: dict[str, Any]) -> None:
-    login(hub, "alice")
-    status, rec = spawn(hub, "alice", {"profile": "a100-80gb-1g.10gb", "image": "pytorch-cuda", "cpu": "2", "memory": "8"})
+    login(hub, "arizzi")
+    status, rec = spawn(hub, "arizzi", {"profile": "a100-80gb-1g.10gb", "image": "pytorch-cuda", "cpu": "2", "memory": "8"})
     assert rec is not None, status
     m = mounts(rec)
-    assert m["/home/alice"]["subPath"] == "alice"
+    assert m["/home/arizzi"]["subPath"] == "arizzi"
     assert claims(rec)["home"] == naming.PVC_HOMES
     assert "/home/shared/lhcb-flashsim" in m and "/home/shared/cms-tracking" not in m
     assert claims(rec)[m["/home/shared/lhcb-flashsim"]["name"]] == naming.pvc_project("lhcb-flashsim")
@@ -278,6 +282,8 @@ def test_notebook_of_project_member(hub: dict[str, Any]) -> None:
     assert "emptyDir" in vols[m["/tmp"]["name"]]
     scratch = vols[m["/scratch"]["name"]]["ephemeral"]["volumeClaimTemplate"]["spec"]
     assert scratch["storageClassName"] == naming.STORAGECLASS_SCRATCH
+    # a100-mig: 12000 GB of NVMe shared by 7 + 7 + 4 MIG slices = 18 sessions -> 666 GB each
+    assert scratch["resources"]["requests"]["storage"] == "666Gi"
     # the resolved profile: MIG slice on the MIG pool, tolerating its GPU taint, the chosen size
     assert rec["image"] == "quay.io/jupyter/pytorch-notebook:cuda12-2026-08-24"
     assert rec["cpu_limit"] == 2 and rec["mem_limit"] == 8 * 1024**3
@@ -286,41 +292,41 @@ def test_notebook_of_project_member(hub: dict[str, Any]) -> None:
     exprs = rec["node_affinity_required"][0]["matchExpressions"]
     assert {"key": "aiinfn.infn.it/pool", "operator": "In", "values": ["a100-mig"]} in exprs
     assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"} in rec["tolerations"]
-    assert rec["labels"][naming.LABEL_USER] == "alice"
+    assert rec["labels"][naming.LABEL_USER] == "arizzi"
     assert rec["labels"][naming.LABEL_WORKLOAD] == "notebook"
     assert rec["labels"][naming.LABEL_PROJECT] == "lhcb-flashsim"
-    assert rec["working_dir"] == "/home/alice"
+    assert rec["working_dir"] == "/home/arizzi"
     assert "--YDocExtension.disable_rtc=True" in rec["args"]  # collaborative mode is off at CNAF
 
 
 def test_other_project_and_admin_mounts(hub: dict[str, Any]) -> None:
-    login(hub, "bob")
-    login(hub, "carol")
-    _, bob = spawn(hub, "bob", {"profile": "cpu"})
-    _, carol = spawn(hub, "carol", {"profile": "t4", "cpu": "4", "memory": "16"})
-    assert bob is not None and carol is not None
-    mb, mc = mounts(bob), mounts(carol)
+    login(hub, "lanciotti")
+    login(hub, "danisgo")
+    _, lanciotti = spawn(hub, "lanciotti", {"profile": "cpu"})
+    _, danisgo = spawn(hub, "danisgo", {"profile": "t4", "cpu": "4", "memory": "16"})
+    assert lanciotti is not None and danisgo is not None
+    mb, mc = mounts(lanciotti), mounts(danisgo)
     assert "/home/shared/cms-tracking" in mb and "/home/shared/lhcb-flashsim" not in mb
     assert mb["/envs"]["readOnly"] is True
     assert not [p for p in mc if p.startswith("/home/shared/") and p != "/home/shared/public"]
-    assert mc["/envs"]["readOnly"] is False  # admins maintain the shared environments by default
+    assert mc["/envs"]["readOnly"] is True  # admin of the hub, not an environment maintainer
     assert "/scratch" in mc and "/scratch" in mb  # CNAF's CPU notebooks run on its NVMe-backed pools
-    assert bob["extra_resource_limits"] == {} and carol["extra_resource_limits"] == {"nvidia.com/gpu": "1"}
-    assert naming.LABEL_PROJECT not in carol["labels"]
-    assert bob["image"] == "quay.io/jupyter/pytorch-notebook:cuda12-2026-08-24"  # the default choices
-    assert bob["cpu_limit"] == 1 and bob["mem_limit"] == 4 * 1024**3
+    assert lanciotti["extra_resource_limits"] == {} and danisgo["extra_resource_limits"] == {"nvidia.com/gpu": "1"}
+    assert naming.LABEL_PROJECT not in danisgo["labels"]
+    assert lanciotti["image"] == "quay.io/jupyter/pytorch-notebook:cuda12-2026-08-24"  # the default choices
+    assert lanciotti["cpu_limit"] == 1 and lanciotti["mem_limit"] == 4 * 1024**3
     # every accelerator the site has is offered: whole GPUs, MIG profiles, FPGAs, and CPU only
-    assert set(bob["profiles"]) == {"cpu", "t4", "rtx5000", "a100-80gb", "a30-1g.6gb", "a100-80gb-1g.10gb",
+    assert set(lanciotti["profiles"]) == {"cpu", "t4", "rtx5000", "a100-80gb", "a30-1g.6gb", "a100-80gb-1g.10gb",
                                     "a100-80gb-2g.20gb", "a100-80gb-3g.40gb", "alveo-u50", "alveo-u250",
                                     "versal-v70"}
 
 
 def test_named_server_and_unknown_profile(hub: dict[str, Any]) -> None:
-    login(hub, "alice")
-    status, rec = spawn(hub, "alice", {"profile": "alveo-u250"}, server="fpga")
+    login(hub, "arizzi")
+    status, rec = spawn(hub, "arizzi", {"profile": "alveo-u250"}, server="fpga")
     assert rec is not None and rec["server"] == "fpga", status
     assert rec["extra_resource_limits"] == {"amd.com/xilinx_u250_gen3x16_xdma_shell_4_1": "1"}
-    status, rec = spawn(hub, "alice", {"profile": "h100-80gb"}, server="nope")
+    status, rec = spawn(hub, "arizzi", {"profile": "h100-80gb"}, server="nope")
     assert rec is None and status >= 400
 
 
@@ -349,9 +355,28 @@ def test_secret_in_no_rendered_file(cnaf_with_secret: Rendered, tmp_path: Path) 
 
 def test_group_allowance_in_the_real_hub(hub: dict[str, Any]) -> None:
     """CNAF grants its admins 8/16 CPUs and 32/64 GB on top of the defaults; others get 1/2/4 and 4/8/16."""
-    login(hub, "carol")
-    login(hub, "bob")
-    _, rec = spawn(hub, "carol", {"profile": "a100-80gb", "cpu": "16", "memory": "64"}, server="big")
+    login(hub, "danisgo")
+    login(hub, "lanciotti")
+    _, rec = spawn(hub, "danisgo", {"profile": "a100-80gb", "cpu": "16", "memory": "64"}, server="big")
     assert rec is not None and rec["cpu_limit"] == 16 and rec["mem_limit"] == 64 * 1024**3
-    status, rec = spawn(hub, "bob", {"profile": "a100-80gb", "cpu": "16"}, server="big")
+    status, rec = spawn(hub, "lanciotti", {"profile": "a100-80gb", "cpu": "16"}, server="big")
     assert rec is None and status >= 400
+
+
+def test_ids_env_maintainer_and_missing_home(hub: dict[str, Any]) -> None:
+    from aiinfn.config.storage import env_maintainers_gid, project_gid, user_uid
+
+    cfg = hub["cfg"]
+    for user in ("mbarbetti", "eve"):
+        assert login(hub, user).status_code == 302
+    _, rec = spawn(hub, "mbarbetti", {"profile": "cpu"})
+    assert rec is not None
+    assert mounts(rec)["/envs"]["readOnly"] is False  # the storage layer's env-maintainers group writes /envs
+    assert rec["uid"] == rec["gid"] == user_uid(cfg.storage, "mbarbetti") >= 100000
+    assert rec["supplemental_gids"] == sorted([env_maintainers_gid(cfg), 100])
+    arizzi = json.loads((hub["records"] / "arizzi.json").read_text())
+    assert arizzi["uid"] == user_uid(cfg.storage, "arizzi")
+    assert arizzi["supplemental_gids"] == sorted([project_gid(cfg, "lhcb-flashsim"), 100])
+    status, rec = spawn(hub, "eve", {"profile": "cpu"})
+    assert rec is None and status >= 400  # no home made for eve: refused before any pod
+    assert "has no home directory" in (hub["work"] / "hub.log").read_text()

@@ -98,7 +98,7 @@ def test_notebook_pods_are_locked_down(any_stack: Rendered) -> None:
     su = values_of(any_stack)["singleuser"]
     assert su["extraPodConfig"]["automountServiceAccountToken"] is False
     assert su["extraPodConfig"]["priorityClassName"] == naming.NOTEBOOK_PRIORITY_CLASS
-    assert su["uid"] >= 1000 and su["allowPrivilegeEscalation"] is False
+    assert su["fsGid"] is None and su["allowPrivilegeEscalation"] is False  # ids are set per user at spawn
     assert su["networkPolicy"]["enabled"] is True
     assert su["networkPolicy"]["egressAllowRules"]["cloudMetadataServer"] is False
     assert su["cloudMetadata"]["blockWithIptables"] is False  # no privileged init container (Pod Security baseline)
@@ -169,7 +169,7 @@ def test_hub_side_code_is_shipped_from_the_repo(cnaf: Rendered) -> None:
 def test_hub_side_code_imports_only_what_the_hub_image_ships() -> None:
     import ast
 
-    allowed = {"__future__", "json", "re", "os", "sys", "typing", "aiinfn_hub"}
+    allowed = {"__future__", "hashlib", "json", "re", "os", "sys", "typing", "aiinfn_hub"}
     for name in ("aiinfn_hub.py", "extra_config.py"):
         tree = ast.parse((HUBCONF_DIR / name).read_text())
         for node in ast.walk(tree):
@@ -308,3 +308,16 @@ def test_hub_can_be_disabled(tmp_path) -> None:
     assert not [x for x in helm_releases(r) if x.inputs.get("name") == "jupyterhub"]
     assert not [o for o in objects(r, "ClusterIssuer")]
     assert r.summary["Hub"] == ["- JupyterHub disabled (`aiinfn:hub.enabled: false`)"]
+
+
+def test_notebook_ids_match_the_storage_scheme() -> None:
+    from aiinfn.config.storage import user_uid
+
+    cfg = config_of("recas", lambda d: d["storage"].update(uidOverrides={"gvino": 123456}))
+    site = site_data(cfg)
+    mod = hubconf()
+    for name in ("arizzi", "gvino", "someone.else", "Ünïcode"):
+        uid, gid, extra = mod.user_ids(site, name, {"ai-infn/km3net"})
+        assert uid == gid == user_uid(cfg.storage, name)
+        assert 100 in extra and len(extra) == 2
+    assert mod.user_ids(site, "gvino", set())[0] == 123456

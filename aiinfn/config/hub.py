@@ -74,19 +74,17 @@ class HubConfig:
     cpu_guarantee: float = 1.0
     memory_guarantee_gb: int = 2
     allowances: list[GroupAllowance] = field(default_factory=list)
-    env_maintainer_groups: list[str] = field(default_factory=list)  # empty: the IAM admin groups
     cull_timeout_seconds: int = 3600
     cull_every_seconds: int = 300
     named_servers: bool = True
     named_server_limit: int = 3
     collaborative: bool = False  # jupyter-collaboration (real-time collaboration) in JupyterLab
-    scratch_gb: int = 100  # NVMe scratch per notebook on pools with scratchGb (0: none)
+    scratch: bool = True  # NVMe scratch at /scratch on pools with scratchGb (the storage layer's per-session share)
     shm_gb: int = 8  # memory-backed /dev/shm limit
     tmp_gb: int = 20  # /tmp emptyDir limit
     db_size_gb: int = 5
     db_storage_class: str | None = None
-    uid: int = 1000  # notebooks run as this non-root user (the docker-stacks user)
-    gid: int = 100
+    image_gid: int = 100  # group of the images' writable paths (docker-stacks: users), added to every notebook
 
     def __validate__(self, path: str) -> None:
         if self.hostname is not None and not _HOST.match(self.hostname):
@@ -116,8 +114,8 @@ class HubConfig:
             raise ConfigError(f"{path}.cullEverySeconds", "must be between 30 seconds and cullTimeoutSeconds")
         if self.named_server_limit < 0:
             raise ConfigError(f"{path}.namedServerLimit", f"must be 0 (no limit) or more, got {self.named_server_limit}")
-        for key, v, lo in (("scratchGb", self.scratch_gb, 0), ("shmGb", self.shm_gb, 1), ("tmpGb", self.tmp_gb, 1),
-                           ("dbSizeGb", self.db_size_gb, 1), ("uid", self.uid, 1), ("gid", self.gid, 1)):
+        for key, v, lo in (("shmGb", self.shm_gb, 1), ("tmpGb", self.tmp_gb, 1), ("dbSizeGb", self.db_size_gb, 1),
+                           ("imageGid", self.image_gid, 1)):
             if v < lo:
                 raise ConfigError(f"{path}.{key}", f"must be at least {lo}, got {v}")
 

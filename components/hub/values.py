@@ -12,9 +12,12 @@ from typing import Any
 from aiinfn import catalogue as cat
 from aiinfn import naming
 from aiinfn.config.model import NodePool, SiteConfig
+from aiinfn.config.storage import USER_ID_MIN, USER_ID_SPAN, env_maintainers_gid, project_gid
 from aiinfn.hubservices import HubServiceSpec
 from aiinfn.nodes import pool_labels, tolerations_for
 from aiinfn.offerings import site_offerings
+
+from ..storage.scratch import slot_gi
 
 HUB_CHART = "jupyterhub"
 HUB_CHART_VERSION = "4.4.0"
@@ -54,9 +57,9 @@ def _profile(cfg: SiteConfig, slug: str, display: str, description: str, resourc
     keep = {k: v for k, v in node_labels.items()
             if all(pool_labels(cfg, p).get(k, v) == v for p in pools)}
     exprs += [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(keep.items())]
-    scratch = 0
-    if cfg.hub.scratch_gb and all(p.scratch_gb > 0 for p in pools):
-        scratch = min([cfg.hub.scratch_gb, *(p.scratch_gb for p in pools)])
+    scratch = 0  # the storage layer's per-session share of the nodes' NVMe, on pools that have one
+    if cfg.hub.scratch and cfg.storage.scratch.enabled and all(p.scratch_gb > 0 for p in pools):
+        scratch = min(slot_gi(cfg, p) for p in pools)
     return {
         "slug": slug,
         "display_name": display,
@@ -129,7 +132,7 @@ def build_profiles(cfg: SiteConfig) -> list[dict[str, Any]]:
 def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> dict[str, Any]:
     """What the hub-side code (hubconf/aiinfn_hub.py) reads from site.json: no secret in it."""
     hub = cfg.hub
-    maintainers = hub.env_maintainer_groups or list(cfg.iam.admin_groups)
+    maintainers = [cfg.storage.nfs.env_maintainers_group]
     known = list(dict.fromkeys([*cfg.iam.user_groups, *cfg.iam.admin_groups, *(p.group for p in cfg.projects),
                                 *maintainers, *(a.group for a in hub.allowances),
                                 *(p.reserved_for for p in cfg.pools if p.reserved_for)]))
@@ -137,7 +140,12 @@ def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> 
         "site": cfg.site.name,
         "known_groups": known,
         "env_maintainer_groups": maintainers,
-        "projects": [{"name": p.name, "group": p.group, "pvc": naming.pvc_project(p)} for p in cfg.projects],
+        "projects": [{"name": p.name, "group": p.group, "pvc": naming.pvc_project(p), "gid": project_gid(cfg, p)}
+                     for p in cfg.projects],
+        # uid = gid = user_min + sha256("user:<name>")[:8] mod user_span, as the storage layer owns homes
+        "ids": {"user_min": USER_ID_MIN, "user_span": USER_ID_SPAN, "uid_overrides": dict(cfg.storage.uid_overrides),
+                "env_maintainers_gid": env_maintainers_gid(cfg), "image_gid": hub.image_gid},
+        "home_users": list(cfg.storage.users),  # the users the storage layer made a home for
         "pvcs": {"homes": naming.PVC_HOMES, "public": naming.PVC_PUBLIC, "envs": naming.PVC_ENVS,
                  "cvmfs": naming.PVC_CVMFS},
         "scratch_storage_class": naming.STORAGECLASS_SCRATCH,
@@ -289,8 +297,7 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
         },
         "singleuser": {
             "image": default_image,
-            "uid": hub.uid,
-            "fsGid": hub.gid,
+            "fsGid": None,  # no fsGroup: the NFS shares keep their owners (uid/gids are set per user)
             "allowPrivilegeEscalation": False,
             "storage": {"type": "none"},
             "cpu": {"guarantee": hub.cpu_guarantee},

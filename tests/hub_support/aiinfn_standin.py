@@ -21,7 +21,7 @@ from jupyterhub.proxy import Proxy
 from jupyterhub.spawner import Spawner
 from tornado import httpserver, web
 from traitlets import Any as AnyTrait
-from traitlets import Dict, List, Unicode, Union
+from traitlets import Dict, Integer, List, Unicode, Union
 
 
 class NullProxy(Proxy):
@@ -55,6 +55,9 @@ class KubeSpawner(Spawner):
     node_affinity_required = List(config=True)
     tolerations = List(config=True)
     container_security_context = Dict(config=True)
+    uid = Integer(None, allow_none=True, config=True)
+    gid = Integer(None, allow_none=True, config=True)
+    supplemental_gids = List(config=True)
 
     _http: httpserver.HTTPServer | None = None
 
@@ -114,6 +117,9 @@ class KubeSpawner(Spawner):
             "volume_mounts": self.volume_mounts,
             "labels": self.extra_labels,
             "working_dir": self.working_dir,
+            "uid": self.uid,
+            "gid": self.gid,
+            "supplemental_gids": self.supplemental_gids,
             "args": list(self.args),
             "env": self.get_env(),
         }

@@ -8,6 +8,7 @@ Everything site-specific comes from ``site.json`` written by the program beside 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -172,12 +173,38 @@ def notebook_storage(site: dict[str, Any], username: str, groups: set[str],
     return volumes, mounts
 
 
+def user_ids(site: dict[str, Any], username: str, groups: set[str]) -> tuple[int, int, list[int]]:
+    """(uid, gid, supplemental gids) a user's notebook runs with: the storage layer's scheme.
+
+    uid = gid = user_min + (first 8 bytes of sha256("user:<name>") mod user_span), unless pinned;
+    supplemental groups: the user's project groups, env maintainers, and the image's group.
+    """
+    ids = site["ids"]
+    uid = ids["uid_overrides"].get(username)
+    if uid is None:
+        digest = hashlib.sha256(f"user:{username}".encode()).digest()
+        uid = ids["user_min"] + int.from_bytes(digest[:8], "big") % ids["user_span"]
+    extra = [p["gid"] for p in user_projects(site, groups)]
+    if groups & set(site["env_maintainer_groups"]):
+        extra.append(ids["env_maintainers_gid"])
+    extra.append(ids["image_gid"])
+    return uid, uid, sorted(set(extra))
+
+
+class NoHomeError(Exception):
+    """The storage layer made no home for this user: a clear refusal instead of a failing mount."""
+
+
 def pre_spawn_hook(site: dict[str, Any]):
     """The ``Spawner.pre_spawn_hook``: per-user volumes, accounting labels, home and environment."""
 
     def hook(spawner: Any) -> None:
         username = spawner.user.name
         groups = user_group_names(spawner)
+        if site["home_users"] and username not in site["home_users"]:
+            raise NoHomeError(f"{username} has no home directory on this site yet: ask the operators to add "
+                              "the user to aiinfn:storage.users")
+        spawner.uid, spawner.gid, spawner.supplemental_gids = user_ids(site, username, groups)
         slug = (spawner.user_options or {}).get("profile")
         volumes, mounts = notebook_storage(site, username, groups, slug)
         spawner.volumes = volumes
