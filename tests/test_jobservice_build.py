@@ -306,3 +306,32 @@ def test_every_offering_of_every_stack_builds_a_valid_job():
             _, (job, _) = make(stack, {"name": "o", "project": project, "command": ["true"], "accelerator": key,
                                        "cpu": 1, "memory": "2Gi"}, caller)
             validate_object(job)
+
+
+def test_service_jobs_pass_every_resource_policy_rule():
+    """The Jobs the service creates at run time are never rendered: run the policy pack's rules on them."""
+    from pulumi_policy import ResourceValidationPolicy
+
+    from policies.rules import ALL_POLICIES
+    from policies.testing import check_resource
+    from tests.jobservice_fixtures import notebook_pod
+    from tests.test_jobservice_bunshin import bunshin
+
+    built = []
+    for body in ({"accelerator": "a100-80gb", "volumes": {"home": True, "project": True}, "cvmfs": True},
+                 {"accelerator": "a100-80gb-1g.10gb", "priority": "highest", "script": "echo hi", "command": None,
+                  "sandbox": {"a.py": "print(1)"}},
+                 {"offload": True, "accelerator": "t4"}):
+        body = {"name": "pol", "project": "cms-tracking", "command": ["true"], **body}
+        if body["command"] is None:
+            del body["command"]
+        _, (job, cm) = make("cnaf", body)
+        built.append(("kubernetes:batch/v1:Job", job))
+        if cm:
+            built.append(("kubernetes:core/v1:ConfigMap", cm))
+    job, _, _ = bunshin({"accelerator": "a100-80gb"}, notebook_pod())
+    built.append(("kubernetes:batch/v1:Job", job))
+    for typ, manifest in built:
+        for policy in ALL_POLICIES:
+            if isinstance(policy, ResourceValidationPolicy):
+                assert check_resource(policy, typ, manifest) == [], (policy.name, manifest["metadata"]["name"])
