@@ -165,7 +165,8 @@ def service_spec(cfg: SiteConfig) -> HubServiceSpec:
         port=SERVICE_PORT,
         files=files,
         env={"PYTHONPATH": INSTALL_ROOT, "AIINFN_JOBS_SETTINGS": SETTINGS_PATH, "AIINFN_JOBS_KUBE": "serviceaccount",
-             "AIINFN_JOBS_TOKEN_DIR": TOKEN_DIR, "PYTHONUNBUFFERED": "1"},
+             "AIINFN_JOBS_TOKEN_DIR": TOKEN_DIR, "PYTHONUNBUFFERED": "1",
+             "PYTHONDONTWRITEBYTECODE": "1"},  # the shipped files are read-only mounts
         secret_volumes={TOKEN_DIR: TOKEN_SECRET},
         oauth_client_allowed_scopes=[],  # the service only needs to identify its callers
         user_scopes=["access:services!service={name}"],

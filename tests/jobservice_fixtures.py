@@ -110,7 +110,9 @@ def notebook_pod(user: str = "mrossi", projects: tuple[str, ...] = ("cms-trackin
             "labels": {"app": "jupyterhub", "component": "singleuser-server", "hub.jupyter.org/network-access-hub": "true",
                        "hub.jupyter.org/username": slug, "hub.jupyter.org/servername": server_name,
                        "aiinfn.infn.it/user": user, "aiinfn.infn.it/workload": "notebook"},
-            "annotations": {"hub.jupyter.org/username": user, "hub.jupyter.org/servername": server_name},
+            # KubeSpawner 7 annotates the exact user name, and the server name only for named servers
+            "annotations": {"hub.jupyter.org/username": user, "hub.jupyter.org/kubespawner-version": "7.0.0",
+                            **({"hub.jupyter.org/servername": server_name} if server_name else {})},
         },
         "spec": {
             "automountServiceAccountToken": True,
