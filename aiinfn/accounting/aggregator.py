@@ -211,7 +211,7 @@ def connect(dsn: str | None):
     return psycopg.connect(dsn or os.environ.get(DSN_ENV, ""), autocommit=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiinfn-accounting-aggregator", description=__doc__.split("\n")[0])
     p.add_argument("--prometheus", required=True, help="Prometheus base URL")
     p.add_argument("--dsn", help=f"PostgreSQL DSN (default: ${DSN_ENV}, else the libpq PG* variables)")
@@ -224,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo", type=int, default=1, help="recompute this many of the latest intervals")
     p.add_argument("--start", help="compute only the interval starting here (ISO 8601, UTC if no zone)")
     p.add_argument("--count", type=int, default=1, help="with --start: this many consecutive intervals")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.interval % args.resolution:
         print("error: --interval must be a multiple of --resolution", file=sys.stderr)
         return 2

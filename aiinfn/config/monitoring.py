@@ -48,7 +48,7 @@ class GrafanaConfig:
     editor_groups: list[str] = field(default_factory=list)  # -> Grafana Editor; everyone else allowed is Viewer
     groups_claim: str = "groups"  # the userinfo claim listing IAM groups
     ingress_class: str = "nginx"
-    cluster_issuer: str | None = None  # cert-manager ClusterIssuer for the TLS certificate (none: no TLS section)
+    cluster_issuer: str | None = None  # cert-manager ClusterIssuer for TLS; default: the hub's ACME issuer when it has one
 
     def __validate__(self, path: str) -> None:
         if self.storage_gb < 1:

@@ -31,6 +31,7 @@ from aiinfn.naming import (
 from aiinfn.secrets import supplied_secret
 
 from ..context import SiteContext
+from ..hub.values import CLUSTER_ISSUER as HUB_CLUSTER_ISSUER
 from .promrules import dashboards, rule_files
 
 LAYER = "observability"
@@ -102,14 +103,16 @@ def helm_values(ctx: SiteContext) -> dict:
     grafana: dict = {"enabled": g.enabled}
     if g.enabled:
         ingress: dict = {"enabled": True, "ingressClassName": g.ingress_class, "hosts": [host], "path": "/"}
-        if g.cluster_issuer:
-            ingress["annotations"] = {"cert-manager.io/cluster-issuer": g.cluster_issuer}
+        cluster_issuer = g.cluster_issuer or (HUB_CLUSTER_ISSUER if cfg.hub.enabled and cfg.hub.tls == "acme" else None)
+        if cluster_issuer:  # the hub's Let's Encrypt issuer unless the stack names another
+            ingress["annotations"] = {"cert-manager.io/cluster-issuer": cluster_issuer}
             ingress["tls"] = [{"secretName": "grafana-tls", "hosts": [host]}]
         persistence: dict = {"enabled": True, "size": f"{g.storage_gb}Gi", "accessModes": ["ReadWriteOnce"]}
         if mon.storage_class:
             persistence["storageClassName"] = mon.storage_class
         grafana.update({
-            "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
+            # the chart's default keys (admin-user, admin-password) in a Secret with a generated password
+            "admin": {"existingSecret": GRAFANA_ADMIN_SECRET},
             "persistence": persistence,
             "deploymentStrategy": {"type": "Recreate"},  # one ReadWriteOnce volume
             "ingress": ingress,
