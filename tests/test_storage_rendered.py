@@ -148,7 +148,7 @@ def test_helm_releases_pinned(stack):
 
 
 def test_backup_cronjob_in_production_not_in_hackathon():
-    (cj,) = objects("cnaf", "CronJob")
+    (cj,) = [d for d in objects("cnaf", "CronJob") if d["metadata"]["namespace"] == STORAGE_NAMESPACE]
     spec = cj["spec"]
     assert spec["schedule"] == "30 2 * * *" and spec["concurrencyPolicy"] == "Forbid"
     c = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
@@ -159,7 +159,7 @@ def test_backup_cronjob_in_production_not_in_hackathon():
     data = next(v for v in spec["jobTemplate"]["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
     mount = next(m for m in c["volumeMounts"] if m["name"] == "data")
     assert data["hostPath"]["path"] == "/srv/aiinfn-nfs" and mount["readOnly"] is True
-    assert objects("hackathon-padova", "CronJob") == []
+    assert [d for d in objects("hackathon-padova", "CronJob") if d["metadata"]["namespace"] == STORAGE_NAMESPACE] == []
 
 
 def test_scratch_class_only_on_scratch_pools():
