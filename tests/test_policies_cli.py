@@ -65,3 +65,16 @@ def test_bad_stack_files_fail_naming_rule_resource_and_fix(name, capsys):
     hits = [ln for ln in lines if ln.startswith(f"[mandatory] {rule}: {resource}")]
     assert hits, lines
     assert all("(fix: " in ln for ln in lines)
+
+
+def test_the_pack_entry_point_builds_the_pack_from_the_rule_list():
+    """policies/__main__.py starts a gRPC server when run, so it is read, not imported."""
+    import ast
+
+    tree = ast.parse((ROOT / "policies" / "__main__.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "PolicyPack"]
+    assert len(calls) == 1
+    kwargs = {k.arg: k.value for k in calls[0].keywords}
+    assert getattr(kwargs["policies"], "id", "") == "ALL_POLICIES"
+    manifest = (ROOT / "policies" / "PulumiPolicy.yaml").read_text()
+    assert "name: python" in manifest
