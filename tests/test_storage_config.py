@@ -92,6 +92,8 @@ def test_gid_collision_between_projects_is_refused():
      "aiinfn:storage.backup.repository"),
     ({"scratch": {"hostPath": "/srv/aiinfn-nfs"}}, "aiinfn:storage.scratch.hostPath"),
     ({"nfz": {}}, "aiinfn:storage.nfz"),
+    ({"nfs": {"clientCidrs": ["10.0.0.0/33"]}}, "aiinfn:storage.nfs.clientCidrs[0]"),
+    ({"nfs": {"clientCidrs": ["0.0.0.0/0"]}}, "aiinfn:storage.nfs.clientCidrs[0]"),
 ])
 def test_bad_storage_config_names_the_key(storage, key):
     with pytest.raises(ConfigError) as err:
@@ -126,3 +128,16 @@ def test_isolation_check_catches_a_shared_bucket():
     hack = load_config("hackathon-padova")[1]
     hack.storage.juicefs.bucket = prod.storage.juicefs.bucket  # bypassing validation on purpose
     assert any("bucket" in p for p in isolation_problems([prod, hack]))
+
+
+def test_existing_cluster_needs_the_node_network_for_nfs():
+    data = base()
+    data.pop("openstack")
+    data["cluster"] = {**data.get("cluster", {}), "existing": True}
+    data["pools"] = [p for p in data["pools"] if p["role"] != "control"]
+    with pytest.raises(ConfigError, match=r"^aiinfn:storage\.nfs\.clientCidrs"):
+        site_config_from_data(data)
+    data["storage"]["nfs"] = {"clientCidrs": ["192.168.10.0/24"]}
+    cfg = site_config_from_data(data)
+    from components.storage.nfs import exports_text
+    assert "192.168.10.0/24(rw" in exports_text(cfg)

@@ -125,6 +125,15 @@ def test_juicefs_volume_secret_has_the_csi_keys(stack):
     assert sc["reclaimPolicy"] == "Retain"
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_bucket_credentials_reach_the_provider_only_as_secrets(stack):
+    (b,) = [x for x in rendered_stack(stack).resources if x.name == "juicefs-bucket"]
+    for key in ("accessKey", "secretKey"):
+        assert b.inputs[key].startswith("<secret"), b.inputs[key]
+    assert b.inputs["endpoint"] == rendered_stack(stack).cfg.storage.juicefs.s3_endpoint
+    assert b.inputs["versioning"] is rendered_stack(stack).cfg.storage.juicefs.versioning
+
+
 def test_bucket_name_carries_the_site_and_differs_between_stacks():
     buckets = {}
     for stack in STACKS:

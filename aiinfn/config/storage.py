@@ -88,8 +88,19 @@ class NfsConfig:
     csi_chart_version: str = "4.12.1"
     env_maintainers_group: str = "ai-infn/env-maintainers"  # IAM group that may write /envs
     reconcile_seconds: int = 60  # the directory keeper re-applies the layout this often
+    client_cidrs: list[str] = field(default_factory=list)  # extra networks allowed to mount (node network
+    # of an existing cluster; with an OpenStack tenancy its internal network is always included)
 
     def __validate__(self, path: str) -> None:
+        import ipaddress
+
+        for i, c in enumerate(self.client_cidrs):
+            try:
+                net = ipaddress.ip_network(c, strict=True)
+            except ValueError as err:
+                raise ConfigError(f"{path}.clientCidrs[{i}]", f"{c!r} is not a network in CIDR form ({err})") from None
+            if net.prefixlen == 0:
+                raise ConfigError(f"{path}.clientCidrs[{i}]", f"{c} would export the NFS data to every address")
         require_image(self.image, f"{path}.image")
         require_image(self.helper_image, f"{path}.helperImage")
         if not re.match(r"^/[A-Za-z0-9._/-]+$", self.host_path) or self.host_path.rstrip("/") in ("", "/"):
@@ -311,6 +322,9 @@ def validate_site(cfg: SiteConfig) -> None:
     if st.enabled and st.backup.enabled and not st.backup.repository and cfg.is_protected:
         raise ConfigError(f"{path}.backup.repository", f"a {cfg.site.kind} site must back up its NFS data: "
                                                        "give the borg repository (ssh://user@host/path)")
+    if st.enabled and cfg.openstack is None and not st.nfs.client_cidrs:
+        raise ConfigError(f"{path}.nfs.clientCidrs", "on an existing cluster, list the nodes' network(s): "
+                                                     "the CSI node plugins mount NFS from the host network")
     if st.nfs.host_path.rstrip("/") == st.scratch.host_path.rstrip("/"):
         raise ConfigError(f"{path}.scratch.hostPath", "must differ from the NFS data path")
 

@@ -81,6 +81,7 @@ def client_networks(cfg: SiteConfig) -> list[str]:
     if cfg.openstack is not None:
         nets.append(cfg.openstack.internal_cidr)
     nets.append(cfg.cluster.cluster_cidr)
+    nets += [c for c in cfg.storage.nfs.client_cidrs if c not in nets]
     return nets
 
 
