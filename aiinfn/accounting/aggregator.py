@@ -55,7 +55,8 @@ INFO = "max by (namespace, pod, kind, model, profile, user, project, workload) (
 POD_KEY = (f"(({INFO}) * 0 + 1) or on (namespace, pod) "
            "label_replace(max by (namespace, pod, user, project, workload) (aiinfn_pod_requests_cpu_cores) * 0 + 1,"
            " \"kind\", \"cpu\", \"\", \"\")")
-UTIL = 'avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{pod!=""})'
+# GPU utilisation 0-100; MIG instances without DCGM_FI_DEV_GPU_UTIL report the profiling field (0-1) instead
+UTIL = ('avg by (namespace, pod) (DCGM_FI_DEV_GPU_UTIL{pod!=""} or 100 * DCGM_FI_PROF_GR_ENGINE_ACTIVE{pod!=""})')
 # max by GPU first: the same GPU scraped by two monitors (ours and the GPU operator's) counts once
 POWER = 'sum by (namespace, pod) (max by (namespace, pod, UUID, GPU_I_ID) (DCGM_FI_DEV_POWER_USAGE{pod!=""}))'
 CPU_USED = 'sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{{container!="", container!="POD", pod!=""}}[{w}]))'
