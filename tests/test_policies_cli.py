@@ -53,6 +53,7 @@ CASES = {  # stack file -> (rule, resource named in the line)
     "hackathon-prod-client": ("hackathon-own-iam-client", "ConfigMap aiinfn-system/aiinfn-site"),
     "hackathon-long-expiry": ("hackathon-expiry", "ConfigMap aiinfn-system/aiinfn-site"),
     "hackathon-prod-bucket": ("hackathon-no-production-data", "dynamic resource juicefs-bucket"),
+    "hackathon-grafana-prod-client": ("hackathon-own-iam-client", "Release kube-prometheus-stack"),
     "replica-no-backup": ("backups-scheduled", "stack replica-no-backup"),
 }
 

@@ -120,6 +120,9 @@ def test_hackathon_own_client():
     assert check_stack(p, [site_record("hackathon", "hk", soon(5), "other")], {"productionClientIds": ["other"]})
     t, props = helm("jupyterhub", {"hub": {"config": {"GenericOAuthenticator": {"client_id": "ai-infn-hub-cnaf"}}}})
     assert check_stack(p, [site_record("hackathon", "hk", soon(5), "mine"), resource(t, props, "jupyterhub")])
+    t, props = helm("kube-prometheus-stack", {"grafana": {"grafana.ini": {"auth.generic_oauth": {
+        "client_id": "ai-infn-hub-recas"}}}})
+    assert check_stack(p, [site_record("hackathon", "hk", soon(5), "mine"), resource(t, props, "kps")])
     assert check_stack(p, [site_record("production", "cnaf", "", "ai-infn-hub-cnaf")]) == []
 
 

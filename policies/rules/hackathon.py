@@ -25,9 +25,7 @@ from .common import (
     MANDATORY,
     OS_VOLUME,
     OS_VOLUME_ATTACH,
-    dig,
     fix,
-    is_jupyterhub,
     production_defaults,
     res_kind,
     site_record,
@@ -118,11 +116,14 @@ def _own_client(args: StackValidationArgs, report: ReportViolation) -> None:
                    "register a separate IAM client for the event and set aiinfn:iam.clientId to it"),
                _record_urn(args))
     for r in args.resources:
-        if r.resource_type == HELM_RELEASE and is_jupyterhub(r.props):
-            for path, value in strings(dig(values_of(r.props), "hub", "config", default={}), "hub.config"):
-                if path.endswith("client_id") and value in prod:
-                    report(fix(f"Helm release '{r.name}' {path} is the production IAM client {value!r}",
-                               "use the hackathon's own IAM client"), r.urn)
+        if r.resource_type != HELM_RELEASE:
+            continue
+        # JupyterHub (hub.config.GenericOAuthenticator.client_id), Grafana (auth.generic_oauth.client_id), ...
+        for path, value in strings(values_of(r.props)):
+            if re.search(r"(client_id|clientId|clientID)$", path) and value in prod:
+                report(fix(f"Helm release '{r.name}' {path} is the production IAM client {value!r}",
+                           "use the hackathon's own IAM client (aiinfn:iam.clientId, and the Grafana client "
+                           "aiinfn:monitoring.grafana.clientId)"), r.urn)
 
 
 hackathon_own_client = StackValidationPolicy(
