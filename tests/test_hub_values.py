@@ -321,3 +321,27 @@ def test_notebook_ids_match_the_storage_scheme() -> None:
         assert uid == gid == user_uid(cfg.storage, name)
         assert 100 in extra and len(extra) == 2
     assert mod.user_ids(site, "gvino", set())[0] == 123456
+
+
+def test_accounting_project_choice() -> None:
+    from types import SimpleNamespace
+
+    cfg = config_of("cnaf")
+    site = site_data(cfg)
+    mod = hubconf()
+    two = {"ai-infn/users", "ai-infn/km3net", "ai-infn/medphys"}
+    cpu = next(p for p in mod.profiles_for(site, two) if p["slug"] == "cpu")
+    assert list(cpu["profile_options"]["project"]["choices"]) == ["km3net", "medphys"]
+    one = next(p for p in mod.profiles_for(site, {"ai-infn/km3net"}) if p["slug"] == "cpu")
+    assert "project" not in one["profile_options"]
+
+    def spawn_as(groups: set[str], options: dict[str, str]) -> SimpleNamespace:
+        user = SimpleNamespace(name="arizzi", groups=[SimpleNamespace(name=g) for g in groups])
+        sp = SimpleNamespace(user=user, user_options=options, extra_labels={}, environment={}, args=[])
+        mod.pre_spawn_hook(site)(sp)
+        return sp
+
+    assert spawn_as(two, {"profile": "cpu", "project": "medphys"}).extra_labels[naming.LABEL_PROJECT] == "medphys"
+    assert naming.LABEL_PROJECT not in spawn_as(two, {"profile": "cpu"}).extra_labels
+    with pytest.raises(ValueError, match="not a member"):
+        spawn_as({"ai-infn/km3net"}, {"profile": "cpu", "project": "medphys"})

@@ -81,6 +81,7 @@ def profiles_for(site: dict[str, Any], groups: set[str]) -> list[dict[str, Any]]
             extra_mem += a["extra_memory_gb"]
     images = {i["name"]: {"display_name": f"{i['name']}: {i['description'] or i['image']}",
                           "kubespawner_override": {"image": i["image"]}} for i in site["images"]}
+    projects = [p["name"] for p in user_projects(site, groups)]
     first = True
     out = []
     for p in site["profiles"]:
@@ -99,6 +100,10 @@ def profiles_for(site: dict[str, Any], groups: set[str]) -> list[dict[str, Any]]
         if p["resource_name"]:
             override["extra_resource_limits"] = {p["resource_name"]: "1"}
             override["extra_resource_guarantees"] = {p["resource_name"]: "1"}
+        options: dict[str, Any] = {}
+        if len(projects) > 1:  # whom the notebook's usage is accounted to (a label, read by the pre-spawn hook)
+            options["project"] = {"display_name": "Project", "choices": {
+                n: {"display_name": n, "default": i == 0} for i, n in enumerate(projects)}}
         out.append({
             "slug": p["slug"],
             "display_name": p["display_name"],
@@ -106,6 +111,7 @@ def profiles_for(site: dict[str, Any], groups: set[str]) -> list[dict[str, Any]]
             "default": first,
             "kubespawner_override": override,
             "profile_options": {
+                **options,
                 "image": {"display_name": "Image", "choices": images},
                 "cpu": {"display_name": "CPUs", "choices": {
                     str(c): {"display_name": f"{c} CPU" + ("s" if c > 1 else ""),
@@ -212,8 +218,12 @@ def pre_spawn_hook(site: dict[str, Any]):
         labels = site["labels"]
         projects = user_projects(site, groups)
         extra = {labels["user"]: label_value(username), labels["workload"]: "notebook"}
-        if len(projects) == 1:
-            extra[labels["project"]] = projects[0]["name"]
+        names = [p["name"] for p in projects]
+        chosen = (spawner.user_options or {}).get("project")
+        if chosen is not None and chosen not in names:
+            raise ValueError(f"{username} is not a member of project {chosen!r}")
+        if chosen or len(names) == 1:
+            extra[labels["project"]] = chosen or names[0]
         spawner.extra_labels = {**spawner.extra_labels, **extra}
         spawner.working_dir = f"/home/{username}"
         spawner.notebook_dir = f"/home/{username}"
