@@ -290,6 +290,8 @@ def test_services_in_the_hub_pod() -> None:
     assert {"name": vol["name"], "mountPath": "/var/run/secrets/svc", "readOnly": True} in hub["extraVolumeMounts"]
     assert {"name": "svc-jobs", "port": 10101, "targetPort": 10101, "protocol": "TCP"} in hub["service"]["extraPorts"]
     assert any(r["ports"] == [{"port": 10101, "protocol": "TCP"}] for r in hub["networkPolicy"]["ingress"])
+    assert {"to": [{"podSelector": {}}], "ports": [{"port": 10101, "protocol": "TCP"}]} in \
+        v["singleuser"]["networkPolicy"]["egress"]
     site = hub["extraFiles"]["aiinfn-site"]["data"]
     assert site["service_secret_env"] == {"jobs": ["SVC_DB_PASSWORD"]}
     # at hub start the variable is copied from the hub's environment into the managed service's

@@ -188,6 +188,7 @@ def _service_values(services: list[HubServiceSpec]) -> dict[str, Any]:
     env: list[dict[str, Any]] = []
     ports: list[dict[str, Any]] = []
     ingress: list[dict[str, Any]] = []
+    egress: list[dict[str, Any]] = []
     user_scopes: list[str] = []
     for s in services:
         svc[s.name] = {
@@ -213,8 +214,10 @@ def _service_values(services: list[HubServiceSpec]) -> dict[str, Any]:
         ports.append({"name": f"svc-{s.name}"[:15].rstrip("-"), "port": s.port, "targetPort": s.port, "protocol": "TCP"})
         ingress.append({"from": [{"podSelector": {"matchLabels": {NETWORK_ACCESS_HUB: "true"}}}],
                         "ports": [{"port": s.port, "protocol": "TCP"}]})
+        # z2jh lets notebooks reach the hub on its API port only; a service in the hub pod needs its own
+        egress.append({"to": [{"podSelector": {}}], "ports": [{"port": s.port, "protocol": "TCP"}]})
     return {"services": svc, "roles": roles, "files": files, "volumes": volumes, "mounts": mounts, "env": env,
-            "ports": ports, "ingress": ingress, "user_scopes": user_scopes}
+            "ports": ports, "ingress": ingress, "egress": egress, "user_scopes": user_scopes}
 
 
 def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServiceSpec] | None = None) -> dict[str, Any]:
@@ -303,7 +306,8 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
             "cpu": {"guarantee": hub.cpu_guarantee},
             "memory": {"guarantee": f"{hub.memory_guarantee_gb}G"},
             "cloudMetadata": {"blockWithIptables": False, "ip": "169.254.169.254"},
-            "networkPolicy": {"enabled": True, "egressAllowRules": {"cloudMetadataServer": False, "privateIPs": False}},
+            "networkPolicy": {"enabled": True, "egress": sv["egress"],
+                              "egressAllowRules": {"cloudMetadataServer": False, "privateIPs": False}},
             "extraLabels": {naming.LABEL_WORKLOAD: "notebook"},
             "extraPodConfig": {
                 "priorityClassName": naming.NOTEBOOK_PRIORITY_CLASS,
