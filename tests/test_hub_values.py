@@ -347,3 +347,20 @@ def test_accounting_project_choice() -> None:
     assert naming.LABEL_PROJECT not in spawn_as(two, {"profile": "cpu"}).extra_labels
     with pytest.raises(ValueError, match="not a member"):
         spawn_as({"ai-infn/km3net"}, {"profile": "cpu", "project": "medphys"})
+
+
+def test_collaborative_switch() -> None:
+    from types import SimpleNamespace
+
+    secrets = {"cookie_secret": "x", "proxy_token": "y", "crypt_key": "z"}
+    off = hub_values(config_of("recas"), secrets)
+    on_cfg = config_of("recas", lambda d: d.update(hub={"collaborative": True}))
+    on = hub_values(on_cfg, secrets)
+    assert "user" not in off["hub"]["loadRoles"]
+    assert {"self", "shares!user", "read:users:name"} <= set(on["hub"]["loadRoles"]["user"]["scopes"])
+    validate_helm_values(on, Z2JH / "values.schema.4.4.0.yaml", Z2JH / "values.4.4.0.yaml")
+    user = SimpleNamespace(name="arizzi", groups=[])
+    sp = SimpleNamespace(user=user, user_options={}, extra_labels={}, environment={},
+                         args=["--YDocExtension.disable_rtc=True"])
+    hubconf().pre_spawn_hook(site_data(on_cfg))(sp)
+    assert sp.args == ["--YDocExtension.disable_rtc=False"]
