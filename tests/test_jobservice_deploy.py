@@ -123,6 +123,8 @@ def test_shipped_settings_hold_no_secret_and_parse():
     for word in ("password", "secret", "token\"", "clientsecret", "BEGIN "):
         assert word.lower() not in lowered, word
     assert all(not v.startswith("<") for v in spec.env.values())
+    # z2jh stores hub.extraFiles in the hub's Secret (1 MiB at most, shared with the hub's own files)
+    assert sum(len(v.encode()) for v in spec.files.values()) < 256 * 1024
 
 
 def test_summary_mentions_the_job_service():
