@@ -136,3 +136,34 @@ def test_user_with_odd_name_and_dots():
     job, _, _ = bunshin({}, pod, Caller("mario.rossi", ("ai-infn/cms-tracking",)))
     validate_object(job)
     assert job["metadata"]["labels"][naming.LABEL_USER] == "mario.rossi"
+
+
+def test_clone_of_the_volumes_the_hub_layer_gives_notebooks():
+    """The notebook volumes built by the hub layer's own code (site.json + pre-spawn hook) clone cleanly."""
+    hubconf = pytest.importorskip("components.hub.hubconf.aiinfn_hub")
+    values = pytest.importorskip("components.hub.values")
+    from aiinfn.engine.run import load_config
+
+    _, cfg = load_config("cnaf")
+    site_json = json.loads(json.dumps(values.site_data(cfg)))
+    groups = {"ai-infn/users", "ai-infn/cms-tracking", "ai-infn/atlas-anomaly"}
+    gpu_profile = next((p["slug"] for p in site_json["profiles"] if p.get("scratch_gb", 0) > 0), None)
+    volumes, mounts = hubconf.notebook_storage(site_json, "mrossi", groups, gpu_profile)
+    pod = notebook_pod()
+    secret_vols = [v for v in pod["spec"]["volumes"] if "secret" in v or "projected" in v]
+    secret_mounts = [m for m in pod["spec"]["containers"][0]["volumeMounts"]
+                     if m["name"] in {v["name"] for v in secret_vols}]
+    pod["spec"]["volumes"] = volumes + secret_vols
+    pod["spec"]["containers"][0]["volumeMounts"] = mounts + secret_mounts
+    job, _, _ = bunshin({}, pod)
+    validate_object(job)
+    spec = job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {naming.PVC_HOMES, naming.PVC_PUBLIC, naming.PVC_ENVS, naming.PVC_CVMFS,
+                      naming.pvc_project("cms-tracking")}
+    paths = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert {"/home/mrossi", "/home/shared/public", "/envs", "/cvmfs", "/home/shared/cms-tracking"} <= paths
+    assert "/home/shared/atlas-anomaly" not in paths
+    if gpu_profile:
+        assert "/scratch" in paths
+    assert not any("secret" in v or "projected" in v for v in spec["volumes"])
