@@ -148,6 +148,9 @@ def test_hub_database_kept(cnaf: Rendered, hackathon: Rendered) -> None:
     pvc = values_of(cnaf)["hub"]["db"]
     assert pvc["type"] == "sqlite-pvc"
     assert pvc["pvc"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    classes = {o["metadata"]["name"]: o for o in objects(cnaf, "StorageClass")}
+    assert pvc["pvc"]["storageClassName"] in classes  # the cluster has no default class
+    assert classes[pvc["pvc"]["storageClassName"]].get("reclaimPolicy") == "Retain"
     assert "annotations" not in values_of(hackathon)["hub"]["db"]["pvc"]
 
 

@@ -244,9 +244,10 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
     if hub.tls == "acme":
         tls = [{"hosts": [host], "secretName": TLS_SECRET_NAME}]
         annotations["cert-manager.io/cluster-issuer"] = CLUSTER_ISSUER
-    db_pvc: dict[str, Any] = {"storage": f"{hub.db_size_gb}Gi", "accessModes": ["ReadWriteOnce"]}
-    if hub.db_storage_class:
-        db_pvc["storageClassName"] = hub.db_storage_class
+    # The cluster has no default StorageClass: the database goes on the storage layer's NFS class
+    # (retained on delete, inside the backed-up export) unless the stack names another.
+    db_pvc: dict[str, Any] = {"storage": f"{hub.db_size_gb}Gi", "accessModes": ["ReadWriteOnce"],
+                              "storageClassName": hub.db_storage_class or naming.STORAGECLASS_NFS}
     if cfg.is_protected:
         db_pvc["annotations"] = {"helm.sh/resource-policy": "keep"}
     return {
