@@ -104,18 +104,20 @@ class Cluster(pulumi.ComponentResource):
         ca_names.append("service.key")
         ca_outputs.append(self.service_account_key.private_key_pem)
 
-        def user_data(pool: NodePool, index: int, api_address: pulumi.Output[str]) -> pulumi.Output[str]:
+        def user_data(pool: NodePool, index: int, api_address: pulumi.Output[str],
+                      data_volume_id: pulumi.Output[str]) -> pulumi.Output[str]:
             first = pool is control0 and index == 0
             server_url = None if first else f"https://{server_ip}:{SUPERVISOR_PORT}"
             if pool.role == "control":
                 def render(vals: list) -> str:
-                    token, address, *pems = vals
+                    token, address, volume_id, *pems = vals
                     return cloud_init(cfg, pool, token=token, server_url=server_url,
                                       tls_sans=[address, fixed_ip(cfg, pool, index), f"api.{cfg.site.domain}"],
-                                      ca_files=dict(zip(ca_names, pems)))
-                return pulumi.Output.secret(pulumi.Output.all(self.join_token.result, api_address, *ca_outputs).apply(render))
-            return pulumi.Output.secret(self.join_token.result.apply(
-                lambda token: cloud_init(cfg, pool, token=token, server_url=server_url, tls_sans=[])))
+                                      ca_files=dict(zip(ca_names, pems)), data_volume_id=volume_id)
+                return pulumi.Output.secret(
+                    pulumi.Output.all(self.join_token.result, api_address, data_volume_id, *ca_outputs).apply(render))
+            return pulumi.Output.secret(pulumi.Output.all(self.join_token.result, data_volume_id).apply(
+                lambda v: cloud_init(cfg, pool, token=v[0], server_url=server_url, tls_sans=[], data_volume_id=v[1])))
 
         self.tenancy = Tenancy("tenancy", TenancyArgs(cfg=cfg, user_data=user_data), opts=child)
         self.api_address = self.tenancy.api_address

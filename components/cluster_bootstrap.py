@@ -35,8 +35,39 @@ def rke2_config(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str 
     return conf
 
 
+def mount_disk_script(device: str, label: str, mount_point: str, fstab: str = "/etc/fstab") -> str:
+    """Wait for a disk, make a filesystem only if it has none, mount it by label (fstab, nofail).
+
+    Never formats a disk that already holds a filesystem: re-creating a VM keeps the NFS data.
+    """
+    return (
+        f"for i in $(seq 1 60); do [ -b {device} ] && break; sleep 5; done; "
+        f"[ -b {device} ] || {{ echo 'aiinfn: disk {device} never appeared' >&2; exit 1; }}; "
+        f"blkid {device} >/dev/null 2>&1 || mkfs.xfs -L {label} {device}; "
+        f"mkdir -p {mount_point}; "
+        f"grep -q 'LABEL={label} ' {fstab} || echo 'LABEL={label} {mount_point} xfs defaults,nofail 0 2' >> {fstab}; "
+        f"mountpoint -q {mount_point} || mount {mount_point}"
+    )
+
+
+def data_volume_device(volume_id: str) -> str:
+    """How a Cinder volume shows up in a KVM guest: virtio serial = the first 20 characters of its id."""
+    return f"/dev/disk/by-id/virtio-{volume_id[:20]}"
+
+
+def disk_commands(cfg: SiteConfig, pool: NodePool, data_volume_id: str | None) -> list[list[str]]:
+    """The storage node mounts the NFS data volume; pools with scratch mount their local disk."""
+    cmds = []
+    if pool.role == "storage" and data_volume_id:
+        cmds.append(["sh", "-c", mount_disk_script(data_volume_device(data_volume_id), "aiinfn-nfs",
+                                                   cfg.storage.nfs.host_path)])
+    if pool.scratch_gb > 0:
+        cmds.append(["sh", "-c", mount_disk_script(pool.scratch_device, "aiinfn-scratch", cfg.storage.scratch.host_path)])
+    return cmds
+
+
 def cloud_init(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str | None, tls_sans: list[str],
-               ca_files: dict[str, str] | None = None) -> str:
+               ca_files: dict[str, str] | None = None, data_volume_id: str | None = None) -> str:
     """A #cloud-config document. ``ca_files`` (control nodes only) are PEM files for RKE2's tls dir."""
     kind = "server" if pool.role == "control" else "agent"
     files = [{
@@ -53,8 +84,10 @@ def cloud_init(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str |
         f"INSTALL_RKE2_TYPE={kind} sh -"
     )
     doc = {
+        "packages": ["nfs-common", "xfsprogs"],
         "write_files": files,
         "runcmd": [
+            *disk_commands(cfg, pool, data_volume_id),
             ["sh", "-c", install],
             ["systemctl", "enable", "--now", f"rke2-{kind}.service"],
         ],

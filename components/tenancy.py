@@ -23,8 +23,8 @@ INGRESS_PORTS = (80, 443)  # 80 only redirects and answers ACME http-01 challeng
 @dataclass
 class TenancyArgs:
     cfg: SiteConfig
-    # user_data(pool, index, api_address) -> cloud-init; supplied by the cluster component
-    user_data: Callable[[NodePool, int, pulumi.Output[str]], pulumi.Input[str]]
+    # user_data(pool, index, api_address, data_volume_id) -> cloud-init; supplied by the cluster component
+    user_data: Callable[[NodePool, int, pulumi.Output[str], pulumi.Output[str]], pulumi.Input[str]]
 
 
 def fixed_ip(cfg: SiteConfig, pool: NodePool, index: int) -> str:
@@ -134,6 +134,18 @@ class Tenancy(pulumi.ComponentResource):
         else:
             self.ingress_fip = openstack.networking.FloatingIp("fip-ingress", pool=os_cfg.external_network,
                                                                description="hub ingress (public HTTPS)", opts=child)
+        # The NFS data volume on the storage node: the researchers' homes and projects.
+        storage_pool = cfg.pools_by_role("storage")[0]
+        storage_vm = storage_pool.vm_names()[0]
+        self.data_volume = openstack.blockstorage.Volume(
+            "nfs-data",
+            name=f"aiinfn-{site}-nfs-data",
+            size=storage_pool.data_volume_gb,
+            volume_type=os_cfg.volume_type,
+            description="NFS homes, projects, envs and public data",
+            metadata={"aiinfn-site": site, "aiinfn-site-kind": cfg.site.kind, "aiinfn-stateful": "true"},
+            opts=pulumi.ResourceOptions(parent=self, protect=keep, retain_on_delete=keep),
+        )
         image = openstack.images.get_image_output(name=os_cfg.image, most_recent=True,
                                                   opts=pulumi.InvokeOptions(parent=self))
         self.instances: dict[str, openstack.compute.Instance] = {}
@@ -179,25 +191,13 @@ class Tenancy(pulumi.ComponentResource):
                     )],
                     networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
                     scheduler_hints=hints,
-                    user_data=args.user_data(pool, index, self.api_fip.address),
+                    user_data=args.user_data(pool, index, self.api_fip.address, self.data_volume.id),
                     metadata={"aiinfn-site": site, "aiinfn-site-kind": cfg.site.kind, "aiinfn-pool": pool.name,
                               "aiinfn-role": pool.role},
                     # cloud-init only runs at first boot: a changed template must not rebuild a node.
                     opts=pulumi.ResourceOptions(parent=self, ignore_changes=["userData", "imageName", "blockDevices[0].uuid"]),
                 )
 
-        # The NFS data volume on the storage node: the researchers' homes and projects.
-        storage_pool = cfg.pools_by_role("storage")[0]
-        storage_vm = storage_pool.vm_names()[0]
-        self.data_volume = openstack.blockstorage.Volume(
-            "nfs-data",
-            name=f"aiinfn-{site}-nfs-data",
-            size=storage_pool.data_volume_gb,
-            volume_type=os_cfg.volume_type,
-            description="NFS homes, projects, envs and public data",
-            metadata={"aiinfn-site": site, "aiinfn-site-kind": cfg.site.kind, "aiinfn-stateful": "true"},
-            opts=pulumi.ResourceOptions(parent=self, protect=keep, retain_on_delete=keep),
-        )
         openstack.compute.VolumeAttach(
             "nfs-data-attach",
             instance_id=self.instances[storage_vm].id,

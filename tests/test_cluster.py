@@ -64,8 +64,10 @@ def test_gpu_node_registers_with_pool_labels_and_taints() -> None:
     assert labels[cat.LABEL_GPU_MODEL] == "t4"
     assert cat.LABEL_MIG_CONFIG not in labels  # T4 has no MIG
     assert conf["node-taint"] == ["nvidia.com/gpu=present:NoSchedule"]
-    assert "INSTALL_RKE2_TYPE=agent" in doc["runcmd"][0][2]
-    assert '"v1.33.5+rke2r1"' in doc["runcmd"][0][2]
+    install = [c[2] for c in doc["runcmd"] if "get.rke2.io" in c[2]]
+    assert len(install) == 1 and "INSTALL_RKE2_TYPE=agent" in install[0] and '"v1.33.5+rke2r1"' in install[0]
+    scratch = [c[2] for c in doc["runcmd"] if "aiinfn-scratch" in c[2]]
+    assert len(scratch) == 1 and "/dev/vdb" in scratch[0] and cfg.storage.scratch.host_path in scratch[0]
 
 
 def test_mig_pool_is_labelled_with_its_layout_and_configured_taints_kept() -> None:
@@ -90,7 +92,7 @@ def test_first_control_node_initialises_and_carries_the_cas() -> None:
     paths = [f["path"] for f in doc["write_files"]]
     assert "/var/lib/rancher/rke2/server/tls/server-ca.key" in paths
     assert all(f["permissions"] == "0600" for f in doc["write_files"])
-    assert "INSTALL_RKE2_TYPE=server" in doc["runcmd"][0][2]
+    assert any("INSTALL_RKE2_TYPE=server" in c[2] for c in doc["runcmd"])
 
 
 def test_cluster_cas_generated_by_the_program(cnaf) -> None:
@@ -131,3 +133,54 @@ def test_adding_a_pool_renames_nothing(tmp_path: Path) -> None:
     before = {r.urn for r in rendered_stack("cnaf").resources}
     after = {r.urn for r in run_program(str(write_variant(tmp_path, "cnaf", add, name="cnaf"))).resources}
     assert before <= after, sorted(before - after)[:5]
+
+
+def test_storage_node_mounts_the_nfs_volume_by_its_id() -> None:
+    cfg = _cfg("cnaf")
+    text = cloud_init(cfg, cfg.pool("storage"), token="T", server_url="https://x:9345", tls_sans=[],
+                      data_volume_id="0123456789abcdef0123456789")
+    doc = yaml.safe_load(text.split("\n", 1)[1])
+    (mount,) = [c[2] for c in doc["runcmd"] if "aiinfn-nfs" in c[2]]
+    assert "/dev/disk/by-id/virtio-0123456789abcdef0123 " in mount
+    assert cfg.storage.nfs.host_path in mount
+    assert doc["runcmd"].index(["sh", "-c", mount]) == 0  # mounted before RKE2 starts the NFS server pod
+
+
+def _run_mount_script(tmp_path: Path, has_filesystem: bool) -> list[str]:
+    """Run the generated script with stub tools: which commands would it issue?"""
+    import os
+    import stat
+    import subprocess
+
+    device = "/dev/loop0"
+    if not Path(device).is_block_device():
+        import pytest
+        pytest.skip("no loop block device on this machine")
+    from components.cluster_bootstrap import mount_disk_script
+
+    log = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, rc in (("blkid", 0 if has_filesystem else 2), ("mkfs.xfs", 0), ("mountpoint", 1), ("mount", 0)):
+        f = bin_dir / tool
+        f.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\nexit {rc}\n')
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    fstab = tmp_path / "fstab"
+    fstab.write_text("")
+    script = mount_disk_script(device, "aiinfn-nfs", str(tmp_path / "mnt"), fstab=str(fstab))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["sh", "-c", script], check=True, env=env, timeout=30)
+    subprocess.run(["sh", "-c", script], check=True, env=env, timeout=30)  # a second boot
+    assert fstab.read_text().count("LABEL=aiinfn-nfs ") == 1
+    return log.read_text().splitlines()
+
+
+def test_existing_filesystem_is_never_formatted(tmp_path: Path) -> None:
+    calls = _run_mount_script(tmp_path, has_filesystem=True)
+    assert not [c for c in calls if c.startswith("mkfs")]
+    assert calls.count(f"mount {tmp_path / 'mnt'}") == 2
+
+
+def test_empty_disk_is_formatted_once_per_boot_while_empty(tmp_path: Path) -> None:
+    calls = _run_mount_script(tmp_path, has_filesystem=False)
+    assert "mkfs.xfs -L aiinfn-nfs /dev/loop0" in calls

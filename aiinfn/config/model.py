@@ -137,6 +137,7 @@ class NodePool:
     taints: list[Taint] = field(default_factory=list)
     boot_volume_gb: int = 100
     scratch_gb: int = 0  # local NVMe exposed as scratch on this pool's nodes
+    scratch_device: str = "/dev/vdb"  # the block device holding it (a flavor's ephemeral disk, or a passed-through NVMe)
     data_volume_gb: int = 0  # persistent block volume (storage role: the NFS data)
     reserved_for: str | None = None  # IAM group that alone may use this pool
 
@@ -146,6 +147,8 @@ class NodePool:
                              ("bootVolumeGb", self.boot_volume_gb, 20), ("scratchGb", self.scratch_gb, 0)):
             if val < lo:
                 raise ConfigError(f"{path}.{key}", f"must be at least {lo}, got {val}")
+        if not re.match(r"^/dev/[A-Za-z0-9/_.-]+$", self.scratch_device):
+            raise ConfigError(f"{path}.scratchDevice", f"{self.scratch_device!r} is not a block device path under /dev")
         if self.role == "storage" and self.data_volume_gb < 100:
             raise ConfigError(f"{path}.dataVolumeGb", "the storage pool needs a data volume of at least 100 GB for NFS")
         if self.role != "storage" and self.data_volume_gb:
