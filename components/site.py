@@ -27,6 +27,8 @@ class Site(pulumi.ComponentResource):
         self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
         # Layers, in dependency order: accelerators, storage, batch, hub, jobs, offload, observability.
         # (each issue adds its own line here)
+        self.accelerators = Accelerators("accelerators", self.ctx,
+                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.storage = Storage("storage", self.ctx, self.platform,
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.batch = Batch("batch", self.ctx, project_namespaces=self.platform.project_namespaces,
@@ -41,8 +43,6 @@ class Site(pulumi.ComponentResource):
         self.offload = Offload("offload", self.ctx,
                                juicefs_secret_data=getattr(getattr(self, "storage", None), "juicefs_secret_data", None),
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
-        self.accelerators = Accelerators("accelerators", self.ctx,
-                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.register_outputs({"api_address": self.cluster.api_address})
