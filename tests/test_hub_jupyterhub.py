@@ -49,6 +49,7 @@ USERS: dict[str, dict[str, Any]] = {
               "groups": ["ai-infn/users"], "wlcg.groups": ["/ai-infn/admins", "/ai-infn/users"]},
     "mbarbetti": {"sub": "d5", "preferred_username": "mbarbetti",
                   "groups": ["ai-infn/users", "ai-infn/env-maintainers"]},
+    "fgiacomini": {"sub": "f7", "preferred_username": "fgiacomini", "groups": ["ai-infn/users", "ai-infn/virgo-gw"]},
     "eve": {"sub": "e6", "preferred_username": "eve", "groups": ["ai-infn/users"]},  # no home on the site
     "mallory": {"sub": "m4", "preferred_username": "mallory", "groups": ["other-vo/users"],
                 "wlcg.groups": ["/other-vo"]},
@@ -380,3 +381,14 @@ def test_ids_env_maintainer_and_missing_home(hub: dict[str, Any]) -> None:
     status, rec = spawn(hub, "eve", {"profile": "cpu"})
     assert rec is None and status >= 400  # no home made for eve: refused before any pod
     assert "has no home directory" in (hub["work"] / "hub.log").read_text()
+
+
+def test_groups_reread_from_iam_before_each_spawn(hub: dict[str, Any]) -> None:
+    assert login(hub, "fgiacomini").status_code == 302
+    _, rec = spawn(hub, "fgiacomini", {"profile": "cpu"}, server="one")
+    assert rec is not None and "/home/shared/virgo-gw" in mounts(rec)
+    USERS["fgiacomini"]["groups"] = ["ai-infn/users", "ai-infn/km3net"]  # IAM moved the user to another project
+    _, rec = spawn(hub, "fgiacomini", {"profile": "cpu"}, server="two")
+    assert rec is not None
+    assert "/home/shared/km3net" in mounts(rec) and "/home/shared/virgo-gw" not in mounts(rec)
+    assert rec["groups"] == ["ai-infn/km3net", "ai-infn/users"]

@@ -254,7 +254,9 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
         "hub": {
             "config": {
                 "JupyterHub": {"authenticator_class": "generic-oauth"},
-                "Authenticator": {"enable_auth_state": True},
+                # Groups are re-read from IAM before every spawn (and hourly): someone removed from a
+                # project's IAM group loses its folder at the next start, not at the next login.
+                "Authenticator": {"enable_auth_state": True, "refresh_pre_spawn": True, "auth_refresh_age": 3600},
                 "GenericOAuthenticator": {
                     "client_id": cfg.iam.client_id,
                     "oauth_callback_url": f"https://{host}/hub/oauth_callback",
