@@ -22,6 +22,9 @@ def test_defaults_keep_a_year_on_a_volume():
     assert m.prometheus_storage_gb >= 100 and m.accounting.enabled and m.grafana.enabled
     assert ":" in m.runtime_image and not m.runtime_image.endswith(":latest")
     assert is_secret_key(m.grafana.client_secret_key)
+    from aiinfn.naming import STORAGECLASS_NFS
+
+    assert m.storage_class == STORAGECLASS_NFS
 
 
 @pytest.mark.parametrize("patch,key,words", [

@@ -63,6 +63,12 @@ def test_chart_pinned_and_prometheus_persistent_with_configured_retention(stack)
     assert int(spec["retentionSize"].removesuffix("GB")) < conf.get("prometheusStorageGb", 200)
     assert spec["serviceMonitorSelectorNilUsesHelmValues"] is False and spec["ruleSelectorNilUsesHelmValues"] is False
     assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    # the volumes use a StorageClass the stack really renders (the clusters have no default class)
+    classes = {d["metadata"]["name"] for d in objects(r, "StorageClass", namespace=None)}
+    assert claim["storageClassName"] in classes
+    assert rel.inputs["values"]["grafana"]["persistence"]["storageClassName"] in classes
+    db = one(r, "StatefulSet", "accounting-db")["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert db["storageClassName"] in classes
     assert rel.protect == r.cfg.is_protected
 
 

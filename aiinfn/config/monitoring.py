@@ -126,7 +126,10 @@ class MonitoringConfig:
     retention: str = "365d"  # how long Prometheus keeps samples (persistent volume)
     retention_size: str | None = None  # optional size cap ("180GB"); default: 90% of the volume
     prometheus_storage_gb: int = 200
-    storage_class: str | None = None  # default StorageClass of the cluster when unset
+    # StorageClass of the Prometheus, Grafana and accounting volumes. The platform's clusters have no default
+    # class: the storage layer's nfs-csi (aiinfn.naming.STORAGECLASS_NFS) puts them on the protected, backed-up
+    # NFS volume. null: the cluster's default class.
+    storage_class: str | None = "nfs-csi"
     scrape_interval: str = "30s"
     dcgm_scrape_interval: str = "5s"
     # Our ServiceMonitor for the GPU operator's DCGM exporter (honorLabels, pod labels kept). Turn the
