@@ -242,3 +242,17 @@ def test_monitoring_can_be_turned_off(tmp_path):
     assert not [x for x in r.resources if x.type.startswith("kubernetes:") and
                 (x.inputs.get("metadata") or {}).get("namespace") == MONITORING_NAMESPACE]
     assert not [x for x in helm_releases(r) if x.inputs.get("name") == "kube-prometheus-stack"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_kueue_metrics_scraped_for_the_queue_alerts(stack):
+    """The batch layer leaves Kueue's own monitor off; ours selects the chart's metrics Service."""
+    r = rendered_stack(stack)
+    kueue = [x for x in helm_releases(r) if x.inputs.get("name") == "kueue"]
+    if not kueue:
+        pytest.skip("no batch layer in this stack")
+    assert kueue[0].inputs["values"].get("enablePrometheus") is not True  # else Kueue is scraped twice
+    sm = one(r, "ServiceMonitor", "kueue-controller-manager")
+    assert sm["spec"]["namespaceSelector"]["matchNames"] == [kueue[0].inputs["namespace"]]
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] == "https" and ep["scheme"] == "https" and ep["bearerTokenFile"]

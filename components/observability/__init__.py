@@ -20,6 +20,7 @@ import pulumi_random as random
 from aiinfn import catalogue as cat
 from aiinfn.naming import (
     GPU_OPERATOR_NAMESPACE,
+    KUEUE_NAMESPACE,
     LABEL_PROJECT,
     LABEL_USER,
     LABEL_WORKLOAD,
@@ -251,6 +252,19 @@ class Observability(pulumi.ComponentResource):
                         # pod labels exported by dcgm-exporter: keep Kueue's, drop the rest of the pod's labels
                         {"action": "labelmap", "regex": "kueue_x_k8s_io_(.+)", "replacement": "kueue_$1"},
                     ],
+                }],
+            }, crd_opts)
+        if cfg.batch.enabled:
+            # Kueue's controller metrics (the batch layer leaves enablePrometheus off for this monitor): served
+            # over HTTPS with authentication; Prometheus's ServiceAccount may GET /metrics (the chart's ClusterRole).
+            self.kueue_monitor = self._custom("ServiceMonitor", "kueue-controller", "kueue-controller-manager", "batch", {
+                "namespaceSelector": {"matchNames": [KUEUE_NAMESPACE]},
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "kueue",
+                                             "app.kubernetes.io/component": "metrics-service"}},
+                "endpoints": [{
+                    "port": "https", "path": "/metrics", "scheme": "https", "interval": mon.scrape_interval,
+                    "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+                    "tlsConfig": {"insecureSkipVerify": True},  # Kueue's self-signed serving certificate
                 }],
             }, crd_opts)
         self._allocation_exporter(crd_opts)
