@@ -78,7 +78,8 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if blocking else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands are listed; only ``only`` (the one being run) imports its module for its options."""
     parser = argparse.ArgumentParser(prog="aiinfn", description="AI_INFN platform as code")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
@@ -88,16 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(handler={"render": run_render, "check": run_check}[name])
         else:
             p.set_defaults(module=module)
-            try:
+            if only in (None, name):
                 importlib.import_module(module).add_arguments(p)
-            except ModuleNotFoundError:
-                pass
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(chosen if chosen in SUBCOMMANDS else None).parse_args(argv)
     try:
         handler = getattr(args, "handler", None)
         if handler is None:
