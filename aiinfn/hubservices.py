@@ -27,4 +27,7 @@ class HubServiceSpec:
     secret_volumes: dict[str, str] = field(default_factory=dict)  # mount path in the hub pod -> Secret name
     oauth_client_allowed_scopes: list[str] = field(default_factory=list)  # what the service may ask of a user's token
     user_scopes: list[str] = field(default_factory=lambda: ["access:services!service={name}"])  # granted to the user role
+    # granted to the ``server`` role, i.e. to the notebook's own $JUPYTERHUB_API_TOKEN (a server token
+    # holds the subset of these that its owner has, so the user role must grant them too)
+    server_scopes: list[str] = field(default_factory=lambda: ["access:services!service={name}"])
     service_scopes: list[str] = field(default_factory=lambda: ["read:users", "read:groups", "read:servers"])

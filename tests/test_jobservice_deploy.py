@@ -89,6 +89,9 @@ def test_the_hub_runs_the_service_with_the_token_mounted():
     vols = {v["name"]: v for v in hub.get("extraVolumes", [])}
     assert vols[mounts[TOKEN_DIR]]["secret"]["secretName"] == TOKEN_SECRET
     assert "access:services!service=jobs" in hub["loadRoles"]["user"]["scopes"]
+    # the notebook's own token (server role): JupyterHub's stock scopes plus the service
+    assert hub["loadRoles"]["server"]["scopes"] == ["users:activity!user", "access:servers!server",
+                                                    "access:services!service=jobs"]
 
 
 def test_every_module_is_shipped_and_imports_only_what_the_hub_image_has():

@@ -15,6 +15,7 @@ tokens are real JupyterHub API tokens issued through the hub's REST API.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -36,6 +37,7 @@ import pytest
 from aiinfn.engine.run import load_config
 from aiinfn.jobservice.app import make_app
 from aiinfn.jobservice.kube import MemoryKubeClient
+from components.hub.values import SERVER_ROLE_DEFAULT_SCOPES, hub_values
 from components.jobs import INSTALL_ROOT, service_spec
 from tests.jobservice_fixtures import notebook_pod, site_settings
 from tests.schemas import validate_object
@@ -137,6 +139,37 @@ c.Authenticator.admin_users = {{"boss"}}
 c.JupyterHub.load_groups = {groups}
 c.JupyterHub.services = {services}
 c.JupyterHub.load_roles = {roles}
+# Notebook servers: a stand-in process (no jupyter_server here) that records the token the hub gives
+# it ($JUPYTERHUB_API_TOKEN, scoped by the ``server`` role) and answers HTTP on the server's URL.
+c.JupyterHub.spawner_class = "simple"
+c.Spawner.cmd = [{python!r}, "-c", {server_script!r}]
+c.Spawner.environment = {{"TEST_SERVER_OUT": "{root}/servers"}}
+c.SimpleLocalProcessSpawner.home_dir_template = "{root}/home/{{username}}"
+"""
+
+SERVER_SCRIPT = """
+import http.server, os, urllib.parse
+out = os.environ["TEST_SERVER_OUT"]
+user = os.environ["JUPYTERHUB_USER"]
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, user + ".pid"), "w") as f:
+    f.write(str(os.getpid()))
+with open(os.path.join(out, user + ".token.tmp"), "w") as f:
+    f.write(os.environ["JUPYTERHUB_API_TOKEN"])
+os.rename(os.path.join(out, user + ".token.tmp"), os.path.join(out, user + ".token"))
+url = urllib.parse.urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+
+
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.HTTPServer((url.hostname, url.port), Ok).serve_forever()
 """
 
 
@@ -197,14 +230,16 @@ def hub():
          "cwd": str(root), "oauth_no_confirm": True},
         {"name": "test-admin", "api_token": admin_token},
     ]
-    roles = [
-        {"name": "user", "scopes": ["self", "access:services!service=jobs", "access:services!service=jobs-shipped"]},
-        {"name": "admin", "services": ["test-admin"], "users": ["boss"]},
-    ]
+    # The roles exactly as the program's hub values load them (user, server, each service's own role),
+    # for both copies of the service.
+    values = hub_values(cfg, {"cookie_secret": "c", "proxy_token": "p", "crypt_key": "k"},
+                        [spec, dataclasses.replace(spec, name="jobs-shipped")])
+    roles = [{"name": name, **role} for name, role in values["hub"]["loadRoles"].items()]
+    roles.append({"name": "admin", "services": ["test-admin"], "users": ["boss"]})
     groups = {g: {"users": users} for g, users in GROUPS.items()}
     (root / "jupyterhub_config.py").write_text(HUB_CONFIG.format(
         public_port=public_port, hub_port=hub_port, root=root, groups=repr(groups), services=repr(services),
-        roles=repr(roles)))
+        roles=repr(roles), python=sys.executable, server_script=SERVER_SCRIPT))
     log = open(root / "hub.log", "w")  # noqa: SIM115 - closed at teardown, after the hub stops
     hub_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(root / "jupyterhub_config.py")],
@@ -227,15 +262,29 @@ def hub():
             time.sleep(0.3)
         service.start()
 
-        def token_for(user: str, scopes: list[str] | None = None) -> str:
+        def token_for(user: str, scopes: list[str] | None = None, roles: list[str] | None = None) -> str:
             body: dict[str, Any] = {"note": "jobservice test", "expires_in": 3600}
             if scopes is not None:
                 body["scopes"] = scopes
+            if roles is not None:
+                body["roles"] = roles
             status, reply = call("POST", f"{hub_api}/users/{user}/tokens", admin_token, body)
             assert status == 201, reply
             return reply["token"]
 
-        yield {"api": hub_api, "svc": f"http://127.0.0.1:{svc_port}/services/jobs",
+        def server_token(user: str) -> str:
+            """Start the user's server through the hub's API; the token the hub handed to it."""
+            status, reply = call("POST", f"{hub_api}/users/{user}/server", admin_token, {})
+            assert status in (201, 202), reply
+            path = root / "servers" / f"{user}.token"
+            deadline = time.monotonic() + 30
+            while not path.exists():
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{user}'s server did not start:\n{(root / 'hub.log').read_text()[-3000:]}")
+                time.sleep(0.2)
+            return path.read_text()
+
+        yield {"api": hub_api, "server_token": server_token, "svc": f"http://127.0.0.1:{svc_port}/services/jobs",
                "shipped": f"http://127.0.0.1:{shipped_port}/services/jobs-shipped", "service": service,
                "token_for": token_for, "root": root}
     finally:
@@ -250,7 +299,8 @@ def hub():
                 proc.wait(5)
         # The managed service, if the hub left it behind (it runs in its own session): our hub's children
         # and any process working in our private directory, by pid.
-        for pid in set(children) | set(pids_in(root)):
+        servers = [int(p.read_text()) for p in (root / "servers").glob("*.pid")]
+        for pid in set(children) | set(pids_in(root)) | set(servers):
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -446,3 +496,36 @@ def test_the_shipped_managed_service_runs_from_the_spec(hub, tokens):
     status, reply = call("POST", hub["shipped"] + "/api/jobs", tokens["mrossi"], JOB)
     assert status == 201, reply
     assert reply["job"]["project"] == "cms-tracking" and reply["job"]["user"] == "mrossi"
+
+
+def test_the_stock_server_role_scopes_are_jupyterhubs():
+    """The hub values keep JupyterHub's own server-role scopes when they redefine the role."""
+    from jupyterhub.roles import get_default_roles
+
+    stock = next(r for r in get_default_roles() if r["name"] == "server")
+    assert SERVER_ROLE_DEFAULT_SCOPES == stock["scopes"]
+
+
+def test_a_notebooks_own_token_reaches_the_service(hub):
+    """$JUPYTERHUB_API_TOKEN of a running server (the hub's ``server`` role) calls the API: no hand-made token."""
+    token = hub["server_token"]("arossi")
+    status, reply = call("GET", hub["api"] + "/user", token)
+    assert status == 200 and reply["name"] == "arossi", reply
+    assert "access:services!service=jobs" in reply["scopes"]
+    assert "users:activity!user=arossi" in reply["scopes"] and "access:servers!server=arossi/" in reply["scopes"]
+    status, info = call("GET", hub["svc"] + "/api/info", token)
+    assert status == 200, info
+    assert info["user"] == "arossi" and [p["name"] for p in info["projects"]] == ["cms-tracking"]
+    # A token the hub issues with the server role (what a spawn does) works the same way, on both copies
+    by_role = hub["token_for"]("mrossi", roles=["server"])
+    assert call("GET", hub["svc"] + "/api/info", by_role)[0] == 200
+    assert call("GET", hub["shipped"] + "/api/info", by_role)[0] == 200
+
+
+def test_a_token_with_only_the_stock_server_scopes_gets_403(hub):
+    """What the notebook's token was before the server role was extended: refused by the service."""
+    stock = hub["token_for"]("mrossi", [s.replace("!user", "!user=mrossi").replace("!server", "!server=mrossi/")
+                                        for s in SERVER_ROLE_DEFAULT_SCOPES])
+    status, reply = call("GET", hub["svc"] + "/api/info", stock)
+    assert status == 403, reply
+    assert "access:services" in reply["error"]

@@ -35,6 +35,9 @@ BASE_TOLERATIONS = [
     {"key": "hub.jupyter.org_dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
 ]
 NETWORK_ACCESS_HUB = "hub.jupyter.org/network-access-hub"
+# JupyterHub 5.5's default scopes of the ``server`` role (jupyterhub/roles.py get_default_roles), the
+# role of a notebook's $JUPYTERHUB_API_TOKEN. Redefining the role replaces them, so they are kept.
+SERVER_ROLE_DEFAULT_SCOPES = ["users:activity!user", "access:servers!server"]
 
 
 def hubconf_source(name: str) -> str:
@@ -190,6 +193,7 @@ def _service_values(services: list[HubServiceSpec]) -> dict[str, Any]:
     ingress: list[dict[str, Any]] = []
     egress: list[dict[str, Any]] = []
     user_scopes: list[str] = []
+    server_scopes: list[str] = []
     for s in services:
         svc[s.name] = {
             "name": s.name,
@@ -203,6 +207,7 @@ def _service_values(services: list[HubServiceSpec]) -> dict[str, Any]:
         roles[f"{s.name}-service"] = {"description": f"what the {s.name} service may do",
                                       "scopes": list(s.service_scopes), "services": [s.name]}
         user_scopes += [sc.format(name=s.name) for sc in s.user_scopes]
+        server_scopes += [sc.format(name=s.name) for sc in s.server_scopes]
         for i, (path, content) in enumerate(sorted(s.files.items())):
             files[f"svc-{s.name}-{i}"] = {"mountPath": path, "stringData": content}
         for i, (path, secret) in enumerate(sorted(s.secret_volumes.items())):
@@ -217,7 +222,8 @@ def _service_values(services: list[HubServiceSpec]) -> dict[str, Any]:
         # z2jh lets notebooks reach the hub on its API port only; a service in the hub pod needs its own
         egress.append({"to": [{"podSelector": {}}], "ports": [{"port": s.port, "protocol": "TCP"}]})
     return {"services": svc, "roles": roles, "files": files, "volumes": volumes, "mounts": mounts, "env": env,
-            "ports": ports, "ingress": ingress, "egress": egress, "user_scopes": user_scopes}
+            "ports": ports, "ingress": ingress, "egress": egress, "user_scopes": user_scopes,
+            "server_scopes": server_scopes}
 
 
 def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServiceSpec] | None = None) -> dict[str, Any]:
@@ -233,6 +239,10 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
     if user_role_scopes != ["self"]:
         load_roles["user"] = {"description": "every user: their own servers, plus the platform's services",
                               "scopes": user_role_scopes}
+    if sv["server_scopes"]:  # a notebook calls the platform's services with its own token
+        load_roles["server"] = {"description": "a notebook's own token: post activity, reach its server and the "
+                                               "platform's services",
+                                "scopes": list(dict.fromkeys([*SERVER_ROLE_DEFAULT_SCOPES, *sv["server_scopes"]]))}
     extra_files = {
         "aiinfn-hub-module": {"mountPath": f"{HUB_ETC}/aiinfn_hub.py", "stringData": hubconf_source("aiinfn_hub.py")},
         "aiinfn-site": {"mountPath": f"{HUB_ETC}/site.json", "data": site_data(cfg, services)},
