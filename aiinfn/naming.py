@@ -60,6 +60,8 @@ LABEL_USER = "aiinfn.infn.it/user"
 LABEL_PROJECT = "aiinfn.infn.it/project"
 LABEL_WORKLOAD = "aiinfn.infn.it/workload"  # "notebook" | "batch" | "bunshin"
 LABEL_OFFLOADABLE = "aiinfn.infn.it/offloadable"
+# On an Ingress whose TLS a site proxy terminates (aiinfn:hub.tls: upstream): names that proxy
+TLS_UPSTREAM_ANNOTATION = "aiinfn.infn.it/tls-terminated-upstream"
 
 # interLink virtual nodes
 VIRTUAL_NODE_TAINT = "virtual-node.interlink/no-schedule"

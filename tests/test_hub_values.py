@@ -308,7 +308,12 @@ def test_hub_can_be_disabled(tmp_path) -> None:
 
     from .stackdata import write_variant
 
-    path = write_variant(tmp_path, "recas", lambda c: c.update({"aiinfn:hub": {"enabled": False}}))
+    def no_hub(c) -> None:
+        c.update({"aiinfn:hub": {"enabled": False}})
+        # without the hub's ACME issuer, Grafana's TLS needs an issuer the site names (else a config error)
+        c.setdefault("aiinfn:monitoring", {}).setdefault("grafana", {})["clusterIssuer"] = "site-issuer"
+
+    path = write_variant(tmp_path, "recas", no_hub)
     r = run_program(str(path))
     assert not [x for x in helm_releases(r) if x.inputs.get("name") == "jupyterhub"]
     assert not [o for o in objects(r, "ClusterIssuer")]

@@ -174,6 +174,11 @@ def validate_site(cfg: SiteConfig) -> None:
         for i, g in enumerate(groups):
             if g not in known:
                 raise ConfigError(f"{path}.grafana.{key}[{i}]", f"group {g!r} is neither an IAM group nor a project group")
+    g = mon.grafana
+    if mon.enabled and g.enabled and g.cluster_issuer is None and cfg.hub.tls == "acme" and not cfg.hub.enabled:
+        raise ConfigError(f"{path}.grafana.clusterIssuer",
+                          "is required when aiinfn:hub is disabled (the ACME ClusterIssuer comes with the hub layer); "
+                          "name an existing ClusterIssuer or set aiinfn:hub.tls: upstream")
     interval_s = mon.accounting.interval_minutes * 60
     if mon.accounting.enabled and interval_s * 2 > mon.retention_seconds:
         raise ConfigError(f"{path}.accounting.intervalMinutes", "the accounting interval must fit twice in the retention")

@@ -40,6 +40,20 @@ NETWORK_ACCESS_HUB = "hub.jupyter.org/network-access-hub"
 SERVER_ROLE_DEFAULT_SCOPES = ["users:activity!user", "access:servers!server"]
 
 
+def ingress_tls(cfg: SiteConfig, host: str, secret_name: str,
+                cluster_issuer: str | None = None) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """(annotations, tls) of an Ingress on the site's TLS choice (aiinfn:hub.tls), shared by every layer.
+
+    ``acme``: cert-manager issues the certificate from ``cluster_issuer`` (default: the hub's ACME
+    ClusterIssuer, which the hub layer creates). ``upstream``: a site proxy terminates TLS; the Ingress
+    says so (the policy pack's ``ingress-tls`` rule accepts it) and carries no certificate.
+    """
+    if cfg.hub.tls == "upstream" and cluster_issuer is None:
+        return {naming.TLS_UPSTREAM_ANNOTATION: cfg.site.domain}, []
+    return ({"cert-manager.io/cluster-issuer": cluster_issuer or CLUSTER_ISSUER},
+            [{"hosts": [host], "secretName": secret_name}])
+
+
 def hubconf_source(name: str) -> str:
     return (HUBCONF_DIR / name).read_text(encoding="utf-8")
 
@@ -249,11 +263,7 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
         **sv["files"],
     }
     default_image = _image_ref(hub.images[0].image)
-    tls = []
-    annotations: dict[str, str] = {}
-    if hub.tls == "acme":
-        tls = [{"hosts": [host], "secretName": TLS_SECRET_NAME}]
-        annotations["cert-manager.io/cluster-issuer"] = CLUSTER_ISSUER
+    annotations, tls = ingress_tls(cfg, host, TLS_SECRET_NAME)
     # The cluster has no default StorageClass: the database goes on the storage layer's NFS class
     # (retained on delete, inside the backed-up export) unless the stack names another.
     db_pvc: dict[str, Any] = {"storage": f"{hub.db_size_gb}Gi", "accessModes": ["ReadWriteOnce"],

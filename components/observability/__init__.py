@@ -32,7 +32,7 @@ from aiinfn.naming import (
 from aiinfn.secrets import supplied_secret
 
 from ..context import SiteContext
-from ..hub.values import CLUSTER_ISSUER as HUB_CLUSTER_ISSUER
+from ..hub.values import ingress_tls
 from .promrules import dashboards, rule_files
 
 LAYER = "observability"
@@ -104,10 +104,9 @@ def helm_values(ctx: SiteContext) -> dict:
     grafana: dict = {"enabled": g.enabled}
     if g.enabled:
         ingress: dict = {"enabled": True, "ingressClassName": g.ingress_class, "hosts": [host], "path": "/"}
-        cluster_issuer = g.cluster_issuer or (HUB_CLUSTER_ISSUER if cfg.hub.enabled and cfg.hub.tls == "acme" else None)
-        if cluster_issuer:  # the hub's Let's Encrypt issuer unless the stack names another
-            ingress["annotations"] = {"cert-manager.io/cluster-issuer": cluster_issuer}
-            ingress["tls"] = [{"secretName": "grafana-tls", "hosts": [host]}]
+        # The site's TLS choice (aiinfn:hub.tls): the hub's ACME issuer unless the stack names another
+        # (config validation refuses acme without the hub layer), or a site proxy upstream.
+        ingress["annotations"], ingress["tls"] = ingress_tls(cfg, host, "grafana-tls", g.cluster_issuer)
         persistence: dict = {"enabled": True, "size": f"{g.storage_gb}Gi", "accessModes": ["ReadWriteOnce"]}
         if mon.storage_class:
             persistence["storageClassName"] = mon.storage_class
