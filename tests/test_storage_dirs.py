@@ -45,7 +45,7 @@ def test_rendered_layout_creates_private_homes_and_setgid_projects(tmp_path: Pat
     envs = root / "envs"
     assert (envs.stat().st_gid, mode(envs)) == (env_maintainers_gid(cfg), 0o2775)
     assert mode(root / "public") == 0o1777
-    assert mode(root / "homes") == 0o711 and mode(root / "projects") == 0o711
+    assert mode(root / "homes") == 0o1733 and mode(root / "projects") == 0o711  # homes: self-service, unlistable
     redis = root / ".system" / "juicefs-redis"
     assert (redis.stat().st_uid, mode(redis)) == (REDIS_UID, 0o700)
     # A new file in a project folder inherits the project's group (setgid), whoever writes it.

@@ -216,8 +216,10 @@ class StorageConfig:
     """Settings of the storage layer. Every field has a safe default so a minimal stack renders."""
 
     enabled: bool = True
-    users: list[str] = field(default_factory=list)  # user names that get a home (IAM preferred_username)
-    uid_overrides: dict[str, int] = field(default_factory=dict)  # user -> uid (to settle a collision)
+    # Homes are self-service (made on first spawn for anyone the hub admits); users listed here get
+    # theirs in advance, and their uids are collision-checked at validation (IAM preferred_username).
+    users: list[str] = field(default_factory=list)
+    uid_overrides: dict[str, int] = field(default_factory=dict)  # user (listed or not) -> uid, to settle a collision
     gid_overrides: dict[str, int] = field(default_factory=dict)  # IAM group -> gid (to settle a collision)
     nfs: NfsConfig = field(default_factory=NfsConfig)
     juicefs: JuicefsConfig = field(default_factory=JuicefsConfig)
@@ -232,6 +234,8 @@ class StorageConfig:
             if self.users.index(u) != i:
                 raise ConfigError(f"{path}.users[{i}]", f"user {u!r} is listed twice")
         for u, uid in self.uid_overrides.items():
+            if not USERNAME.match(u):
+                raise ConfigError(f"{path}.uidOverrides.{u}", f"{u!r} is not a POSIX user name (lower-case letters, digits, '.', '_', '-')")
             if not USER_ID_MIN <= uid < USER_ID_MIN + USER_ID_SPAN:
                 raise ConfigError(f"{path}.uidOverrides.{u}", f"uid {uid} is outside the user range "
                                                                f"[{USER_ID_MIN}, {USER_ID_MIN + USER_ID_SPAN})")
@@ -287,17 +291,17 @@ def backups_active(cfg: SiteConfig) -> bool:
 def validate_site(cfg: SiteConfig) -> None:
     st = cfg.storage
     path = "aiinfn:storage"
-    # uids: collisions among the users this stack knows
+    # uids: collisions among the users this stack knows (listed ones and pinned ones). Users who are
+    # neither get their home on first spawn; the hub refuses one whose uid is already taken.
     seen: dict[int, str] = {}
-    for i, u in enumerate(st.users):
+    named = [(f"{path}.users[{i}]", u) for i, u in enumerate(st.users)]
+    named += [(f"{path}.uidOverrides.{u}", u) for u in st.uid_overrides if u not in st.users]
+    for key, u in named:
         uid = user_uid(st, u)
         if uid in seen:
-            raise ConfigError(f"{path}.users[{i}]", f"uid {uid} of {u!r} collides with {seen[uid]!r}; "
-                                                     f"pin one in {path}.uidOverrides")
+            raise ConfigError(key, f"uid {uid} of {u!r} collides with {seen[uid]!r}; "
+                                   f"pin one in {path}.uidOverrides")
         seen[uid] = u
-    for u in st.uid_overrides:
-        if u not in st.users:
-            raise ConfigError(f"{path}.uidOverrides.{u}", f"{u!r} is not in {path}.users")
     # gids: project groups and the env-maintainers group
     groups: list[tuple[str, str]] = [(f"aiinfn:projects[{i}].group", p.group) for i, p in enumerate(cfg.projects)]
     groups.append((f"{path}.nfs.envMaintainersGroup", st.nfs.env_maintainers_group))

@@ -138,8 +138,10 @@ class Storage(pulumi.ComponentResource):
             (f"- NFS: server `{NFS_SERVER_DNS}` on the storage node, data at `{st.nfs.host_path}`; "
              f"claims `{PVC_HOMES}` (subPath <user>), `{PVC_PUBLIC}`, `{PVC_ENVS}` and `nfs-project-<name>` "
              f"in `{HUB_NAMESPACE}` and each project namespace"),
-            f"- homes for {len(st.users)} listed users (uid = private gid): "
-            + (", ".join(f"{u}={user_uid(st, u)}" for u in st.users) or "none listed"),
+            ("- homes: made on first spawn for anyone the hub admits (uid = private gid = 100000 + "
+             "sha256('user:<name>') mod 800000; `homes/` is root 1733, every entry kept <uid(name)> 0700); "
+             f"made in advance for {len(st.users)} listed users: "
+             + (", ".join(f"{u}={user_uid(st, u)}" for u in st.users) or "none")),
             "- project groups (gid, folder mode 2770): "
             + (", ".join(f"{p.name}={project_gid(cfg, p)}" for p in cfg.projects) or "none"),
             f"- envs writable by `{st.nfs.env_maintainers_group}` (gid {env_maintainers_gid(cfg)}), read-only for others",

@@ -46,15 +46,18 @@ def project_dir(name: str) -> str:
 def layout(cfg: SiteConfig) -> list[tuple[str, int, int, str]]:
     """(mode, uid, gid, path relative to the export root), parents first.
 
-    homes/ and projects/ are 0711 root: anyone may traverse to a folder they own, nobody may list
-    who else has one. A home is 0700 uid:uid. A project folder is root:<project gid> 2770 (setgid:
+    homes/ is 1733 root: anyone may create an entry (notebooks make their own home on first spawn,
+    from an init container running as the user), nobody may list or remove another's; the keeper
+    enforces uid(name) and 0700 on every entry (see prepare-dirs.sh). projects/ is 0711 root: anyone
+    may traverse to a folder they are allowed in, nobody may list who else has one. A home is 0700
+    uid:uid; the homes of ``storage.users`` are made in advance. A project folder is root:<project gid> 2770 (setgid:
     new files inherit the group). envs/ is root:<maintainers gid> 2775. public/ is 1777 (sticky:
     everyone writes, only the owner deletes).
     """
     st = cfg.storage
     rows: list[tuple[str, int, int, str]] = [
         ("0755", 0, 0, "."),
-        ("0711", 0, 0, HOMES),
+        ("1733", 0, 0, HOMES),
         ("0711", 0, 0, PROJECTS),
         ("1777", 0, 0, PUBLIC),
         ("2775", 0, env_maintainers_gid(cfg), ENVS),
@@ -70,9 +73,16 @@ def layout(cfg: SiteConfig) -> list[tuple[str, int, int, str]]:
     return rows
 
 
+def layout_directives(cfg: SiteConfig) -> list[str]:
+    """The homes root (every entry under it is a private home) and the pinned uids, for the keeper."""
+    return [f"@homes {HOMES}"] + [f"@uid {u} {uid}" for u, uid in sorted(cfg.storage.uid_overrides.items())]
+
+
 def layout_text(cfg: SiteConfig) -> str:
-    head = "# mode uid gid path (relative to the NFS export root); generated from the stack config\n"
-    return head + "".join(f"{m} {u} {g} {p}\n" for m, u, g, p in layout(cfg))
+    head = ("# mode uid gid path (relative to the NFS export root); generated from the stack config\n"
+            "# @homes PATH: the homes root; @uid NAME UID: a pinned uid (storage.uidOverrides)\n")
+    return head + "".join(f"{d}\n" for d in layout_directives(cfg)) + "".join(
+        f"{m} {u} {g} {p}\n" for m, u, g, p in layout(cfg))
 
 
 def client_networks(cfg: SiteConfig) -> list[str]:
