@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import SiteConfig
 
 KUEUE_CHART_VERSION = "0.19.2"  # chart `kueue` from oci://registry.k8s.io/kueue/charts, app v0.19.2
+# The most terminationGracePeriodSeconds batch pods may have: a notebook that preempts batch work waits
+# grace + 16 s (aiinfn.queues.notebook_wait_bound_seconds), and 240 + 16 s stays under zero-to-jupyterhub's
+# default spawn timeout (singleuser.startTimeout, 300 s). The config cap and the policy pack's
+# ``batch-pods-bounded-grace`` default (maxGraceSeconds) both read it from here.
+MAX_GRACE_SECONDS = 240
 
 
 @dataclass
@@ -56,7 +61,7 @@ class BatchConfig:
             raise ConfigError(f"{path}.kueueVersion", f"only Kueue {KUEUE_CHART_VERSION} is supported (its CRD schemas are "
                                                       f"pinned and checked), got {self.kueue_version!r}")
         bounds = {
-            "terminationGracePeriodSeconds": (self.termination_grace_period_seconds, 0, 600),
+            "terminationGracePeriodSeconds": (self.termination_grace_period_seconds, 0, MAX_GRACE_SECONDS),
             "backoffLimit": (self.backoff_limit, 0, 100),
             "ttlSecondsAfterFinished": (self.ttl_seconds_after_finished, 0, 30 * 86400),
             "reservedCpusPerNode": (self.reserved_cpus_per_node, 0, 64),

@@ -74,6 +74,9 @@ class HubConfig:
     cpu_guarantee: float = 1.0
     memory_guarantee_gb: int = 2
     allowances: list[GroupAllowance] = field(default_factory=list)
+    # How long a notebook may take to start (KubeSpawner start_timeout, z2jh singleuser.startTimeout). Must
+    # exceed the batch layer's notebook wait bound (a notebook that preempts batch work waits for it).
+    start_timeout_seconds: int = 900
     cull_timeout_seconds: int = 3600
     cull_every_seconds: int = 300
     named_servers: bool = True
@@ -108,6 +111,9 @@ class HubConfig:
         if not 0 < self.memory_guarantee_gb <= min(self.memory_choices_gb):
             raise ConfigError(f"{path}.memoryGuaranteeGb",
                               f"must be above 0 and at most the smallest memory choice ({min(self.memory_choices_gb)})")
+        if not 60 <= self.start_timeout_seconds <= 3600:
+            raise ConfigError(f"{path}.startTimeoutSeconds",
+                              f"must be between 60 and 3600 seconds, got {self.start_timeout_seconds}")
         if self.cull_timeout_seconds < 300:
             raise ConfigError(f"{path}.cullTimeoutSeconds", f"must be at least 300 seconds, got {self.cull_timeout_seconds}")
         if not 30 <= self.cull_every_seconds <= self.cull_timeout_seconds:
@@ -135,6 +141,16 @@ def validate_site(cfg: SiteConfig) -> None:
     if hub.enabled and hub.tls == "acme" and not cfg.site.contact_email:
         raise ConfigError("aiinfn:site.contactEmail", "is required for the hub's ACME (Let's Encrypt) certificate; "
                           "set it or use aiinfn:hub.tls: upstream")
+    if hub.enabled and cfg.batch.enabled:
+        from ..queues import notebook_wait_bound_seconds
+
+        wait = notebook_wait_bound_seconds(cfg)["total"]
+        if hub.start_timeout_seconds <= wait:
+            raise ConfigError(f"{path}.startTimeoutSeconds",
+                              f"{hub.start_timeout_seconds} s does not exceed the notebook wait bound of {wait} s "
+                              f"(aiinfn:batch.terminationGracePeriodSeconds "
+                              f"{cfg.batch.termination_grace_period_seconds} + {wait - cfg.batch.termination_grace_period_seconds} s): "
+                              "a notebook preempting batch work would time out")
     workers = [p for p in cfg.pools if p.role in ("cpu", "gpu") and p.count > 0]
     if hub.enabled and workers:
         biggest = max(p.cpus for p in workers)

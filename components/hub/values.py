@@ -337,7 +337,7 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
                 "automountServiceAccountToken": False,
             },
             "serviceAccountName": None,
-            "startTimeout": 900,
+            "startTimeout": hub.start_timeout_seconds,
             "defaultUrl": "/lab",
             "cmd": "jupyterhub-singleuser",
         },

@@ -8,6 +8,7 @@ from typing import Any
 from pulumi_policy import PolicyConfigSchema, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
 
 from aiinfn import naming
+from aiinfn.config.batch import MAX_GRACE_SECONDS
 
 from .common import (
     HELM_RELEASE,
@@ -29,8 +30,8 @@ from .common import (
 BATCH_CLASSES = {**naming.BATCH_PRIORITY_CLASSES, naming.BATCH_FIRE_CLASS: naming.BATCH_FIRE_PRIORITY}
 BATCH_WORKLOADS = ("batch", "bunshin")
 # A notebook that preempts batch work waits grace + ~16 s (docs/batch.md); 240 s keeps that under
-# zero-to-jupyterhub's default spawn timeout of 300 s.
-DEFAULT_MAX_GRACE_SECONDS = 240
+# zero-to-jupyterhub's default spawn timeout of 300 s. The same figure caps aiinfn:batch in the config.
+DEFAULT_MAX_GRACE_SECONDS = MAX_GRACE_SECONDS
 
 
 def _kubespawner_priority(values: Mapping[str, Any]) -> str | None:
