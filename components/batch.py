@@ -55,6 +55,14 @@ def batch_classes() -> dict[str, int]:
     return {**naming.BATCH_PRIORITY_CLASSES, naming.BATCH_FIRE_CLASS: naming.BATCH_FIRE_PRIORITY}
 
 
+def kueue_object(resource_name: str, kind: str, metadata: dict[str, Any], spec: dict[str, Any],
+                 opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+    """A Kueue object (Cohort, ResourceFlavor, ClusterQueue, LocalQueue) of the API version whose CRD schemas
+    this program is checked against; shared by the batch and offload layers."""
+    return k8s.apiextensions.CustomResource(resource_name, api_version=KUEUE_API, kind=kind, metadata=metadata,
+                                            spec=spec, opts=opts)
+
+
 def kueue_manager_config(cfg: SiteConfig) -> dict[str, Any]:
     """Kueue's Configuration (config.kueue.x-k8s.io/v1beta2), as the chart's managerConfig carries it."""
     b = cfg.batch
@@ -211,8 +219,8 @@ class Batch(pulumi.ComponentResource):
                 opts=ctx.k8s_opts(self, depends_on=crds))
 
         topo = self.topology
-        cohort = k8s.apiextensions.CustomResource(
-            "cohort", api_version=KUEUE_API, kind="Cohort",
+        cohort = kueue_object(
+            "cohort", "Cohort",
             metadata={"name": topo.cohort, "labels": labels},
             spec={"fairSharing": {"weight": 1}},
             opts=ctx.k8s_opts(self, depends_on=crds))
@@ -223,12 +231,12 @@ class Batch(pulumi.ComponentResource):
             spec: dict[str, Any] = {"nodeLabels": dict(f.node_labels)}
             if f.tolerations:
                 spec["tolerations"] = [dict(t) for t in f.tolerations]
-            self.flavors[f.name] = k8s.apiextensions.CustomResource(
-                f"flavor-{f.name}", api_version=KUEUE_API, kind="ResourceFlavor",
+            self.flavors[f.name] = kueue_object(
+                f"flavor-{f.name}", "ResourceFlavor",
                 metadata={"name": f.name, "labels": labels}, spec=spec,
                 opts=ctx.k8s_opts(self, depends_on=crds))
-        self.cluster_queue = k8s.apiextensions.CustomResource(
-            "clusterqueue", api_version=KUEUE_API, kind="ClusterQueue",
+        self.cluster_queue = kueue_object(
+            "clusterqueue", "ClusterQueue",
             metadata={"name": topo.cluster_queue, "labels": labels},
             spec=cluster_queue_spec(cfg, topo),
             opts=ctx.k8s_opts(self, depends_on=[*crds, cohort, *self.flavors.values()]))
@@ -238,8 +246,8 @@ class Batch(pulumi.ComponentResource):
             ns = naming.project_namespace(project)
             dep: list[pulumi.Resource] = [n for n in [(project_namespaces or {}).get(project.name)] if n is not None]
             plabels = ctx.labels(LAYER, **{naming.LABEL_PROJECT: project.name})
-            self.local_queues[project.name] = k8s.apiextensions.CustomResource(
-                f"localqueue-{project.name}", api_version=KUEUE_API, kind="LocalQueue",
+            self.local_queues[project.name] = kueue_object(
+                f"localqueue-{project.name}", "LocalQueue",
                 metadata={"name": topo.local_queue, "namespace": ns, "labels": plabels},
                 spec={"clusterQueue": topo.cluster_queue,
                       "fairSharing": {"weight": cfg.batch.project_weights.get(project.name, 1)}},

@@ -30,6 +30,7 @@ from aiinfn import catalogue, naming
 from aiinfn.config.offload import RemoteSite, remote_quotas
 from aiinfn.secrets import REQUESTED, supplied_secret
 
+from .batch import kueue_object
 from .context import SiteContext
 
 CHART_NAME = "interlink"  # interlink-hq/interlink-helm-chart, mirrored here as typed objects
@@ -38,7 +39,6 @@ CHART_REPO = "https://interlink-hq.github.io/interlink-helm-chart/"
 INTERLINK_VERSION = "0.6.0"
 VK_IMAGE = f"ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw:{INTERLINK_VERSION}"
 REFRESH_IMAGE = f"ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw-refresh:{INTERLINK_VERSION}"
-KUEUE_API = "kueue.x-k8s.io/v1beta2"
 TOKEN_DIR = "/opt/interlink"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
 CONFIG_FILE = "/etc/interlink/InterLinkConfig.yaml"
@@ -262,8 +262,8 @@ class Offload(pulumi.ComponentResource):
         flavor_name = naming.offload_flavor(site.name)
         cq_name = naming.offload_cluster_queue(site.name)
         labels = ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name})
-        flavor = k8s.apiextensions.CustomResource(
-            f"{site.name}-flavor", api_version=KUEUE_API, kind="ResourceFlavor",
+        flavor = kueue_object(
+            f"{site.name}-flavor", "ResourceFlavor",
             metadata={"name": flavor_name, "labels": labels},
             spec={"nodeLabels": flavor_node_labels(site),
                   "nodeTaints": [dict(VK_BUILTIN_TAINT)],
@@ -273,8 +273,8 @@ class Offload(pulumi.ComponentResource):
                   "tolerations": [{"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]},
             opts=ctx.k8s_opts(self))
         quotas = remote_quotas(site)
-        cq = k8s.apiextensions.CustomResource(
-            f"{site.name}-clusterqueue", api_version=KUEUE_API, kind="ClusterQueue",
+        cq = kueue_object(
+            f"{site.name}-clusterqueue", "ClusterQueue",
             metadata={"name": cq_name, "labels": labels},
             spec={
                 "cohortName": naming.cohort(cfg.site.name),
@@ -293,8 +293,8 @@ class Offload(pulumi.ComponentResource):
         self.cluster_queues[site.name] = cq
         for project in cfg.projects:
             ns = naming.project_namespace(project)
-            k8s.apiextensions.CustomResource(
-                f"{site.name}-localqueue-{project.name}", api_version=KUEUE_API, kind="LocalQueue",
+            kueue_object(
+                f"{site.name}-localqueue-{project.name}", "LocalQueue",
                 metadata={"name": cq_name, "namespace": ns, "labels": labels},
                 spec={"clusterQueue": cq_name},
                 opts=ctx.k8s_opts(self, depends_on=[cq]))
