@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if handler is None:
             handler = importlib.import_module(args.module).run
         return handler(args)
-    except Exception as err:  # noqa: BLE001 - bad input must never end in a traceback
+    except Exception as err:
         cfg_err = _find_config_error(err)
         if cfg_err is None:
             raise

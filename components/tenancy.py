@@ -7,8 +7,8 @@ alone; everything else is open only between the tenancy's own machines.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pulumi
 import pulumi_openstack as openstack

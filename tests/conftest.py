@@ -9,13 +9,13 @@ import pytest
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from aiinfn.engine.run import Rendered, run_program  # noqa: E402
-from aiinfn.engine.stackfile import available_stacks  # noqa: E402
+from aiinfn.engine.run import Rendered, run_program
+from aiinfn.engine.stackfile import available_stacks
 
 STACKS = available_stacks()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rendered_stack(stack: str) -> Rendered:
     return run_program(stack)
 

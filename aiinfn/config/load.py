@@ -7,12 +7,11 @@ same plain data here, so both paths share one parser and one set of error messag
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any
 
 from .errors import ConfigError
 from .model import SiteConfig
-from .schema import camel, parse
+from .schema import camel, parse, type_hints
 from .validate import validate_site
 
 NAMESPACE = "aiinfn"
@@ -36,7 +35,7 @@ def site_config_from_data(data: dict[str, Any]) -> SiteConfig:
     for key in data:
         if key not in SECTION_KEYS and not is_secret_key(key):
             raise ConfigError(f"{NAMESPACE}:{key}", f"unknown key (expected one of: {', '.join(SECTION_KEYS)})")
-    hints = typing.get_type_hints(SiteConfig)
+    hints = type_hints(SiteConfig)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(SiteConfig):
         key = camel(f.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import functools
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -121,7 +122,7 @@ def parse(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(path, f"expected a list, got {_describe(value)}")
         return [parse(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
-        key_tp, val_tp = get_args(tp)
+        _key_tp, val_tp = get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {_describe(value)}")
         out = {}
@@ -135,13 +136,24 @@ def parse(tp: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # a programming error, not a user one
 
 
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """Resolved field types of a config dataclass (resolving them is the slow part of parsing)."""
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _fields_by_key(cls: type) -> dict[str, dataclasses.Field]:
+    return {camel(f.name): f for f in dataclasses.fields(cls) if f.init}
+
+
 def parse_dataclass(cls: type[T], value: Any, path: str) -> T:
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise ConfigError(path, f"expected a mapping, got {_describe(value)}")
-    hints = typing.get_type_hints(cls)
-    fields = {camel(f.name): f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    hints = type_hints(cls)
+    fields = _fields_by_key(cls)
     unknown = [k for k in value if k not in fields]
     if unknown:
         raise ConfigError(

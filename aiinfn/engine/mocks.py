@@ -10,8 +10,8 @@ from google.protobuf import json_format
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
-SECRET_SIG = rpc._special_secret_sig  # noqa: SLF001 - the SDK's own wire marker
-SIG_KEY = rpc._special_sig_key  # noqa: SLF001
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
 
 
 def deploy_time(what: str) -> str:
@@ -98,7 +98,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
 class RecordingMonitor(MockMonitor):
     """Keeps the resource options the plain mocks drop (protect, retainOnDelete, parent)."""
 
-    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+    def RegisterResource(self, request):
         if request.type != "pulumi:pulumi:Stack":
             self.mocks.pending[(request.type, request.name)] = {
                 "urn": self.make_urn(request.parent, request.type, request.name),

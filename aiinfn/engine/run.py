@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, SiteConfig, site_config_from_data
+from ..config import SiteConfig, site_config_from_data
 from . import stackfile
 from .mocks import Recorded, RecordingMocks, RecordingMonitor, is_secret, secret
 
@@ -63,8 +63,6 @@ def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rend
         pulumi_settings.SETTINGS.rpc_manager.clear()
         pulumi_settings.SETTINGS.outputs.clear()
         _sync_await(run_pulumi_func(program))
-    except ConfigError:
-        raise
     finally:
         secrets.OFFLINE = False
     site = holder["site"]
@@ -78,7 +76,7 @@ def _skip_source_positions() -> None:
     from pulumi.runtime import resource as runtime_resource
     from pulumi.runtime.proto import source_pb2
 
-    runtime_resource._get_stack_trace = lambda: source_pb2.StackTrace()  # noqa: SLF001
+    runtime_resource._get_stack_trace = lambda: source_pb2.StackTrace()
 
 
 def plain(value: Any) -> Any:
