@@ -13,12 +13,17 @@ GenericOAuthenticator handlers: /hub/oauth_login, the state cookie, /hub/oauth_c
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
+import itertools
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +43,8 @@ from aiinfn.engine.run import Rendered, run_program
 IAM_SECRET = "iam-Cl1ent-S3cret-for-the-hub-test"  # stands in for the decrypted stack secret
 ADMIN_TOKEN = secrets.token_hex(16)
 SUPPORT = Path(__file__).resolve().parent / "hub_support"
+SCRIPTS = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts"
+KEEPER, MAKE_HOME = SCRIPTS / "prepare-dirs.sh", SCRIPTS / "make-home.sh"
 
 # What INDIGO IAM's userinfo endpoint answers for each test user (code -> claims). Groups come in
 # both forms IAM uses: ``groups`` (names) and ``wlcg.groups`` (paths with a leading '/').
@@ -50,7 +57,9 @@ USERS: dict[str, dict[str, Any]] = {
     "mbarbetti": {"sub": "d5", "preferred_username": "mbarbetti",
                   "groups": ["ai-infn/users", "ai-infn/env-maintainers"]},
     "fgiacomini": {"sub": "f7", "preferred_username": "fgiacomini", "groups": ["ai-infn/users", "ai-infn/virgo-gw"]},
-    "eve": {"sub": "e6", "preferred_username": "eve", "groups": ["ai-infn/users"]},  # no home on the site
+    "eve": {"sub": "e6", "preferred_username": "eve", "groups": ["ai-infn/users"]},  # not in storage.users
+    "participant07": {"sub": "p7", "preferred_username": "participant07",
+                      "wlcg.groups": ["/ai-infn/hackathon-padova-2026"]},
     "mallory": {"sub": "m4", "preferred_username": "mallory", "groups": ["other-vo/users"],
                 "wlcg.groups": ["/other-vo"]},
 }
@@ -149,7 +158,21 @@ def hub_values(cnaf_with_secret: Rendered) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def hub(hub_values: dict[str, Any], cnaf_with_secret: Rendered,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    work = tmp_path_factory.mktemp("hub")
+    with running_hub(hub_values, cnaf_with_secret, tmp_path_factory.mktemp("hub")) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def hackathon_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """hackathon-padova's hub: 30 participants, none listed in aiinfn:storage.users."""
+    rendered = run_program("hackathon-padova", secret_values={"iamClientSecret": IAM_SECRET})
+    values = next(r for r in helm_releases(rendered) if r.inputs.get("name") == "jupyterhub").inputs["values"]
+    with running_hub(values, rendered, tmp_path_factory.mktemp("hackathon-hub")) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def running_hub(hub_values: dict[str, Any], rendered: Rendered, work: Path) -> Iterator[dict[str, Any]]:
     etc = work / "etc"
     records = work / "records"
     etc.mkdir()
@@ -199,7 +222,7 @@ def hub(hub_values: dict[str, Any], cnaf_with_secret: Rendered,
             if time.monotonic() > deadline:
                 raise AssertionError("JupyterHub did not start:\n" + (work / "hub.log").read_text()[-4000:])
             time.sleep(0.3)
-        yield {"base": base, "records": records, "work": work, "values": hub_values, "cfg": cnaf_with_secret.cfg}
+        yield {"base": base, "records": records, "work": work, "values": hub_values, "cfg": rendered.cfg}
     finally:
         proc.terminate()
         try:
@@ -364,7 +387,7 @@ def test_group_allowance_in_the_real_hub(hub: dict[str, Any]) -> None:
     assert rec is None and status >= 400
 
 
-def test_ids_env_maintainer_and_missing_home(hub: dict[str, Any]) -> None:
+def test_ids_env_maintainer_and_unlisted_user(hub: dict[str, Any]) -> None:
     from aiinfn.config.storage import env_maintainers_gid, project_gid, user_uid
 
     cfg = hub["cfg"]
@@ -378,9 +401,116 @@ def test_ids_env_maintainer_and_missing_home(hub: dict[str, Any]) -> None:
     arizzi = json.loads((hub["records"] / "arizzi.json").read_text())
     assert arizzi["uid"] == user_uid(cfg.storage, "arizzi")
     assert arizzi["supplemental_gids"] == sorted([project_gid(cfg, "lhcb-flashsim"), 100])
+    # eve is in an allowed IAM group but not in aiinfn:storage.users: she spawns, and her pod makes her home
+    assert "eve" not in cfg.storage.users
     status, rec = spawn(hub, "eve", {"profile": "cpu"})
-    assert rec is None and status >= 400  # no home made for eve: refused before any pod
-    assert "has no home directory" in (hub["work"] / "hub.log").read_text()
+    assert rec is not None, status
+    check_home_init_container(rec, "eve", user_uid(cfg.storage, "eve"), cfg)
+    assert rec["uid"] == rec["gid"] == expected_uid("eve")
+    # listed users get the same init container (it finds the home made in advance and goes on)
+    check_home_init_container(arizzi, "arizzi", user_uid(cfg.storage, "arizzi"), cfg)
+
+
+def expected_uid(name: str) -> int:
+    """The documented scheme, independently of aiinfn.config.storage and of the hub-side code."""
+    return 100000 + int.from_bytes(hashlib.sha256(f"user:{name}".encode()).digest()[:8], "big") % 800000
+
+
+def check_home_init_container(rec: dict[str, Any], user: str, uid: int, cfg: Any) -> None:
+    (init,) = [c for c in rec["init_containers"] if c["name"] == "make-home"]
+    assert init["image"] == cfg.storage.nfs.helper_image
+    assert init["command"][:2] == ["sh", "-c"] and init["command"][3:] == ["make-home", "/home-root", user]
+    assert init["command"][2] == MAKE_HOME.read_text()  # the storage layer's script, as tested there
+    sc = init["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, uid) == (rec["uid"], rec["gid"])
+    assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # the whole homes share (no subPath), from the same claim as the notebook's home
+    assert init["volumeMounts"] == [{"name": "home", "mountPath": "/home-root"}]
+    assert claims(rec)["home"] == naming.PVC_HOMES
+    assert mounts(rec)[f"/home/{user}"] == {"name": "home", "mountPath": f"/home/{user}", "subPath": user}
+
+
+def colliding_name(uid: int, prefix: str) -> str:
+    """A name whose hash-derived uid is ``uid`` (searched: ~800000 tries on average)."""
+    for i in itertools.count():
+        if expected_uid(f"{prefix}{i}") == uid:
+            return f"{prefix}{i}"
+    raise AssertionError("unreachable")
+
+
+def colliding_pair(prefix: str) -> tuple[str, str]:
+    seen: dict[int, str] = {}
+    for i in itertools.count():
+        uid = expected_uid(f"{prefix}{i}")
+        if uid in seen:
+            return seen[uid], f"{prefix}{i}"
+        seen[uid] = f"{prefix}{i}"
+    raise AssertionError("unreachable")
+
+
+def test_a_uid_already_taken_is_refused(hub: dict[str, Any]) -> None:
+    """A newcomer whose hash-derived uid is a listed user's, or an earlier hub user's, never runs as it."""
+    from aiinfn.config.storage import user_uid
+
+    cfg = hub["cfg"]
+    log = hub["work"] / "hub.log"
+    squatter = colliding_name(user_uid(cfg.storage, "lanciotti"), "x")
+    USERS[squatter] = {"sub": squatter, "preferred_username": squatter, "groups": ["ai-infn/users"]}
+    assert login(hub, squatter).status_code == 302  # admitted by its IAM group ...
+    status, rec = spawn(hub, squatter, {"profile": "cpu"})
+    assert rec is None and status >= 400  # ... but refused before any pod
+    assert (f"{squatter} cannot start a notebook: uid {user_uid(cfg.storage, 'lanciotti')}, derived from the name, "
+            f"is already lanciotti's (listed in aiinfn:storage.users); an operator must pin another uid for "
+            f"{squatter} in aiinfn:storage.uidOverrides") in log.read_text()
+    # two unlisted users with one uid: whoever the hub knew first keeps it
+    first, second = colliding_pair("y")
+    for name in (first, second):
+        USERS[name] = {"sub": name, "preferred_username": name, "groups": ["ai-infn/users"]}
+        assert login(hub, name).status_code == 302
+    status, rec = spawn(hub, second, {"profile": "cpu"})
+    assert rec is None and status >= 400
+    assert f"is already {first}'s (a user of this hub since before)" in log.read_text()
+    status, rec = spawn(hub, first, {"profile": "cpu"})
+    assert rec is not None and rec["uid"] == expected_uid(first) == expected_uid(second), status
+
+
+def test_hackathon_participant_spawns_and_the_init_container_makes_the_home(hackathon_hub: dict[str, Any]) -> None:
+    """hackathon-padova lists no users: a participant spawns, and the recorded init container, run for
+    real as the recorded uid against a homes tree the storage keeper prepared, makes a private home."""
+    from aiinfn.config.storage import user_uid
+    from components.storage.nfs import layout_text
+
+    cfg = hackathon_hub["cfg"]
+    assert cfg.storage.users == []
+    assert login(hackathon_hub, "participant07").status_code == 302
+    assert login(hackathon_hub, "eve").status_code == 403  # not in the hackathon's IAM group
+    status, rec = spawn(hackathon_hub, "participant07", {"profile": "cpu"})
+    assert rec is not None, status
+    uid = user_uid(cfg.storage, "participant07")
+    assert uid == expected_uid("participant07")
+    check_home_init_container(rec, "participant07", uid, cfg)
+    assert "/home/shared/challenge" in mounts(rec)
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return
+    base = Path(tempfile.mkdtemp(prefix="aiinfn-hub-homes-"))
+    try:
+        os.chmod(base, 0o711)
+        (base / "exports").mkdir()
+        (base / "layout.txt").write_text(layout_text(cfg))
+        subprocess.run(["sh", str(KEEPER), str(base / "exports"), str(base / "layout.txt")], check=True,
+                       capture_output=True, timeout=60)
+        (init,) = [c for c in rec["init_containers"] if c["name"] == "make-home"]
+        homes = base / "exports" / "homes"
+        cmd = [str(homes) if a == "/home-root" else a for a in init["command"]]
+        sc = init["securityContext"]
+        proc = subprocess.run(["setpriv", f"--reuid={sc['runAsUser']}", f"--regid={sc['runAsGroup']}",
+                               "--clear-groups", *cmd], capture_output=True, text=True, timeout=30, check=False)
+        assert proc.returncode == 0, proc.stderr
+        st = (homes / "participant07").stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, uid, 0o700)
+    finally:
+        shutil.rmtree(base)
 
 
 def test_groups_reread_from_iam_before_each_spawn(hub: dict[str, Any]) -> None:

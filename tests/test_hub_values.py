@@ -372,3 +372,33 @@ def test_collaborative_switch() -> None:
                          args=["--YDocExtension.disable_rtc=True"])
     hubconf().pre_spawn_hook(site_data(on_cfg))(sp)
     assert sp.args == ["--YDocExtension.disable_rtc=False"]
+
+
+def test_uid_owner_order_and_refused_names() -> None:
+    """Pinned uids first, then listed users, then the hub's earlier users; non-POSIX names never spawn."""
+    from types import SimpleNamespace
+
+    from aiinfn.config.storage import user_uid
+
+    cfg = config_of("recas", lambda d: d["storage"].update(uidOverrides={"pinned": 555555}))
+    site = site_data(cfg)
+    mod = hubconf()
+    gvino = user_uid(cfg.storage, "gvino")
+    assert mod.uid_conflict(site, "gvino", gvino, None, []) is None
+    assert "is already gvino's (listed in aiinfn:storage.users)" in mod.uid_conflict(site, "new", gvino, None, [])
+    assert "is already pinned's (pinned in" in mod.uid_conflict(site, "new", 555555, "2026-01-01", [])
+    seen: dict[int, str] = {}
+    for i in range(100000):  # two names with one hash-derived uid (birthday search, ~1100 tries)
+        uid = user_uid(cfg.storage, f"u{i}")
+        if uid in seen:
+            old, new = seen[uid], f"u{i}"
+            break
+        seen[uid] = f"u{i}"
+    assert mod.uid_conflict(site, new, uid, None, [("someone", "2025-01-01")]) is None  # another uid
+    later = mod.uid_conflict(site, new, uid, "2026-01-02", [(old, "2026-01-01")])
+    assert f"is already {old}'s (a user of this hub since before)" in later
+    assert mod.uid_conflict(site, old, uid, "2026-01-01", [(new, "2026-01-02")]) is None
+    user = SimpleNamespace(name="Mario Rossi", groups=[])
+    sp = SimpleNamespace(user=user, user_options={}, extra_labels={}, environment={}, args=[])
+    with pytest.raises(mod.NoHomeError, match="POSIX user name"):
+        mod.pre_spawn_hook(site)(sp)

@@ -17,6 +17,7 @@ from aiinfn.hubservices import HubServiceSpec
 from aiinfn.nodes import pool_labels, tolerations_for
 from aiinfn.offerings import site_offerings
 
+from ..storage.common import script as storage_script
 from ..storage.scratch import slot_gi
 
 HUB_CHART = "jupyterhub"
@@ -160,9 +161,12 @@ def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> 
         "projects": [{"name": p.name, "group": p.group, "pvc": naming.pvc_project(p), "gid": project_gid(cfg, p)}
                      for p in cfg.projects],
         # uid = gid = user_min + sha256("user:<name>")[:8] mod user_span, as the storage layer owns homes
+        # listed users (homes made in advance) hold their uid before anyone the hub admits later
         "ids": {"user_min": USER_ID_MIN, "user_span": USER_ID_SPAN, "uid_overrides": dict(cfg.storage.uid_overrides),
+                "listed_users": list(cfg.storage.users),
                 "env_maintainers_gid": env_maintainers_gid(cfg), "image_gid": hub.image_gid},
-        "home_users": list(cfg.storage.users),  # the users the storage layer made a home for
+        # every admitted user's home is made on first spawn by this init container (running as the user)
+        "homes": {"image": cfg.storage.nfs.helper_image, "script": storage_script("make-home.sh")},
         "pvcs": {"homes": naming.PVC_HOMES, "public": naming.PVC_PUBLIC, "envs": naming.PVC_ENVS,
                  "cvmfs": naming.PVC_CVMFS},
         "scratch_storage_class": naming.STORAGECLASS_SCRATCH,

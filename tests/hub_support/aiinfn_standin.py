@@ -58,6 +58,7 @@ class KubeSpawner(Spawner):
     uid = Integer(None, allow_none=True, config=True)
     gid = Integer(None, allow_none=True, config=True)
     supplemental_gids = List(config=True)
+    init_containers = List(config=True)
 
     _http: httpserver.HTTPServer | None = None
 
@@ -120,6 +121,7 @@ class KubeSpawner(Spawner):
             "uid": self.uid,
             "gid": self.gid,
             "supplemental_gids": self.supplemental_gids,
+            "init_containers": self.init_containers,
             "args": list(self.args),
             "env": self.get_env(),
         }

@@ -15,6 +15,10 @@ from typing import Any
 
 SITE_FILE = "/usr/local/etc/jupyterhub/aiinfn/site.json"
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+# The user names the storage layer can give a home (its USERNAME rule, and make-home.sh's).
+_POSIX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+HOME_ROOT = "/home-root"  # where the init container sees the homes share (the notebook sees only its own)
+MAKE_HOME = "make-home"
 
 
 def load_site(path: str = SITE_FILE) -> dict[str, Any]:
@@ -198,7 +202,68 @@ def user_ids(site: dict[str, Any], username: str, groups: set[str]) -> tuple[int
 
 
 class NoHomeError(Exception):
-    """The storage layer made no home for this user: a clear refusal instead of a failing mount."""
+    """This user cannot have a home on this site: a clear refusal before any pod is made."""
+
+
+def uid_conflict(site: dict[str, Any], username: str, uid: int, created: Any,
+                 others: list[tuple[str, Any]]) -> str | None:
+    """Why ``username`` may not run as ``uid``, or None: someone else already holds that uid.
+
+    A uid belongs, in this order, to the user it is pinned for (``storage.uidOverrides``), to a user
+    listed in ``storage.users`` (both checked against each other at config validation), then to the
+    user the hub knew first (``others``: (name, created) of the hub's users). So a newcomer whose
+    hash-derived uid is taken is refused, and the home already made with that uid stays private.
+    """
+    ids = site["ids"]
+    pinned, listed = ids["uid_overrides"], ids["listed_users"]
+
+    def rank(name: str, when: Any) -> tuple[int, str, str]:
+        tier = 0 if name in pinned else 1 if name in listed else 2
+        return tier, "" if when is None else str(when), name
+
+    mine = rank(username, created)
+    claimants = {n: None for n in [*pinned, *listed]}
+    for name, when in others:
+        claimants.setdefault(name, when)
+    for name, when in claimants.items():
+        if name == username or user_ids(site, name, set())[0] != uid:
+            continue
+        if rank(name, when) < mine:
+            why = ("pinned in aiinfn:storage.uidOverrides" if name in pinned else
+                   "listed in aiinfn:storage.users" if name in listed else "a user of this hub since before")
+            return (f"{username} cannot start a notebook: uid {uid}, derived from the name, is already {name}'s "
+                    f"({why}); an operator must pin another uid for {username} in aiinfn:storage.uidOverrides")
+    return None
+
+
+def hub_users(spawner: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """(this user's creation time, [(name, created)] of every other user in the hub's database)."""
+    db = getattr(spawner.user, "db", None)
+    orm_user = getattr(spawner.user, "orm_user", None)
+    if db is None or orm_user is None:
+        return None, []
+    table = type(orm_user)  # jupyterhub.orm.User, reached without importing JupyterHub here
+    rows = db.query(table.name, table.created).filter(table.name != spawner.user.name).all()
+    return orm_user.created, [(n, c) for n, c in rows]
+
+
+def home_init_container(site: dict[str, Any], username: str, uid: int) -> dict[str, Any]:
+    """The init container that makes the user's home on first spawn (storage layer's make-home.sh).
+
+    It runs as the user, like the notebook (non-root, no capabilities, read-only root filesystem),
+    and sees the homes share at HOME_ROOT, where it can create its own entry but list nobody's.
+    """
+    homes = site["homes"]
+    return {
+        "name": MAKE_HOME,
+        "image": homes["image"],
+        "command": ["sh", "-c", homes["script"], MAKE_HOME, HOME_ROOT, username],
+        "securityContext": {"runAsUser": uid, "runAsGroup": uid, "runAsNonRoot": True,
+                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumeMounts": [{"name": "home", "mountPath": HOME_ROOT}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}},
+    }
 
 
 def pre_spawn_hook(site: dict[str, Any]):
@@ -207,10 +272,20 @@ def pre_spawn_hook(site: dict[str, Any]):
     def hook(spawner: Any) -> None:
         username = spawner.user.name
         groups = user_group_names(spawner)
-        if site["home_users"] and username not in site["home_users"]:
-            raise NoHomeError(f"{username} has no home directory on this site yet: ask the operators to add "
-                              "the user to aiinfn:storage.users")
-        spawner.uid, spawner.gid, spawner.supplemental_gids = user_ids(site, username, groups)
+        if not _POSIX_NAME.match(username):
+            raise NoHomeError(f"{username!r} cannot have a home on this site: the storage layer needs a POSIX user "
+                              "name (lower-case letters, digits, '.', '_', '-')")
+        uid, gid, extra_gids = user_ids(site, username, groups)
+        created, others = hub_users(spawner)
+        conflict = uid_conflict(site, username, uid, created, others)
+        if conflict:
+            raise NoHomeError(conflict)
+        spawner.uid, spawner.gid, spawner.supplemental_gids = uid, gid, extra_gids
+        # Anyone the hub admits gets a private home on first spawn, made by an init container
+        # running as the user (a home squatted by another uid fails the spawn until the storage
+        # keeper hands it back).
+        spawner.init_containers = [c for c in getattr(spawner, "init_containers", None) or []
+                                   if c.get("name") != MAKE_HOME] + [home_init_container(site, username, uid)]
         slug = (spawner.user_options or {}).get("profile")
         volumes, mounts = notebook_storage(site, username, groups, slug)
         spawner.volumes = volumes
