@@ -40,6 +40,8 @@ from aiinfn import naming
 from aiinfn.engine.output import helm_releases, write
 from aiinfn.engine.run import Rendered, run_program
 
+from .schemas import validate_object
+
 IAM_SECRET = "iam-Cl1ent-S3cret-for-the-hub-test"  # stands in for the decrypted stack secret
 ADMIN_TOKEN = secrets.token_hex(16)
 SUPPORT = Path(__file__).resolve().parent / "hub_support"
@@ -429,6 +431,11 @@ def check_home_init_container(rec: dict[str, Any], user: str, uid: int, cfg: Any
     assert init["volumeMounts"] == [{"name": "home", "mountPath": "/home-root"}]
     assert claims(rec)["home"] == naming.PVC_HOMES
     assert mounts(rec)[f"/home/{user}"] == {"name": "home", "mountPath": f"/home/{user}", "subPath": user}
+    # a valid container for the Kubernetes 1.33 API (strict: no unknown field)
+    home = next(v for v in rec["volumes"] if v["name"] == "home")
+    validate_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "jupyter-x"},
+                     "spec": {"initContainers": [init], "containers": [{"name": "notebook", "image": rec["image"]}],
+                              "volumes": [home]}})
 
 
 def colliding_name(uid: int, prefix: str) -> str:
