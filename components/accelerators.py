@@ -153,16 +153,9 @@ class Accelerators(pulumi.ComponentResource):
         self.fpga_plugin: k8s.apps.v1.DaemonSet | None = None
         labels = ctx.labels("accelerators")
         if cfg.accelerators.enabled and cfg.gpu_pools:
-            self.namespace = k8s.core.v1.Namespace(
-                "ns-gpu-operator",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=GPU_OPERATOR_NAMESPACE, labels={
-                    **labels,
-                    # driver, toolkit and device plugin are privileged host agents
-                    "pod-security.kubernetes.io/enforce": "privileged",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                }),
-                opts=ctx.k8s_opts(self),
-            )
+            # driver, toolkit and device plugin are privileged host agents
+            self.namespace = ctx.namespace(self, "ns-gpu-operator", GPU_OPERATOR_NAMESPACE, "accelerators",
+                                           enforce="privileged")
             self.mig_config = k8s.core.v1.ConfigMap(
                 "mig-parted-config",
                 metadata=k8s.meta.v1.ObjectMetaArgs(name=MIG_CONFIGMAP, namespace=GPU_OPERATOR_NAMESPACE, labels=labels),

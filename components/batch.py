@@ -181,13 +181,7 @@ class Batch(pulumi.ComponentResource):
             self.register_outputs({})
             return
         labels = ctx.labels(LAYER)
-        self.namespace = k8s.core.v1.Namespace(
-            "ns-kueue",
-            metadata={"name": naming.KUEUE_NAMESPACE, "labels": {
-                **labels,
-                "pod-security.kubernetes.io/enforce": "restricted",
-                "pod-security.kubernetes.io/enforce-version": "latest"}},
-            opts=ctx.k8s_opts(self))
+        self.namespace = ctx.namespace(self, "ns-kueue", naming.KUEUE_NAMESPACE, LAYER, enforce="restricted")
         self.release = k8s.helm.v3.Release(
             "kueue",
             name="kueue",

@@ -15,6 +15,14 @@ LABEL_SITE_KIND = "aiinfn.infn.it/site-kind"
 LABEL_LAYER = "aiinfn.infn.it/layer"
 
 
+def pod_security_labels(enforce: str, warn: str | None = None) -> dict[str, str]:
+    labels = {"pod-security.kubernetes.io/enforce": enforce, "pod-security.kubernetes.io/enforce-version": "latest"}
+    if warn:
+        labels["pod-security.kubernetes.io/warn"] = warn
+        labels["pod-security.kubernetes.io/audit"] = warn
+    return labels
+
+
 @dataclass
 class SiteContext:
     cfg: SiteConfig
@@ -41,6 +49,17 @@ class SiteContext:
         }
         out.update(extra)
         return out
+
+    def namespace(self, parent: pulumi.Resource, resource_name: str, name: str, layer: str, *, enforce: str,
+                  warn: str | None = None, extra_labels: dict[str, str] | None = None) -> k8s.core.v1.Namespace:
+        """A namespace with the Pod Security level its pods need (``enforce``) and, when the level is
+        looser than wanted, the stricter one warned and audited."""
+        return k8s.core.v1.Namespace(
+            resource_name,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels={
+                **self.labels(layer), **(extra_labels or {}), **pod_security_labels(enforce, warn)}),
+            opts=self.k8s_opts(parent),
+        )
 
     def add_summary(self, layer: str, lines: list[str]) -> None:
         self.summary.setdefault(layer, []).extend(lines)

@@ -137,17 +137,8 @@ class Offload(pulumi.ComponentResource):
         self.shipped_secrets: dict[str, list[k8s.core.v1.Secret]] = {}
         self.namespace = None
         if self.sites:
-            self.namespace = k8s.core.v1.Namespace(
-                "ns-offload",
-                metadata={"name": naming.OFFLOAD_NAMESPACE, "labels": {
-                    **ctx.labels(LAYER),
-                    "pod-security.kubernetes.io/enforce": "baseline",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                    "pod-security.kubernetes.io/warn": "restricted",
-                    "pod-security.kubernetes.io/audit": "restricted",
-                }},
-                opts=ctx.k8s_opts(self),
-            )
+            self.namespace = ctx.namespace(self, "ns-offload", naming.OFFLOAD_NAMESPACE, LAYER,
+                                           enforce="baseline", warn="restricted")
         for site in self.sites:
             self._virtual_node(site)
             self._kueue(site)

@@ -66,17 +66,7 @@ class PlatformBase(pulumi.ComponentResource):
         The baseline level is enforced (notebook images need to set their user) and restricted is
         warned and audited; layers add the NetworkPolicies their traffic needs.
         """
-        ns = k8s.core.v1.Namespace(
-            resource_name,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels={
-                **ctx.labels("platform"), **(extra or {}),
-                "pod-security.kubernetes.io/enforce": enforce,
-                "pod-security.kubernetes.io/enforce-version": "latest",
-                "pod-security.kubernetes.io/warn": "restricted",
-                "pod-security.kubernetes.io/audit": "restricted",
-            }),
-            opts=ctx.k8s_opts(self),
-        )
+        ns = ctx.namespace(self, resource_name, name, "platform", enforce=enforce, warn="restricted", extra_labels=extra)
         k8s.networking.v1.NetworkPolicy(
             f"{resource_name}-default-deny",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="default-deny", namespace=name, labels=ctx.labels("platform")),

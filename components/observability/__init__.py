@@ -192,17 +192,9 @@ class Observability(pulumi.ComponentResource):
             self.register_outputs({})
             return
         labels = ctx.labels(LAYER)
-        self.namespace = k8s.core.v1.Namespace(
-            "ns-monitoring",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=MONITORING_NAMESPACE, labels={
-                **labels,
-                # node-exporter needs the host's network, PID namespace and root file system
-                "pod-security.kubernetes.io/enforce": "privileged",
-                "pod-security.kubernetes.io/warn": "baseline",
-                "pod-security.kubernetes.io/audit": "baseline",
-            }),
-            opts=ctx.k8s_opts(self),
-        )
+        # node-exporter needs the host's network, PID namespace and root file system
+        self.namespace = ctx.namespace(self, "ns-monitoring", MONITORING_NAMESPACE, LAYER,
+                                       enforce="privileged", warn="baseline")
         ns_opts = ctx.k8s_opts(self, depends_on=[self.namespace])
         secret_deps: list[pulumi.Resource] = []
         if mon.grafana.enabled:

@@ -51,17 +51,7 @@ class Storage(pulumi.ComponentResource):
             self.register_outputs({})
             return
         # Privileged: the kernel NFS server, the backup job and the scratch helper use host paths.
-        self.namespace = k8s.core.v1.Namespace(
-            "ns-storage",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=STORAGE_NAMESPACE, labels={
-                **ctx.labels(LAYER),
-                "pod-security.kubernetes.io/enforce": "privileged",
-                "pod-security.kubernetes.io/enforce-version": "latest",
-                "pod-security.kubernetes.io/warn": "baseline",
-                "pod-security.kubernetes.io/audit": "baseline",
-            }),
-            opts=ctx.k8s_opts(self),
-        )
+        self.namespace = ctx.namespace(self, "ns-storage", STORAGE_NAMESPACE, LAYER, enforce="privileged", warn="baseline")
         k8s.networking.v1.NetworkPolicy(
             "storage-default-deny",
             metadata=meta(ctx, "default-deny-ingress"),
