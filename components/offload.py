@@ -20,7 +20,7 @@ For each remote site of ``aiinfn:offload``:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -32,6 +32,9 @@ from aiinfn.secrets import REQUESTED, supplied_secret
 
 from .batch import kueue_object
 from .context import SiteContext
+
+if TYPE_CHECKING:
+    from aiinfn.config.model import SiteConfig
 
 CHART_NAME = "interlink"  # interlink-hq/interlink-helm-chart, mirrored here as typed objects
 CHART_VERSION = "0.6.0"
@@ -99,6 +102,94 @@ def vk_config(site: RemoteSite, namespace: str = naming.OFFLOAD_NAMESPACE) -> di
         "NodeLabels": [f"{k}={v}" for k, v in node_labels(site).items()],
         "NodeTaints": [],  # the no-schedule taint is added by the kubelet itself (VK_BUILTIN_TAINT)
         "Network": {"EnableTunnel": False},
+    }
+
+
+# What the chart's Deployment gives its containers (values ``virtualNode.containerResources`` and
+# ``OAUTH.resources``); our Deployment uses the same figures (see _virtual_node).
+VK_CONTAINER_RESOURCES = {"CPU": {"request": "100m", "limit": "500m"}, "memory": {"request": "128Mi", "limit": "512Mi"}}
+REFRESH_CONTAINER_RESOURCES = {"CPU": {"request": "100m", "limit": "200m"}, "memory": {"request": "300Mi", "limit": "500Mi"}}
+INTERLINK_IMAGE = f"ghcr.io/interlink-hq/interlink/interlink:{INTERLINK_VERSION}"
+
+
+def _k8s_resources(chart_resources: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    """The chart's ``{CPU, memory} x {request, limit}`` shape as a container's ``resources``."""
+    names = {"CPU": "cpu", "memory": "memory"}
+    return {kind: {names[r]: v[key] for r, v in chart_resources.items()}
+            for kind, key in (("requests", "request"), ("limits", "limit"))}
+
+
+def chart_values(site_cfg: SiteConfig, remote: RemoteSite) -> dict[str, Any]:
+    """The interLink Helm chart values (chart appVersion 0.6.0) that configure the same virtual node
+    as the manifests this layer renders for ``remote`` — for an operator who prefers the chart.
+
+    Not rendered anywhere: the platform deploys the typed manifests (module docstring). Keys are
+    those the chart's ``values.yaml`` declares and its templates read (``nodeName``,
+    ``interlink.address``/``port``, ``virtualNode.resources.{CPUs,memGiB,pods,accelerators}``,
+    ``virtualNode.nodeLabels``/``nodeTaints``, ``virtualNode.image``, ``OAUTH.*``), plus
+    ``virtualNode.name``: the chart's ``values.schema.json`` declares the node name there (a DNS
+    label, ``^[a-z0-9]([-a-z0-9]*[a-z0-9])?$``) while the templates read ``nodeName``; both carry
+    the same name so the schema's check applies to the name the templates use. Only the merge of
+    these values with the chart defaults is valid: ``interlink.socket`` (required by the schema's
+    ``oneOf``) comes from the defaults. The mapping table is in docs/offload.md.
+
+    What the chart cannot reproduce, and is deliberately left out:
+
+    - Secrets. ``OAUTH.ClientSecret`` and ``OAUTH.RefreshToken`` are not set (the chart defaults
+      them to ``DUMMY``): the chart passes them to its refresh sidecar as plain env values, which is
+      why the platform keeps them in the ``interlink-<remote>-auth`` Secret and reads them with
+      ``secretKeyRef``. An operator switching to the chart must supply them at install time.
+    - The schema's ``interlink.oauth`` object: it *requires* ``clientSecret`` (a secret value), no
+      template of the chart reads it, and next to the default ``interlink.socket: ""`` the schema's
+      ``oneOf`` (socket xor oauth) refuses it. OAuth is configured through ``OAUTH.*`` instead.
+    - Bearer tokens. With ``OAUTH.enabled: false`` the chart writes ``VKTokenFile: /dev/null``;
+      it has no value to mount a token Secret as ``/opt/interlink/token`` as our Deployment does.
+      A bearer-token remote under the chart would reach its interLink API without a token.
+    - ``interlink.logging.verboseLogging: false`` is given, but the chart renders it with
+      ``| default true``, which turns ``false`` into ``true`` (our config says ``false``).
+
+    ``site_cfg`` is the site whose ``aiinfn:offload.sites`` lists ``remote`` (checked).
+    """
+    if not any(s is remote or s.name == remote.name for s in site_cfg.offload.sites):
+        raise ValueError(f"{remote.name!r} is not a remote site of {site_cfg.site.name!r} (aiinfn:offload.sites)")
+    node = naming.virtual_node_name(remote.name)
+    res = remote.resources
+    oauth = remote.auth.oauth
+    oauth_values: dict[str, Any] = {"enabled": oauth is not None, "image": REFRESH_IMAGE,
+                                    "resources": REFRESH_CONTAINER_RESOURCES}
+    if oauth is not None:  # no ClientSecret / RefreshToken: see the docstring
+        oauth_values.update({"TokenURL": oauth.token_url, "ClientID": oauth.client_id,
+                             "GrantType": oauth.grant_type, "Audience": oauth.audience})
+    return {
+        "nodeName": node,
+        "virtualNode": {
+            "name": node,
+            "image": VK_IMAGE,
+            "resources": {
+                "CPUs": res.cpu,
+                "memGiB": res.memory_gb,
+                "pods": res.pods,
+                "accelerators": [{"resourceType": catalogue.GPU_RESOURCE, "model": a.model, "available": a.count}
+                                 for a in res.accelerators],
+            },
+            "HTTP": {"insecure": False, "CACert": ""},
+            "kubeletHTTP": {"insecure": True},
+            "nodeLabels": [f"{k}={v}" for k, v in node_labels(remote).items()],
+            "nodeTaints": [],  # the kubelet adds virtual-node.interlink/no-schedule itself (VK_BUILTIN_TAINT)
+            "containerResources": VK_CONTAINER_RESOURCES,
+            "network": {"enableTunnel": False},
+        },
+        "interlink": {
+            "enabled": False,  # the interLink API server runs at the remote site, not here
+            "image": INTERLINK_IMAGE,
+            "address": remote.endpoint,
+            "port": remote.port,
+            "exportPodData": True,
+            "logging": {"verboseLogging": False, "errorsOnlyLogging": False},
+        },
+        "OAUTH": oauth_values,
+        "plugin": {"enabled": False},  # the plugin runs at the remote site
+        "sshBastion": {"enabled": False},
     }
 
 
@@ -210,7 +301,7 @@ class Offload(pulumi.ComponentResource):
             containers.append({
                 "name": "refresh-token", "image": REFRESH_IMAGE, "imagePullPolicy": "IfNotPresent",
                 "command": ["python3", "/opt/refresh.py"], "env": env,
-                "resources": {"requests": {"cpu": "100m", "memory": "300Mi"}, "limits": {"cpu": "200m", "memory": "500Mi"}},
+                "resources": _k8s_resources(REFRESH_CONTAINER_RESOURCES),
                 "volumeMounts": [{"name": "token", "mountPath": TOKEN_DIR}],
                 "securityContext": _SECURE,
             })
@@ -223,7 +314,7 @@ class Offload(pulumi.ComponentResource):
                 {"name": "CONFIGPATH", "value": CONFIG_FILE},
             ],
             "ports": [{"name": "kubelet", "containerPort": 10250}],
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+            "resources": _k8s_resources(VK_CONTAINER_RESOURCES),
             "volumeMounts": vk_mounts,
             "securityContext": _SECURE,
         })
