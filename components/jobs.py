@@ -26,6 +26,7 @@ from aiinfn.mig import gpu_slices
 from aiinfn.offerings import site_offerings
 
 from .context import SiteContext
+from .hub.values import site_data as hub_site_data
 
 SERVICE_NAME = "jobs"
 SERVICE_PORT = 10101
@@ -121,7 +122,9 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
     default_class = getattr(b, "default_priority_class", naming.DEFAULT_BATCH_CLASS)
     hub = cfg.hub
     images = [getattr(i, "image", i) for i in getattr(hub, "images", [])] or [FALLBACK_IMAGE]
-    uid, gid = getattr(hub, "uid", 1000), getattr(hub, "gid", 100)
+    # Who a job runs as is the owner's notebook identity, computed per user by the hub's own module from
+    # the hub's own site data (the same dict the hub writes to site.json): only the keys it reads.
+    hub_site = hub_site_data(cfg)
     return {
         "site": cfg.site.name,
         "hubNamespace": naming.HUB_NAMESPACE,
@@ -147,8 +150,10 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
                    "juicefs": "/juicefs", "project": "/home/shared/{project}"},
         "images": images,
         "offloadSites": [s.name for s in getattr(cfg.offload, "sites", [])] if getattr(cfg.offload, "enabled", True) else [],
-        "podSecurityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": gid, "runAsNonRoot": uid != 0,
-                               "seccompProfile": {"type": "RuntimeDefault"}},
+        # no fsGroup, as notebooks: the NFS shares keep their owners; runAsUser/runAsGroup/supplementalGroups
+        # are the caller's (aiinfn/jobservice/identity.py)
+        "podSecurityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "hubSite": {k: hub_site[k] for k in ("ids", "homes", "projects", "env_maintainer_groups")},
         "notebookContainer": "notebook",
         "notebookSelector": "component=singleuser-server",
         "limits": {"defaultTtlSeconds": getattr(b, "ttl_seconds_after_finished", 3600)},
@@ -170,7 +175,8 @@ def service_spec(cfg: SiteConfig) -> HubServiceSpec:
         secret_volumes={TOKEN_DIR: TOKEN_SECRET},
         oauth_client_allowed_scopes=[],  # the service only needs to identify its callers
         user_scopes=["access:services!service={name}"],
-        service_scopes=["read:users:name", "read:users:groups", "read:servers"],
+        # list:users + read:users: who the hub's users are and since when, for its uid ownership rule (identity.py)
+        service_scopes=["list:users", "read:users", "read:users:name", "read:users:groups", "read:servers"],
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 from typing import Any
 
 from aiinfn.engine.run import load_config
@@ -21,15 +22,28 @@ def site_settings(stack: str) -> Settings:
     return Settings.from_dict(copy.deepcopy(settings_dict(stack)))
 
 
+def hash_uid(user: str) -> int:
+    """The storage layer's documented scheme, computed here by hand: 100000 + sha256("user:<name>")[:8] mod 800000."""
+    return 100_000 + int.from_bytes(hashlib.sha256(f"user:{user}".encode()).digest()[:8], "big") % 800_000
+
+
 def notebook_pod(user: str = "mrossi", projects: tuple[str, ...] = ("cms-tracking", "atlas-anomaly"),
                  server_name: str = "", phase: str = "Running", image: str = "quay.io/jupyter/pytorch-notebook:cuda12-2026-08-24",
-                 gpu: bool = True) -> dict[str, Any]:
+                 gpu: bool = True, uid: int | None = None,
+                 supplemental: list[int] | None = None) -> dict[str, Any]:
     """A single-user pod as KubeSpawner 7 creates it for this platform (see components/hub/hubconf).
 
     Carries what must never reach a batch job: the hub API token in two variables, the OAuth client
     of the server, a secretKeyRef, envFrom a Secret, the projected service-account token volume,
     a Secret volume, and the notebook's scheduling (priority class, user scheduler, affinity).
+    Identity as KubeSpawner sets it from the hub's pre-spawn hook: runAsUser/runAsGroup (the user's
+    hash uid, unless ``uid`` says otherwise) on the container, supplementalGroups (the projects' gids,
+    from the cnaf settings, and the image's group 100) on the pod, no fsGroup; the make-home init container.
     """
+    uid = hash_uid(user) if uid is None else uid
+    if supplemental is None:
+        gids = {p["name"]: p["gid"] for p in settings_dict("cnaf")["hubSite"]["projects"]}
+        supplemental = sorted({gids[p] for p in projects if p in gids} | {100})
     slug = user.replace(".", "-2e").replace("@", "-40")
     volumes: list[dict[str, Any]] = [
         {"name": "home", "persistentVolumeClaim": {"claimName": "nfs-homes"}},
@@ -121,7 +135,7 @@ def notebook_pod(user: str = "mrossi", projects: tuple[str, ...] = ("cms-trackin
             "priorityClassName": "aiinfn-notebook",
             "nodeName": "gpu-a100-0",
             "enableServiceLinks": False,
-            "securityContext": {"fsGroup": 100, "runAsUser": 1000, "runAsGroup": 100},
+            "securityContext": {"supplementalGroups": supplemental},
             "imagePullSecrets": [{"name": "registry-credentials"}],
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"},
                             {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"}],
@@ -130,7 +144,11 @@ def notebook_pod(user: str = "mrossi", projects: tuple[str, ...] = ("cms-trackin
             "initContainers": [{"name": "block-cloud-metadata", "image": "quay.io/jupyterhub/k8s-network-tools:4.4.0",
                                 "command": ["iptables", "-A", "OUTPUT", "-d", "169.254.169.254", "-j", "DROP"],
                                 "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}, "privileged": True,
-                                                    "runAsUser": 0}}],
+                                                    "runAsUser": 0}},
+                               {"name": "make-home", "image": "docker.io/library/busybox:1.37.0",
+                                "command": ["sh", "-c", "mkdir -m 0700 \"$1/$2\"", "make-home", "/home-root", user],
+                                "securityContext": {"runAsUser": uid, "runAsGroup": uid, "runAsNonRoot": True},
+                                "volumeMounts": [{"name": "home", "mountPath": "/home-root"}]}],
             "containers": [{
                 "name": "notebook",
                 "image": image,
@@ -140,7 +158,9 @@ def notebook_pod(user: str = "mrossi", projects: tuple[str, ...] = ("cms-trackin
                 "envFrom": [{"secretRef": {"name": f"user-env-{slug}"}}],
                 "ports": [{"containerPort": 8888, "name": "notebook-port", "protocol": "TCP"}],
                 "resources": resources,
-                "securityContext": {"allowPrivilegeEscalation": False, "runAsUser": 1000},
+                "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+                                    "runAsUser": uid, "runAsGroup": uid},
                 "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo started"]}}},
                 "volumeMounts": mounts,
                 "workingDir": f"/home/{user}",

@@ -47,7 +47,9 @@ def test_clone_validates_and_keeps_the_notebook_environment():
     assert mounts["home"] == {"name": "home", "mountPath": "/home/mrossi", "subPath": "mrossi"}
     for name in ("public", "envs", "cvmfs", "dshm", "tmp", "scratch", "project-cms-tracking"):
         assert name in mounts, name
-    assert pod["securityContext"] == {"fsGroup": 100, "runAsUser": 1000, "runAsGroup": 100}
+    # the notebook's identity: pod-level supplemental groups, container-level uid/gid (as KubeSpawner sets them)
+    assert pod["securityContext"] == notebook_pod()["spec"]["securityContext"]
+    assert c["securityContext"] == nb["securityContext"]
     labels = job["metadata"]["labels"]
     assert labels[naming.LABEL_WORKLOAD] == "bunshin" and labels[naming.QUEUE_LABEL] == naming.LOCAL_QUEUE
     assert job["metadata"]["annotations"]["aiinfn.infn.it/bunshin-source"] == "jupyter-mrossi"
@@ -86,8 +88,11 @@ def test_notebook_scheduling_is_replaced_by_batch_scheduling():
     validate_object(job)
     pod = job["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "batch-highest"
-    for key in ("schedulerName", "nodeName", "initContainers"):
+    for key in ("schedulerName", "nodeName"):
         assert key not in pod, key
+    # the notebook's init containers stay behind; the job has its own make-home (it mounts the home)
+    assert [c["name"] for c in pod["initContainers"]] == ["make-home"]
+    assert "NET_ADMIN" not in json.dumps(pod["initContainers"])
     assert pod["nodeSelector"] == {"aiinfn.infn.it/gpu-model": "a100-80gb"}
     assert not any(t["key"] == "hub.jupyter.org/dedicated" for t in pod["tolerations"])
     assert pod["terminationGracePeriodSeconds"] == 30 and pod["restartPolicy"] == "Never"

@@ -15,6 +15,7 @@ tokens are real JupyterHub API tokens issued through the hub's REST API.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 import os
@@ -39,7 +40,7 @@ from aiinfn.jobservice.app import make_app
 from aiinfn.jobservice.kube import MemoryKubeClient
 from components.hub.values import SERVER_ROLE_DEFAULT_SCOPES, hub_values
 from components.jobs import INSTALL_ROOT, service_spec
-from tests.jobservice_fixtures import notebook_pod, site_settings
+from tests.jobservice_fixtures import hash_uid, notebook_pod, site_settings
 from tests.schemas import validate_object
 
 GROUPS = {
@@ -377,6 +378,11 @@ def test_a_valid_submission_creates_a_valid_job_and_its_sandbox(hub, tokens):
     assert labels["aiinfn.infn.it/user"] == "mrossi" and labels["aiinfn.infn.it/project"] == "cms-tracking"
     pod = job["spec"]["template"]["spec"]
     assert pod["priorityClassName"] == "batch-lowest"
+    # as mrossi's notebooks: their hash uid and private gid, the project's gid; their home made first, as them
+    uid = hash_uid("mrossi")
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, uid)
+    assert pod["initContainers"][0]["name"] == "make-home"
+    assert pod["initContainers"][0]["securityContext"]["runAsUser"] == uid
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert cm["metadata"]["ownerReferences"][0]["uid"] == kube.objects[("Job", "project-cms-tracking",
                                                                            job["metadata"]["name"])]["metadata"]["uid"]
@@ -471,6 +477,23 @@ def test_bunshin_clones_the_callers_running_notebook(hub, tokens):
     status, reply = call("POST", hub["svc"] + "/api/bunshin", tokens["arossi"],
                          {"name": "copy", "project": "cms-tracking", "command": ["true"]})
     assert status == 409 and "start it" in reply["error"]
+
+
+def test_a_uid_an_earlier_hub_user_holds_is_refused_to_later_users(hub, tokens):
+    """With a one-uid range every user collides: only the hub's earliest user could run jobs (the hub's rule,
+    read from the hub's own user list with the service's list:users/read:users scopes)."""
+    ids = hub["service"].site.hub_site["ids"]
+    saved = copy.deepcopy(ids)
+    ids.update(user_span=1, listed_users=[], uid_overrides={})
+    try:
+        results = {u: call("POST", hub["svc"] + "/api/jobs", tokens[u], JOB) for u in ("mrossi", "arossi")}
+    finally:
+        ids.clear()
+        ids.update(saved)
+    refused = {u for u, (status, reply) in results.items()
+               if status == 403 and "a user of this hub since before" in reply["error"]}
+    assert refused and len(results) - len(refused) <= 1, results
+    assert all(status in (201, 403) for status, _ in results.values()), results
 
 
 def test_the_shipped_managed_service_runs_from_the_spec(hub, tokens):

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 # The modules shipped into the hub pod, in this directory. Tests check the list is complete.
-SERVICE_MODULES = ("__init__.py", "__main__.py", "errors.py", "settings.py", "jobspec.py", "bunshin.py",
-                   "status.py", "kube.py", "app.py")
+# aiinfn_hub.py is the hub layer's own module (a link here), shipped so both use one uid scheme.
+SERVICE_MODULES = ("__init__.py", "__main__.py", "errors.py", "settings.py", "identity.py", "aiinfn_hub.py",
+                   "jobspec.py", "bunshin.py", "status.py", "kube.py", "app.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 

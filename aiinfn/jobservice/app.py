@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from .bunshin import clone_notebook, find_notebook_pod
 from .errors import ApiError, bad_request, not_found
+from .identity import check_uid_owner, user_identity
 from .jobspec import (
     ANN_OWNER,
     CONTAINER,
@@ -117,6 +120,33 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise not_found(f"project {name!r} does not exist on this site")
         return project
 
+    async def hub_users(self, me: str) -> tuple[Any, list[tuple[str, Any]]]:
+        """(the caller's creation time, [(name, created)] of the other hub users), read with ``read:users``."""
+        auth = self.hub_auth
+        client = AsyncHTTPClient()
+        created: Any = None
+        others: list[tuple[str, Any]] = []
+        offset = 0
+        while True:
+            try:
+                resp = await client.fetch(f"{auth.api_url.rstrip('/')}/users?offset={offset}&limit=200", headers={
+                    "Authorization": f"token {auth.api_token}", "Accept": "application/jupyterhub-pagination+json"})
+                page = json.loads(resp.body)
+            except (HTTPClientError, OSError, ValueError) as err:
+                log.warning("cannot list the hub's users: %s", err)
+                raise ApiError(503, "cannot read the hub's users to check that your uid is yours; try again later") \
+                    from None
+            for user in page.get("items", []):
+                when = _hub_time(user.get("created"))
+                if user.get("name") == me:
+                    created = when
+                else:
+                    others.append((user.get("name"), when))
+            nxt = (page.get("_pagination") or {}).get("next")
+            if not nxt:
+                return created, others
+            offset = int(nxt["offset"])
+
     async def owned_job(self, caller: Caller, project: ProjectInfo, job_id: str) -> dict[str, Any]:
         job = await self.kube.get_job(project.namespace, job_id)
         labels = (job or {}).get("metadata", {}).get("labels") or {}
@@ -136,6 +166,17 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         except KubeError as err:  # queue state is a nicety; the job's own status still answers
             log.warning("cannot read Kueue workloads in %s: %s", namespace, err.message)
             return []
+
+
+def _hub_time(text: Any) -> datetime | None:
+    """The hub's ISO time ("...Z") as the naive UTC datetime its database holds."""
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text)  # Python >= 3.11 reads the trailing Z
+    except ValueError:
+        return None
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
 
 
 class InfoHandler(BaseHandler):
@@ -174,6 +215,9 @@ class SubmitHandler(BaseHandler):
         site = self.site
         req = parse_request(self.body_json(), site, bunshin=self.bunshin)
         project = check_permission(site, caller, req)
+        # Jobs run as the caller's uid: refused, as the hub refuses a notebook, if an earlier user holds it.
+        uid = user_identity(site, caller.name, caller.groups)[0]
+        check_uid_owner(site, caller.name, uid, *(await self.hub_users(caller.name)))
         if self.bunshin:
             pods = await self.kube.list_pods(site.hub_namespace, site.notebook_selector)
             pod = find_notebook_pod(pods, caller.name, req.server_name)

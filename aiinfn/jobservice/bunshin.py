@@ -5,7 +5,12 @@ tied to the notebook's hub session, the storage volumes that also exist in the p
 and the security contexts. What never carries over: service-account tokens (projected or
 ``kube-api-access-*`` volumes, automount), Secret volumes and ``secretKeyRef`` values, env vars
 whose names look like credentials, ``envFrom``, hub-namespace ConfigMaps, host paths, the
-notebook's scheduling (priority class, node, affinity, scheduler) and its init containers.
+notebook's scheduling (priority class, node, affinity, scheduler) and its init containers (the
+job gets its own ``make-home`` when it mounts the home, see ``jobspec.build_job``).
+
+Identity: the clone keeps the notebook's security contexts (uid, private gid, supplemental gids),
+after checking that the notebook really runs as the caller's uid and gid (the hub's scheme,
+``identity.py``); the gid of the job's project is added if the notebook predates the membership.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import identity
 from .errors import ApiError
 from .jobspec import CONTAINER, PodBase
 from .settings import ProjectInfo, Settings
@@ -131,10 +137,21 @@ def clone_notebook(pod: dict[str, Any], settings: Settings, project: ProjectInfo
 
     container_sc = dict(nb.get("securityContext") or {})
     pod_sc = dict(spec.get("securityContext") or {})
+    uid, gid, _ = identity.user_identity(settings, user, ())
+    run_as = (container_sc.get("runAsUser", pod_sc.get("runAsUser")), container_sc.get("runAsGroup", pod_sc.get("runAsGroup")))
+    if run_as != (uid, gid):
+        raise ApiError(409, f"your notebook runs as uid/gid {run_as[0]}/{run_as[1]}, not as your own {uid}/{gid} "
+                            "(it was started before the current settings): restart it from the hub, then submit "
+                            "the Bunshin job")
+    groups = list(pod_sc.get("supplementalGroups") or [])
+    project_gid = identity.project_gid(settings, project.name)
+    if project_gid not in groups:
+        groups.append(project_gid)
+    pod_sc["supplementalGroups"] = groups
     return PodBase(image=nb["image"], image_pull_policy=nb.get("imagePullPolicy"), env=env,
                    working_dir=nb.get("workingDir"), volumes=kept_volumes, mounts=mounts,
                    pod_security_context=pod_sc, container_security_context=container_sc, workload="bunshin",
-                   source_pod=meta.get("name"), dropped=dropped)
+                   run_as=uid, source_pod=meta.get("name"), dropped=dropped)
 
 
 def _strip_pvc_readonly_none(vol: dict[str, Any]) -> dict[str, Any]:

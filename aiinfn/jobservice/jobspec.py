@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ApiError, bad_request, forbidden
+from .identity import home_volume, make_home_container, posix_name, user_identity
 from .settings import OfferingInfo, PoolInfo, ProjectInfo, Settings
 
 MANAGED_BY = "aiinfn-jobservice"
@@ -382,8 +383,9 @@ def plain_volumes(settings: Settings, caller: Caller, project: ProjectInfo, vol:
     mounts: list[dict[str, Any]] = []
     c, m = settings.claims, settings.mounts
     if vol.home:
-        if "/" in caller.name or caller.name in (".", ".."):
-            raise bad_request("volumes.home: your user name cannot name a home folder")
+        if not posix_name(caller.name):
+            raise bad_request(f"volumes.home: {caller.name!r} is not a POSIX user name, so it cannot have a home on "
+                              "this site (lower-case letters, digits, '.', '_', '-')")
         volumes.append({"name": "home", "persistentVolumeClaim": {"claimName": c["home"]}})
         mounts.append({"name": "home", "mountPath": m["home"].format(user=caller.name), "subPath": caller.name})
     if vol.public:
@@ -427,6 +429,7 @@ class PodBase:
     pod_security_context: dict[str, Any]
     container_security_context: dict[str, Any]
     workload: str  # LABEL_WORKLOAD value
+    run_as: int  # the owner's uid (identity.py): the make-home init container runs as it
     source_pod: str | None = None
     dropped: list[str] = field(default_factory=list)  # what a Bunshin clone left out, for the response
 
@@ -437,11 +440,16 @@ def plain_base(settings: Settings, caller: Caller, project: ProjectInfo, req: Jo
     env: list[dict[str, Any]] = []
     if req.volumes.home:
         env.append({"name": "HOME", "value": settings.mounts["home"].format(user=caller.name)})
+    # As the owner's notebooks: their uid, their private gid, their project gids (and the image's group).
+    uid, gid, groups = user_identity(settings, caller.name, caller.groups)
+    pod_sc = {**settings.pod_security_context, "runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": True,
+              "supplementalGroups": groups}
+    pod_sc.pop("fsGroup", None)
     return PodBase(image=req.image, image_pull_policy="IfNotPresent", env=env, working_dir=WORKSPACE_MOUNT,
-                   volumes=volumes, mounts=mounts, pod_security_context=dict(settings.pod_security_context),
+                   volumes=volumes, mounts=mounts, pod_security_context=pod_sc,
                    container_security_context={"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                                "seccompProfile": {"type": "RuntimeDefault"}},
-                   workload="batch")
+                   workload="batch", run_as=uid)
 
 
 def build_job(settings: Settings, caller: Caller, project: ProjectInfo, req: JobRequest, base: PodBase,
@@ -545,6 +553,11 @@ def build_job(settings: Settings, caller: Caller, project: ProjectInfo, req: Job
         "volumes": volumes,
         **sched,
     }
+    # A home mounted by subPath that does not exist yet would be made by the kubelet, owned by root: the
+    # hub's make-home init container makes it first, as the owner, mode 0700 (as for a notebook).
+    home_vol = home_volume(settings, volumes, mounts, caller.name)
+    if home_vol is not None:
+        init_containers.insert(0, make_home_container(settings, caller.name, base.run_as, home_vol))
     if init_containers:
         pod_spec["initContainers"] = init_containers
     if base.pod_security_context:

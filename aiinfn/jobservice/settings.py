@@ -99,7 +99,10 @@ class Settings:
     mounts: dict[str, str]  # home, public, envs, cvmfs, juicefs, project -> mount path ({user}, {project})
     images: list[str]  # images a plain job may use; the first is the default
     offload_sites: list[str]  # interLink remote sites a job may name
-    pod_security_context: dict[str, Any]
+    pod_security_context: dict[str, Any]  # site-wide fields only: who a pod runs as is per user (identity.py)
+    # The hub's own site data (its site.json keys ids, homes, projects, env_maintainer_groups): the uid
+    # scheme and the make-home init container are computed from it by the hub's module (identity.py).
+    hub_site: dict[str, Any] = field(default_factory=dict)
     notebook_container: str = "notebook"
     notebook_selector: str = "component=singleuser-server"
     limits: Limits = field(default_factory=Limits)
@@ -154,6 +157,7 @@ class Settings:
             images=images,
             offload_sites=list(d.get("offloadSites", [])),
             pod_security_context=dict(d.get("podSecurityContext", {})),
+            hub_site=_hub_site(_req(d, "hubSite", dict, w), f"{w}.hubSite"),
             notebook_container=d.get("notebookContainer", "notebook"),
             notebook_selector=d.get("notebookSelector", "component=singleuser-server"),
             limits=limits,
@@ -172,6 +176,23 @@ class Settings:
 
     def project_of_namespace(self, namespace: str) -> ProjectInfo | None:
         return next((p for p in self.projects.values() if p.namespace == namespace), None)
+
+
+def _hub_site(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """The hub's site data the identity rules read; checked for the keys they use."""
+    ids = _req(d, "ids", dict, where)
+    for key in ("user_min", "user_span", "env_maintainers_gid", "image_gid"):
+        _req(ids, key, int, f"{where}.ids")
+    _req(ids, "uid_overrides", dict, f"{where}.ids")
+    _req(ids, "listed_users", list, f"{where}.ids")
+    homes = _req(d, "homes", dict, where)
+    _req(homes, "image", str, f"{where}.homes")
+    _req(homes, "script", str, f"{where}.homes")
+    _req(d, "env_maintainer_groups", list, where)
+    for i, p in enumerate(_req(d, "projects", list, where)):
+        for key, kind in (("name", str), ("group", str), ("gid", int)):
+            _req(p, key, kind, f"{where}.projects[{i}]")
+    return d
 
 
 def _snake(camel: str) -> str:

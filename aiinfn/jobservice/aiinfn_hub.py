@@ -1,0 +1,1 @@
+../../components/hub/hubconf/aiinfn_hub.py
