@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 policy violations or a failed check; 2 an invalid stack
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 import warnings
@@ -99,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(chosen if chosen in SUBCOMMANDS else None).parse_args(argv)
+    # A render allocates millions of short-lived objects (the SDK's generated types, futures, wire
+    # values) and frees nearly all of them by reference counting; the cyclic collector's passes over
+    # the growing heap were a sixth of `render cnaf` (4.66 -> 3.74 s) for +4 MB peak. Off for the
+    # command only: main() is also called in-process (tests), so the previous state comes back.
+    gc_was_enabled = gc.isenabled()
+    if args.command in ("render", "check"):
+        gc.disable()
     try:
         handler = getattr(args, "handler", None)
         if handler is None:
@@ -110,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {cfg_err}", file=sys.stderr)
         return 2
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 if __name__ == "__main__":
