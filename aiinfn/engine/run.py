@@ -44,6 +44,7 @@ def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rend
     from ..config import site_config_from_pulumi
 
     _skip_source_positions()
+    _one_monitor_thread()
     mocks = RecordingMocks()
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=sf.stack, preview=False, monitor=RecordingMonitor(mocks))
@@ -77,6 +78,21 @@ def _skip_source_positions() -> None:
     from pulumi.runtime.proto import source_pb2
 
     runtime_resource._get_stack_trace = lambda: source_pb2.StackTrace()
+
+
+def _one_monitor_thread() -> None:
+    """The SDK sends each registration to the (mock) monitor through the event loop's default
+    executor: six threads, each building its own event loop and contending for the GIL with the
+    program. The mock monitor is pure Python, so one thread does the same work with less switching
+    (render cnaf best of 6, interleaved: 4.13 -> 3.85 s). Set once per loop (tests render many times)."""
+    import concurrent.futures
+
+    from pulumi.runtime import sync_await as sync_await_module
+
+    loop = sync_await_module._ensure_event_loop()
+    if not getattr(loop, "_aiinfn_one_monitor_thread", False):
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiinfn-monitor"))
+        loop._aiinfn_one_monitor_thread = True
 
 
 def plain(value: Any) -> Any:
