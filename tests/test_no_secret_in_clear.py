@@ -26,3 +26,15 @@ def test_supplied_secrets_are_redacted_everywhere(stack: str, tmp_path: Path) ->
             assert "S3CR3T" not in text
     for r in rendered.resources:
         assert "S3CR3T" not in repr(r.inputs), f"{r.type} {r.name}"
+
+
+def test_two_renders_of_a_stack_are_byte_identical(tmp_path: Path) -> None:
+    """Operators diff renders in CI: the same stack must give the same bytes every time."""
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        write(run_program("cnaf"), out)
+        outs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert outs[0].keys() == outs[1].keys()
+    differing = [str(p) for p in outs[0] if outs[0][p] != outs[1][p]]
+    assert not differing, differing

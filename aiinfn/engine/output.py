@@ -39,16 +39,23 @@ def layer_of(r: Recorded, by_urn: dict[str, Recorded]) -> str:
     return "site"
 
 
+def _in_stable_order(records: list[Recorded]) -> list[Recorded]:
+    """Registrations arrive in whatever order the SDK's threads finish; files are written in URN
+    order so two renders of the same stack are byte-identical and diff cleanly in CI."""
+    return sorted(records, key=lambda r: r.urn)
+
+
 def manifests(rendered: Rendered) -> list[Recorded]:
-    return [r for r in rendered.resources if is_manifest(r)]
+    return _in_stable_order([r for r in rendered.resources if is_manifest(r)])
 
 
 def helm_releases(rendered: Rendered) -> list[Recorded]:
-    return [r for r in rendered.resources if r.type == HELM_RELEASE]
+    return _in_stable_order([r for r in rendered.resources if r.type == HELM_RELEASE])
 
 
 def openstack_resources(rendered: Rendered) -> list[dict[str, Any]]:
-    return [{"type": r.type, "name": r.name, "inputs": r.inputs} for r in rendered.resources if r.type.startswith("openstack:")]
+    return [{"type": r.type, "name": r.name, "inputs": r.inputs}
+            for r in _in_stable_order([r for r in rendered.resources if r.type.startswith("openstack:")])]
 
 
 def release_entry(r: Recorded) -> dict[str, Any]:
