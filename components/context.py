@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import pulumi
-import pulumi_kubernetes as k8s
 
 from aiinfn.config.model import SiteConfig
+
+from .kube import KubeObject, object_meta
+
+if TYPE_CHECKING:
+    import pulumi_kubernetes as k8s
 
 PLATFORM_NAMESPACE = "aiinfn-system"
 LABEL_SITE = "aiinfn.infn.it/site"
@@ -51,13 +57,12 @@ class SiteContext:
         return out
 
     def namespace(self, parent: pulumi.Resource, resource_name: str, name: str, layer: str, *, enforce: str,
-                  warn: str | None = None, extra_labels: dict[str, str] | None = None) -> k8s.core.v1.Namespace:
+                  warn: str | None = None, extra_labels: dict[str, str] | None = None) -> KubeObject:
         """A namespace with the Pod Security level its pods need (``enforce``) and, when the level is
         looser than wanted, the stricter one warned and audited."""
-        return k8s.core.v1.Namespace(
-            resource_name,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, labels={
-                **self.labels(layer), **(extra_labels or {}), **pod_security_labels(enforce, warn)}),
+        return KubeObject(
+            resource_name, "v1", "Namespace",
+            object_meta(name, labels={**self.labels(layer), **(extra_labels or {}), **pod_security_labels(enforce, warn)}),
             opts=self.k8s_opts(parent),
         )
 

@@ -5,33 +5,31 @@ from __future__ import annotations
 import json
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from aiinfn.naming import HUB_NAMESPACE, LABEL_PROJECT, project_namespace
 from aiinfn.offerings import site_offerings
 
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
+from .kube import KubeObject, object_meta
 
 
 class PlatformBase(pulumi.ComponentResource):
     def __init__(self, name: str, ctx: SiteContext, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("aiinfn:platform:PlatformBase", name, None, opts)
         cfg = ctx.cfg
-        self.namespace = k8s.core.v1.Namespace(
-            "ns-platform",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=PLATFORM_NAMESPACE,
-                labels={**ctx.labels("platform"), LABEL_SITE_KIND: cfg.site.kind,
-                        "pod-security.kubernetes.io/enforce": "restricted",
-                        "pod-security.kubernetes.io/enforce-version": "latest"},
-            ),
+        self.namespace = KubeObject(
+            "ns-platform", "v1", "Namespace",
+            object_meta(PLATFORM_NAMESPACE, labels={
+                **ctx.labels("platform"), LABEL_SITE_KIND: cfg.site.kind,
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest"}),
             opts=ctx.k8s_opts(self),
         )
         # Non-secret facts about the site, for operators (kubectl) and policy rules.
-        self.site_info = k8s.core.v1.ConfigMap(
-            "site-info",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="aiinfn-site", namespace=PLATFORM_NAMESPACE,
-                                                labels={**ctx.labels("platform"), LABEL_SITE_KIND: cfg.site.kind}),
+        self.site_info = KubeObject(
+            "site-info", "v1", "ConfigMap",
+            object_meta("aiinfn-site", namespace=PLATFORM_NAMESPACE,
+                        labels={**ctx.labels("platform"), LABEL_SITE_KIND: cfg.site.kind}),
             data={
                 "name": cfg.site.name,
                 "domain": cfg.site.domain,
@@ -52,7 +50,7 @@ class PlatformBase(pulumi.ComponentResource):
         )
         # Namespaces every layer uses: the hub's (notebooks run there) and one per project (batch work).
         self.hub_namespace = self._namespace("ns-hub", HUB_NAMESPACE, ctx, enforce="baseline")
-        self.project_namespaces: dict[str, k8s.core.v1.Namespace] = {}
+        self.project_namespaces: dict[str, KubeObject] = {}
         for project in cfg.projects:
             ns = project_namespace(project)
             self.project_namespaces[project.name] = self._namespace(
@@ -60,32 +58,30 @@ class PlatformBase(pulumi.ComponentResource):
         self.register_outputs({})
 
     def _namespace(self, resource_name: str, name: str, ctx: SiteContext, enforce: str,
-                   extra: dict[str, str] | None = None) -> k8s.core.v1.Namespace:
+                   extra: dict[str, str] | None = None) -> KubeObject:
         """A user-facing namespace: Pod Security labels and a default-deny NetworkPolicy.
 
         The baseline level is enforced (notebook images need to set their user) and restricted is
         warned and audited; layers add the NetworkPolicies their traffic needs.
         """
         ns = ctx.namespace(self, resource_name, name, "platform", enforce=enforce, warn="restricted", extra_labels=extra)
-        k8s.networking.v1.NetworkPolicy(
-            f"{resource_name}-default-deny",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="default-deny", namespace=name, labels=ctx.labels("platform")),
-            spec=k8s.networking.v1.NetworkPolicySpecArgs(pod_selector={}, policy_types=["Ingress", "Egress"]),
+        KubeObject(
+            f"{resource_name}-default-deny", "networking.k8s.io/v1", "NetworkPolicy",
+            object_meta("default-deny", namespace=name, labels=ctx.labels("platform")),
+            spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
             opts=ctx.k8s_opts(self, depends_on=[ns]),
         )
-        k8s.networking.v1.NetworkPolicy(
-            f"{resource_name}-allow-dns",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="allow-dns", namespace=name, labels=ctx.labels("platform")),
-            spec=k8s.networking.v1.NetworkPolicySpecArgs(
-                pod_selector={},
-                policy_types=["Egress"],
-                egress=[k8s.networking.v1.NetworkPolicyEgressRuleArgs(
-                    to=[k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector={
-                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}})],
-                    ports=[k8s.networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=53),
-                           k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=53)],
-                )],
-            ),
+        KubeObject(
+            f"{resource_name}-allow-dns", "networking.k8s.io/v1", "NetworkPolicy",
+            object_meta("allow-dns", namespace=name, labels=ctx.labels("platform")),
+            spec={
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{
+                    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                }],
+            },
             opts=ctx.k8s_opts(self, depends_on=[ns]),
         )
         return ns
