@@ -78,19 +78,20 @@ class HelmRelease(pulumi.CustomResource):
     from its repository, with the values this program computed."""
 
     def __init__(self, resource_name: str, *, name: str, namespace: str, chart: str, version: str,
-                 repository: str, values: Mapping[str, Any], opts: pulumi.ResourceOptions | None = None,
-                 **settings: Any) -> None:
-        """``settings`` are further Release inputs under their provider names (``createNamespace``,
-        ``skipCrds``, ``timeout``, ``atomic``, ``waitForJobs``...)."""
+                 values: Mapping[str, Any], repository: str | None = None,
+                 opts: pulumi.ResourceOptions | None = None, **settings: Any) -> None:
+        """``repository`` is left out for a chart given as an OCI reference. ``settings`` are further
+        Release inputs under their provider names (``createNamespace``, ``timeout``, ``atomic``...)."""
         props: dict[str, Any] = {
             "name": name,
             "namespace": namespace,
             "chart": chart,
             "version": version,
-            "repositoryOpts": {"repo": repository},
             "values": values,
             # Sent by pulumi_kubernetes' own Release class: the provider's marker of a current client.
             "compat": "true",
             **settings,
         }
+        if repository is not None:
+            props["repositoryOpts"] = {"repo": repository}
         super().__init__(HELM_RELEASE_TYPE, resource_name, props, _with_version(opts))
