@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.proto import resource_pb2
 
 SECRET_SIG = rpc._special_secret_sig
 SIG_KEY = rpc._special_sig_key
@@ -75,20 +76,15 @@ def _outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
+    """Holds what was registered. Registrations are answered by ``RecordingMonitor`` itself; these
+    methods serve the SDK's other paths (invokes, and ``new_resource`` for any caller of the plain
+    mock protocol)."""
+
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
-        self.pending: dict[tuple[str, str], dict[str, Any]] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
-        meta = self.pending.pop((args.typ, args.name), {})
-        # The SDK's deserializer marks a whole map secret when one leaf is (a Helm values tree with one
-        # generated token would be redacted entirely); the raw wire form keeps the mark on the leaf.
-        raw = meta.pop("raw_inputs", None)
-        inputs = raw if raw is not None else dict(args.inputs)
-        self.resources.append(Recorded(type=args.typ, name=args.name, inputs=inputs, custom=args.custom, **meta))
-        state = dict(args.inputs)
-        state.update(_outputs(args.typ, args.name, args.inputs))
-        return deploy_time(f"id of {args.name}"), state
+        return deploy_time(f"id of {args.name}"), _outputs(args.typ, args.name, args.inputs)
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
         name = args.args.get("name", "")
@@ -96,17 +92,28 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(MockMonitor):
-    """Keeps the resource options the plain mocks drop (protect, retainOnDelete, parent)."""
+    """Records each registration with the options the plain mocks drop (protect, retainOnDelete,
+    parent, provider) and answers with the deploy-time outputs only.
+
+    The inputs are recorded in their wire form: the SDK's deserializer marks a whole map secret when
+    one leaf is (a Helm values tree with one generated token would be redacted entirely), the wire
+    form keeps the mark on the leaf. The answer carries no copy of the inputs: outside preview the
+    SDK resolves every input the provider did not report from what it sent, exactly as the plain
+    mock monitor's echo would (and a large site is spared two walks of every object)."""
+
+    mocks: RecordingMocks
 
     def RegisterResource(self, request):
-        if request.type != "pulumi:pulumi:Stack":
-            self.mocks.pending[(request.type, request.name)] = {
-                "urn": self.make_urn(request.parent, request.type, request.name),
-                "parent": request.parent,
-                "protect": bool(request.protect),
-                "retain_on_delete": bool(request.retainOnDelete),
-                "provider": request.provider,
-                "ignore_changes": list(request.ignoreChanges),
-                "raw_inputs": json_format.MessageToDict(request.object),
-            }
-        return super().RegisterResource(request)
+        urn = self.make_urn(request.parent, request.type, request.name)
+        if request.type == "pulumi:pulumi:Stack":
+            return resource_pb2.RegisterResourceResponse(urn=urn)
+        inputs = json_format.MessageToDict(request.object)
+        self.mocks.resources.append(Recorded(
+            type=request.type, name=request.name, inputs=inputs, custom=bool(request.custom), urn=urn,
+            parent=request.parent, protect=bool(request.protect), retain_on_delete=bool(request.retainOnDelete),
+            provider=request.provider, ignore_changes=list(request.ignoreChanges)))
+        resource_id = deploy_time(f"id of {request.name}")
+        outputs = struct_pb2.Struct()
+        outputs.update(_outputs(request.type, request.name, inputs))
+        self.resources[urn] = MockMonitor.ResourceRegistration(urn, resource_id, inputs)
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id, object=outputs)
