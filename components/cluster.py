@@ -16,8 +16,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 import pulumi_tls as tls
-import yaml
 
+from aiinfn import yamlio
 from aiinfn.config.model import NodePool, SiteConfig
 from aiinfn.secrets import supplied_secret
 
@@ -140,7 +140,7 @@ def kubeconfig_yaml(site: str, host: str, ca_b64: str, cert_pem: str, key_pem: s
         return base64.b64encode((text or "").encode()).decode()
 
     name = f"aiinfn-{site}"
-    return yaml.safe_dump({
+    return yamlio.dump({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": name, "cluster": {"server": f"https://{host}:{API_PORT}", "certificate-authority-data": ca_b64}}],

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
+from aiinfn import yamlio
 from aiinfn.config.model import NodePool, SiteConfig
 from aiinfn.nodes import pool_labels, pool_taints
 
@@ -74,7 +73,7 @@ def cloud_init(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str |
         "path": "/etc/rancher/rke2/config.yaml",
         "permissions": "0600",
         "owner": "root:root",
-        "content": yaml.safe_dump(rke2_config(cfg, pool, token=token, server_url=server_url, tls_sans=tls_sans),
+        "content": yamlio.dump(rke2_config(cfg, pool, token=token, server_url=server_url, tls_sans=tls_sans),
                                   sort_keys=False),
     }]
     for rel, pem in sorted((ca_files or {}).items()):
@@ -92,4 +91,4 @@ def cloud_init(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str |
             ["systemctl", "enable", "--now", f"rke2-{kind}.service"],
         ],
     }
-    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
+    return "#cloud-config\n" + yamlio.dump(doc, sort_keys=False)

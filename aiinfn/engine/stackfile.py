@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from .. import yamlio
 from ..config.errors import ConfigError
 from ..config.load import is_secret_key
 
@@ -57,7 +58,7 @@ def load(stack: str, secret_values: dict[str, str] | None = None) -> StackFile:
     """``secret_values`` stands in for decrypted ``secure:`` values (tests, or an operator's vault)."""
     path = resolve(stack)
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yamlio.load(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
