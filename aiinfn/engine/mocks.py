@@ -117,3 +117,12 @@ class RecordingMonitor(MockMonitor):
         outputs.update(_outputs(request.type, request.name, inputs))
         self.resources[urn] = MockMonitor.ResourceRegistration(urn, resource_id, inputs)
         return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id, object=outputs)
+
+    def Invoke(self, request):
+        """Data-source calls (the external network, the image), answered like registrations: in
+        place, with no trip through the event loop (the monitor runs on the loop's own thread)."""
+        args = json_format.MessageToDict(request.args)
+        ret = struct_pb2.Struct()
+        ret.update(self.mocks.call(pulumi.runtime.MockCallArgs(token=request.tok, args=args, provider=request.provider)))
+        return resource_pb2.ResourceInvokeResponse(failures=None, **{"return": ret})
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rend
     from ..config import site_config_from_pulumi
 
     _skip_source_positions()
-    _one_monitor_thread()
+    _monitor_calls_inline()
     mocks = RecordingMocks()
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=sf.stack, preview=False, monitor=RecordingMonitor(mocks))
@@ -80,19 +81,30 @@ def _skip_source_positions() -> None:
     runtime_resource._get_stack_trace = lambda: source_pb2.StackTrace()
 
 
-def _one_monitor_thread() -> None:
-    """The SDK sends each registration to the (mock) monitor through the event loop's default
-    executor: six threads, each building its own event loop and contending for the GIL with the
-    program. The mock monitor is pure Python, so one thread does the same work with less switching
-    (render cnaf best of 6, interleaved: 4.13 -> 3.85 s). Set once per loop (tests render many times)."""
-    import concurrent.futures
+class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs each submitted call at once on the caller's thread (asyncio accepts only a thread pool
+    as the default executor: this one never starts a thread)."""
 
+    def submit(self, fn, /, *args, **kwargs):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # handed to the awaiting coroutine, as a thread pool would
+            future.set_exception(err)
+        return future
+
+
+def _monitor_calls_inline() -> None:
+    """The SDK sends each registration to the monitor through the event loop's default executor (a
+    thread pool, as a real gRPC call blocks). ``RecordingMonitor`` answers in place without touching
+    the event loop, so its calls run inline: no thread hand-off and GIL contention per resource.
+    Set once per loop (tests render many times)."""
     from pulumi.runtime import sync_await as sync_await_module
 
     loop = sync_await_module._ensure_event_loop()
-    if not getattr(loop, "_aiinfn_one_monitor_thread", False):
-        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiinfn-monitor"))
-        loop._aiinfn_one_monitor_thread = True
+    if not getattr(loop, "_aiinfn_monitor_inline", False):
+        loop.set_default_executor(_InlineExecutor())
+        loop._aiinfn_monitor_inline = True
 
 
 def plain(value: Any) -> Any:
