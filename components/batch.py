@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 import yaml
 
 from aiinfn import naming
@@ -27,6 +26,7 @@ from aiinfn.config.model import SiteConfig
 from aiinfn.queues import MAX_FLAVOR_LABELS, MAX_FLAVOR_TOLERATIONS, QueueTopology, notebook_wait_bound_seconds, queue_topology
 
 from .context import SiteContext
+from .kube import HelmRelease, KubeObject
 
 LAYER = "batch"
 KUEUE_API = "kueue.x-k8s.io/v1beta2"
@@ -37,17 +37,13 @@ RESOURCE_QUOTA_OBJECTS = "batch-objects"
 RESOURCE_QUOTA_PRIORITY = "batch-priority-only"
 
 
-class WorkloadPriorityClass(k8s.apiextensions.CustomResource):
+class WorkloadPriorityClass(KubeObject):
     """Kueue's WorkloadPriorityClass: ``value`` and ``description`` sit beside metadata, not in a spec."""
 
     def __init__(self, resource_name: str, *, metadata: dict[str, Any], value: int, description: str,
                  opts: pulumi.ResourceOptions | None = None) -> None:
-        from pulumi_kubernetes import _utilities
-
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(version=_utilities.get_version()))
-        props = {"apiVersion": KUEUE_API, "kind": "WorkloadPriorityClass", "metadata": metadata,
-                 "value": value, "description": description}
-        pulumi.CustomResource.__init__(self, f"kubernetes:{KUEUE_API}:WorkloadPriorityClass", resource_name, props, opts)
+        super().__init__(resource_name, KUEUE_API, "WorkloadPriorityClass", metadata, opts=opts,
+                         value=value, description=description)
 
 
 def batch_classes() -> dict[str, int]:
@@ -56,11 +52,10 @@ def batch_classes() -> dict[str, int]:
 
 
 def kueue_object(resource_name: str, kind: str, metadata: dict[str, Any], spec: dict[str, Any],
-                 opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+                 opts: pulumi.ResourceOptions) -> KubeObject:
     """A Kueue object (Cohort, ResourceFlavor, ClusterQueue, LocalQueue) of the API version whose CRD schemas
     this program is checked against; shared by the batch and offload layers."""
-    return k8s.apiextensions.CustomResource(resource_name, api_version=KUEUE_API, kind=kind, metadata=metadata,
-                                            spec=spec, opts=opts)
+    return KubeObject(resource_name, KUEUE_API, kind, metadata, opts=opts, spec=spec)
 
 
 def kueue_manager_config(cfg: SiteConfig) -> dict[str, Any]:
@@ -171,9 +166,9 @@ class Batch(pulumi.ComponentResource):
         self.ctx = ctx
         cfg = ctx.cfg
         self.topology = queue_topology(cfg)
-        self.flavors: dict[str, k8s.apiextensions.CustomResource] = {}
-        self.local_queues: dict[str, k8s.apiextensions.CustomResource] = {}
-        self.priority_classes: dict[str, k8s.scheduling.v1.PriorityClass] = {}
+        self.flavors: dict[str, KubeObject] = {}
+        self.local_queues: dict[str, KubeObject] = {}
+        self.priority_classes: dict[str, KubeObject] = {}
         self.release = None
         self.cluster_queue = None
         if not cfg.batch.enabled:
@@ -182,7 +177,7 @@ class Batch(pulumi.ComponentResource):
             return
         labels = ctx.labels(LAYER)
         self.namespace = ctx.namespace(self, "ns-kueue", naming.KUEUE_NAMESPACE, LAYER, enforce="restricted")
-        self.release = k8s.helm.v3.Release(
+        self.release = HelmRelease(
             "kueue",
             name="kueue",
             chart=KUEUE_CHART,
@@ -196,12 +191,12 @@ class Batch(pulumi.ComponentResource):
 
         for cls, value in batch_classes().items():
             fire = cls == naming.BATCH_FIRE_CLASS
-            self.priority_classes[cls] = k8s.scheduling.v1.PriorityClass(
-                f"priorityclass-{cls}",
-                metadata={"name": cls, "labels": labels},
+            self.priority_classes[cls] = KubeObject(
+                f"priorityclass-{cls}", "scheduling.k8s.io/v1", "PriorityClass",
+                {"name": cls, "labels": labels},
                 value=value,
-                global_default=False,
-                preemption_policy="PreemptLowerPriority" if fire else "Never",
+                globalDefault=False,
+                preemptionPolicy="PreemptLowerPriority" if fire else "Never",
                 description=("Urgent batch work: may preempt other batch work, never a notebook." if fire else
                              "Opportunistic batch work: never preempts; a notebook preempts it."),
                 opts=ctx.k8s_opts(self))
@@ -246,17 +241,17 @@ class Batch(pulumi.ComponentResource):
                 spec={"clusterQueue": topo.cluster_queue,
                       "fairSharing": {"weight": cfg.batch.project_weights.get(project.name, 1)}},
                 opts=ctx.k8s_opts(self, depends_on=[*dep, self.cluster_queue]))
-            k8s.core.v1.ResourceQuota(
-                f"quota-{project.name}-objects",
-                metadata={"name": RESOURCE_QUOTA_OBJECTS, "namespace": ns, "labels": plabels},
+            KubeObject(
+                f"quota-{project.name}-objects", "v1", "ResourceQuota",
+                {"name": RESOURCE_QUOTA_OBJECTS, "namespace": ns, "labels": plabels},
                 spec={"hard": {"pods": str(cfg.batch.max_pods_per_project),
                                "count/jobs.batch": str(cfg.batch.max_jobs_per_project),
                                "services.loadbalancers": "0", "services.nodeports": "0"}},
                 opts=ctx.k8s_opts(self, depends_on=dep))
             # No pod of a project namespace may run in any class but the batch ones (not the notebooks').
-            k8s.core.v1.ResourceQuota(
-                f"quota-{project.name}-priority",
-                metadata={"name": RESOURCE_QUOTA_PRIORITY, "namespace": ns, "labels": plabels},
+            KubeObject(
+                f"quota-{project.name}-priority", "v1", "ResourceQuota",
+                {"name": RESOURCE_QUOTA_PRIORITY, "namespace": ns, "labels": plabels},
                 spec={"hard": {"pods": "0"},
                       "scopeSelector": {"matchExpressions": [
                           {"scopeName": "PriorityClass", "operator": "NotIn", "values": allowed_classes}]}},

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 import yaml
 
 from aiinfn import catalogue, naming
@@ -32,6 +31,7 @@ from aiinfn.secrets import REQUESTED, supplied_secret
 
 from .batch import kueue_object
 from .context import SiteContext
+from .kube import KubeObject
 
 if TYPE_CHECKING:
     from aiinfn.config.model import SiteConfig
@@ -223,9 +223,9 @@ class Offload(pulumi.ComponentResource):
         cfg = ctx.cfg
         self.ctx = ctx
         self.sites = cfg.offload.active_sites
-        self.flavors: dict[str, k8s.apiextensions.CustomResource] = {}
-        self.cluster_queues: dict[str, k8s.apiextensions.CustomResource] = {}
-        self.shipped_secrets: dict[str, list[k8s.core.v1.Secret]] = {}
+        self.flavors: dict[str, KubeObject] = {}
+        self.cluster_queues: dict[str, KubeObject] = {}
+        self.shipped_secrets: dict[str, list[KubeObject]] = {}
         self.namespace = None
         if self.sites:
             self.namespace = ctx.namespace(self, "ns-offload", naming.OFFLOAD_NAMESPACE, LAYER,
@@ -243,17 +243,19 @@ class Offload(pulumi.ComponentResource):
         labels = ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name, "app.kubernetes.io/name": "interlink-vk",
                                       "app.kubernetes.io/instance": node, "app.kubernetes.io/version": INTERLINK_VERSION})
         dep = [self.namespace]
-        sa = k8s.core.v1.ServiceAccount(f"{site.name}-sa", metadata={"name": node, "namespace": ns, "labels": labels},
-                                        opts=ctx.k8s_opts(self, depends_on=dep))
-        role = k8s.rbac.v1.ClusterRole(f"{site.name}-role", metadata={"name": f"{node}-vk", "labels": labels},
-                                       rules=_rbac_rules(), opts=ctx.k8s_opts(self))
-        k8s.rbac.v1.ClusterRoleBinding(
-            f"{site.name}-rolebinding", metadata={"name": f"{node}-vk", "labels": labels},
-            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{node}-vk"},
+        sa = KubeObject(f"{site.name}-sa", "v1", "ServiceAccount", {"name": node, "namespace": ns, "labels": labels},
+                        opts=ctx.k8s_opts(self, depends_on=dep))
+        role = KubeObject(f"{site.name}-role", "rbac.authorization.k8s.io/v1", "ClusterRole",
+                          {"name": f"{node}-vk", "labels": labels}, rules=_rbac_rules(), opts=ctx.k8s_opts(self))
+        KubeObject(
+            f"{site.name}-rolebinding", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+            {"name": f"{node}-vk", "labels": labels},
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{node}-vk"},
             subjects=[{"kind": "ServiceAccount", "name": node, "namespace": ns}],
             opts=ctx.k8s_opts(self, depends_on=[sa, role]))
-        config = k8s.core.v1.ConfigMap(
-            f"{site.name}-config", metadata={"name": f"{node}-virtual-kubelet-config", "namespace": ns, "labels": labels},
+        config = KubeObject(
+            f"{site.name}-config", "v1", "ConfigMap",
+            {"name": f"{node}-virtual-kubelet-config", "namespace": ns, "labels": labels},
             data={"InterLinkConfig.yaml": yaml.safe_dump(vk_config(site), sort_keys=False)},
             opts=ctx.k8s_opts(self, depends_on=dep))
         # Credentials: a Secret from supplied secrets, mounted as a file / read with secretKeyRef.
@@ -270,8 +272,8 @@ class Offload(pulumi.ComponentResource):
             if oauth.client_secret_key:
                 data["client-secret"] = supplied_secret(oauth.client_secret_key)
         self._missing_keys = getattr(self, "_missing_keys", []) + [k for k in keys if not REQUESTED.get(k)]
-        auth = k8s.core.v1.Secret(f"{site.name}-auth", metadata={"name": auth_name, "namespace": ns, "labels": labels},
-                                  type="Opaque", string_data=data, opts=ctx.k8s_opts(self, depends_on=dep))
+        auth = KubeObject(f"{site.name}-auth", "v1", "Secret", {"name": auth_name, "namespace": ns, "labels": labels},
+                          type="Opaque", stringData=data, opts=ctx.k8s_opts(self, depends_on=dep))
 
         vk_mounts = [{"name": "config", "mountPath": CONFIG_FILE, "subPath": "InterLinkConfig.yaml", "readOnly": True}]
         volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": f"{node}-virtual-kubelet-config"}}]
@@ -318,9 +320,9 @@ class Offload(pulumi.ComponentResource):
             "volumeMounts": vk_mounts,
             "securityContext": _SECURE,
         })
-        k8s.apps.v1.Deployment(
-            f"{site.name}-vk",
-            metadata={"name": f"{node}-node", "namespace": ns, "labels": labels},
+        KubeObject(
+            f"{site.name}-vk", "apps/v1", "Deployment",
+            {"name": f"{node}-node", "namespace": ns, "labels": labels},
             spec={
                 "replicas": 1,
                 "strategy": {"type": "Recreate"},  # never two kubelets registering the same node
@@ -382,19 +384,19 @@ class Offload(pulumi.ComponentResource):
                 opts=ctx.k8s_opts(self, depends_on=[cq]))
 
     # --- what may leave the site ---------------------------------------------------------------
-    def _ship_juicefs(self, site: RemoteSite, data: Mapping[str, pulumi.Input[str]] | None) -> list[k8s.core.v1.Secret]:
+    def _ship_juicefs(self, site: RemoteSite, data: Mapping[str, pulumi.Input[str]] | None) -> list[KubeObject]:
         """The JuiceFS mount secret, per project namespace, for a remote that allows secrets; else nothing."""
         if not site.allow_secrets or data is None:
             return []
         out = []
         for project in self.ctx.cfg.projects:
             ns = naming.project_namespace(project)
-            out.append(k8s.core.v1.Secret(
-                f"{site.name}-juicefs-{project.name}",
-                metadata={"name": naming.offload_juicefs_secret(site.name), "namespace": ns,
-                          "labels": self.ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name,
-                                                              naming.LABEL_PROJECT: project.name})},
-                type="Opaque", string_data=dict(data),
+            out.append(KubeObject(
+                f"{site.name}-juicefs-{project.name}", "v1", "Secret",
+                {"name": naming.offload_juicefs_secret(site.name), "namespace": ns,
+                 "labels": self.ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name,
+                                                     naming.LABEL_PROJECT: project.name})},
+                type="Opaque", stringData=dict(data),
                 opts=self.ctx.k8s_opts(self)))
         return out
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from aiinfn import catalogue as cat
@@ -33,6 +32,7 @@ from aiinfn.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..hub.values import ingress_tls
+from ..kube import HelmRelease, KubeObject, object_meta
 from .promrules import dashboards, rule_files
 
 LAYER = "observability"
@@ -185,8 +185,8 @@ class Observability(pulumi.ComponentResource):
         mon = cfg.monitoring
         self.ctx = ctx
         self.release = None
-        self.rules: dict[str, k8s.apiextensions.CustomResource] = {}
-        self.dashboards: dict[str, k8s.core.v1.ConfigMap] = {}
+        self.rules: dict[str, KubeObject] = {}
+        self.dashboards: dict[str, KubeObject] = {}
         if not mon.enabled:
             ctx.add_summary("Observability", ["- monitoring disabled (aiinfn:monitoring.enabled: false)"])
             self.register_outputs({})
@@ -200,26 +200,26 @@ class Observability(pulumi.ComponentResource):
         if mon.grafana.enabled:
             admin_password = random.RandomPassword("grafana-admin-password", length=32, special=False,
                                                    opts=pulumi.ResourceOptions(parent=self))
-            secret_deps.append(k8s.core.v1.Secret(
-                "grafana-admin",
-                metadata=self._meta(GRAFANA_ADMIN_SECRET, "grafana"),
-                string_data={"admin-user": "admin", "admin-password": admin_password.result},
+            secret_deps.append(KubeObject(
+                "grafana-admin", "v1", "Secret",
+                self._meta(GRAFANA_ADMIN_SECRET, "grafana"),
+                stringData={"admin-user": "admin", "admin-password": admin_password.result},
                 opts=ns_opts,
             ))
-            secret_deps.append(k8s.core.v1.Secret(
-                "grafana-oauth",
-                metadata=self._meta(GRAFANA_OAUTH_SECRET, "grafana"),
-                string_data={"client-secret": supplied_secret(mon.grafana.client_secret_key)},
+            secret_deps.append(KubeObject(
+                "grafana-oauth", "v1", "Secret",
+                self._meta(GRAFANA_OAUTH_SECRET, "grafana"),
+                stringData={"client-secret": supplied_secret(mon.grafana.client_secret_key)},
                 opts=ns_opts,
             ))
         # A year of metrics lives in this release's volume: protected like the other stateful resources.
-        self.release = k8s.helm.v3.Release(
+        self.release = HelmRelease(
             "kube-prometheus-stack",
             name=RELEASE,
             chart=CHART,
             version=CHART_VERSION,
             namespace=MONITORING_NAMESPACE,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPO),
+            repository=CHART_REPO,
             values=helm_values(ctx),
             opts=ctx.stateful_opts(self, depends_on=[self.namespace, *secret_deps]),
         )
@@ -264,11 +264,10 @@ class Observability(pulumi.ComponentResource):
         for stem, spec in rule_files(cfg).items():
             self.rules[stem] = self._custom("PrometheusRule", f"rules-{stem}", f"aiinfn-{stem}", "rules", spec, crd_opts)
         for stem, body in dashboards().items():
-            self.dashboards[stem] = k8s.core.v1.ConfigMap(
-                f"dashboard-{stem}",
-                metadata=k8s.meta.v1.ObjectMetaArgs(
-                    name=f"dashboard-{stem}", namespace=MONITORING_NAMESPACE,
-                    labels={**labels, "grafana_dashboard": "1"}, annotations={"grafana_folder": "AI_INFN"}),
+            self.dashboards[stem] = KubeObject(
+                f"dashboard-{stem}", "v1", "ConfigMap",
+                object_meta(f"dashboard-{stem}", namespace=MONITORING_NAMESPACE,
+                            labels={**labels, "grafana_dashboard": "1"}, annotations={"grafana_folder": "AI_INFN"}),
                 data={f"{stem}.json": body},
                 opts=ns_opts,
             )
@@ -278,16 +277,15 @@ class Observability(pulumi.ComponentResource):
         self.register_outputs({})
 
     # ----------------------------------------------------------------------------------------------
-    def _meta(self, name: str, component: str, **extra) -> k8s.meta.v1.ObjectMetaArgs:
-        return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=MONITORING_NAMESPACE,
-                                          labels=self.ctx.labels(LAYER, **{"app.kubernetes.io/component": component}),
-                                          **extra)
+    def _meta(self, name: str, component: str, **extra) -> dict:
+        """metadata in the monitoring namespace; ``extra``: further metadata fields (Kubernetes names)."""
+        return {**object_meta(name, namespace=MONITORING_NAMESPACE,
+                              labels=self.ctx.labels(LAYER, **{"app.kubernetes.io/component": component})),
+                **extra}
 
     def _custom(self, kind: str, resource_name: str, name: str, component: str, spec: dict,
-                opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
-        return k8s.apiextensions.CustomResource(
-            resource_name, api_version=MONITORING_API, kind=kind,
-            metadata=self._meta(name, component), spec=spec, opts=opts)
+                opts: pulumi.ResourceOptions) -> KubeObject:
+        return KubeObject(resource_name, MONITORING_API, kind, self._meta(name, component), opts=opts, spec=spec)
 
     def _service_monitor(self, name: str, port: str, interval: str, opts: pulumi.ResourceOptions) -> None:
         self._custom("ServiceMonitor", f"monitor-{name}", name, "exporter", {
@@ -315,17 +313,16 @@ class Observability(pulumi.ComponentResource):
                           **(pod_extra or {})}
         if service_account:
             pod_spec["serviceAccountName"] = service_account
-        k8s.apps.v1.Deployment(
-            name,
-            metadata=self._meta(name, "exporter"),
+        KubeObject(
+            name, "apps/v1", "Deployment",
+            self._meta(name, "exporter"),
             spec={"replicas": 1, "selector": {"matchLabels": sel},
                   "template": {"metadata": {"labels": {**self.ctx.labels(LAYER), **sel}}, "spec": pod_spec}},
             opts=opts,
         )
-        k8s.core.v1.Service(
-            f"{name}-svc",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=MONITORING_NAMESPACE,
-                                                labels={**self.ctx.labels(LAYER), **sel}),
+        KubeObject(
+            f"{name}-svc", "v1", "Service",
+            object_meta(name, namespace=MONITORING_NAMESPACE, labels={**self.ctx.labels(LAYER), **sel}),
             spec={"selector": sel, "ports": [{"name": "metrics", "port": port, "targetPort": "metrics"}]},
             opts=opts,
         )
@@ -333,17 +330,17 @@ class Observability(pulumi.ComponentResource):
     def _allocation_exporter(self, crd_opts: pulumi.ResourceOptions) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
         opts = ctx.k8s_opts(self, depends_on=[self.namespace])
-        sa = k8s.core.v1.ServiceAccount(ALLOCATION_EXPORTER, metadata=self._meta(ALLOCATION_EXPORTER, "exporter"), opts=opts)
-        role = k8s.rbac.v1.ClusterRole(
-            ALLOCATION_EXPORTER,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=ALLOCATION_EXPORTER, labels=ctx.labels(LAYER)),
+        sa = KubeObject(ALLOCATION_EXPORTER, "v1", "ServiceAccount", self._meta(ALLOCATION_EXPORTER, "exporter"), opts=opts)
+        role = KubeObject(
+            ALLOCATION_EXPORTER, "rbac.authorization.k8s.io/v1", "ClusterRole",
+            object_meta(ALLOCATION_EXPORTER, labels=ctx.labels(LAYER)),
             rules=[{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list"]}],
             opts=ctx.k8s_opts(self),
         )
-        k8s.rbac.v1.ClusterRoleBinding(
-            ALLOCATION_EXPORTER,
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=ALLOCATION_EXPORTER, labels=ctx.labels(LAYER)),
-            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ALLOCATION_EXPORTER},
+        KubeObject(
+            ALLOCATION_EXPORTER, "rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+            object_meta(ALLOCATION_EXPORTER, labels=ctx.labels(LAYER)),
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ALLOCATION_EXPORTER},
             subjects=[{"kind": "ServiceAccount", "name": ALLOCATION_EXPORTER, "namespace": MONITORING_NAMESPACE}],
             opts=ctx.k8s_opts(self, depends_on=[role, sa]),
         )
@@ -380,10 +377,10 @@ class Observability(pulumi.ComponentResource):
         acc = cfg.monitoring.accounting
         password = random.RandomPassword("accounting-db-password", length=32, special=False,
                                          opts=pulumi.ResourceOptions(parent=self))
-        secret = k8s.core.v1.Secret(
-            "accounting-db",
-            metadata=self._meta(DB_SECRET, "accounting"),
-            string_data={"username": DB_USER, "password": password.result, "database": DB_DATABASE},
+        secret = KubeObject(
+            "accounting-db", "v1", "Secret",
+            self._meta(DB_SECRET, "accounting"),
+            stringData={"username": DB_USER, "password": password.result, "database": DB_DATABASE},
             opts=ctx.stateful_opts(self, depends_on=[self.namespace]),
         )
         db_sel = {"app.kubernetes.io/name": DB_NAME}
@@ -392,9 +389,9 @@ class Observability(pulumi.ComponentResource):
         pvc_spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{acc.storage_gb}Gi"}}}
         if cfg.monitoring.storage_class:
             pvc_spec["storageClassName"] = cfg.monitoring.storage_class
-        self.database = k8s.apps.v1.StatefulSet(
-            "accounting-db",
-            metadata=self._meta(DB_NAME, "accounting"),
+        self.database = KubeObject(
+            "accounting-db", "apps/v1", "StatefulSet",
+            self._meta(DB_NAME, "accounting"),
             spec={
                 "serviceName": DB_NAME,
                 "replicas": 1,
@@ -433,16 +430,16 @@ class Observability(pulumi.ComponentResource):
             },
             opts=ctx.stateful_opts(self, depends_on=[self.namespace, secret]),
         )
-        k8s.core.v1.Service(
-            "accounting-db-svc",
-            metadata=self._meta(DB_NAME, "accounting"),
+        KubeObject(
+            "accounting-db-svc", "v1", "Service",
+            self._meta(DB_NAME, "accounting"),
             spec={"selector": db_sel, "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres"}]},
             opts=ns_opts,
         )
         # Only the aggregator reaches the database (operators use kubectl port-forward for `aiinfn report`).
-        k8s.networking.v1.NetworkPolicy(
-            "accounting-db-ingress",
-            metadata=self._meta("accounting-db-ingress", "accounting"),
+        KubeObject(
+            "accounting-db-ingress", "networking.k8s.io/v1", "NetworkPolicy",
+            self._meta("accounting-db-ingress", "accounting"),
             spec={"podSelector": {"matchLabels": db_sel}, "policyTypes": ["Ingress"],
                   "ingress": [{"from": [{"podSelector": {"matchLabels": agg_sel}}],
                                "ports": [{"protocol": "TCP", "port": 5432}]}]},
@@ -454,9 +451,9 @@ class Observability(pulumi.ComponentResource):
                 f"--interval={interval}", f"--resolution={resolution}", "--rate-window=5m",
                 f"--idle-util-percent={cfg.monitoring.alerts.gpu_idle_util_percent}",
                 f"--catch-up={acc.catch_up_hours * 3600}", "--redo=1", "--lag=300"]
-        self.aggregator = k8s.batch.v1.CronJob(
-            AGGREGATOR,
-            metadata=self._meta(AGGREGATOR, "accounting"),
+        self.aggregator = KubeObject(
+            AGGREGATOR, "batch/v1", "CronJob",
+            self._meta(AGGREGATOR, "accounting"),
             spec={
                 "schedule": acc.schedule,
                 "concurrencyPolicy": "Forbid",
