@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 import yaml
 
 from aiinfn import catalogue as cat
@@ -20,6 +19,7 @@ from aiinfn.naming import GPU_OPERATOR_NAMESPACE
 from aiinfn.nodes import RESERVED_TAINT_KEY, tolerations_for
 
 from .context import LABEL_SITE, SiteContext
+from .kube import HelmRelease, KubeObject, object_meta
 
 GPU_OPERATOR_CHART = "gpu-operator"
 GPU_OPERATOR_VERSION = "v26.7.0"
@@ -149,33 +149,32 @@ class Accelerators(pulumi.ComponentResource):
     def __init__(self, name: str, ctx: SiteContext, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("aiinfn:accelerators:Accelerators", name, None, opts)
         cfg = ctx.cfg
-        self.release: k8s.helm.v3.Release | None = None
-        self.fpga_plugin: k8s.apps.v1.DaemonSet | None = None
+        self.release: HelmRelease | None = None
+        self.fpga_plugin: KubeObject | None = None
         labels = ctx.labels("accelerators")
         if cfg.accelerators.enabled and cfg.gpu_pools:
             # driver, toolkit and device plugin are privileged host agents
             self.namespace = ctx.namespace(self, "ns-gpu-operator", GPU_OPERATOR_NAMESPACE, "accelerators",
                                            enforce="privileged")
-            self.mig_config = k8s.core.v1.ConfigMap(
-                "mig-parted-config",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=MIG_CONFIGMAP, namespace=GPU_OPERATOR_NAMESPACE, labels=labels),
+            self.mig_config = KubeObject(
+                "mig-parted-config", "v1", "ConfigMap",
+                object_meta(MIG_CONFIGMAP, namespace=GPU_OPERATOR_NAMESPACE, labels=labels),
                 data={"config.yaml": _dump(mig.mig_parted_config(cfg))},
                 opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
             )
-            self.device_plugin_config = k8s.core.v1.ConfigMap(
-                "device-plugin-config",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=DEVICE_PLUGIN_CONFIGMAP, namespace=GPU_OPERATOR_NAMESPACE,
-                                                    labels=labels),
+            self.device_plugin_config = KubeObject(
+                "device-plugin-config", "v1", "ConfigMap",
+                object_meta(DEVICE_PLUGIN_CONFIGMAP, namespace=GPU_OPERATOR_NAMESPACE, labels=labels),
                 data=device_plugin_configs(cfg),
                 opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
             )
-            self.release = k8s.helm.v3.Release(
+            self.release = HelmRelease(
                 "gpu-operator",
                 name="gpu-operator",
                 chart=GPU_OPERATOR_CHART,
                 version=GPU_OPERATOR_VERSION,
                 namespace=GPU_OPERATOR_NAMESPACE,
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=GPU_OPERATOR_REPO),
+                repository=GPU_OPERATOR_REPO,
                 values=gpu_operator_values(cfg),
                 opts=ctx.k8s_opts(self, depends_on=[self.namespace, self.mig_config, self.device_plugin_config]),
             )
@@ -185,7 +184,7 @@ class Accelerators(pulumi.ComponentResource):
         ctx.add_summary("Accelerators", summary_lines(cfg))
         self.register_outputs({})
 
-    def _fpga_plugin(self, ctx: SiteContext, pools: list) -> k8s.apps.v1.DaemonSet:
+    def _fpga_plugin(self, ctx: SiteContext, pools: list) -> KubeObject:
         """AMD/Xilinx FPGA device plugin on the FPGA pools (it advertises amd.com/<shell> resources)."""
         cfg = ctx.cfg
         tolerations: list[dict[str, str]] = []
@@ -194,45 +193,41 @@ class Accelerators(pulumi.ComponentResource):
                 if t not in tolerations:
                     tolerations.append(t)
         selector = {"app.kubernetes.io/name": FPGA_PLUGIN_NAME}
-        return k8s.apps.v1.DaemonSet(
-            "fpga-device-plugin",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=FPGA_PLUGIN_NAME, namespace=FPGA_PLUGIN_NAMESPACE,
-                                                labels={**ctx.labels("accelerators"), **selector}),
-            spec=k8s.apps.v1.DaemonSetSpecArgs(
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
-                update_strategy=k8s.apps.v1.DaemonSetUpdateStrategyArgs(type="RollingUpdate"),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels={**ctx.labels("accelerators"), **selector}),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        priority_class_name="system-node-critical",
-                        affinity=k8s.core.v1.AffinityArgs(node_affinity=k8s.core.v1.NodeAffinityArgs(
-                            required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
-                                node_selector_terms=[k8s.core.v1.NodeSelectorTermArgs(match_expressions=[
-                                    k8s.core.v1.NodeSelectorRequirementArgs(
-                                        key=cat.LABEL_POOL, operator="In", values=[p.name for p in pools]),
-                                ])]))),
-                        tolerations=tolerations,
-                        automount_service_account_token=False,
-                        containers=[k8s.core.v1.ContainerArgs(
-                            name="device-plugin",
-                            image=FPGA_PLUGIN_IMAGE,
-                            image_pull_policy="IfNotPresent",
-                            env=[k8s.core.v1.EnvVarArgs(name="U30NameConvention", value="CommonName"),
-                                 k8s.core.v1.EnvVarArgs(name="U30AllocUnit", value="Card")],
-                            resources=k8s.core.v1.ResourceRequirementsArgs(
-                                requests={"cpu": "10m", "memory": "32Mi"}, limits={"memory": "128Mi"}),
-                            security_context=k8s.core.v1.SecurityContextArgs(
-                                allow_privilege_escalation=False,
-                                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"])),
-                            volume_mounts=[k8s.core.v1.VolumeMountArgs(
-                                name="device-plugins", mount_path="/var/lib/kubelet/device-plugins")],
-                        )],
-                        volumes=[k8s.core.v1.VolumeArgs(
-                            name="device-plugins",
-                            host_path=k8s.core.v1.HostPathVolumeSourceArgs(path="/var/lib/kubelet/device-plugins",
-                                                                           type="Directory"))],
-                    ),
-                ),
-            ),
+        return KubeObject(
+            "fpga-device-plugin", "apps/v1", "DaemonSet",
+            object_meta(FPGA_PLUGIN_NAME, namespace=FPGA_PLUGIN_NAMESPACE,
+                        labels={**ctx.labels("accelerators"), **selector}),
+            spec={
+                "selector": {"matchLabels": selector},
+                "updateStrategy": {"type": "RollingUpdate"},
+                "template": {
+                    "metadata": {"labels": {**ctx.labels("accelerators"), **selector}},
+                    "spec": {
+                        "priorityClassName": "system-node-critical",
+                        "affinity": {"nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": [{"matchExpressions": [
+                                    {"key": cat.LABEL_POOL, "operator": "In", "values": [p.name for p in pools]},
+                                ]}]}}},
+                        "tolerations": tolerations,
+                        "automountServiceAccountToken": False,
+                        "containers": [{
+                            "name": "device-plugin",
+                            "image": FPGA_PLUGIN_IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "env": [{"name": "U30NameConvention", "value": "CommonName"},
+                                    {"name": "U30AllocUnit", "value": "Card"}],
+                            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": False,
+                                                "capabilities": {"drop": ["ALL"]}},
+                            "volumeMounts": [{"name": "device-plugins",
+                                              "mountPath": "/var/lib/kubelet/device-plugins"}],
+                        }],
+                        "volumes": [{
+                            "name": "device-plugins",
+                            "hostPath": {"path": "/var/lib/kubelet/device-plugins", "type": "Directory"}}],
+                    },
+                },
+            },
             opts=ctx.k8s_opts(self),
         )

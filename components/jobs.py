@@ -15,7 +15,6 @@ import json
 from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from aiinfn import naming
 from aiinfn.catalogue import FPGAS, GPUS
@@ -27,6 +26,7 @@ from aiinfn.offerings import site_offerings
 
 from .context import SiteContext
 from .hub.values import site_data as hub_site_data
+from .kube import KubeObject, object_meta
 
 SERVICE_NAME = "jobs"
 SERVICE_PORT = 10101
@@ -189,39 +189,40 @@ class Jobs(pulumi.ComponentResource):
         cfg = ctx.cfg
         labels = ctx.labels("jobs", **{"app.kubernetes.io/name": "aiinfn-jobservice"})
         hub_dep = [hub_namespace] if hub_namespace is not None else []
-        self.service_account = k8s.core.v1.ServiceAccount(
-            "jobs-sa",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=SERVICE_ACCOUNT, namespace=naming.HUB_NAMESPACE, labels=labels),
-            automount_service_account_token=False,
+        self.service_account = KubeObject(
+            "jobs-sa", "v1", "ServiceAccount",
+            object_meta(SERVICE_ACCOUNT, namespace=naming.HUB_NAMESPACE, labels=labels),
+            automountServiceAccountToken=False,
             opts=ctx.k8s_opts(self, depends_on=hub_dep),
         )
         # A token Secret the control plane fills (token, ca.crt, namespace); the hub mounts it for the service.
-        self.token_secret = k8s.core.v1.Secret(
-            "jobs-sa-token",
-            metadata=k8s.meta.v1.ObjectMetaArgs(
-                name=TOKEN_SECRET, namespace=naming.HUB_NAMESPACE, labels=labels,
-                annotations={"kubernetes.io/service-account.name": SERVICE_ACCOUNT}),
+        self.token_secret = KubeObject(
+            "jobs-sa-token", "v1", "Secret",
+            object_meta(TOKEN_SECRET, namespace=naming.HUB_NAMESPACE, labels=labels,
+                        annotations={"kubernetes.io/service-account.name": SERVICE_ACCOUNT}),
             type="kubernetes.io/service-account-token",
             opts=ctx.k8s_opts(self, depends_on=[self.service_account]),
         )
-        subject = [k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=SERVICE_ACCOUNT, namespace=naming.HUB_NAMESPACE)]
-        self.roles: dict[str, k8s.rbac.v1.Role] = {}
+        subject = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": naming.HUB_NAMESPACE}]
+        self.roles: dict[str, KubeObject] = {}
         targets = [(naming.HUB_NAMESPACE, "hub", HUB_RULES, hub_dep)]
         for project in cfg.projects:
             ns_dep = [r for r in [(project_namespaces or {}).get(project.name)] if r is not None]
             targets.append((naming.project_namespace(project), project.name, PROJECT_RULES, ns_dep))
         for namespace, key, rules, deps in targets:
-            role = k8s.rbac.v1.Role(
+            role = KubeObject(
                 f"jobs-role-{key}" if key != "hub" else "jobs-role-hub-namespace",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=ROLE, namespace=namespace, labels=labels),
-                rules=[k8s.rbac.v1.PolicyRuleArgs(api_groups=r["apiGroups"], resources=r["resources"], verbs=r["verbs"])
+                "rbac.authorization.k8s.io/v1", "Role",
+                object_meta(ROLE, namespace=namespace, labels=labels),
+                rules=[{"apiGroups": r["apiGroups"], "resources": r["resources"], "verbs": r["verbs"]}
                        for r in rules],
                 opts=ctx.k8s_opts(self, depends_on=deps),
             )
-            k8s.rbac.v1.RoleBinding(
+            KubeObject(
                 f"jobs-rolebinding-{key}" if key != "hub" else "jobs-rolebinding-hub-namespace",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=ROLE, namespace=namespace, labels=labels),
-                role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="Role", name=ROLE),
+                "rbac.authorization.k8s.io/v1", "RoleBinding",
+                object_meta(ROLE, namespace=namespace, labels=labels),
+                roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE},
                 subjects=subject,
                 opts=ctx.k8s_opts(self, depends_on=[role, self.service_account]),
             )

@@ -9,7 +9,6 @@ the hub's). See docs/storage.md.
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from aiinfn.config.model import Project
 from aiinfn.config.storage import backups_active, bucket_name, env_maintainers_gid, project_gid, user_uid
@@ -30,6 +29,7 @@ from aiinfn.naming import (
 )
 
 from ..context import SiteContext
+from ..kube import KubeObject
 from .backup import CRONJOB, Backup
 from .common import LAYER, meta
 from .cvmfs import Cvmfs, cvmfs_pv_spec
@@ -44,7 +44,7 @@ class Storage(pulumi.ComponentResource):
         cfg = ctx.cfg
         st = cfg.storage
         self.ctx = ctx
-        self.claims: dict[str, dict[str, k8s.core.v1.PersistentVolumeClaim]] = {}
+        self.claims: dict[str, dict[str, KubeObject]] = {}
         self.juicefs = self.cvmfs = self.backup = self.scratch = None
         self.juicefs_secret_data: dict[str, pulumi.Input[str]] | None = None  # read by the offload layer
         if not st.enabled:
@@ -52,8 +52,8 @@ class Storage(pulumi.ComponentResource):
             return
         # Privileged: the kernel NFS server, the backup job and the scratch helper use host paths.
         self.namespace = ctx.namespace(self, "ns-storage", STORAGE_NAMESPACE, LAYER, enforce="privileged", warn="baseline")
-        k8s.networking.v1.NetworkPolicy(
-            "storage-default-deny",
+        KubeObject(
+            "storage-default-deny", "networking.k8s.io/v1", "NetworkPolicy",
             metadata=meta(ctx, "default-deny-ingress"),
             spec={"podSelector": {}, "policyTypes": ["Ingress"]},
             opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
@@ -85,14 +85,14 @@ class Storage(pulumi.ComponentResource):
                storage_class: str, deps: list[pulumi.Resource]) -> None:
         ctx = self.ctx
         pv_name = f"{namespace}-{claim}"
-        pv = k8s.core.v1.PersistentVolume(
-            f"pv-{pv_name}",
+        pv = KubeObject(
+            f"pv-{pv_name}", "v1", "PersistentVolume",
             metadata=meta(ctx, pv_name, namespace=None, component=claim),
             spec=pv_spec,
             opts=ctx.stateful_opts(self, depends_on=deps),
         )
-        pvc = k8s.core.v1.PersistentVolumeClaim(
-            f"pvc-{pv_name}",
+        pvc = KubeObject(
+            f"pvc-{pv_name}", "v1", "PersistentVolumeClaim",
             metadata=meta(ctx, claim, namespace=namespace, component=claim),
             spec={"accessModes": [access], "storageClassName": storage_class, "volumeName": pv_name,
                   "resources": {"requests": {"storage": pv_spec["capacity"]["storage"]}}},

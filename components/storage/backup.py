@@ -10,12 +10,12 @@ for jobs of the ``nfs-backup`` CronJob and on ``kube_cronjob_status_last_success
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from aiinfn.secrets import supplied_secret
 
 from ..context import SiteContext
+from ..kube import KubeObject
 from .common import meta, script
 from .nfs import node_placement
 
@@ -28,7 +28,7 @@ SOURCE = "/data"
 
 
 class Backup:
-    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: k8s.core.v1.Namespace) -> None:
+    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: KubeObject) -> None:
         cfg = ctx.cfg
         b = cfg.storage.backup
         opts = ctx.k8s_opts(parent, depends_on=[namespace])
@@ -40,10 +40,10 @@ class Backup:
         data = {"passphrase": self.passphrase.result}
         if uses_ssh:
             data["ssh-key"] = supplied_secret(SSH_KEY).apply(lambda k: k if k.endswith("\n") else k + "\n")
-        self.secret = k8s.core.v1.Secret("borg-secret", metadata=meta(ctx, SECRET, component=CRONJOB),
-                                         type="Opaque", string_data=data, opts=opts)
-        self.config = k8s.core.v1.ConfigMap(
-            "borg-config", metadata=meta(ctx, CONFIG, component=CRONJOB),
+        self.secret = KubeObject("borg-secret", "v1", "Secret", meta(ctx, SECRET, component=CRONJOB),
+                                 type="Opaque", stringData=data, opts=opts)
+        self.config = KubeObject(
+            "borg-config", "v1", "ConfigMap", meta(ctx, CONFIG, component=CRONJOB),
             data={"borg-backup.sh": script("borg-backup.sh"),
                   "known_hosts": (b.known_hosts.strip() + "\n") if b.known_hosts.strip() else ""},
             opts=opts)
@@ -74,9 +74,9 @@ class Backup:
             volumes.append({"name": "ssh", "secret": {"secretName": SECRET, "defaultMode": 0o400,
                                                       "items": [{"key": "ssh-key", "path": "ssh-key"}]}})
         labels = {"app.kubernetes.io/name": CRONJOB, "app.kubernetes.io/component": CRONJOB}
-        self.cronjob = k8s.batch.v1.CronJob(
-            "nfs-backup",
-            metadata=meta(ctx, CRONJOB, component=CRONJOB),
+        self.cronjob = KubeObject(
+            "nfs-backup", "batch/v1", "CronJob",
+            meta(ctx, CRONJOB, component=CRONJOB),
             spec={
                 "schedule": b.schedule,
                 "timeZone": "Etc/UTC",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pulumi_kubernetes as k8s
-
 from aiinfn.naming import STORAGE_NAMESPACE
 
 from ..context import SiteContext
+from ..kube import object_meta
 
 LAYER = "storage"
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -20,12 +19,12 @@ def script(name: str) -> str:
 
 
 def meta(ctx: SiteContext, name: str, namespace: str | None = STORAGE_NAMESPACE, component: str | None = None,
-         **extra: str) -> k8s.meta.v1.ObjectMetaArgs:
+         **extra: str) -> dict:
     labels = ctx.labels(LAYER, **extra)
     if component:
         labels["app.kubernetes.io/component"] = component
         labels["app.kubernetes.io/name"] = component
-    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels)
+    return object_meta(name, namespace=namespace, labels=labels)
 
 
 def reclaim_policy(ctx: SiteContext) -> str:

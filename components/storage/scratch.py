@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import NodePool, SiteConfig
@@ -22,6 +21,7 @@ from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_SCRATCH
 from aiinfn.nodes import tolerations_for
 
 from ..context import SiteContext
+from ..kube import KubeObject
 from .common import meta, restricted_container_security
 
 PROVISIONER = "aiinfn.infn.it/scratch-local-path"
@@ -72,18 +72,18 @@ def provisioner_config(cfg: SiteConfig) -> dict[str, str]:
 
 
 class Scratch:
-    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: k8s.core.v1.Namespace) -> None:
+    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: KubeObject) -> None:
         cfg = ctx.cfg
         pools = scratch_pools(cfg)
         self.storage_class = None
         if not pools:
             return
         opts = ctx.k8s_opts(parent, depends_on=[namespace])
-        sa = k8s.core.v1.ServiceAccount("scratch-sa", metadata=meta(ctx, NAME, component=NAME),
-                                        automount_service_account_token=True, opts=opts)
-        role = k8s.rbac.v1.ClusterRole(
-            "scratch-clusterrole",
-            metadata=meta(ctx, f"aiinfn-{NAME}", namespace=None, component=NAME),
+        sa = KubeObject("scratch-sa", "v1", "ServiceAccount", meta(ctx, NAME, component=NAME),
+                        automountServiceAccountToken=True, opts=opts)
+        role = KubeObject(
+            "scratch-clusterrole", "rbac.authorization.k8s.io/v1", "ClusterRole",
+            meta(ctx, f"aiinfn-{NAME}", namespace=None, component=NAME),
             rules=[
                 {"apiGroups": [""], "resources": ["nodes", "persistentvolumeclaims", "configmaps", "pods", "pods/log"],
                  "verbs": ["get", "list", "watch"]},
@@ -94,33 +94,33 @@ class Scratch:
             ],
             opts=ctx.k8s_opts(parent),
         )
-        k8s.rbac.v1.ClusterRoleBinding(
-            "scratch-clusterrolebinding",
-            metadata=meta(ctx, f"aiinfn-{NAME}", namespace=None, component=NAME),
-            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"aiinfn-{NAME}"},
+        KubeObject(
+            "scratch-clusterrolebinding", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+            meta(ctx, f"aiinfn-{NAME}", namespace=None, component=NAME),
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"aiinfn-{NAME}"},
             subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": STORAGE_NAMESPACE}],
             opts=ctx.k8s_opts(parent, depends_on=[role, sa]),
         )
-        ns_role = k8s.rbac.v1.Role(
-            "scratch-role",
-            metadata=meta(ctx, NAME, component=NAME),
+        ns_role = KubeObject(
+            "scratch-role", "rbac.authorization.k8s.io/v1", "Role",
+            meta(ctx, NAME, component=NAME),
             rules=[{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "patch",
                                                                          "update", "delete"]}],
             opts=opts,
         )
-        k8s.rbac.v1.RoleBinding(
-            "scratch-rolebinding",
-            metadata=meta(ctx, NAME, component=NAME),
-            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+        KubeObject(
+            "scratch-rolebinding", "rbac.authorization.k8s.io/v1", "RoleBinding",
+            meta(ctx, NAME, component=NAME),
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
             subjects=[{"kind": "ServiceAccount", "name": NAME, "namespace": STORAGE_NAMESPACE}],
             opts=ctx.k8s_opts(parent, depends_on=[ns_role, sa]),
         )
-        cm = k8s.core.v1.ConfigMap("scratch-config", metadata=meta(ctx, f"{NAME}-config", component=NAME),
-                                   data=provisioner_config(cfg), opts=opts)
+        cm = KubeObject("scratch-config", "v1", "ConfigMap", meta(ctx, f"{NAME}-config", component=NAME),
+                        data=provisioner_config(cfg), opts=opts)
         labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/component": NAME}
-        k8s.apps.v1.Deployment(
-            "scratch-provisioner",
-            metadata=meta(ctx, NAME, component=NAME),
+        KubeObject(
+            "scratch-provisioner", "apps/v1", "Deployment",
+            meta(ctx, NAME, component=NAME),
             spec={
                 "replicas": 1,
                 "selector": {"matchLabels": labels},
@@ -146,12 +146,12 @@ class Scratch:
             },
             opts=ctx.k8s_opts(parent, depends_on=[namespace, cm, sa]),
         )
-        self.storage_class = k8s.storage.v1.StorageClass(
-            "sc-scratch",
-            metadata=meta(ctx, STORAGECLASS_SCRATCH, namespace=None),
+        self.storage_class = KubeObject(
+            "sc-scratch", "storage.k8s.io/v1", "StorageClass",
+            meta(ctx, STORAGECLASS_SCRATCH, namespace=None),
             provisioner=PROVISIONER,
-            reclaim_policy="Delete",  # scratch: the directory goes with the pod (documented)
-            volume_binding_mode="WaitForFirstConsumer",
-            allowed_topologies=[{"matchLabelExpressions": [{"key": LABEL_POOL, "values": [p.name for p in pools]}]}],
+            reclaimPolicy="Delete",  # scratch: the directory goes with the pod (documented)
+            volumeBindingMode="WaitForFirstConsumer",
+            allowedTopologies=[{"matchLabelExpressions": [{"key": LABEL_POOL, "values": [p.name for p in pools]}]}],
             opts=ctx.k8s_opts(parent),
         )
