@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from aiinfn import naming
@@ -11,6 +10,7 @@ from aiinfn.hubservices import HubServiceSpec
 from aiinfn.secrets import supplied_secret
 
 from ..context import SiteContext
+from ..kube import HelmRelease, KubeObject, object_meta
 from .values import (
     CLUSTER_ISSUER,
     HUB_CHART,
@@ -44,12 +44,12 @@ class Hub(pulumi.ComponentResource):
             return
 
         # Notebooks preempt batch: above every batch class (all negative), and allowed to preempt.
-        self.priority_class = k8s.scheduling.v1.PriorityClass(
-            "notebook-priority",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=naming.NOTEBOOK_PRIORITY_CLASS, labels=labels),
+        self.priority_class = KubeObject(
+            "notebook-priority", "scheduling.k8s.io/v1", "PriorityClass",
+            object_meta(naming.NOTEBOOK_PRIORITY_CLASS, labels=labels),
             value=naming.NOTEBOOK_PRIORITY,
-            preemption_policy="PreemptLowerPriority",
-            global_default=False,
+            preemptionPolicy="PreemptLowerPriority",
+            globalDefault=False,
             description="Interactive notebooks: preempt opportunistic batch pods holding the resources they need",
             opts=ctx.k8s_opts(self),
         )
@@ -62,11 +62,11 @@ class Hub(pulumi.ComponentResource):
         secrets = {"cookie_secret": cookie.hex, "proxy_token": proxy.hex, "crypt_key": crypt.hex}
 
         # The IAM client secret reaches the hub container only, through this Secret and secretKeyRef.
-        self.iam_secret = k8s.core.v1.Secret(
-            "hub-iam-client",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=IAM_SECRET_NAME, namespace=ns, labels=labels),
+        self.iam_secret = KubeObject(
+            "hub-iam-client", "v1", "Secret",
+            object_meta(IAM_SECRET_NAME, namespace=ns, labels=labels),
             type="Opaque",
-            string_data={IAM_SECRET_KEY: supplied_secret("iamClientSecret")},
+            stringData={IAM_SECRET_KEY: supplied_secret("iamClientSecret")},
             opts=ctx.k8s_opts(self, depends_on=deps),
         )
 
@@ -74,23 +74,21 @@ class Hub(pulumi.ComponentResource):
         if hub.tls == "acme":
             issuer_deps: list[pulumi.Resource] = []
             if hub.install_cert_manager:
-                self.cert_manager = k8s.helm.v3.Release(
+                self.cert_manager = HelmRelease(
                     "cert-manager",
                     name="cert-manager",
                     chart="cert-manager",
                     version=CERT_MANAGER_CHART_VERSION,
                     namespace=CERT_MANAGER_NAMESPACE,
-                    create_namespace=True,
-                    repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CERT_MANAGER_REPO),
+                    createNamespace=True,
+                    repository=CERT_MANAGER_REPO,
                     values={"crds": {"enabled": True}},
                     opts=ctx.k8s_opts(self),
                 )
                 issuer_deps.append(self.cert_manager)
-            self.issuer = k8s.apiextensions.CustomResource(
-                "acme-issuer",
-                api_version="cert-manager.io/v1",
-                kind="ClusterIssuer",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name=CLUSTER_ISSUER, labels=labels),
+            self.issuer = KubeObject(
+                "acme-issuer", "cert-manager.io/v1", "ClusterIssuer",
+                object_meta(CLUSTER_ISSUER, labels=labels),
                 spec={
                     "acme": {
                         "email": cfg.site.contact_email,
@@ -104,26 +102,25 @@ class Hub(pulumi.ComponentResource):
             release_deps.append(self.issuer)
             # cert-manager answers the HTTP-01 challenge from a solver pod in the hub namespace,
             # which the namespace's default-deny policy would otherwise cut off from the ingress.
-            self.acme_solver_policy = k8s.networking.v1.NetworkPolicy(
-                "acme-http01-solver",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name="allow-acme-http01-solver", namespace=ns, labels=labels),
-                spec=k8s.networking.v1.NetworkPolicySpecArgs(
-                    pod_selector={"matchLabels": {"acme.cert-manager.io/http01-solver": "true"}},
-                    policy_types=["Ingress"],
-                    ingress=[k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                        ports=[k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=8089)])],
-                ),
+            self.acme_solver_policy = KubeObject(
+                "acme-http01-solver", "networking.k8s.io/v1", "NetworkPolicy",
+                object_meta("allow-acme-http01-solver", namespace=ns, labels=labels),
+                spec={
+                    "podSelector": {"matchLabels": {"acme.cert-manager.io/http01-solver": "true"}},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{"ports": [{"protocol": "TCP", "port": 8089}]}],
+                },
                 opts=ctx.k8s_opts(self, depends_on=deps),
             )
 
         self.values = hub_values(cfg, secrets, services)
-        self.release = k8s.helm.v3.Release(
+        self.release = HelmRelease(
             "jupyterhub",
             name="jupyterhub",
             chart=HUB_CHART,
             version=HUB_CHART_VERSION,
             namespace=ns,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=HUB_REPO),
+            repository=HUB_REPO,
             values=self.values,
             timeout=900,
             opts=ctx.k8s_opts(self, depends_on=release_deps),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from aiinfn.config.model import SiteConfig
 
 from ..context import SiteContext
+from ..kube import HelmRelease
 from .common import CSI_NAMESPACE
 
 CVMFS_DRIVER = "cvmfs.csi.cern.ch"
@@ -32,13 +32,13 @@ def default_local(cfg: SiteConfig) -> str:
 class Cvmfs:
     def __init__(self, parent: pulumi.Resource, ctx: SiteContext) -> None:
         cv = ctx.cfg.storage.cvmfs
-        self.release = k8s.helm.v3.Release(
+        self.release = HelmRelease(
             "cvmfs-csi",
             name="cvmfs-csi",
             chart="cvmfs-csi",
             version=cv.chart_version,
             namespace=CSI_NAMESPACE,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CVMFS_REPO),
+            repository=CVMFS_REPO,
             values={
                 "extraConfigMaps": {
                     "cvmfs-csi-config-d": {},

@@ -8,7 +8,6 @@ pods: no NodePort, no other client. The whole redis.conf (it holds ``requirepass
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from aiinfn.config.model import SiteConfig
@@ -17,6 +16,7 @@ from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_JUICEFS
 from aiinfn.secrets import supplied_secret
 
 from ..context import SiteContext
+from ..kube import HelmRelease, KubeObject
 from .common import CSI_NAMESPACE, meta, restricted_container_security
 from .nfs import REDIS_DIR, nfs_pv_spec, node_placement
 from .s3_bucket import S3Bucket
@@ -71,7 +71,7 @@ def bucket_url(cfg: SiteConfig) -> str:
 
 
 class Juicefs:
-    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: k8s.core.v1.Namespace,
+    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: KubeObject,
                  nfs_ready: list[pulumi.Resource]) -> None:
         cfg = ctx.cfg
         jfs = cfg.storage.juicefs
@@ -81,33 +81,33 @@ class Juicefs:
         self.redis_password = random.RandomPassword(
             "juicefs-redis-password", length=40, special=False,
             opts=pulumi.ResourceOptions(parent=parent, protect=keep))
-        self.redis_secret = k8s.core.v1.Secret(
-            "juicefs-redis-secret",
-            metadata=meta(ctx, REDIS_SECRET, component=REDIS_NAME),
+        self.redis_secret = KubeObject(
+            "juicefs-redis-secret", "v1", "Secret",
+            meta(ctx, REDIS_SECRET, component=REDIS_NAME),
             type="Opaque",
-            string_data={"redis.conf": self.redis_password.result.apply(redis_conf),
+            stringData={"redis.conf": self.redis_password.result.apply(redis_conf),
                          "password": self.redis_password.result},
             opts=opts,
         )
         # Redis data lives on the NFS volume (the protected OpenStack volume, covered by Borg backups).
-        self.redis_pv = k8s.core.v1.PersistentVolume(
-            "pv-juicefs-redis",
-            metadata=meta(ctx, f"{STORAGE_NAMESPACE}-{REDIS_PVC}", namespace=None, component=REDIS_NAME),
+        self.redis_pv = KubeObject(
+            "pv-juicefs-redis", "v1", "PersistentVolume",
+            meta(ctx, f"{STORAGE_NAMESPACE}-{REDIS_PVC}", namespace=None, component=REDIS_NAME),
             spec=nfs_pv_spec(f"{STORAGE_NAMESPACE}-{REDIS_PVC}", REDIS_DIR, jfs.redis_storage_gi, STORAGE_NAMESPACE, REDIS_PVC),
             opts=ctx.stateful_opts(parent, depends_on=nfs_ready),
         )
-        self.redis_pvc = k8s.core.v1.PersistentVolumeClaim(
-            "pvc-juicefs-redis",
-            metadata=meta(ctx, REDIS_PVC, component=REDIS_NAME),
+        self.redis_pvc = KubeObject(
+            "pvc-juicefs-redis", "v1", "PersistentVolumeClaim",
+            meta(ctx, REDIS_PVC, component=REDIS_NAME),
             spec={"accessModes": ["ReadWriteMany"], "storageClassName": "nfs-csi",
                   "volumeName": f"{STORAGE_NAMESPACE}-{REDIS_PVC}",
                   "resources": {"requests": {"storage": f"{jfs.redis_storage_gi}Gi"}}},
             opts=ctx.stateful_opts(parent, depends_on=[namespace, self.redis_pv]),
         )
         labels = {"app.kubernetes.io/name": REDIS_NAME, "app.kubernetes.io/component": REDIS_NAME}
-        self.redis = k8s.apps.v1.Deployment(
-            "juicefs-redis",
-            metadata=meta(ctx, REDIS_NAME, component=REDIS_NAME),
+        self.redis = KubeObject(
+            "juicefs-redis", "apps/v1", "Deployment",
+            meta(ctx, REDIS_NAME, component=REDIS_NAME),
             spec={
                 "replicas": 1,
                 "strategy": {"type": "Recreate"},
@@ -143,16 +143,16 @@ class Juicefs:
             },
             opts=ctx.k8s_opts(parent, depends_on=[namespace, self.redis_secret, self.redis_pvc]),
         )
-        self.redis_service = k8s.core.v1.Service(
-            "juicefs-redis-service",
-            metadata=meta(ctx, REDIS_NAME, component=REDIS_NAME),
+        self.redis_service = KubeObject(
+            "juicefs-redis-service", "v1", "Service",
+            meta(ctx, REDIS_NAME, component=REDIS_NAME),
             spec={"type": "ClusterIP", "selector": labels,
                   "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": REDIS_PORT, "protocol": "TCP"}]},
             opts=opts,
         )
-        self.redis_policy = k8s.networking.v1.NetworkPolicy(
-            "juicefs-redis-netpol",
-            metadata=meta(ctx, "juicefs-redis-clients", component=REDIS_NAME),
+        self.redis_policy = KubeObject(
+            "juicefs-redis-netpol", "networking.k8s.io/v1", "NetworkPolicy",
+            meta(ctx, "juicefs-redis-clients", component=REDIS_NAME),
             spec={"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"],
                   "ingress": [{"from": [{
                       "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": CSI_NAMESPACE}},
@@ -181,20 +181,20 @@ class Juicefs:
             "access-key": access_key,
             "secret-key": secret_key,
         }
-        self.volume_secret = k8s.core.v1.Secret(
-            "juicefs-volume-secret",
-            metadata=meta(ctx, VOLUME_SECRET, component="juicefs"),
+        self.volume_secret = KubeObject(
+            "juicefs-volume-secret", "v1", "Secret",
+            meta(ctx, VOLUME_SECRET, component="juicefs"),
             type="Opaque",
-            string_data=self.secret_data,
+            stringData=self.secret_data,
             opts=ctx.k8s_opts(parent, depends_on=[namespace, self.bucket]),
         )
-        self.csi = k8s.helm.v3.Release(
+        self.csi = HelmRelease(
             "juicefs-csi-driver",
             name="juicefs-csi-driver",
             chart="juicefs-csi-driver",
             version=jfs.csi_chart_version,
             namespace=CSI_NAMESPACE,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=JUICEFS_REPO),
+            repository=JUICEFS_REPO,
             values={
                 "mountMode": "mountpod",
                 "storageClasses": [],  # ours is below, bound to the volume Secret
@@ -206,14 +206,14 @@ class Juicefs:
         secret_params = {f"csi.storage.k8s.io/{kind}-secret-{what}": val
                          for kind in ("provisioner", "node-publish")
                          for what, val in (("name", VOLUME_SECRET), ("namespace", STORAGE_NAMESPACE))}
-        self.storage_class = k8s.storage.v1.StorageClass(
-            "sc-juicefs",
-            metadata=meta(ctx, STORAGECLASS_JUICEFS, namespace=None),
+        self.storage_class = KubeObject(
+            "sc-juicefs", "storage.k8s.io/v1", "StorageClass",
+            meta(ctx, STORAGECLASS_JUICEFS, namespace=None),
             provisioner=JUICEFS_DRIVER,
             parameters=secret_params,
-            reclaim_policy="Retain",
-            volume_binding_mode="Immediate",
-            allow_volume_expansion=True,
+            reclaimPolicy="Retain",
+            volumeBindingMode="Immediate",
+            allowVolumeExpansion=True,
             opts=ctx.k8s_opts(parent, depends_on=[self.csi, self.volume_secret]),
         )
 

@@ -9,7 +9,6 @@ modes by an init container, and kept so by a sidecar that re-applies the same la
 from __future__ import annotations
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import SiteConfig
@@ -18,6 +17,7 @@ from aiinfn.naming import NFS_EXPORT_ROOT, NFS_SERVER_DNS, NFS_SERVICE, STORAGEC
 from aiinfn.nodes import tolerations_for
 
 from ..context import SiteContext
+from ..kube import HelmRelease, KubeObject
 from .common import CSI_NAMESPACE, meta, script
 
 CSI_NFS_DRIVER = "nfs.csi.k8s.io"
@@ -124,13 +124,13 @@ def node_placement(cfg: SiteConfig) -> dict:
 class Nfs:
     """Builds the NFS server and the CSI driver as children of the Storage component."""
 
-    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: k8s.core.v1.Namespace) -> None:
+    def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: KubeObject) -> None:
         cfg = ctx.cfg
         nfs = cfg.storage.nfs
         opts = ctx.k8s_opts(parent, depends_on=[namespace])
-        self.config = k8s.core.v1.ConfigMap(
-            "nfs-config",
-            metadata=meta(ctx, "nfs-server-config", component="nfs-server"),
+        self.config = KubeObject(
+            "nfs-config", "v1", "ConfigMap",
+            meta(ctx, "nfs-server-config", component="nfs-server"),
             data={"exports": exports_text(cfg), "layout.txt": layout_text(cfg), "prepare-dirs.sh": script("prepare-dirs.sh")},
             opts=opts,
         )
@@ -141,9 +141,9 @@ class Nfs:
                      "seccompProfile": {"type": "RuntimeDefault"}}
         keeper_mounts = [{"name": "data", "mountPath": NFS_EXPORT_ROOT},
                          {"name": "config", "mountPath": "/etc/aiinfn-nfs", "readOnly": True}]
-        self.server = k8s.apps.v1.Deployment(
-            "nfs-server",
-            metadata=meta(ctx, NFS_SERVICE, component="nfs-server"),
+        self.server = KubeObject(
+            "nfs-server", "apps/v1", "Deployment",
+            meta(ctx, NFS_SERVICE, component="nfs-server"),
             spec={
                 "replicas": 1,
                 "strategy": {"type": "Recreate"},  # never two servers on the same data
@@ -201,28 +201,28 @@ class Nfs:
             },
             opts=ctx.k8s_opts(parent, depends_on=[namespace, self.config]),
         )
-        self.service = k8s.core.v1.Service(
-            "nfs-service",
-            metadata=meta(ctx, NFS_SERVICE, component="nfs-server"),
+        self.service = KubeObject(
+            "nfs-service", "v1", "Service",
+            meta(ctx, NFS_SERVICE, component="nfs-server"),
             spec={"type": "ClusterIP", "selector": labels,
                   "ports": [{"name": "nfs", "port": NFS_PORT, "targetPort": NFS_PORT, "protocol": "TCP"}]},
             opts=opts,
         )
-        self.network_policy = k8s.networking.v1.NetworkPolicy(
-            "nfs-netpol",
-            metadata=meta(ctx, "nfs-server-clients", component="nfs-server"),
+        self.network_policy = KubeObject(
+            "nfs-netpol", "networking.k8s.io/v1", "NetworkPolicy",
+            meta(ctx, "nfs-server-clients", component="nfs-server"),
             spec={"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"],
                   "ingress": [{"from": [{"ipBlock": {"cidr": n}} for n in client_networks(cfg)],
                                "ports": [{"protocol": "TCP", "port": NFS_PORT}]}]},
             opts=opts,
         )
-        self.csi = k8s.helm.v3.Release(
+        self.csi = HelmRelease(
             "csi-driver-nfs",
             name="csi-driver-nfs",
             chart="csi-driver-nfs",
             version=nfs.csi_chart_version,
             namespace=CSI_NAMESPACE,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CSI_NFS_REPO),
+            repository=CSI_NFS_REPO,
             values={
                 # mountPermissions 0: the driver never chmods a share (the modes set by the keeper stay).
                 "driver": {"name": CSI_NFS_DRIVER, "mountPermissions": 0},
@@ -236,15 +236,15 @@ class Nfs:
             },
             opts=ctx.k8s_opts(parent),
         )
-        self.storage_class = k8s.storage.v1.StorageClass(
-            "sc-nfs",
-            metadata=meta(ctx, STORAGECLASS_NFS, namespace=None),
+        self.storage_class = KubeObject(
+            "sc-nfs", "storage.k8s.io/v1", "StorageClass",
+            meta(ctx, STORAGECLASS_NFS, namespace=None),
             provisioner=CSI_NFS_DRIVER,
             parameters={"server": NFS_SERVER_DNS, "share": share(DYNAMIC)},
-            reclaim_policy="Retain",
-            volume_binding_mode="Immediate",
-            allow_volume_expansion=False,
-            mount_options=NFS_MOUNT_OPTIONS,
+            reclaimPolicy="Retain",
+            volumeBindingMode="Immediate",
+            allowVolumeExpansion=False,
+            mountOptions=NFS_MOUNT_OPTIONS,
             opts=ctx.k8s_opts(parent, depends_on=[self.csi]),
         )
 
