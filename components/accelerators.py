@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
-import yaml
 
 from aiinfn import catalogue as cat
-from aiinfn import mig
+from aiinfn import mig, yamlio
 from aiinfn.naming import GPU_OPERATOR_NAMESPACE
 from aiinfn.nodes import RESERVED_TAINT_KEY, tolerations_for
 
@@ -40,7 +39,7 @@ RKE2_TOOLKIT_ENV = [
 
 
 def _dump(doc: Any) -> str:
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    return yamlio.dump(doc, sort_keys=False, default_flow_style=False)
 
 
 def device_plugin_configs(cfg) -> dict[str, str]:

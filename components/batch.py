@@ -19,9 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
-import yaml
 
-from aiinfn import naming
+from aiinfn import naming, yamlio
 from aiinfn.config.model import SiteConfig
 from aiinfn.queues import MAX_FLAVOR_LABELS, MAX_FLAVOR_TOLERATIONS, QueueTopology, notebook_wait_bound_seconds, queue_topology
 
@@ -108,7 +107,7 @@ def kueue_values(cfg: SiteConfig) -> dict[str, Any]:
             "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}],
             "podDisruptionBudget": {"enabled": replicas > 1, "minAvailable": 1},
         },
-        "managerConfig": {"controllerManagerConfigYaml": yaml.safe_dump(kueue_manager_config(cfg), sort_keys=False)},
+        "managerConfig": {"controllerManagerConfigYaml": yamlio.dump(kueue_manager_config(cfg), sort_keys=False)},
         "enableCertManager": False,  # Kueue's internal certificate management for its webhook
         "enableKueueViz": False,
         "enablePrometheus": False,  # the observability layer adds its own ServiceMonitor

@@ -23,9 +23,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pulumi
-import yaml
 
-from aiinfn import catalogue, naming
+from aiinfn import catalogue, naming, yamlio
 from aiinfn.config.offload import RemoteSite, remote_quotas
 from aiinfn.secrets import REQUESTED, supplied_secret
 
@@ -256,7 +255,7 @@ class Offload(pulumi.ComponentResource):
         config = KubeObject(
             f"{site.name}-config", "v1", "ConfigMap",
             {"name": f"{node}-virtual-kubelet-config", "namespace": ns, "labels": labels},
-            data={"InterLinkConfig.yaml": yaml.safe_dump(vk_config(site), sort_keys=False)},
+            data={"InterLinkConfig.yaml": yamlio.dump(vk_config(site), sort_keys=False)},
             opts=ctx.k8s_opts(self, depends_on=dep))
         # Credentials: a Secret from supplied secrets, mounted as a file / read with secretKeyRef.
         auth_name = f"{node}-auth"

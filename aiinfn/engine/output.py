@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from .. import yamlio
 from .mocks import Recorded
 from .run import Rendered
 
@@ -71,7 +72,7 @@ def release_entry(r: Recorded) -> dict[str, Any]:
 
 
 # libyaml's emitter when PyYAML has it: the pure-Python one dominates render time on large sites.
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_Dumper = yamlio.SafeDumper
 
 
 def _dump_all(docs: list[dict[str, Any]]) -> str:

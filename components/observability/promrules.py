@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from aiinfn import yamlio
 from aiinfn.config.model import SiteConfig
 from aiinfn.naming import MONITORING_NAMESPACE
 
@@ -56,7 +55,7 @@ def rendered_rule_texts(cfg: SiteConfig) -> dict[str, str]:
 
 def rule_files(cfg: SiteConfig) -> dict[str, dict[str, Any]]:
     """file stem -> {"groups": [...]}: the spec of one PrometheusRule."""
-    return {stem: yaml.safe_load(text) for stem, text in rendered_rule_texts(cfg).items()}
+    return {stem: yamlio.load(text) for stem, text in rendered_rule_texts(cfg).items()}
 
 
 def dashboards() -> dict[str, str]:
