@@ -89,7 +89,7 @@ class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as err:  # handed to the awaiting coroutine, as a thread pool would
+        except BaseException as err:  # noqa: BLE001 (handed to the awaiting coroutine, as a thread pool would)
             future.set_exception(err)
         return future
 
