@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from .config.model import Project
 
+# The provider type token of a Helm release (the program registers it, render and policies read it)
+HELM_RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
+
 # Namespaces
 PLATFORM_NAMESPACE = "aiinfn-system"
 HUB_NAMESPACE = "hub"

@@ -21,8 +21,9 @@ from typing import Any
 import pulumi
 from pulumi_kubernetes import _utilities
 
+from aiinfn.naming import HELM_RELEASE_TYPE
+
 KUBERNETES_SDK_VERSION = _utilities.get_version()
-HELM_RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
 # Fields the provider reports back in clear unless told otherwise (as pulumi_kubernetes' Secret does).
 SECRET_FIELDS = ("data", "stringData")
 

@@ -11,10 +11,11 @@ from typing import Any
 import yaml
 
 from .. import yamlio
+from ..naming import HELM_RELEASE_TYPE
 from .mocks import Recorded
 from .run import Rendered
 
-HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+HELM_RELEASE = HELM_RELEASE_TYPE
 K8S_PROVIDER = "pulumi:providers:kubernetes"
 
 

@@ -277,11 +277,10 @@ class Observability(pulumi.ComponentResource):
         self.register_outputs({})
 
     # ----------------------------------------------------------------------------------------------
-    def _meta(self, name: str, component: str, **extra) -> dict:
-        """metadata in the monitoring namespace; ``extra``: further metadata fields (Kubernetes names)."""
-        return {**object_meta(name, namespace=MONITORING_NAMESPACE,
-                              labels=self.ctx.labels(LAYER, **{"app.kubernetes.io/component": component})),
-                **extra}
+    def _meta(self, name: str, component: str) -> dict:
+        """metadata in the monitoring namespace."""
+        return object_meta(name, namespace=MONITORING_NAMESPACE,
+                           labels=self.ctx.labels(LAYER, **{"app.kubernetes.io/component": component}))
 
     def _custom(self, kind: str, resource_name: str, name: str, component: str, spec: dict,
                 opts: pulumi.ResourceOptions) -> KubeObject:

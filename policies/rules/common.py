@@ -21,7 +21,7 @@ from aiinfn import naming
 MANDATORY = EnforcementLevel.MANDATORY
 ADVISORY = EnforcementLevel.ADVISORY
 
-HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+HELM_RELEASE = naming.HELM_RELEASE_TYPE
 SECGROUP = "openstack:networking/secGroup:SecGroup"
 SECGROUP_RULE = "openstack:networking/secGroupRule:SecGroupRule"
 OS_VOLUME = "openstack:blockstorage/volume:Volume"
