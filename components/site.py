@@ -14,6 +14,7 @@ from .hub import Hub
 from .jobs import Jobs
 from .observability import Observability
 from .offload import Offload
+from .patching import Patching
 from .platform import PlatformBase
 from .storage import Storage
 
@@ -45,6 +46,8 @@ class Site(pulumi.ComponentResource):
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.patching = Patching("patching", self.ctx,
+                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.observability]))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

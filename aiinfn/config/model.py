@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .hub import HubConfig
 from .monitoring import MonitoringConfig
 from .offload import OffloadConfig
+from .patching import PatchingConfig
 from .storage import StorageConfig
 
 SiteKind = Literal["production", "replica", "hackathon"]
@@ -242,6 +243,7 @@ class SiteConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    patching: PatchingConfig = field(default_factory=PatchingConfig)
 
     @property
     def is_protected(self) -> bool:

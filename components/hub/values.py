@@ -17,6 +17,7 @@ from aiinfn.hubservices import HubServiceSpec
 from aiinfn.nodes import pool_labels, tolerations_for
 from aiinfn.offerings import site_offerings
 
+from ..patching.announce import reboot_announcement
 from ..storage.common import script as storage_script
 from ..storage.scratch import slot_gi
 
@@ -293,6 +294,7 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
                     "admin_groups": list(cfg.iam.admin_groups),
                 },
                 "CryptKeeper": {"keys": [secrets["crypt_key"]]},
+                **reboot_announcement(cfg),
                 "KubeSpawner": {
                     "container_security_context": {
                         "runAsNonRoot": True, "allowPrivilegeEscalation": False,

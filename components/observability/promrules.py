@@ -35,6 +35,7 @@ def rule_params(cfg: SiteConfig) -> dict[str, str]:
         "admission_wait_p90_minutes": str(a.admission_wait_p90_minutes),
         "scan_seconds": str(cfg.monitoring.storage_exporter.scan_minutes * 60),
         "monitoring_namespace": MONITORING_NAMESPACE,
+        "critical_alert_minutes": str(cfg.patching.scan.critical_alert_minutes),
     }
 
 
