@@ -22,7 +22,15 @@ import pulumi
 
 from aiinfn import naming, yamlio
 from aiinfn.config.model import SiteConfig
-from aiinfn.queues import MAX_FLAVOR_LABELS, MAX_FLAVOR_TOLERATIONS, QueueTopology, notebook_wait_bound_seconds, queue_topology
+from aiinfn.config.batch import effective_pods_ready_timeout
+from aiinfn.queues import (
+    MAX_FLAVOR_LABELS,
+    MAX_FLAVOR_TOLERATIONS,
+    QueueTopology,
+    fair_share_weights,
+    notebook_wait_bound_seconds,
+    queue_topology,
+)
 
 from .context import SiteContext
 from .kube import HelmRelease, KubeObject
@@ -75,11 +83,15 @@ def kueue_manager_config(cfg: SiteConfig) -> dict[str, Any]:
         "manageJobsWithoutQueueName": False,
         # Kueue manages work in project namespaces only (those carry the project label).
         "managedJobsNamespaceSelector": {"matchExpressions": [{"key": naming.LABEL_PROJECT, "operator": "Exists"}]},
+        # One timeout for every ClusterQueue (Kueue 0.19.2 has no per-queue setting): on a site with remote
+        # sites it covers a remote queue wait (aiinfn.config.batch.effective_pods_ready_timeout). After
+        # backoffLimitCount requeues the Job is deactivated instead of evicted again (docs/batch.md).
         "waitForPodsReady": {
-            "timeout": f"{b.pods_ready_timeout_seconds}s",
+            "timeout": f"{effective_pods_ready_timeout(cfg)}s",
             "recoveryTimeout": f"{b.recovery_timeout_seconds}s",
             "blockAdmission": False,
-            "requeuingStrategy": {"timestamp": "Eviction", "backoffBaseSeconds": b.requeue_backoff_base_seconds,
+            "requeuingStrategy": {"timestamp": "Eviction", "backoffLimitCount": b.requeue_backoff_limit_count,
+                                  "backoffBaseSeconds": b.requeue_backoff_base_seconds,
                                   "backoffMaxSeconds": b.requeue_backoff_max_seconds},
         },
         "integrations": {"frameworks": list(FRAMEWORKS),
@@ -87,7 +99,9 @@ def kueue_manager_config(cfg: SiteConfig) -> dict[str, Any]:
         # Preemption between ClusterQueues of the cohort (local and offload queues) follows fair shares.
         "fairSharing": {"preemptionStrategies": ["LessThanOrEqualToFinalShare", "LessThanInitialShare"]},
         # Between projects (LocalQueues of one ClusterQueue): admission ordered by decayed past usage.
-        "admissionFairSharing": {"usageHalfLifeTime": f"{b.usage_half_life_hours}h", "usageSamplingInterval": "5m"},
+        # Weights make devices dominate the ranking (memory would otherwise count in bytes).
+        "admissionFairSharing": {"usageHalfLifeTime": f"{b.usage_half_life_hours}h", "usageSamplingInterval": "5m",
+                                 "resourceWeights": fair_share_weights(queue_topology(cfg))},
         # Scratch requests are not a queue resource: Kueue ignores them instead of refusing the Job.
         "resources": {"excludeResourcePrefixes": ["ephemeral-storage"]},
     }

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pulumi
 
 from aiinfn import catalogue, naming, yamlio
+from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
 from aiinfn.config.offload import RemoteSite, remote_quotas
 from aiinfn.secrets import REQUESTED, supplied_secret
 
@@ -61,6 +62,9 @@ def node_labels(site: RemoteSite) -> dict[str, str]:
     if len(models) == 1:  # one GPU model: jobs that select a model by label may land here
         labels[catalogue.LABEL_GPU_MODEL] = models[0]
     labels.update(site.node_labels)
+    # The routing key every flavor and node carries (aiinfn.queues.ROUTING_KEY): set last, so no
+    # nodeLabels entry can make a virtual node look local (config refuses the key as well).
+    labels[ROUTING_KEY] = REMOTE_ROLE
     return labels
 
 
@@ -71,8 +75,9 @@ def node_taints(site: RemoteSite) -> list[dict[str, str]]:
 
 
 def flavor_node_labels(site: RemoteSite) -> dict[str, str]:
-    """What the ResourceFlavor selects: the virtual-node type label and this remote's name."""
-    return {naming.VIRTUAL_NODE_LABEL: "virtual-kubelet", naming.LABEL_REMOTE_SITE: site.name}
+    """What the ResourceFlavor selects: the virtual-node type label, this remote's name and the routing key
+    (``aiinfn.infn.it/role: remote``), which local jobs exclude and which every local flavor also carries."""
+    return {naming.VIRTUAL_NODE_LABEL: "virtual-kubelet", naming.LABEL_REMOTE_SITE: site.name, ROUTING_KEY: REMOTE_ROLE}
 
 
 def vk_config(site: RemoteSite, namespace: str = naming.OFFLOAD_NAMESPACE) -> dict[str, Any]:
@@ -348,12 +353,12 @@ class Offload(pulumi.ComponentResource):
         flavor = kueue_object(
             f"{site.name}-flavor", "ResourceFlavor",
             metadata={"name": flavor_name, "labels": labels},
+            # nodeTaints and no tolerations: Kueue checks the taint against the pod's own tolerations
+            # plus the flavor's (flavorassigner.go checkFlavorForPodSets), so only a Job that itself
+            # tolerates virtual nodes (an offloadable one) can be given this flavor; the routing key
+            # in nodeLabels is the second gate (docs/batch.md).
             spec={"nodeLabels": flavor_node_labels(site),
-                  "nodeTaints": [dict(VK_BUILTIN_TAINT)],
-                  # injected into pods admitted on this flavor (the policy pack requires it); with it
-                  # Kueue no longer gates on nodeTaints, so which workloads reach a remote flavor is
-                  # decided by the queues listing it (offload-<remote> LocalQueues, cohort borrowing).
-                  "tolerations": [{"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]},
+                  "nodeTaints": [dict(VK_BUILTIN_TAINT)]},
             opts=ctx.k8s_opts(self))
         quotas = remote_quotas(site)
         cq = kueue_object(
@@ -363,6 +368,10 @@ class Offload(pulumi.ComponentResource):
                 "cohortName": naming.cohort(cfg.site.name),
                 "namespaceSelector": {"matchExpressions": [{"key": naming.LABEL_PROJECT, "operator": "Exists"}]},
                 "queueingStrategy": "BestEffortFIFO",
+                # A job sent to this site takes back what the opportunistic queue borrowed of it: with fair
+                # sharing on, reclaimWithinCohort Any preempts borrowers that satisfy the preemption
+                # strategies (borrowWithinCohort is for classical preemption only; clusterqueue_types.go).
+                "preemption": {"reclaimWithinCohort": "Any", "withinClusterQueue": "LowerPriority"},
                 "resourceGroups": [{
                     "coveredResources": list(quotas),
                     "flavors": [{"name": flavor_name, "resources": [

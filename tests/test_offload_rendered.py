@@ -171,8 +171,11 @@ def test_rbac_and_namespace(cnaf) -> None:
 def test_kueue_flavor_and_cluster_queue(cnaf) -> None:
     f = flavor(cnaf, "padova-bubble")
     assert f["spec"]["nodeLabels"] == {"virtual-node.interlink/type": "virtual-kubelet",
-                                       "aiinfn.infn.it/remote-site": "padova-bubble"}
-    assert tolerates(f["spec"]["tolerations"], {"key": TAINT, "value": "true", "effect": "NoSchedule"})
+                                       "aiinfn.infn.it/remote-site": "padova-bubble", "aiinfn.infn.it/role": "remote"}
+    # the taint gates the flavor: no toleration of its own (Kueue would then ignore the taint,
+    # flavorassigner.go checkFlavorForPodSets appends the flavor's tolerations to the pod's)
+    assert "tolerations" not in f["spec"]
+    assert f["spec"]["nodeTaints"] == [{"key": TAINT, "value": "true", "effect": "NoSchedule"}]
     (cq,) = [d for d in docs(cnaf, "ClusterQueue") if d["metadata"]["name"] == "offload-padova-bubble"]
     assert cq["spec"]["cohortName"] == "aiinfn-cnaf"
     (group,) = cq["spec"]["resourceGroups"]

@@ -61,35 +61,59 @@ offload_no_local_volumes = ResourceValidationPolicy(
 
 
 def _offload_flavors(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Kueue 0.19.2 checks a flavor's nodeTaints against the pod's tolerations plus the flavor's own
+    (flavorassigner.go checkFlavorForPodSets), and compares selectors only on the flavor's own label keys:
+    a remote flavor that tolerates its taint, or lacks the routing key, can be given to any Job."""
+    from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
+
     kind = kind_of(args.resource_type, args.props)
     if not str(args.props.get("apiVersion") or "").startswith("kueue.x-k8s.io/"):
         return
     name = obj_name(args.props, args.name)
     spec = args.props.get("spec") or {}
+    labels = spec.get("nodeLabels") or {}
     if kind == "ResourceFlavor" and name.startswith(naming.offload_flavor("")):
-        if not tolerates_virtual_nodes(spec.get("tolerations") or []):
-            report(fix(f"ResourceFlavor {name} (offload) does not tolerate {naming.VIRTUAL_NODE_TAINT}",
-                       f"add spec.tolerations [{{key: {naming.VIRTUAL_NODE_TAINT}, operator: Exists, "
-                       "effect: NoSchedule}]"))
-        if not (spec.get("nodeLabels") or {}):
+        if tolerates_virtual_nodes(spec.get("tolerations") or []):
+            report(fix(f"ResourceFlavor {name} (offload) tolerates {naming.VIRTUAL_NODE_TAINT} itself, so Kueue "
+                       "ignores its taint and may give it to Jobs that must stay here",
+                       "remove spec.tolerations; offloadable Jobs carry the toleration themselves"))
+        if not any(t.get("key") == naming.VIRTUAL_NODE_TAINT and t.get("effect") in ("NoSchedule", "NoExecute")
+                   for t in spec.get("nodeTaints") or []):
+            report(fix(f"ResourceFlavor {name} (offload) has no {naming.VIRTUAL_NODE_TAINT} nodeTaint",
+                       f"set spec.nodeTaints [{{key: {naming.VIRTUAL_NODE_TAINT}, value: 'true', effect: NoSchedule}}]"))
+        if not labels:
             report(fix(f"ResourceFlavor {name} (offload) has no nodeLabels, so its pods could land on local nodes",
                        f"set spec.nodeLabels to the virtual node's labels (e.g. {naming.VIRTUAL_NODE_LABEL})"))
-    elif kind == "ResourceFlavor" and tolerates_virtual_nodes(spec.get("tolerations") or []):
-        report(fix(f"ResourceFlavor {name} tolerates virtual nodes but is not an offload flavor",
-                   f"name offload flavors {naming.offload_flavor('<remote>')}; local flavors never tolerate "
-                   f"{naming.VIRTUAL_NODE_TAINT}"))
+        if labels.get(ROUTING_KEY) != REMOTE_ROLE:
+            report(fix(f"ResourceFlavor {name} (offload) does not select {ROUTING_KEY}={REMOTE_ROLE}, so local Jobs "
+                       "that exclude virtual nodes on that key are not kept off it",
+                       f"add nodeLabels {ROUTING_KEY}: {REMOTE_ROLE} (the virtual node carries it)"))
+    elif kind == "ResourceFlavor":
+        if tolerates_virtual_nodes(spec.get("tolerations") or []):
+            report(fix(f"ResourceFlavor {name} tolerates virtual nodes but is not an offload flavor",
+                       f"name offload flavors {naming.offload_flavor('<remote>')}; local flavors never tolerate "
+                       f"{naming.VIRTUAL_NODE_TAINT}"))
+        if ROUTING_KEY not in labels or labels.get(ROUTING_KEY) == REMOTE_ROLE:
+            report(fix(f"ResourceFlavor {name} has no local {ROUTING_KEY} in nodeLabels: Kueue ignores a Job's "
+                       "exclusion of virtual nodes on a key the flavor lacks, so routing cannot tell it from a "
+                       "remote flavor", f"add nodeLabels {ROUTING_KEY}: <the role of its pools>"))
     elif kind == "ClusterQueue" and name.startswith(naming.offload_cluster_queue("")):
         for group in spec.get("resourceGroups") or []:
             for fl in group.get("flavors") or []:
                 if not str(fl.get("name")).startswith(naming.offload_flavor("")):
                     report(fix(f"offload ClusterQueue {name} uses local flavor {fl.get('name')}",
                                f"offload queues use only {naming.offload_flavor('<remote>')} flavors"))
+        if (spec.get("preemption") or {}).get("reclaimWithinCohort", "Never") == "Never":
+            report(fix(f"offload ClusterQueue {name} cannot take back the quota the opportunistic queue borrowed "
+                       "(preemption.reclaimWithinCohort is Never), so jobs sent to this site wait behind borrowers",
+                       "set spec.preemption.reclaimWithinCohort: Any"))
 
 
 offload_flavors = ResourceValidationPolicy(
     name="offload-flavors-virtual-only",
-    description="Offload ResourceFlavors (remote-*) tolerate the virtual-node taint and select virtual nodes; "
-    "local flavors never tolerate it; offload-* ClusterQueues use only remote flavors.",
+    description="Offload ResourceFlavors (remote-*) carry the virtual-node taint without tolerating it and select "
+    "virtual nodes with the routing key (role remote); local flavors carry a local role and never tolerate it; "
+    "offload-* ClusterQueues use only remote flavors and reclaim what the cohort borrowed.",
     enforcement_level=MANDATORY,
     validate=_offload_flavors,
 )
