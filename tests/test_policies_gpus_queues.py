@@ -290,3 +290,25 @@ def test_user_jobs_from_the_job_service_pass_the_resource_rules(cnaf):
                 assert check_resource(policy, "kubernetes:batch/v1:Job", manifest) == [], policy.name
     grace = jobs[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace <= gpus.DEFAULT_MAX_GRACE_SECONDS
+
+
+def test_daemonsets_off_virtual_nodes():
+    from aiinfn.virtualnodes import not_virtual_affinity
+
+    p = offload.daemonsets_off_virtual_nodes
+    agent = {"containers": [{"name": "a", "image": "x:1"}], "tolerations": [{"operator": "Exists"}]}
+    ds = k8s("apps/v1", "DaemonSet", "agent", "kube-system", spec={"template": {"spec": agent}})
+    assert check_resource(p, *ds)  # tolerates everything, selects every node: reaches virtual nodes
+    kept = k8s("apps/v1", "DaemonSet", "agent", "kube-system",
+               spec={"template": {"spec": {**agent, "affinity": not_virtual_affinity()}}})
+    assert check_resource(p, *kept) == []
+    linux = k8s("apps/v1", "DaemonSet", "agent", "kube-system",
+                spec={"template": {"spec": {**agent, "nodeSelector": {"kubernetes.io/os": "linux"}}}})
+    assert check_resource(p, *linux) == []  # virtual nodes are kubernetes.io/os=virtual-kubelet
+    gpu_only = k8s("apps/v1", "DaemonSet", "agent", "kube-system", spec={"template": {"spec": {
+        "containers": [], "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}})
+    assert check_resource(p, *gpu_only) == []  # cannot tolerate the virtual-node taint
+    assert check_resource(p, *helm("csi-driver-nfs", {"node": {"tolerations": [{"operator": "Exists"}]}}))
+    assert check_resource(p, *helm("csi-driver-nfs", {"node": {"tolerations": [{"operator": "Exists"}],
+                                                               "affinity": not_virtual_affinity()}})) == []
+    assert check_resource(p, *helm("gpu-operator", {"daemonsets": {"tolerations": [{"operator": "Exists"}]}}))

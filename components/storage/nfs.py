@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pulumi
 
+from aiinfn.virtualnodes import not_virtual_affinity
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import SiteConfig
 from aiinfn.config.storage import REDIS_UID, env_maintainers_gid, project_gid, user_uid
@@ -230,7 +231,8 @@ class Nfs:
                                "defaultOnDeletePolicy": "retain"},
                 # The node plugin mounts on every node (GPU nodes are tainted): resolve the Service name
                 # through cluster DNS although it runs on the host network.
-                "node": {"dnsPolicy": "ClusterFirstWithHostNet", "tolerations": [{"operator": "Exists"}]},
+                "node": {"dnsPolicy": "ClusterFirstWithHostNet", "tolerations": [{"operator": "Exists"}],
+                         "affinity": not_virtual_affinity()},  # never on an interLink virtual node
                 "storageClass": {"create": False},
                 "externalSnapshotter": {"enabled": False},
             },

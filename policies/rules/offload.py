@@ -119,3 +119,84 @@ offload_flavors = ResourceValidationPolicy(
 )
 
 POLICIES = [offload_no_local_volumes, offload_flavors]
+
+
+# --- node agents (DaemonSets) never on virtual nodes ------------------------------------------------
+# Values paths of the DaemonSets of the charts this platform installs (chart-keys/<release>.txt):
+# chart -> [(nodeSelector path, affinity path, tolerations path)]; None where the chart has no such key.
+CHART_DAEMONSET_PATHS: dict[str, list[tuple[str | None, str | None, str | None]]] = {
+    "csi-driver-nfs": [("node.nodeSelector", "node.affinity", "node.tolerations")],
+    "cvmfs-csi": [("nodeplugin.nodeSelector", "nodeplugin.affinity", "nodeplugin.tolerations")],
+    "juicefs-csi-driver": [("node.nodeSelector", "node.affinity", "node.tolerations")],
+    "kube-prometheus-stack": [("prometheus-node-exporter.nodeSelector", "prometheus-node-exporter.affinity",
+                               "prometheus-node-exporter.tolerations")],
+    "gpu-operator": [(None, None, "daemonsets.tolerations"),
+                     ("node-feature-discovery.worker.nodeSelector", "node-feature-discovery.worker.affinity",
+                      "node-feature-discovery.worker.tolerations")],
+}
+_EXCLUDING = ({"key": naming.VIRTUAL_NODE_LABEL, "operator": "DoesNotExist"},)
+
+
+def _path(values: Mapping[str, Any], path: str | None) -> Any:
+    node: Any = values
+    for part in (path or "").split(".") if path else []:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node if path else None
+
+
+def excludes_virtual_nodes(node_selector: Any, affinity: Any) -> bool:
+    """True if no interLink virtual node can satisfy the selector: every required term excludes them, or the
+    nodeSelector asks for an OS, role or label virtual nodes never have."""
+    from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
+
+    sel = node_selector if isinstance(node_selector, Mapping) else {}
+    if sel.get("kubernetes.io/os") == "linux":
+        return True
+    if any(k == ROUTING_KEY and v != REMOTE_ROLE for k, v in sel.items()):
+        return True
+    req = (((affinity or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or {}) \
+        if isinstance(affinity, Mapping) else {}
+    terms = req.get("nodeSelectorTerms") or []
+
+    def excluding(e: Mapping[str, Any]) -> bool:
+        return (e.get("key") == naming.VIRTUAL_NODE_LABEL and e.get("operator") == "DoesNotExist") or \
+            (e.get("key") == ROUTING_KEY and e.get("operator") == "NotIn" and REMOTE_ROLE in (e.get("values") or [])) or \
+            (e.get("key") == "kubernetes.io/os" and e.get("operator") == "In" and
+             "virtual-kubelet" not in (e.get("values") or []))
+
+    return bool(terms) and all(any(excluding(e) for e in t.get("matchExpressions") or []) for t in terms)
+
+
+def _daemonsets_off_virtual_nodes(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type == HELM_RELEASE:
+        chart = str(args.props.get("chart") or "").rstrip("/").rsplit("/", 1)[-1]
+        values = values_of(args.props)
+        for sel_p, aff_p, tol_p in CHART_DAEMONSET_PATHS.get(chart, []):
+            tolerations = _path(values, tol_p) or []
+            if tolerates_virtual_nodes(tolerations) and not excludes_virtual_nodes(_path(values, sel_p),
+                                                                                   _path(values, aff_p)):
+                report(fix(f"chart {chart}: the DaemonSet configured at {tol_p} tolerates the interLink taint and "
+                           "nothing keeps it off virtual nodes: interLink would send the node agent to a remote site",
+                           f"set {aff_p or sel_p or tol_p} to exclude {naming.VIRTUAL_NODE_LABEL} "
+                           "(aiinfn.virtualnodes.not_virtual_affinity)"))
+        return
+    if kind_of(args.resource_type, args.props) != "DaemonSet":
+        return
+    spec = (((args.props.get("spec") or {}).get("template") or {}).get("spec") or {})
+    if tolerates_virtual_nodes(spec.get("tolerations") or []) and \
+            not excludes_virtual_nodes(spec.get("nodeSelector"), spec.get("affinity")):
+        report(fix(f"DaemonSet {obj_name(args.props, args.name)} tolerates the interLink taint and nothing keeps it "
+                   "off virtual nodes", "add aiinfn.virtualnodes.not_virtual_affinity() to its pod spec"))
+
+
+daemonsets_off_virtual_nodes = ResourceValidationPolicy(
+    name="daemonsets-off-virtual-nodes",
+    description="A DaemonSet (rendered, or in a chart's values) that tolerates the interLink virtual-node taint "
+    "excludes virtual nodes by affinity or nodeSelector: node agents are never forwarded to a remote site.",
+    enforcement_level=MANDATORY,
+    validate=_daemonsets_off_virtual_nodes,
+)
+
+POLICIES = [*POLICIES, daemonsets_off_virtual_nodes]
