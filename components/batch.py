@@ -42,6 +42,19 @@ KUEUE_IMAGE = "registry.k8s.io/kueue/kueue"
 FRAMEWORKS = ["batch/job"]  # the job service creates batch/v1 Jobs only; notebooks are never gated
 RESOURCE_QUOTA_OBJECTS = "batch-objects"
 RESOURCE_QUOTA_PRIORITY = "batch-priority-only"
+EGRESS_POLICY = "batch-egress"
+# What a notebook reaches besides DNS (zero-to-jupyterhub 4.4.0 egressAllowRules.nonPrivateIPs, with
+# privateIPs and cloudMetadataServer off, as the hub layer sets them): every non-private IPv4 address.
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+CLOUD_METADATA = "169.254.169.254/32"
+
+
+def batch_egress_spec() -> dict[str, Any]:
+    """Egress of batch and Bunshin pods: like a notebook's (the internet, for pip and S3), never the cluster's
+    internal services (pod, service and node networks are private ranges) nor the cloud metadata server.
+    DNS comes from the platform's allow-dns policy of the namespace."""
+    return {"podSelector": {}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [*PRIVATE_RANGES, CLOUD_METADATA]}}]}]}
 
 
 class WorkloadPriorityClass(KubeObject):
@@ -260,6 +273,11 @@ class Batch(pulumi.ComponentResource):
                 spec={"hard": {"pods": str(cfg.batch.max_pods_per_project),
                                "count/jobs.batch": str(cfg.batch.max_jobs_per_project),
                                "services.loadbalancers": "0", "services.nodeports": "0"}},
+                opts=ctx.k8s_opts(self, depends_on=dep))
+            KubeObject(
+                f"netpol-{project.name}-egress", "networking.k8s.io/v1", "NetworkPolicy",
+                {"name": EGRESS_POLICY, "namespace": ns, "labels": plabels},
+                spec=batch_egress_spec(),
                 opts=ctx.k8s_opts(self, depends_on=dep))
             # No pod of a project namespace may run in any class but the batch ones (not the notebooks').
             KubeObject(
