@@ -312,3 +312,45 @@ def test_daemonsets_off_virtual_nodes():
     assert check_resource(p, *helm("csi-driver-nfs", {"node": {"tolerations": [{"operator": "Exists"}],
                                                                "affinity": not_virtual_affinity()}})) == []
     assert check_resource(p, *helm("gpu-operator", {"daemonsets": {"tolerations": [{"operator": "Exists"}]}}))
+
+
+def _ns_and_pols(*egress_rules):
+    from policies.testing import resource
+
+    out = [resource(*k8s("v1", "Namespace", "project-x")),
+           resource(*k8s(KQ, "ClusterQueue", "opportunistic", spec={"resourceGroups": []})),
+           resource(*k8s("networking.k8s.io/v1", "NetworkPolicy", "allow-dns", "project-x", spec={
+               "podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 53, "protocol": "UDP"}], "to": [
+                   {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]}]}))]
+    for i, rule in enumerate(egress_rules):
+        out.append(resource(*k8s("networking.k8s.io/v1", "NetworkPolicy", f"e{i}", "project-x", spec={
+            "podSelector": {}, "policyTypes": ["Egress"], "egress": [rule]})))
+    return out
+
+
+def test_batch_egress_like_notebooks():
+    p = queues.batch_egress
+    internet = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                                    "169.254.169.254/32"]}}]}
+    assert check_stack(p, _ns_and_pols(internet)) == []
+    assert any("no egress but DNS" in m for m, _ in check_stack(p, _ns_and_pols()))
+    everything = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+    assert any("private networks" in m for m, _ in check_stack(p, _ns_and_pols(everything)))
+    hub = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hub"}}}]}
+    assert any("in-cluster" in m for m, _ in check_stack(p, _ns_and_pols(internet, hub)))
+
+
+def test_offload_kubelet_serving_approved():
+    from policies.testing import resource
+
+    p = offload.kubelet_serving_approved
+    vk = resource(*k8s("v1", "ConfigMap", "vk-config", "interlink", data={"InterLinkConfig.yaml": "NodeLabels: []"}))
+    narrow = resource(*k8s("rbac.authorization.k8s.io/v1", "ClusterRole", "approver", rules=[
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"],
+         "resourceNames": ["kubernetes.io/kubelet-serving"]}]))
+    broad = resource(*k8s("rbac.authorization.k8s.io/v1", "ClusterRole", "approver", rules=[
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"]}]))
+    assert check_stack(p, [vk, narrow]) == []
+    assert any("nothing approves" in m for m, _ in check_stack(p, [vk]))
+    assert any("any signer" in m for m, _ in check_stack(p, [vk, broad]))
+    assert check_stack(p, []) == []  # no virtual kubelet, nothing to approve

@@ -200,3 +200,41 @@ daemonsets_off_virtual_nodes = ResourceValidationPolicy(
 )
 
 POLICIES = [*POLICIES, daemonsets_off_virtual_nodes]
+
+
+# --- the virtual kubelets' serving certificates are approved, narrowly ------------------------------
+KUBELET_SERVING = "kubernetes.io/kubelet-serving"
+
+
+def _kubelet_serving_approved(args, report: ReportViolation) -> None:
+    from .common import of_kind
+
+    vks = [r for r in of_kind(args.resources, "ConfigMap") if "InterLinkConfig.yaml" in (r.props.get("data") or {})]
+    roles = of_kind(args.resources, "ClusterRole")
+    approving = []
+    for role in roles:
+        for rule in role.props.get("rules") or []:
+            if "signers" in (rule.get("resources") or []) and {"approve", "*"} & set(rule.get("verbs") or []):
+                names = rule.get("resourceNames") or []
+                if not names or "*" in names or any(n.endswith("/*") for n in names):
+                    report(fix(f"ClusterRole {obj_name(role.props, role.name)} may approve CSRs of any signer",
+                               f"limit resourceNames to [{KUBELET_SERVING}]"), role.urn)
+                elif KUBELET_SERVING in names:
+                    approving.append(obj_name(role.props, role.name))
+    if vks and not approving:
+        report(fix(f"{len(vks)} interLink virtual kubelet(s) ask for a {KUBELET_SERVING} certificate that nothing "
+                   "approves: logs of offloaded pods are unavailable",
+                   "deploy the kubelet-serving approver of the offload layer (components/offload.py)"))
+
+
+from pulumi_policy import StackValidationPolicy  # noqa: E402
+
+kubelet_serving_approved = StackValidationPolicy(
+    name="offload-kubelet-serving-approved",
+    description="A stack with interLink virtual kubelets approves their kubelet-serving CSRs, through a role that "
+    "may approve that one signer only.",
+    enforcement_level=MANDATORY,
+    validate=_kubelet_serving_approved,
+)
+
+POLICIES = [*POLICIES, kubelet_serving_approved]

@@ -275,3 +275,49 @@ fair_share_weights = StackValidationPolicy(
 
 POLICIES = [localqueue_targets, flavors_exist, quota_within_capacity, project_localqueues, kueue_bounds,
             fair_share_weights]
+
+
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+
+def _batch_egress(args: StackValidationArgs, report: ReportViolation) -> None:
+    if not _kueue(args.resources, "ClusterQueue"):
+        return
+    pols = of_kind(args.resources, "NetworkPolicy")
+    for ns in of_kind(args.resources, "Namespace"):
+        name = obj_name(ns.props, ns.name)
+        if not name.startswith(naming.project_namespace("")):
+            continue
+        mine = [p for p in pols if str((p.props.get("metadata") or {}).get("namespace")) == name]
+        internet = False
+        for p in mine:
+            for rule in (p.props.get("spec") or {}).get("egress") or []:
+                dns_only = bool(rule.get("ports")) and all(x.get("port") == 53 for x in rule["ports"])
+                for peer in rule.get("to") or []:
+                    block = peer.get("ipBlock") or {}
+                    if block.get("cidr") == "0.0.0.0/0":
+                        if set(PRIVATE_RANGES) <= set(block.get("except") or []):
+                            internet = True
+                        else:
+                            report(fix(f"NetworkPolicy {where(p.props, p.name)} lets batch pods reach the cluster's "
+                                       "private networks (pods, services, nodes)",
+                                       f"except {', '.join(PRIVATE_RANGES)} and the metadata server"), p.urn)
+                    elif (block.get("cidr") in PRIVATE_RANGES or "podSelector" in peer or "namespaceSelector" in peer) \
+                            and not dns_only:
+                        report(fix(f"NetworkPolicy {where(p.props, p.name)} lets batch pods reach in-cluster "
+                                   "services", "allow DNS and non-private addresses only"), p.urn)
+        if not internet:
+            report(fix(f"project namespace {name}: batch and Bunshin pods have no egress but DNS, while notebooks "
+                       "reach the internet (pip install, S3 reads fail)",
+                       "add a NetworkPolicy allowing 0.0.0.0/0 except the private ranges (components/batch.py)"), ns.urn)
+
+
+batch_egress = StackValidationPolicy(
+    name="batch-egress-like-notebooks",
+    description="Batch and Bunshin pods of every project namespace reach what a notebook reaches (non-private "
+    "addresses), never the cluster's private networks.",
+    enforcement_level=MANDATORY,
+    validate=_batch_egress,
+)
+
+POLICIES = [*POLICIES, batch_egress]
