@@ -85,13 +85,13 @@ def parse_csr(pem: bytes) -> Request:
     body = text.split("-----BEGIN CERTIFICATE REQUEST-----", 1)[1].split("-----END CERTIFICATE REQUEST-----", 1)[0]
     der = base64.b64decode("".join(body.split()))
     _, s, e = _tlv(der, 0)
-    info_tag, info_s, info_e = _children(der, s, e)[0]
+    _, info_s, info_e = _children(der, s, e)[0]
     fields = _children(der, info_s, info_e)  # version, subject, subjectPKInfo, [0] attributes
     cns, orgs, dns, ips, other = [], [], [], [], 0
     _, subj_s, subj_e = fields[1]
     for _, rs, re_ in _children(der, subj_s, subj_e):  # SET of AttributeTypeAndValue
         for _, as_, ae in _children(der, rs, re_):
-            (ot, os_, oe), (_, vs, ve) = _children(der, as_, ae)[:2]
+            (_, os_, oe), (_, vs, ve) = _children(der, as_, ae)[:2]
             oid = _oid(der[os_:oe])
             value = der[vs:ve].decode("utf-8", "replace")
             if oid == _OID_CN:
@@ -109,7 +109,7 @@ def parse_csr(pem: bytes) -> Request:
                     parts = _children(der, x_s, x_e)
                     if _oid(der[parts[0][1]:parts[0][2]]) != _OID_SAN:
                         continue
-                    _, os_s, os_e = parts[-1]  # OCTET STRING holding GeneralNames
+                    _, os_s, _ = parts[-1]  # OCTET STRING holding GeneralNames
                     _, g_s, g_e = _tlv(der, os_s)
                     for tag, n_s, n_e in _children(der, g_s, g_e):
                         if tag == 0x82:
@@ -170,7 +170,7 @@ def _call(base: str, method: str, path: str, token: str, ctx: ssl.SSLContext | N
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base + path, data=data, method=method,
                                  headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:  # noqa: S310 - the API server only
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:  # the API server only
         return json.loads(resp.read() or b"{}")
 
 
@@ -203,7 +203,7 @@ def main() -> int:  # pragma: no cover - runs in the cluster
             sa_jwt = fh.read().strip()
         try:
             run_once(base, sa_jwt, allowed, ctx)
-        except Exception as err:  # keep going: the next pass retries
+        except (OSError, ValueError, KeyError) as err:  # keep going: the next pass retries
             print(f"pass failed: {err}", file=sys.stderr, flush=True)
         time.sleep(INTERVAL)
 

@@ -16,7 +16,6 @@ from aiinfn import catalogue as cat
 from aiinfn import mig, yamlio
 from aiinfn.naming import GPU_OPERATOR_NAMESPACE
 from aiinfn.nodes import RESERVED_TAINT_KEY, tolerations_for
-from aiinfn.virtualnodes import not_virtual_affinity
 
 from .context import LABEL_SITE, SiteContext
 from .kube import HelmRelease, KubeObject, object_meta
@@ -106,7 +105,7 @@ def gpu_operator_values(cfg) -> dict[str, Any]:
         "node-feature-discovery": {"worker": {"tolerations": [
             {"key": "node-role.kubernetes.io/control-plane", "operator": "Equal", "value": "", "effect": "NoSchedule"},
             *tolerations,
-        ], "affinity": not_virtual_affinity()}},  # the GPU operands only tolerate the GPU taint (not virtual nodes)
+        ]}},
     }
 
 

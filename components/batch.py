@@ -21,8 +21,8 @@ from typing import Any
 import pulumi
 
 from aiinfn import naming, yamlio
-from aiinfn.config.model import SiteConfig
 from aiinfn.config.batch import effective_pods_ready_timeout
+from aiinfn.config.model import SiteConfig
 from aiinfn.queues import (
     MAX_FLAVOR_LABELS,
     MAX_FLAVOR_TOLERATIONS,
@@ -310,11 +310,19 @@ def summary_lines(cfg: SiteConfig, topo: QueueTopology) -> list[str]:
         lines.append(f"| {f.name} | {f.resource_name or '-'} | {f.devices} | {f.cpus} | {f.memory_gi} Gi | "
                      f"{', '.join(f.pools) or '-'} |")
     classes = ", ".join(f"{k} {v}" for k, v in batch_classes().items())
+    b = cfg.batch
+    timeout = effective_pods_ready_timeout(cfg)
+    backoff = sum(min(b.requeue_backoff_base_seconds * 2 ** (i - 1), b.requeue_backoff_max_seconds)
+                  for i in range(1, b.requeue_backoff_limit_count + 1))
+    worst = (b.requeue_backoff_limit_count + 1) * max(timeout, b.recovery_timeout_seconds) + backoff
     lines += ["",
               (f"- priority classes: {classes} (preemptionPolicy Never except {naming.BATCH_FIRE_CLASS}); "
               f"notebooks {naming.NOTEBOOK_PRIORITY_CLASS} {naming.NOTEBOOK_PRIORITY}"),
               (f"- notebook eviction bound: a notebook waits at most {bound['total']} s for a device held by batch "
               f"work (grace {bound['grace']} s + scheduling {bound['scheduling']} s + kubelet {bound['kubelet']} s "
               f"+ scheduler requeue {bound['requeue']} s + bind {bound['bind']} s); evictions do not count "
-              f"against backoffLimit {cfg.batch.backoff_limit}")]
+              f"against backoffLimit {cfg.batch.backoff_limit}"),
+              (f"- evict/re-admit bound: waitForPodsReady timeout {timeout} s (one for all queues), at most "
+               f"{b.requeue_backoff_limit_count} requeues, then the Job is deactivated: {worst} s at worst "
+               "(docs/batch.md)")]
     return lines

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import pulumi
 
 from aiinfn import catalogue, naming, yamlio
-from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
-from aiinfn.virtualnodes import not_virtual_affinity
 from aiinfn.config.offload import RemoteSite, remote_quotas
+from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
 from aiinfn.secrets import REQUESTED, supplied_secret
+from aiinfn.virtualnodes import not_virtual_affinity
 
 from .batch import kueue_object
 from .context import SiteContext

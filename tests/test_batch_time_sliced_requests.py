@@ -50,7 +50,8 @@ def test_job_service_refuses_two_shares_naming_the_field() -> None:
 
 def test_batchjobs_refuses_two_shares() -> None:
     cfg = rendered_stack("hackathon-padova").cfg
-    base = dict(name="sliced", project="challenge", user="p1", image="python:3.12.7-slim", command=["true"], offering=SLICED)
+    base = {"name": "sliced", "project": "challenge", "user": "p1", "image": "python:3.12.7-slim", "command": ["true"],
+            "offering": SLICED}
     batch_job(cfg, BatchJobRequest(**base, accelerators=1))
     with pytest.raises(BatchJobError, match="^accelerators:.*time-sliced"):
         batch_job(cfg, BatchJobRequest(**base, accelerators=2))

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -83,8 +84,8 @@ def test_anything_else_is_left_alone(change: dict, reason: str) -> None:
 
 
 class _Api(BaseHTTPRequestHandler):
-    items: list = []
-    approvals: list = []
+    items: ClassVar[list] = []
+    approvals: ClassVar[list] = []
 
     def log_message(self, *args) -> None:  # quiet
         pass

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pulumi
 import pulumi_random as random
 
-from aiinfn.virtualnodes import not_virtual_affinity
 from aiinfn.config.model import SiteConfig
 from aiinfn.config.storage import REDIS_UID, bucket_name, juicefs_volume_name
 from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_JUICEFS
 from aiinfn.secrets import supplied_secret
+from aiinfn.virtualnodes import not_virtual_affinity
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject

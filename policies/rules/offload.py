@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pulumi_policy import ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
+from pulumi_policy import ReportViolation, ResourceValidationArgs, ResourceValidationPolicy, StackValidationPolicy
 
 from aiinfn import naming
 
@@ -227,7 +227,6 @@ def _kubelet_serving_approved(args, report: ReportViolation) -> None:
                    "deploy the kubelet-serving approver of the offload layer (components/offload.py)"))
 
 
-from pulumi_policy import StackValidationPolicy  # noqa: E402
 
 kubelet_serving_approved = StackValidationPolicy(
     name="offload-kubelet-serving-approved",
