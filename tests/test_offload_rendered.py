@@ -122,7 +122,8 @@ NOTEBOOK = {  # as the hub spawns a GPU notebook: tolerates the GPU taint, prefe
 def test_cnaf_declares_the_four_reference_remote_sites(cnaf) -> None:
     assert {s.name: s.plugin for s in cnaf.cfg.offload.sites} == CNAF_REMOTES
     nodes = {d["metadata"]["name"] for d in docs(cnaf, "Deployment") if d["metadata"]["namespace"] == "interlink"}
-    assert nodes == {f"interlink-{r}-node" for r in CNAF_REMOTES}
+    # one virtual kubelet per remote site, plus the approver of their serving certificates
+    assert nodes == {f"interlink-{r}-node" for r in CNAF_REMOTES} | {"kubelet-serving-approver"}
 
 
 def test_virtual_kubelet_config_and_deployment(cnaf) -> None:
