@@ -35,6 +35,10 @@ BASE_TOLERATIONS = [
     {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
     {"key": "hub.jupyter.org_dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
 ]
+# Batch PriorityClasses all start with it (naming.BATCH_PRIORITY_CLASSES, naming.BATCH_FIRE_CLASS).
+BATCH_PRIORITY_PREFIX = "batch-"
+KUEUE_MANAGED_LABEL = "kueue.x-k8s.io/managed"
+AVAILABILITY_CACHE_SECONDS = 5  # one read of nodes and pods serves every form opened within it
 NETWORK_ACCESS_HUB = "hub.jupyter.org/network-access-hub"
 # JupyterHub 5.5's default scopes of the ``server`` role (jupyterhub/roles.py get_default_roles), the
 # role of a notebook's $JUPYTERHUB_API_TOKEN. Redefining the role replaces them, so they are kept.
@@ -147,6 +151,18 @@ def build_profiles(cfg: SiteConfig) -> list[dict[str, Any]]:
     return out
 
 
+def availability_rules(cfg: SiteConfig) -> dict[str, Any]:
+    """How the hub tells batch pods (which a notebook preempts) and virtual nodes (never a notebook's)."""
+    return {
+        "virtual_node_label": naming.VIRTUAL_NODE_LABEL,
+        "batch_priority_prefix": BATCH_PRIORITY_PREFIX,
+        "batch_namespaces": [naming.project_namespace(p) for p in cfg.projects],
+        # Kueue's pod integration marks the pods it manages; jobs' pods carry their queue's name
+        "batch_labels": {naming.QUEUE_LABEL: None, KUEUE_MANAGED_LABEL: "true"},
+        "cache_seconds": AVAILABILITY_CACHE_SECONDS,
+    }
+
+
 def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> dict[str, Any]:
     """What the hub-side code (hubconf/aiinfn_hub.py) reads from site.json: no secret in it."""
     hub = cfg.hub
@@ -183,6 +199,8 @@ def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> 
         "tmp_gb": hub.tmp_gb,
         "base_tolerations": BASE_TOLERATIONS,
         "profiles": build_profiles(cfg),
+        # what the spawn form counts as free (hubconf/aiinfn_availability.py): nodes it skips, batch it preempts
+        "availability": availability_rules(cfg),
         # services in the hub pod whose environment needs values the hub holds from Secrets
         "service_secret_env": {s.name: sorted(s.secret_env) for s in services or [] if s.secret_env},
     }
@@ -263,6 +281,8 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
                                 "scopes": list(dict.fromkeys([*SERVER_ROLE_DEFAULT_SCOPES, *sv["server_scopes"]]))}
     extra_files = {
         "aiinfn-hub-module": {"mountPath": f"{HUB_ETC}/aiinfn_hub.py", "stringData": hubconf_source("aiinfn_hub.py")},
+        "aiinfn-availability-module": {"mountPath": f"{HUB_ETC}/aiinfn_availability.py",
+                                       "stringData": hubconf_source("aiinfn_availability.py")},
         "aiinfn-site": {"mountPath": f"{HUB_ETC}/site.json", "data": site_data(cfg, services)},
         **sv["files"],
     }
