@@ -225,3 +225,18 @@ def test_full_offering_refused_by_the_hook() -> None:
     assert e.value.jupyterhub_message.startswith("GPU slice: NVIDIA A100 80GB MIG 2g.20gb is full now")
     asyncio.run(hub.check_available(site, view, spawner({"profile": "a100-80gb-3g.40gb"})))  # batch: allowed
     asyncio.run(hub.check_available(site, view, spawner({})))  # default profile (CPU): room
+
+
+def test_the_hub_reads_nodes_and_pods_and_nothing_more(cnaf: Any) -> None:
+    """The hub's ServiceAccount (z2jh 4.4.0: "hub", templates/_helpers-names.tpl) gets get/list on nodes and
+    pods cluster-wide for the spawn form; everything else it has is the chart's own namespaced Role."""
+    roles = {r.inputs["metadata"]["name"]: r.inputs for r in cnaf.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")
+             if r.type.endswith(":ClusterRole")}
+    bindings = [r.inputs for r in cnaf.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")]
+    to_hub = [b for b in bindings if {"kind": "ServiceAccount", "name": "hub", "namespace": "hub"} in b["subjects"]]
+    assert len(to_hub) == 1
+    role = roles[to_hub[0]["roleRef"]["name"]]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list"]}]
+    role_bindings = cnaf.of_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")
+    assert not [b for b in role_bindings if {"kind": "ServiceAccount", "name": "hub", "namespace": "hub"}
+                in b.inputs.get("subjects", [])], "no other binding widens the hub's account"

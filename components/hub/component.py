@@ -12,10 +12,12 @@ from aiinfn.secrets import supplied_secret
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject, object_meta
 from .values import (
+    AVAILABILITY_ROLE,
     CLUSTER_ISSUER,
     HUB_CHART,
     HUB_CHART_VERSION,
     HUB_REPO,
+    HUB_SERVICE_ACCOUNT,
     IAM_SECRET_KEY,
     IAM_SECRET_NAME,
     build_profiles,
@@ -112,6 +114,22 @@ class Hub(pulumi.ComponentResource):
                 },
                 opts=ctx.k8s_opts(self, depends_on=deps),
             )
+
+        # The spawn form's figures (hubconf/aiinfn_availability.py): the hub reads nodes and pods, nothing more.
+        self.availability_role = KubeObject(
+            "hub-availability", "rbac.authorization.k8s.io/v1", "ClusterRole",
+            object_meta(AVAILABILITY_ROLE, labels=labels),
+            rules=[{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list"]}],
+            opts=ctx.k8s_opts(self),
+        )
+        self.availability_binding = KubeObject(
+            "hub-availability", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+            object_meta(AVAILABILITY_ROLE, labels=labels),
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AVAILABILITY_ROLE},
+            # z2jh 4.4.0 names the hub's ServiceAccount "hub" (templates/_helpers-names.tpl, fullnameOverride "")
+            subjects=[{"kind": "ServiceAccount", "name": HUB_SERVICE_ACCOUNT, "namespace": ns}],
+            opts=ctx.k8s_opts(self, depends_on=[self.availability_role, *deps]),
+        )
 
         self.values = hub_values(cfg, secrets, services)
         self.release = HelmRelease(
