@@ -112,6 +112,7 @@ def test_form_text_and_refusal() -> None:
     assert av.describe(figures["t4"]) == "1 free of 4 + 2 held by batch jobs, freed for you at once"
     assert av.describe(figures["a100-80gb-3g.40gb"]) == "0 free of 1 + 1 held by batch jobs, freed for you at once"
     assert av.describe(figures["rtx5000"]) == "0 free of 5; full now"
+    assert av.describe(figures["versal-v70"]) == "none of its nodes is ready now (cordoned, NotReady or absent)"
     assert av.describe(figures["cpu"]) == ("CPU room: 170 of 243.5 CPUs free + 19 held by batch jobs, freed for you "
                                            "at once (room for 188 notebooks)")
     html = av.badge(figures["t4"])
@@ -121,9 +122,11 @@ def test_form_text_and_refusal() -> None:
     profiles = {p["slug"]: p for p in site["profiles"]}
     others = [(profiles[s], f) for s, f in figures.items() if s not in ("rtx5000", "rtx5000-reserved-rtx5000-b")]
     msg = av.refusal(profiles["rtx5000"], figures["rtx5000"], others)
-    assert msg.startswith("GPU: NVIDIA Quadro RTX 5000 is full now: all 5 are in use") or "is full now: all 5" in msg
-    assert "Free now: " in msg and "GPU: NVIDIA Tesla T4 (1 free of 4 + 2 held by batch jobs" in msg or "T4" in msg
-    assert "versal" not in msg.lower() and "2g.20gb" not in msg  # only what is free is offered instead
+    assert msg.startswith("GPU: Quadro RTX 5000 is full now: all 5 are in use by notebooks and other services "
+                          "(none held by batch jobs). Free now: CPU only (CPU room: 170 of 243.5 CPUs free")
+    assert "; GPU: NVIDIA T4 (1 free of 4 + 2 held by batch jobs, freed for you at once);" in msg
+    assert "2g.20gb" not in msg and "Versal" not in msg  # only what can start now is offered instead
+    assert "GPU slice: NVIDIA A100 80GB MIG 3g.40gb (0 free of 1 + 1 held by batch jobs" in msg
     msg = av.refusal(profiles["versal-v70"], figures["versal-v70"], [])
     assert "none of its nodes is ready" in msg and msg.endswith("Nothing else is free right now either.")
 
@@ -240,3 +243,27 @@ def test_the_hub_reads_nodes_and_pods_and_nothing_more(cnaf: Any) -> None:
     role_bindings = cnaf.of_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")
     assert not [b for b in role_bindings if {"kind": "ServiceAccount", "name": "hub", "namespace": "hub"}
                 in b.inputs.get("subjects", [])], "no other binding widens the hub's account"
+
+
+def test_prometheus_scrapes_the_hub_metrics(cnaf: Any) -> None:
+    """A ServiceMonitor for z2jh 4.4.0's hub Service (port ``hub`` 8081, /hub/metrics, labels component=hub,
+    app=jupyterhub, release=<release>: templates/hub/service.yaml, templates/_helpers.tpl jupyterhub.labels),
+    with the metrics service's token from a Secret; the hub's NetworkPolicy lets Prometheus in on 8081."""
+    (mon,) = [r.inputs for r in cnaf.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
+              if r.inputs["metadata"]["name"] == "jupyterhub-hub"]
+    assert mon["metadata"]["namespace"] == "hub"
+    assert mon["spec"]["selector"]["matchLabels"] == {"component": "hub", "app": "jupyterhub", "release": "jupyterhub"}
+    (ep,) = mon["spec"]["endpoints"]
+    assert (ep["port"], ep["path"]) == ("hub", "/hub/metrics")
+    ref = ep["authorization"]["credentials"]
+    (secret,) = [r.inputs for r in cnaf.of_type("kubernetes:core/v1:Secret") if r.inputs["metadata"]["name"] == ref["name"]
+                 and r.inputs["metadata"]["namespace"] == "hub"]
+    assert str(secret["stringData"][ref["key"]]).startswith("<")  # generated at deploy, never in clear
+    release = next(r for r in cnaf.resources if r.inputs.get("name") == "jupyterhub" and "values" in r.inputs)
+    hub = release.inputs["values"]["hub"]
+    assert hub["services"]["prometheus"]["apiToken"] == secret["stringData"][ref["key"]]
+    assert hub["loadRoles"]["metrics"] == {"description": "Prometheus reads /hub/metrics, nothing else",
+                                           "scopes": ["read:metrics"], "services": ["prometheus"]}
+    assert {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+            "ports": [{"port": 8081, "protocol": "TCP"}]} in hub["networkPolicy"]["ingress"]

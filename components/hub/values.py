@@ -28,6 +28,8 @@ HUB_ETC = "/usr/local/etc/jupyterhub/aiinfn"  # where the hub-side files land in
 HUB_SERVICE_ACCOUNT = "hub"  # the chart's hub ServiceAccount (hub.serviceAccount.create, no fullnameOverride)
 AVAILABILITY_ROLE = "aiinfn-hub-availability"  # read-only: nodes and pods, get and list
 IAM_SECRET_NAME = "hub-iam-client"
+METRICS_SERVICE = "prometheus"  # the JupyterHub service whose token Prometheus scrapes /hub/metrics with
+METRICS_SECRET, METRICS_SECRET_KEY = "hub-metrics-token", "token"
 IAM_SECRET_KEY = "client-secret"
 TLS_SECRET_NAME = "hub-tls"
 CLUSTER_ISSUER = "aiinfn-acme"
@@ -281,6 +283,18 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
         load_roles["server"] = {"description": "a notebook's own token: post activity, reach its server and the "
                                                "platform's services",
                                 "scopes": list(dict.fromkeys([*SERVER_ROLE_DEFAULT_SCOPES, *sv["server_scopes"]]))}
+    services_values = dict(sv["services"])
+    ingress_rules = list(sv["ingress"])
+    if secrets.get("metrics_token") is not None:
+        # z2jh puts a service's apiToken in the hub Secret and hands it to JupyterHub (jupyterhub_config.py)
+        services_values[METRICS_SERVICE] = {"name": METRICS_SERVICE, "apiToken": secrets["metrics_token"]}
+        load_roles["metrics"] = {"description": "Prometheus reads /hub/metrics, nothing else",
+                                 "scopes": ["read:metrics"], "services": [METRICS_SERVICE]}
+        # kube-prometheus-stack's Prometheus (monitoring namespace) reaches the hub's port 8081
+        ingress_rules.append({"from": [{"namespaceSelector": {"matchLabels": {
+                                            "kubernetes.io/metadata.name": naming.MONITORING_NAMESPACE}},
+                                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+                              "ports": [{"port": 8081, "protocol": "TCP"}]})
     extra_files = {
         "aiinfn-hub-module": {"mountPath": f"{HUB_ETC}/aiinfn_hub.py", "stringData": hubconf_source("aiinfn_hub.py")},
         "aiinfn-availability-module": {"mountPath": f"{HUB_ETC}/aiinfn_availability.py",
@@ -333,12 +347,12 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
             ],
             "extraVolumes": sv["volumes"],
             "extraVolumeMounts": sv["mounts"],
-            "services": sv["services"],
+            "services": services_values,
             "loadRoles": load_roles,
             "allowNamedServers": hub.named_servers,
             "namedServerLimitPerUser": hub.named_server_limit,
             "db": {"type": "sqlite-pvc", "pvc": db_pvc},
-            "networkPolicy": {"enabled": True, "ingress": sv["ingress"]},
+            "networkPolicy": {"enabled": True, "ingress": ingress_rules},
             "service": {"extraPorts": sv["ports"]},
         },
         "proxy": {

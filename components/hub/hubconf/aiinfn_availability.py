@@ -226,6 +226,8 @@ def site_figures(site: Obj, nodes: list[Obj], pods: list[Obj]) -> dict[str, Figu
 
 def describe(fig: Figures) -> str:
     """The sentence the form shows under an offering."""
+    if fig.nodes == 0:
+        return "none of its nodes is ready now (cordoned, NotReady or absent)"
     if fig.resource is None:
         text = f"CPU room: {_n(fig.free)} of {_n(fig.total)} CPUs free"
         if fig.batch:
@@ -237,13 +239,17 @@ def describe(fig: Figures) -> str:
     return text if fig.room else text + "; full now"
 
 
+_COLOURS = {"free": "#1a7f37", "batch": "#9a6700", "full": "#cf222e"}  # green, amber, red
+
+
 def badge(fig: Figures | None) -> str:
     """HTML appended to a profile's description (KubeSpawner's form.html inserts descriptions unescaped)."""
     if fig is None:
         return ('<br><span class="aiinfn-availability" data-state="unknown">'
                 "Availability unknown right now: the cluster did not answer.</span>")
     state = "free" if fig.free >= 1 or (fig.resource is None and fig.room) else "batch" if fig.room else "full"
-    return (f'<br><span class="aiinfn-availability" data-offering="{fig.slug}" data-state="{state}" '
+    return (f'<br><span class="aiinfn-availability" style="font-weight:600;color:{_COLOURS[state]}" '
+            f'data-offering="{fig.slug}" data-state="{state}" '
             f'data-free="{_n(fig.free)}" data-total="{_n(fig.total)}" data-batch="{_n(fig.batch)}" '
             f'data-room="{fig.room}">Now: {describe(fig)}.</span>')
 
