@@ -77,7 +77,7 @@ def notebook(user: str, node_name: str, requests: dict[str, str]) -> Obj:
 
 def cnaf_cluster() -> tuple[list[Obj], list[Obj]]:
     """CNAF (rtx5000-b reserved for ai-infn/medphys) on a busy afternoon."""
-    gpu = lambda pool, model: {POOL: pool, MODEL: model, "nvidia.com/gpu.present": "true"}  # noqa: E731
+    gpu = lambda pool, model: {POOL: pool, MODEL: model, "nvidia.com/gpu.present": "true"}
     nodes = [
         node("t4-0", gpu("t4", "t4"), {"cpu": "13500m", "memory": "150Gi", "nvidia.com/gpu": "4", "pods": "110"},
              [GPU_TAINT]),

@@ -23,7 +23,7 @@ import pytest
 
 from components.hub.values import HUBCONF_DIR, site_data
 
-from .availability_fixtures import CNAF_FIGURES, HACKATHON_FIGURES, cnaf_cluster, hackathon_cluster, node, pod
+from .availability_fixtures import CNAF_FIGURES, HACKATHON_FIGURES, cnaf_cluster, hackathon_cluster, pod
 from .test_hub_values import _with_reserved, config_of
 
 
@@ -196,7 +196,7 @@ def test_failed_start_carries_the_scheduler_reason() -> None:
     class Base:
         namespace, pod_name = "hub", "jupyter-eve"
         pod_reflector = SimpleNamespace(pods={"hub/jupyter-eve": pending})
-        events: list = []
+        events: tuple = ()
 
         async def start(self) -> None:
             raise TimeoutError("pod hub/jupyter-eve did not start in 900 seconds!")

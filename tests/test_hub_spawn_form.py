@@ -43,7 +43,7 @@ from aiinfn.engine.run import run_program
 
 from .availability_fixtures import CNAF_FIGURES, cnaf_cluster
 from .stackdata import pool, write_variant
-from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, login, running_hub
+from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, running_hub
 
 pytest.importorskip("kubespawner", reason="jupyterhub-kubespawner (the z2jh hub's spawner) is not installed")
 
@@ -136,7 +136,7 @@ def logged_in(hub: dict[str, Any], user: str) -> requests.Session:
     return s
 
 
-_BADGE = re.compile(r'<span class="aiinfn-availability" ([^>]*)>(.*?)</span>', re.S)
+_BADGE = re.compile(r'<span class="aiinfn-availability" ([^>]*)>(.*?)</span>', re.DOTALL)
 _ATTR = re.compile(r'data-([a-z]+)="([^"]*)"')
 
 
@@ -239,7 +239,7 @@ def test_the_figures_are_on_the_hub_metrics(form_hub: dict[str, Any]) -> None:
     logged_in(form_hub, OUTSIDER).get(f"{form_hub['base']}/hub/spawn", timeout=30)
     r = requests.get(f"{form_hub['base']}/hub/metrics", headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=20)
     assert r.status_code == 200
-    series = dict(re.findall(r"^(aiinfn_hub_offering_\w+\{[^}]*\}) (\S+)$", r.text, re.M))
+    series = dict(re.findall(r"^(aiinfn_hub_offering_\w+\{[^}]*\}) (\S+)$", r.text, re.MULTILINE))
     for slug, (total, free, batch, room) in CNAF_FIGURES.items():
         resource = next(p["resource_name"] for p in form_hub["values"]["hub"]["extraFiles"]["aiinfn-site"]["data"]
                         ["profiles"] if p["slug"] == slug) or "cpu"

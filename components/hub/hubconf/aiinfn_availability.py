@@ -333,7 +333,7 @@ class ClusterView:
             self._figures = site_figures(self.site, nodes, pods)
             if self.on_refresh is not None:
                 self.on_refresh(self._figures)
-        except Exception as e:  # the form must still load when the API does not answer
+        except Exception as e:  # noqa: BLE001 - the form must still load when the API does not answer
             log.warning("cannot read nodes and pods for the spawn form: %s", e)
             self._figures = None
         finally:

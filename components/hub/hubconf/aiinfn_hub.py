@@ -394,11 +394,11 @@ def with_scheduling_reason(base: type) -> type:
                 events = getattr(self, "events", None)  # KubeSpawner: this pod's events from the event reflector
                 try:
                     reason = av.event_reason(list(events or []))
-                except Exception:
+                except Exception:  # noqa: BLE001 - the original error is what matters
                     reason = None
             return reason
 
-        async def start(self):  # noqa: ANN201 - whatever the base returns
+        async def start(self):
             try:
                 return await super().start()
             except Exception as e:
