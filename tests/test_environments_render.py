@@ -59,7 +59,9 @@ def test_one_build_job_per_environment_validating_and_restricted(stack):
         # pulumi-kubernetes awaits a Job's completion unless told not to (its await logic honours
         # the pulumi.com/skipAwait annotation); a long build must not hold the deploy.
         assert job["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
-        assert pod["priorityClassName"].startswith("batch-")
+        # not batch work (Kueue admits project namespaces only): default priority, below every notebook
+        assert "priorityClassName" not in pod
+        assert pod["terminationGracePeriodSeconds"] <= 240
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         assert "/envs" in mounts and not mounts["/envs"].get("readOnly")
 

@@ -148,8 +148,10 @@ class Environments(pulumi.ComponentResource):
                         {"name": "scripts", "configMap": {"name": CONFIGMAP, "defaultMode": 0o555}},
                         {"name": "tmp", "emptyDir": {"sizeLimit": "40Gi"}}],
         }
-        if cfg.batch.enabled:
-            pod["priorityClassName"] = "batch-higher"  # batch priority: a notebook that needs the node wins
+        # No batch PriorityClass: those are for Kueue-admitted project work (policy batch-pods-queue-label), and
+        # Kueue manages only project namespaces. The default priority 0 is still far below every notebook's
+        # (aiinfn-notebook, 1000): a notebook that needs the node evicts a build, which is retried.
+        pod["terminationGracePeriodSeconds"] = cfg.batch.termination_grace_period_seconds
         return KubeObject(
             f"env-build-{env.name}", "batch/v1", "Job",
             object_meta(job_name(env, version), namespace=NAMESPACE, labels=pod_labels,
