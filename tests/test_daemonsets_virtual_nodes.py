@@ -55,11 +55,13 @@ CHART_DAEMONSETS: dict[str, dict[str, dict[str, list[str] | None]]] = {
                                     "tolerations": ["node-feature-discovery.worker.tolerations"]}},
     # z2jh 4.4.0 templates/image-puller/_helpers-daemonset.tpl lines 68-82: nodeSelector from
     # singleuser.nodeSelector, tolerations = concat of these three lists, affinity from the user-node affinity.
+    # kubereboot/charts kured-6.1.0 templates/daemonset.yaml: .Values.nodeSelector, .affinity, .tolerations.
+    "kured": {"kured": {"nodeSelector": ["nodeSelector"], "affinity": ["affinity"], "tolerations": ["tolerations"]}},
     "jupyterhub": {"image-puller": {"nodeSelector": ["singleuser.nodeSelector"], "affinity": None,
                                     "tolerations": ["scheduling.userPods.tolerations", "singleuser.extraTolerations",
                                                     "prePuller.extraTolerations"]}},
 }
-CHARTS_WITHOUT_DAEMONSETS = {"cert-manager", "kueue"}  # Deployments and Jobs only
+CHARTS_WITHOUT_DAEMONSETS = {"cert-manager", "kueue", "trivy-operator"}  # Deployments and Jobs only
 
 
 @functools.cache

@@ -314,7 +314,7 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
     return {
         "hub": {
             "config": {
-                "JupyterHub": {"authenticator_class": "generic-oauth"},
+                "JupyterHub": {"authenticator_class": "generic-oauth", **reboot_announcement(cfg)},
                 # Groups are re-read from IAM before every spawn (and hourly): someone removed from a
                 # project's IAM group loses its folder at the next start, not at the next login.
                 "Authenticator": {"enable_auth_state": True, "refresh_pre_spawn": True, "auth_refresh_age": 3600},
@@ -330,7 +330,6 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
                     "admin_groups": list(cfg.iam.admin_groups),
                 },
                 "CryptKeeper": {"keys": [secrets["crypt_key"]]},
-                **reboot_announcement(cfg),
                 "KubeSpawner": {
                     "container_security_context": {
                         "runAsNonRoot": True, "allowPrivilegeEscalation": False,

@@ -1,7 +1,7 @@
 """What notebook users are told about maintenance reboots: a banner on the hub's home page.
 
 JupyterHub shows ``template_vars["announcement_home"]`` at the top of its home page (templates/home.html),
-where users start and stop their servers; the hub layer merges this into ``hub.config.JupyterHub``.
+where users start and stop their servers; the hub layer puts this in ``hub.config.JupyterHub``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ DAY_NAMES = {"su": "Sun", "mo": "Mon", "tu": "Tue", "we": "Wed", "th": "Thu", "f
 
 
 def reboot_announcement(cfg: SiteConfig) -> dict:
+    """Keys for ``hub.config.JupyterHub`` (none when the site does not reboot nodes)."""
     r = cfg.patching.reboots
     if not r.enabled:
         return {}
@@ -19,4 +20,4 @@ def reboot_announcement(cfg: SiteConfig) -> dict:
     text = (f"Security updates: nodes restart one at a time on {days}, {r.start_time}-{r.end_time} ({r.time_zone}). "
             f"A notebook that has been running for more than {r.notebook_grace_hours} hours may be stopped then: "
             "save your work and restart long sessions before the window.")
-    return {"JupyterHub": {"template_vars": {"announcement_home": text}}}
+    return {"template_vars": {"announcement_home": text}}

@@ -52,6 +52,14 @@ def run(base: str, token: str, ctx: ssl.SSLContext | None, namespace: str, selec
     return labelled
 
 
+def service_account_credential(local: bool) -> str:
+    """The projected ServiceAccount token (re-read each run: the kubelet rotates it)."""
+    if local:
+        return os.environ.get("KUBE_TOKEN", "")
+    with open(f"{SA}/token") as fh:
+        return fh.read().strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--namespace", required=True)
@@ -62,13 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.api:
         base, ctx = args.api, None
-        token = os.environ.get("KUBE_TOKEN", "")
     else:
         base = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
         ctx = ssl.create_default_context(cafile=f"{SA}/ca.crt")
-        with open(f"{SA}/token") as fh:
-            token = fh.read().strip()
-    for name in run(base, token, ctx, args.namespace, args.selector, args.label, args.grace_hours):
+    for name in run(base, service_account_credential(args.api is not None), ctx, args.namespace, args.selector, args.label, args.grace_hours):
         print(f"reboot-grace: {name} has run past {args.grace_hours} h; it no longer holds its node's reboot")
     return 0
 
