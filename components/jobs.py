@@ -37,6 +37,12 @@ TOKEN_DIR = "/var/run/secrets/aiinfn-jobs"
 SERVICE_ACCOUNT = "aiinfn-jobs"
 TOKEN_SECRET = "aiinfn-jobs-token"
 ROLE = "aiinfn-jobs"
+OBJECT_QUOTA = "aiinfn-jobs-objects"
+# etcd's default backend quota is 2 GiB (etcd docs, "System limits"); job sandboxes may take a quarter.
+ETCD_SANDBOX_BUDGET_BYTES = 512 * 1024**2
+MAX_SANDBOX_BYTES = 256 * 1024  # never more, whatever the budget allows
+MIN_SANDBOX_BYTES = 16 * 1024
+CONFIGMAP_HEADROOM = 16  # ConfigMaps of a project namespace that are not sandboxes (kube-root-ca.crt ...)
 FALLBACK_IMAGE = "quay.io/jupyter/scipy-notebook:2026-08-24"  # used only if the hub section lists no image
 
 # What the service may do in each project namespace, and nothing else.
@@ -92,6 +98,38 @@ def _eviction(cfg: SiteConfig) -> dict[str, Any]:
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
             "backoffLimit": getattr(b, "backoff_limit", 3),
         }
+
+
+def _remote_accelerators(site: Any) -> dict[str, int]:
+    """Offering key -> GPUs a remote site declares (whole GPUs only: MIG and FPGAs stay local)."""
+    out: dict[str, int] = {}
+    for a in site.resources.accelerators:
+        key = GPUS[a.model].key
+        out[key] = out.get(key, 0) + a.count
+    return out
+
+
+def _largest_node(cfg: SiteConfig, reserved_cpu: int, reserved_mem: int) -> dict[str, Any]:
+    """The largest worker node (cpu and gpu pools) less what each node keeps: the most one local pod gets."""
+    workers = [p for p in cfg.pools if p.role in ("cpu", "gpu") and p.count > 0 and not p.reserved_for]
+    return {"cpu": max([max(p.cpus - reserved_cpu, 1) for p in workers], default=1),
+            "memoryGi": max([max(p.memory_gb - reserved_mem, 1) for p in workers], default=1)}
+
+
+def configmap_cap(cfg: SiteConfig) -> int:
+    """ConfigMaps one project namespace may hold: one sandbox per Job the batch quota allows, plus headroom."""
+    return cfg.batch.max_jobs_per_project + CONFIGMAP_HEADROOM
+
+
+def sandbox_limit(cfg: SiteConfig) -> int:
+    """The largest sandbox: every project full of sandboxes stays within the etcd budget."""
+    per_sandbox = ETCD_SANDBOX_BUDGET_BYTES // max(1, len(cfg.projects) * configmap_cap(cfg))
+    return max(MIN_SANDBOX_BYTES, min(MAX_SANDBOX_BYTES, per_sandbox))
+
+
+def jobs_per_user(cfg: SiteConfig) -> int:
+    """Jobs one user may keep in one project: a fifth of the project's Job quota (at least 10)."""
+    return max(10, cfg.batch.max_jobs_per_project // 5)
 
 
 def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
@@ -150,13 +188,19 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
                    "juicefs": "/juicefs", "project": "/home/shared/{project}"},
         "images": images,
         "offloadSites": [s.name for s in getattr(cfg.offload, "sites", [])] if getattr(cfg.offload, "enabled", True) else [],
+        # what one pod may ask of each remote site (its declared virtual-node capacity) and of this site
+        "remoteSites": [{"name": s.name, "cpu": s.resources.cpu, "memoryGi": s.resources.memory_gb,
+                         "accelerators": _remote_accelerators(s)}
+                        for s in (cfg.offload.sites if getattr(cfg.offload, "enabled", True) else [])],
+        "largestNode": _largest_node(cfg, reserved_cpu, reserved_mem),
         # no fsGroup, as notebooks: the NFS shares keep their owners; runAsUser/runAsGroup/supplementalGroups
         # are the caller's (aiinfn/jobservice/identity.py)
         "podSecurityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "hubSite": {k: hub_site[k] for k in ("ids", "homes", "projects", "env_maintainer_groups")},
         "notebookContainer": "notebook",
         "notebookSelector": "component=singleuser-server",
-        "limits": {"defaultTtlSeconds": getattr(b, "ttl_seconds_after_finished", 3600)},
+        "limits": {"defaultTtlSeconds": getattr(b, "ttl_seconds_after_finished", 3600),
+                   "maxSandboxBytes": sandbox_limit(cfg), "maxJobsPerUser": jobs_per_user(cfg)},
     }
 
 
@@ -227,6 +271,13 @@ class Jobs(pulumi.ComponentResource):
                 opts=ctx.k8s_opts(self, depends_on=[role, self.service_account]),
             )
             self.roles[namespace] = role
+            if key != "hub":  # etcd: sandboxes are ConfigMaps; the batch layer caps Jobs and pods
+                KubeObject(
+                    f"jobs-quota-{key}", "v1", "ResourceQuota",
+                    object_meta(OBJECT_QUOTA, namespace=namespace, labels=labels),
+                    spec={"hard": {"count/configmaps": str(configmap_cap(cfg))}},
+                    opts=ctx.k8s_opts(self, depends_on=deps),
+                )
         self.service_spec = service_spec(cfg)
         settings = job_service_settings(cfg)
         ctx.add_summary("Job service", [
@@ -238,5 +289,7 @@ class Jobs(pulumi.ComponentResource):
             f"{', '.join(settings['adminPriorities'])} for admins); accelerators: "
             + ", ".join(o["key"] for o in settings["offerings"]),
             "- Bunshin jobs clone the caller's running notebook (image, volumes, env) minus secrets and tokens",
+            (f"- etcd: at most {configmap_cap(cfg)} ConfigMaps per project namespace, sandboxes of at most "
+             f"{sandbox_limit(cfg) // 1024} KiB, {jobs_per_user(cfg)} Jobs per user and project"),
         ])
         self.register_outputs({"service_account": SERVICE_ACCOUNT})

@@ -104,8 +104,9 @@ class MemoryKubeClient(KubeClient):
         return self.add(body)
 
     def _list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (k, ns, _), o in sorted(self.objects.items())
-                if k == kind and ns == namespace and selector_matches(selector, o["metadata"].get("labels") or {})]
+        found = [(name, o) for (k, ns, name), o in self.objects.items() if k == kind and ns == namespace
+                 and selector_matches(selector, o["metadata"].get("labels") or {})]
+        return [copy.deepcopy(o) for _, o in sorted(found, key=lambda item: item[0])]
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._create("Job", namespace, body)
