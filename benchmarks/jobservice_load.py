@@ -9,7 +9,9 @@ user with a real JupyterHub token, send requests back to back for a bounded time
 
 Prints per endpoint and concurrency: requests/s, p50/p95/p99 (ms), errors, and hub API calls per
 request (from the hub's own ``jupyterhub_request_duration_seconds`` counts, scraped before and after
-each phase); then ``POST api/jobs`` at 50, 200 and 1000 registered hub users.
+each phase), and the CPU time the service and the hub spent per request (``/proc/<pid>/stat``: on a
+shared machine latencies follow the load, CPU time per request much less); then ``POST api/jobs``
+at 50, 200 and 1000 registered hub users.
 
     python benchmarks/jobservice_load.py [--duration 5] [--concurrency 1 10 50] [--hub-users 50 200 1000]
 """
@@ -159,6 +161,12 @@ def hub_requests(hub_api: str, admin_token: str) -> float:
     return sum(float(v) for labels, v in METRIC.findall(text) if "MetricsHandler" not in labels)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: what a request costs it, whatever else the machine runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -205,10 +213,16 @@ async def phase(svc: str, method: str, path: str, tokens: list[str], concurrency
             "error_sample": sample}
 
 
+PIDS: dict[str, int] = {}
+
+
 def measure(svc: str, hub_api: str, admin: str, method: str, path: str, tokens: list[str], c: int,
             duration: float) -> dict[str, Any]:
     before = hub_requests(hub_api, admin)
+    cpu = {k: cpu_seconds(pid) for k, pid in PIDS.items()}
     out = asyncio.run(phase(svc, method, path, tokens, c, duration))
+    for k, pid in PIDS.items():
+        out[f"{k}_cpu_ms"] = (cpu_seconds(pid) - cpu[k]) * 1000 / max(out["n"], 1)
     out["hub_calls"] = (hub_requests(hub_api, admin) - before) / max(out["n"], 1)
     return out
 
@@ -216,7 +230,7 @@ def measure(svc: str, hub_api: str, admin: str, method: str, path: str, tokens: 
 def row(method: str, path: str, c: int, r: dict[str, Any], users: int) -> str:
     errs = ",".join(f"{k}x{v}" for k, v in sorted(r["errors"].items())) or "0"
     return (f"| `{method} {path}` | {users} | {c} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | "
-            f"{r['p99']:.1f} | {r['hub_calls']:.3f} | {errs} |")
+            f"{r['p99']:.1f} | {r['hub_calls']:.3f} | {r['service_cpu_ms']:.1f} | {r['hub_cpu_ms']:.1f} | {errs} |")
 
 
 def main() -> int:
@@ -315,8 +329,10 @@ def main() -> int:
         grow_hub_to(min(args.hub_users))
         time.sleep(1)
         print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; {args.duration:g} s per phase")
-        print("| endpoint | hub users | concurrency | req/s | p50 ms | p95 ms | p99 ms | hub calls/req | errors |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        PIDS.update(hub=procs[0].pid, service=procs[1].pid)
+        print("| endpoint | hub users | concurrency | req/s | p50 ms | p95 ms | p99 ms | hub calls/req "
+              "| service CPU ms/req | hub CPU ms/req | errors |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for method, path in BODIES:
             for c in args.concurrency:
                 r = measure(svc, hub_api, admin_token, method, path, tokens, c, args.duration)

@@ -229,6 +229,7 @@ def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
             assert (await client.list_workloads("project-a", "kueue.x-k8s.io/job-uid=u"))[0]["metadata"]["name"] == "job-x"
             assert await client.get_job("project-a", "missing") is None
             await client.delete_job("project-a", "j")
+            assert await client.count_jobs("project-a", "x=y", 5) == 1  # raw list page, no models decoded
             with pytest.raises(KubeError) as err:
                 await client.list_jobs("elsewhere", "")
             assert err.value.status == 403
@@ -264,4 +265,6 @@ def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
     assert parse_qs(urlsplit(seen[3][1]).query) == {"container": ["job"], "limitBytes": ["1000"], "tailLines": ["5"]}
     assert seen[0][2]["metadata"]["name"] == "j"
     assert seen[6][2].get("propagationPolicy") == "Background"
+    assert seen[7][1].split("?")[0] == "/apis/batch/v1/namespaces/project-a/jobs"
+    assert parse_qs(urlsplit(seen[7][1]).query) == {"labelSelector": ["x=y"], "limit": ["5"]}
     assert Path(PACKAGE_DIR / "kube.py").read_text().count("class ") >= 3

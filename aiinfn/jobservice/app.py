@@ -155,10 +155,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         in etcd until their TTL), so one user cannot take the whole project's ResourceQuota of Jobs."""
         cap = self.site.limits.max_jobs_per_user
         selector = f"app.kubernetes.io/managed-by={MANAGED_BY},{self.site.names.label_user}={label_value(caller.name)}"
-        mine = [j for j in await self.kube.list_jobs(project.namespace, selector)
-                if (j["metadata"].get("annotations") or {}).get(ANN_OWNER) == caller.name]
-        if len(mine) >= cap:
-            raise ApiError(429, f"you have {len(mine)} jobs in project {project.name}, the most one user may have "
+        mine = await self.kube.count_jobs(project.namespace, selector, cap)  # the label: the caller's (hashed) name
+        if mine >= cap:
+            raise ApiError(429, f"you have {mine} jobs in project {project.name}, the most one user may have "
                                 f"({cap}); delete finished ones (DELETE api/jobs/{project.name}/<id>) and submit again")
 
     async def owned_job(self, caller: Caller, project: ProjectInfo, job_id: str) -> dict[str, Any]:

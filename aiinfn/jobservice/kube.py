@@ -41,6 +41,10 @@ class KubeClient(abc.ABC):
     async def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
+    async def count_jobs(self, namespace: str, label_selector: str, at_most: int) -> int:
+        """How many Jobs match, counted up to ``at_most`` (more may exist): no object is decoded."""
+
+    @abc.abstractmethod
     async def delete_job(self, namespace: str, name: str) -> None: ...
 
     @abc.abstractmethod
@@ -120,6 +124,11 @@ class MemoryKubeClient(KubeClient):
 
     async def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         return self._list("Job", namespace, label_selector)
+
+    async def count_jobs(self, namespace: str, label_selector: str, at_most: int) -> int:
+        n = sum(1 for (k, ns, _), o in self.objects.items() if k == "Job" and ns == namespace
+                and selector_matches(label_selector, o["metadata"].get("labels") or {}))
+        return min(n, at_most)
 
     async def delete_job(self, namespace: str, name: str) -> None:
         job = self.objects.pop(("Job", namespace, name), None)
@@ -205,6 +214,18 @@ class AsyncioKubeClient(KubeClient):
     async def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         res = await self._call(self._batch.list_namespaced_job(namespace, label_selector=label_selector))
         return [self._plain(i) for i in res.items]
+
+    async def count_jobs(self, namespace: str, label_selector: str, at_most: int) -> int:
+        import json
+
+        resp = await self._call(self._batch.list_namespaced_job(
+            namespace, label_selector=label_selector, limit=max(1, at_most), _preload_content=False))
+        try:
+            page = json.loads(await resp.read())
+        finally:
+            resp.release()
+        remaining = (page.get("metadata") or {}).get("remainingItemCount") or 0
+        return min(len(page.get("items") or []) + int(remaining), at_most)
 
     async def delete_job(self, namespace: str, name: str) -> None:
         body = self._client.V1DeleteOptions(propagation_policy="Background")
