@@ -129,8 +129,12 @@ for cls, conf in hub["config"].items():
         c[cls].update(conf)
 c.JupyterHub.allow_named_servers = hub["allowNamedServers"]
 c.JupyterHub.named_server_limit_per_user = hub["namedServerLimitPerUser"]
-# The platform's services as the chart lists them; not started here (their command is dropped).
-c.JupyterHub.services = [{k: v for k, v in svc.items() if k != "command"} for svc in hub["services"].values()] + [
+# The platform's services as the chart lists them; not started here (their command is dropped). Like z2jh
+# 4.4.0 (jupyterhub/files/hub/jupyterhub_config.py, "for key, service in get_config('hub.services')"), apiToken
+# becomes api_token (z2jh reads the value back from its own Secret; a fresh one here).
+c.JupyterHub.services = [{**{k: v for k, v in svc.items() if k not in ("command", "apiToken")},
+                          **({"api_token": os.urandom(16).hex()} if "apiToken" in svc else {})}
+                         for svc in hub["services"].values()] + [
     {"name": "test-admin", "api_token": os.environ["ADMIN_TOKEN"]}]
 c.JupyterHub.load_roles = [{"name": k, **v} for k, v in hub["loadRoles"].items()] + [
     {"name": "test-admin", "services": ["test-admin"],

@@ -181,3 +181,35 @@ def test_a_sandbox_over_the_site_limit_is_a_400():
         parse_request({"name": "big", "project": "cms-tracking", "command": ["true"],
                        "sandbox": {"data.csv": "x" * limit}}, site, bunshin=False)
     assert err.value.status == 400 and err.value.message.startswith("sandbox:")
+
+
+# --- the job service apart from the hub (item 5) -----------------------------------------------------------
+
+def test_policy_no_legacy_serviceaccount_token_pass_and_fail():
+    legacy = k8s("v1", "Secret", "aiinfn-jobs-token", "hub", type="kubernetes.io/service-account-token",
+                 metadata={"annotations": {"kubernetes.io/service-account.name": "aiinfn-jobs"}})
+    opaque = k8s("v1", "Secret", "aiinfn-jobs-hub-token", "hub", type="Opaque", stringData={"token": "x"})
+    assert check_resource(ps.no_legacy_token_secret, *opaque) == []
+    [msg] = check_resource(ps.no_legacy_token_secret, *legacy)
+    assert "aiinfn-jobs-token" in msg and "projected" in msg
+
+
+def test_policy_hub_services_apart_pass_and_fail():
+    from policies.rules.common import HELM_RELEASE
+
+    def release(services):
+        return {"chart": "jupyterhub", "namespace": "hub", "values": {"hub": {"services": services}}}
+
+    apart = release({"jobs": {"name": "jobs", "url": "http://aiinfn-jobs:10101", "apiToken": "x"}})
+    inside = release({"jobs": {"name": "jobs", "url": "http://hub:10101", "command": ["python3", "-m", "svc"]}})
+    assert check_resource(ps.hub_services_apart, HELM_RELEASE, apart, "jupyterhub") == []
+    [msg] = check_resource(ps.hub_services_apart, HELM_RELEASE, inside, "jupyterhub")
+    assert "'jobs'" in msg and "hub pod" in msg
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_rendered_stacks_keep_the_service_apart_with_no_token_secret(stack):
+    resources = policy_resources(rendered_stack(stack))
+    for r in resources:
+        for rule in (ps.no_legacy_token_secret, ps.hub_services_apart):
+            assert check_resource(rule, r.resource_type, r.props, r.name) == [], (r.name, rule.name)

@@ -158,7 +158,7 @@ class MemoryKubeClient(KubeClient):
 
 
 class AsyncioKubeClient(KubeClient):
-    """kubernetes_asyncio with the service's own ServiceAccount token (a mounted token Secret)."""
+    """kubernetes_asyncio with the service's own ServiceAccount token (a projected, expiring token)."""
 
     def __init__(self, token_dir: str, host: str | None = None) -> None:
         from kubernetes_asyncio import client  # imported here: only the hub image needs it
@@ -173,15 +173,26 @@ class AsyncioKubeClient(KubeClient):
         conf = client.Configuration(host=host)
         conf.ssl_ca_cert = str(base / "ca.crt")
         self._token_file = base / "token"
-        token = self._token_file.read_text().strip()
-        # "BearerToken" is the auth setting of current clients; "authorization" that of older ones.
-        conf.api_key = {"BearerToken": token, "authorization": token}
+        self._conf = conf
+        self._token_read = 0.0
+        self._load_token()
         conf.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
         self._client = client
         self._api = client.ApiClient(conf)
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
         self._custom = client.CustomObjectsApi(self._api)
+
+    TOKEN_REREAD_SECONDS = 60.0  # a projected token is renewed by the kubelet at 80 % of its lifetime
+
+    def _load_token(self) -> None:
+        """(Re-)read the ServiceAccount token: a projected token expires and the kubelet writes a new one."""
+        import time
+
+        token = self._token_file.read_text().strip()
+        # "BearerToken" is the auth setting of current clients; "authorization" that of older ones.
+        self._conf.api_key = {"BearerToken": token, "authorization": token}
+        self._token_read = time.monotonic()
 
     def _plain(self, obj: Any) -> Any:
         return obj if isinstance(obj, dict) else self._api.sanitize_for_serialization(obj)
@@ -190,6 +201,13 @@ class AsyncioKubeClient(KubeClient):
         import aiohttp  # kubernetes_asyncio's transport
         from kubernetes_asyncio.client.exceptions import ApiException
 
+        import time
+
+        if time.monotonic() - self._token_read > self.TOKEN_REREAD_SECONDS:
+            try:
+                self._load_token()
+            except OSError:  # keep the last token; the call will tell
+                pass
         try:
             return await coro
         except ApiException as err:

@@ -22,7 +22,21 @@ from pulumi_policy import (
 
 from aiinfn import naming
 
-from .common import MANDATORY, fix, kind_of, labels_of, meta, obj_name, obj_namespace, of_kind, pod_templates
+from .common import (
+    HELM_RELEASE,
+    MANDATORY,
+    dig,
+    fix,
+    is_jupyterhub,
+    kind_of,
+    labels_of,
+    meta,
+    obj_name,
+    obj_namespace,
+    of_kind,
+    pod_templates,
+    values_of,
+)
 
 PSS_ENFORCE = "pod-security.kubernetes.io/enforce"
 
@@ -175,4 +189,42 @@ project_object_quotas = StackValidationPolicy(
     validate=_object_quotas,
 )
 
-POLICIES = [project_namespace_restricted, restricted_namespace_pods, project_object_quotas]
+
+
+def _legacy_token(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if kind_of(args.resource_type, args.props) == "Secret" and \
+            args.props.get("type") == "kubernetes.io/service-account-token":
+        report(fix(f"Secret {obj_name(args.props, args.name)} is a ServiceAccount token Secret (it never expires)",
+                   "mount a projected serviceAccountToken volume with expirationSeconds in the pod that needs it"))
+
+
+no_legacy_token_secret = ResourceValidationPolicy(
+    name="no-legacy-serviceaccount-token",
+    description="No Secret of type kubernetes.io/service-account-token: ServiceAccount tokens are projected "
+    "and expire.",
+    enforcement_level=MANDATORY,
+    validate=_legacy_token,
+)
+
+
+def _hub_services_apart(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != HELM_RELEASE or not is_jupyterhub(args.props):
+        return
+    services = dig(values_of(args.props), "hub", "services", default={}) or {}
+    for key, svc in services.items():
+        if isinstance(svc, dict) and svc.get("command"):
+            report(fix(f"Helm release '{args.name}' runs JupyterHub service {key!r} inside the hub pod "
+                       "(hub.services.{key}.command)".replace("{key}", str(key)),
+                       "run it in its own Deployment and register it with hub.services.<name>.url and apiToken, "
+                       "so a compromise of the service does not hold the hub's credentials, nor the hub the service's"))
+
+
+hub_services_apart = ResourceValidationPolicy(
+    name="hub-services-apart",
+    description="The platform's JupyterHub services (the job service) run in their own pods, not inside the hub pod.",
+    enforcement_level=MANDATORY,
+    validate=_hub_services_apart,
+)
+
+POLICIES = [project_namespace_restricted, restricted_namespace_pods, project_object_quotas, no_legacy_token_secret,
+            hub_services_apart]
