@@ -82,6 +82,10 @@ class MemoryKubeClient(KubeClient):
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # (kind, namespace) and (kind, namespace, label, value) -> keys: lists are served from an index,
+        # as the API server's watch cache serves them, not by scanning every object
+        self._in_namespace: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
+        self._by_label: dict[tuple[str, str, str, str], set[tuple[str, str, str]]] = {}
         self.created: list[dict[str, Any]] = []
         self.deleted: list[tuple[str, str, str]] = []
         self.logs: dict[tuple[str, str], str] = {}
@@ -93,10 +97,35 @@ class MemoryKubeClient(KubeClient):
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        self._unindex(key)
         self.objects[key] = obj
+        self._in_namespace.setdefault(key[:2], set()).add(key)
+        for k, v in (meta.get("labels") or {}).items():
+            self._by_label.setdefault((*key[:2], k, str(v)), set()).add(key)
         if log is not None:
             self.logs[(meta.get("namespace", ""), meta["name"])] = log
         return copy.deepcopy(obj)
+
+    def _unindex(self, key: tuple[str, str, str]) -> None:
+        old = self.objects.get(key)
+        if old is None:
+            return
+        self._in_namespace.get(key[:2], set()).discard(key)
+        for k, v in (old["metadata"].get("labels") or {}).items():
+            self._by_label.get((*key[:2], k, str(v)), set()).discard(key)
+
+    def _pop(self, key: tuple[str, str, str]) -> dict[str, Any] | None:
+        self._unindex(key)
+        return self.objects.pop(key, None)
+
+    def _candidates(self, kind: str, namespace: str, selector: str) -> list[tuple[str, str, str]]:
+        """Keys that may match: the smallest index set of the selector's equality terms."""
+        sets = [self._in_namespace.get((kind, namespace), set())]
+        for term in filter(None, (t.strip() for t in selector.split(","))):
+            if "=" in term and "!=" not in term:
+                k, v = term.split("=", 1)
+                sets.append(self._by_label.get((kind, namespace, k.rstrip("="), v), set()))
+        return sorted(min(sets, key=len))
 
     def _create(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("kind") != kind or body.get("metadata", {}).get("namespace") != namespace:
@@ -108,9 +137,8 @@ class MemoryKubeClient(KubeClient):
         return self.add(body)
 
     def _list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        found = [(name, o) for (k, ns, name), o in self.objects.items() if k == kind and ns == namespace
-                 and selector_matches(selector, o["metadata"].get("labels") or {})]
-        return [copy.deepcopy(o) for _, o in sorted(found, key=lambda item: item[0])]
+        return [copy.deepcopy(o) for o in (self.objects[k] for k in self._candidates(kind, namespace, selector))
+                if selector_matches(selector, o["metadata"].get("labels") or {})]
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._create("Job", namespace, body)
@@ -126,19 +154,19 @@ class MemoryKubeClient(KubeClient):
         return self._list("Job", namespace, label_selector)
 
     async def count_jobs(self, namespace: str, label_selector: str, at_most: int) -> int:
-        n = sum(1 for (k, ns, _), o in self.objects.items() if k == "Job" and ns == namespace
-                and selector_matches(label_selector, o["metadata"].get("labels") or {}))
+        n = sum(1 for key in self._candidates("Job", namespace, label_selector)
+                if selector_matches(label_selector, self.objects[key]["metadata"].get("labels") or {}))
         return min(n, at_most)
 
     async def delete_job(self, namespace: str, name: str) -> None:
-        job = self.objects.pop(("Job", namespace, name), None)
+        job = self._pop(("Job", namespace, name))
         if job is None:
             raise KubeError(404, f"job {namespace}/{name} not found")
         self.deleted.append(("Job", namespace, name))
         uid = job["metadata"]["uid"]
         for key, obj in list(self.objects.items()):  # the garbage collector's part: dependents go too
             if any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or []):
-                del self.objects[key]
+                self._pop(key)
                 self.deleted.append(key)
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
