@@ -241,6 +241,42 @@ def service_spec(cfg: SiteConfig, api_token: Any = None) -> HubServiceSpec:
     )
 
 
+HOMES_VAP = "aiinfn-job-homes"
+ANN_OWNER = "aiinfn.infn.it/owner"  # the service's owner annotation (aiinfn/jobservice/jobspec.py)
+
+
+def homes_policy_spec(homes_claim: str) -> dict[str, Any]:
+    """A ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1): a Job in a project namespace that mounts
+    the homes share mounts only its owner's home (subPath = its owner annotation); only the ``make-home``
+    init container sees the share's root, for the owner's name alone. Defence in depth: only the job
+    service creates Jobs there, and it builds them so (a bug or a compromise of it would not reach others'
+    homes)."""
+    pod = "object.spec.template.spec"
+    mount_ok = "(has(m.subPath) && m.subPath == variables.owner)"
+    return {
+        "failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                "operations": ["CREATE", "UPDATE"], "resources": ["jobs"]}]},
+        "variables": [
+            {"name": "homes", "expression": f"has({pod}.volumes) ? {pod}.volumes.filter(v, has(v.persistentVolumeClaim) "
+                                            f"&& v.persistentVolumeClaim.claimName == '{homes_claim}').map(v, v.name) : []"},
+            {"name": "owner", "expression": f"has(object.metadata.annotations) && '{ANN_OWNER}' in "
+                                            f"object.metadata.annotations ? object.metadata.annotations['{ANN_OWNER}'] : ''"},
+        ],
+        "validations": [
+            {"expression": "variables.homes.size() == 0 || variables.owner != ''",
+             "message": f"a Job that mounts the homes share names its owner ({ANN_OWNER})"},
+            {"expression": f"{pod}.containers.all(c, !has(c.volumeMounts) || c.volumeMounts.all(m, "
+                           f"!(m.name in variables.homes) || {mount_ok}))",
+             "message": f"a Job's containers mount only its owner's home (subPath = {ANN_OWNER})"},
+            {"expression": f"!has({pod}.initContainers) || {pod}.initContainers.all(c, !has(c.volumeMounts) || "
+                           f"c.volumeMounts.all(m, !(m.name in variables.homes) || {mount_ok} || (c.name == 'make-home' "
+                           "&& has(c.command) && c.command.size() > 0 && c.command[c.command.size() - 1] == variables.owner)))",
+             "message": "only the make-home init container mounts the homes share's root, for the Job's owner"},
+        ],
+    }
+
+
 class Jobs(pulumi.ComponentResource):
     """ServiceAccount, token Secret and Roles of the job service; ``service_spec`` goes to the hub."""
 
@@ -299,6 +335,19 @@ class Jobs(pulumi.ComponentResource):
             opts=ctx.k8s_opts(self, depends_on=hub_dep),
         )
         self.deployment = self._deployment(ctx, labels, hub_dep)
+        homes_policy = KubeObject(
+            "jobs-homes-policy", "admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy",
+            object_meta(HOMES_VAP, labels=labels), spec=homes_policy_spec(naming.PVC_HOMES),
+            opts=ctx.k8s_opts(self),
+        )
+        KubeObject(
+            "jobs-homes-policy-binding", "admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding",
+            object_meta(HOMES_VAP, labels=labels),
+            spec={"policyName": HOMES_VAP, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchExpressions": [
+                      {"key": naming.LABEL_PROJECT, "operator": "Exists"}]}}},
+            opts=ctx.k8s_opts(self, depends_on=[homes_policy]),
+        )
         settings = job_service_settings(cfg)
         ctx.add_summary("Job service", [
             (f"- JupyterHub service `/services/{SERVICE_NAME}/` in its own Deployment `{naming.HUB_NAMESPACE}/{DEPLOYMENT}` "
