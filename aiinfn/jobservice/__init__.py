@@ -1,6 +1,6 @@
 """The job submission service: batch and "Bunshin" jobs for researchers without Kubernetes credentials.
 
-Runs as a JupyterHub-managed service inside the hub pod (z2jh 4.4.0 image), so it imports only the
+Runs as a JupyterHub service in its own pod of the z2jh 4.4.0 hub image, so it imports only the
 Python standard library, ``jupyterhub``, ``tornado``, ``kubernetes_asyncio`` and ``kubespawner`` (its pod
 labels). Its modules import each other relatively and nothing else from ``aiinfn``: the program
 ships these files by content (see ``components/jobs.py``) together with a JSON settings file built
