@@ -29,6 +29,7 @@ from aiinfn.hubservices import HubServiceSpec, SecretRef
 from aiinfn.jobservice import service_sources
 from aiinfn.mig import gpu_slices
 from aiinfn.offerings import site_offerings
+from aiinfn.queues import routing_settings
 
 from .context import SiteContext
 from .hub.values import site_data as hub_site_data
@@ -215,6 +216,7 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
         "notebookSelector": "component=singleuser-server",
         "limits": {"defaultTtlSeconds": getattr(b, "ttl_seconds_after_finished", 3600),
                    "maxSandboxBytes": sandbox_limit(cfg), "maxJobsPerUser": jobs_per_user(cfg)},
+        "routing": routing_settings(cfg),
     }
 
 
