@@ -67,9 +67,14 @@ def test_a_job_for_one_remote_site_is_bounded_by_that_site():
                     f"(remote site {site.name}")
     assert refused(memory=f"{site.resources.memory_gb + 1}Gi", offload={"enabled": True, "site": site.name},
                    volumes={}).startswith("memory:")
+    # a GPU model the site does not declare (its GPUs are another model): refused, naming the field
+    assert not any(a.model == "t4" for a in site.resources.accelerators)
+    assert refused(accelerator="t4", offload={"enabled": True, "site": site.name}, volumes={}) \
+        .startswith(f"acceleratorCount: 1 x t4 is more than any place that could run this job offers "
+                    f"(remote site {site.name}: 0)")
     cpu_only = next(s for s in cnaf().offload.sites if not s.resources.accelerators)
     assert refused(accelerator="t4", offload={"enabled": True, "site": cpu_only.name}, volumes={}) \
-        .startswith("acceleratorCount: 1 x t4 is more than any place")
+        .startswith("offload.site:")  # the routing check (batch layer) refuses GPUs on a CPU-only site first
 
 
 @pytest.mark.parametrize("field,value", [("cpu", float("nan")), ("cpu", float("inf")), ("memory", float("nan")),
