@@ -24,6 +24,16 @@ from aiinfn.jobservice.hubusers import HubUsers, Snapshot
 from tests.jobservice_fixtures import settings_dict
 
 
+def run(coro: Any) -> Any:
+    """Run on a loop of its own: ``asyncio.run`` would leave the main thread without a current loop, which
+    later tests (Pulumi's mocks) expect to find."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def small_span_site(span: int) -> dict[str, Any]:
     """The cnaf hub data with a uid range of ``span`` uids: collisions everywhere."""
     site = copy.deepcopy(settings_dict("cnaf")["hubSite"])
@@ -103,7 +113,7 @@ async def history(seed: int, span: int = 3, steps: int = 600) -> list[str]:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_the_snapshot_never_grants_what_a_fresh_read_refuses(seed):
-    assert asyncio.run(history(seed)) == []
+    assert run(history(seed)) == []
 
 
 def test_the_check_finds_a_snapshot_trusted_too_far(monkeypatch):
@@ -113,7 +123,7 @@ def test_the_check_finds_a_snapshot_trusted_too_far(monkeypatch):
         return None if user in self.created else "caller not in the snapshot"
 
     monkeypatch.setattr(Snapshot, "needs_fresh_read", naive)
-    found = [w for seed in range(12) for w in asyncio.run(history(seed))]
+    found = [w for seed in range(12) for w in run(history(seed))]
     assert found, "the random histories never exercised a stale grant"
 
 
@@ -142,7 +152,7 @@ def test_steady_state_costs_no_read_and_a_newcomer_is_read_at_once():
         assert "no longer" in (fresh.conflict(site, "bob", uid["bob"]) or "")
         await cache.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_concurrent_fresh_reads_share_one_read_at_a_time():
@@ -167,7 +177,7 @@ def test_concurrent_fresh_reads_share_one_read_at_a_time():
         assert calls["total"] <= 3  # the background read plus at most two shared ones, not one per caller
         await cache.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_the_uid_map_is_computed_once_per_read(monkeypatch):
@@ -192,4 +202,4 @@ def test_the_uid_map_is_computed_once_per_read(monkeypatch):
         assert hashed["n"] <= 50  # at most the caller's own uid per submission, never the whole table
         await cache.close()
 
-    asyncio.run(scenario())
+    run(scenario())
