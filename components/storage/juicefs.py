@@ -11,14 +11,14 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn.config.model import SiteConfig
-from aiinfn.config.storage import REDIS_UID, bucket_name, juicefs_volume_name
+from aiinfn.config.storage import REDIS_UID, block_storage_class, bucket_name, juicefs_volume_name
 from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_JUICEFS
 from aiinfn.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject
 from .common import CSI_NAMESPACE, meta, restricted_container_security
-from .nfs import REDIS_DIR, nfs_pv_spec, node_placement
+from .nfs import node_placement
 from .s3_bucket import S3Bucket
 
 JUICEFS_DRIVER = "csi.juicefs.com"
@@ -72,7 +72,7 @@ def bucket_url(cfg: SiteConfig) -> str:
 
 class Juicefs:
     def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: KubeObject,
-                 nfs_ready: list[pulumi.Resource]) -> None:
+                 block_ready: list[pulumi.Resource]) -> None:
         cfg = ctx.cfg
         jfs = cfg.storage.juicefs
         opts = ctx.k8s_opts(parent, depends_on=[namespace])
@@ -89,20 +89,14 @@ class Juicefs:
                          "password": self.redis_password.result},
             opts=opts,
         )
-        # Redis data lives on the NFS volume (the protected OpenStack volume, covered by Borg backups).
-        self.redis_pv = KubeObject(
-            "pv-juicefs-redis", "v1", "PersistentVolume",
-            meta(ctx, f"{STORAGE_NAMESPACE}-{REDIS_PVC}", namespace=None, component=REDIS_NAME),
-            spec=nfs_pv_spec(f"{STORAGE_NAMESPACE}-{REDIS_PVC}", REDIS_DIR, jfs.redis_storage_gi, STORAGE_NAMESPACE, REDIS_PVC),
-            opts=ctx.stateful_opts(parent, depends_on=nfs_ready),
-        )
+        # Redis data lives on a block volume (never NFS: Redis fsyncs its AOF every second); a consistent copy
+        # of it (BGSAVE snapshot through redis-cli --rdb) goes into every Borg backup.
         self.redis_pvc = KubeObject(
             "pvc-juicefs-redis", "v1", "PersistentVolumeClaim",
             meta(ctx, REDIS_PVC, component=REDIS_NAME),
-            spec={"accessModes": ["ReadWriteMany"], "storageClassName": "nfs-csi",
-                  "volumeName": f"{STORAGE_NAMESPACE}-{REDIS_PVC}",
+            spec={"accessModes": ["ReadWriteOnce"], "storageClassName": block_storage_class(cfg),
                   "resources": {"requests": {"storage": f"{jfs.redis_storage_gi}Gi"}}},
-            opts=ctx.stateful_opts(parent, depends_on=[namespace, self.redis_pv]),
+            opts=ctx.stateful_opts(parent, depends_on=[namespace, *block_ready]),
         )
         labels = {"app.kubernetes.io/name": REDIS_NAME, "app.kubernetes.io/component": REDIS_NAME}
         self.redis = KubeObject(

@@ -12,7 +12,7 @@ import pulumi
 
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import SiteConfig
-from aiinfn.config.storage import REDIS_UID, env_maintainers_gid, project_gid, user_uid
+from aiinfn.config.storage import env_maintainers_gid, project_gid, user_uid
 from aiinfn.naming import NFS_EXPORT_ROOT, NFS_SERVER_DNS, NFS_SERVICE, STORAGECLASS_NFS
 from aiinfn.nodes import tolerations_for
 
@@ -31,7 +31,6 @@ PROJECTS = "projects"
 PUBLIC = "public"
 ENVS = "envs"
 SYSTEM = ".system"
-REDIS_DIR = f"{SYSTEM}/juicefs-redis"
 DYNAMIC = "dynamic"  # subdirectories made by the nfs-csi StorageClass (dynamic volumes)
 
 
@@ -62,7 +61,6 @@ def layout(cfg: SiteConfig) -> list[tuple[str, int, int, str]]:
         ("1777", 0, 0, PUBLIC),
         ("2775", 0, env_maintainers_gid(cfg), ENVS),
         ("0711", 0, 0, SYSTEM),
-        ("0700", REDIS_UID, REDIS_UID, REDIS_DIR),
         ("0711", 0, 0, DYNAMIC),
     ]
     for u in st.users:
