@@ -44,7 +44,8 @@ class Site(pulumi.ComponentResource):
                                juicefs_secret_data=getattr(getattr(self, "storage", None), "juicefs_secret_data", None),
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
-                                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+                                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]),
+                                           storage_namespace=getattr(self.storage, "namespace", None))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

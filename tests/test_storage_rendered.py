@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from aiinfn.engine.output import helm_releases, manifest, manifests
+from aiinfn.engine.stackfile import resolve
 from aiinfn.naming import (
     HUB_NAMESPACE,
     NFS_SERVER_DNS,
@@ -119,7 +121,12 @@ def test_redis_reachable_only_by_juicefs_clients(stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_juicefs_volume_secret_has_the_csi_keys(stack):
     sec = next(d for d in objects(stack, "Secret") if d["metadata"]["name"] == "juicefs-volume")
-    assert set(sec["stringData"]) == {"name", "metaurl", "storage", "bucket", "access-key", "secret-key"}
+    assert set(sec["stringData"]) == {"name", "metaurl", "storage", "bucket", "access-key", "secret-key", "format-options"}
+    # JuiceFS keeps deleted objects in its trash as long as the metadata dumps are kept (CSI driver docs,
+    # https://juicefs.com/docs/csi/guide/pv/ "format-options"; juicefs format --trash-days)
+    keep = yaml.safe_load(resolve(stack).read_text())["config"]["aiinfn:storage"].get("backup", {})
+    days = keep.get("keepDaily", 7) if keep.get("enabled", True) and keep.get("repository") else 1
+    assert sec["stringData"]["format-options"] == f"trash-days={days}"
     sc = next(d for d in objects(stack, "StorageClass") if d["metadata"]["name"] == "juicefs")
     assert sc["parameters"]["csi.storage.k8s.io/node-publish-secret-name"] == "juicefs-volume"
     assert sc["reclaimPolicy"] == "Retain"

@@ -17,7 +17,7 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn import catalogue as cat
-from aiinfn.config.storage import block_storage_class
+from aiinfn.config.storage import backups_active, block_storage_class
 from aiinfn.naming import (
     GPU_OPERATOR_NAMESPACE,
     KUEUE_NAMESPACE,
@@ -27,6 +27,7 @@ from aiinfn.naming import (
     MONITORING_NAMESPACE,
     PRIORITY_LABEL,
     QUEUE_LABEL,
+    STORAGE_NAMESPACE,
     VIRTUAL_NODE_LABEL,
 )
 from aiinfn.secrets import supplied_secret
@@ -37,6 +38,8 @@ from ..kube import HelmRelease, KubeObject, object_meta
 from .promrules import dashboards, rule_files
 
 LAYER = "observability"
+BACKUP_PG_SECRET = "accounting-db-backup"  # components.storage.backup.PG_SECRET
+BACKUP_CRONJOB = "nfs-backup"  # components.storage.backup.CRONJOB
 CHART = "kube-prometheus-stack"
 CHART_VERSION = "88.5.3"  # prometheus-operator v0.93.1 (the CRD schemas in ../shared/schemas match it)
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
@@ -258,8 +261,11 @@ def helm_values(ctx: SiteContext) -> dict:
 
 
 class Observability(pulumi.ComponentResource):
-    def __init__(self, name: str, ctx: SiteContext, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, ctx: SiteContext, opts: pulumi.ResourceOptions | None = None, *,
+                 storage_namespace: pulumi.Resource | None = None) -> None:
+        """``storage_namespace``: where the backup job runs (it gets the accounting credentials for pg_dump)."""
         super().__init__("aiinfn:observability:Observability", name, None, opts)
+        self.storage_namespace = storage_namespace
         cfg = ctx.cfg
         mon = cfg.monitoring
         self.ctx = ctx
@@ -470,6 +476,17 @@ class Observability(pulumi.ComponentResource):
         )
         db_sel = {"app.kubernetes.io/name": DB_NAME}
         agg_sel = {"app.kubernetes.io/name": AGGREGATOR}
+        backups = backups_active(cfg) and self.storage_namespace is not None
+        if backups:
+            # The backup job dumps the database with pg_dump before borg create: the same credentials, as a
+            # Secret in its own namespace (a pod reads Secrets of its namespace only).
+            KubeObject(
+                "accounting-db-backup", "v1", "Secret",
+                object_meta(BACKUP_PG_SECRET, namespace=STORAGE_NAMESPACE,
+                            labels=ctx.labels(LAYER, **{"app.kubernetes.io/component": "accounting"})),
+                stringData={"username": DB_USER, "password": password.result, "database": DB_DATABASE},
+                opts=ctx.k8s_opts(self, depends_on=[self.storage_namespace]),
+            )
         secret_env = lambda key: {"secretKeyRef": {"name": DB_SECRET, "key": key}}
         pvc_spec: dict = {"accessModes": ["ReadWriteOnce"], "storageClassName": block_storage_class(cfg),
                           "resources": {"requests": {"storage": f"{acc.storage_gb}Gi"}}}
@@ -525,7 +542,11 @@ class Observability(pulumi.ComponentResource):
             "accounting-db-ingress", "networking.k8s.io/v1", "NetworkPolicy",
             self._meta("accounting-db-ingress", "accounting"),
             spec={"podSelector": {"matchLabels": db_sel}, "policyTypes": ["Ingress"],
-                  "ingress": [{"from": [{"podSelector": {"matchLabels": agg_sel}}],
+                  "ingress": [{"from": [{"podSelector": {"matchLabels": agg_sel}},
+                                        *([{"namespaceSelector": {"matchLabels": {
+                                                "kubernetes.io/metadata.name": STORAGE_NAMESPACE}},
+                                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": BACKUP_CRONJOB}}}]
+                                          if backups else [])],
                                "ports": [{"protocol": "TCP", "port": 5432}]}]},
             opts=ns_opts,
         )

@@ -1,10 +1,22 @@
-"""Daily encrypted Borg backups of the NFS data to a remote repository (CronJob on the storage node).
+"""Daily encrypted Borg backups of the NFS data and of consistent database dumps (CronJob on the storage node).
 
-The job reads the data volume directly (hostPath, read-only: the NFS export squashes root, so a
-client could not read private homes) and runs scripts/borg-backup.sh, the same script the tests run
-with real borg. Encryption is repokey (the key lives in the repository, protected by the generated
-passphrase). A failed run fails the Job: alert on kube-state-metrics' ``kube_job_status_failed``
-for jobs of the ``nfs-backup`` CronJob and on ``kube_cronjob_status_last_successful_time``.
+Before ``borg create``, init containers dump every database over the network into an emptyDir, each
+with the server's own pinned image (so the client matches the server version): JuiceFS' Redis as an
+RDB snapshot (``redis-cli --rdb``: JuiceFS' metadata, one point in time) and the accounting PostgreSQL
+with ``pg_dump``. The hub's SQLite database is copied by the hub layer's own job (SQLite's online
+backup) onto the NFS data, which this job archives. The dumps go into an archive of their own
+(``<site>-nfs-db-<time>``) before the data archive (``<site>-nfs-<time>``). The job reads the data
+volume directly (hostPath, read-only: the NFS export squashes root, so a client could not read private
+homes) and runs scripts/borg-backup.sh, the same script the tests run with real borg, PostgreSQL and
+Redis. Encryption is repokey (the key lives in the repository, protected by the generated passphrase).
+
+The pod's hostname is fixed (``<site>-borg``): with ``BORG_HOSTNAME_IS_UNIQUE`` borg then removes a
+lock left by a killed run of this same job instead of waiting on it forever. An ssh:// repository is
+append-only for this job's key (the server's ``borg serve --append-only``): the job never prunes, the
+trusted backup host does (docs/storage.md); a local-path repository is pruned by the job itself.
+
+A failed run fails the Job: alert on kube-state-metrics' ``kube_job_status_failed`` for jobs of the
+``nfs-backup`` CronJob and on ``kube_cronjob_status_last_successful_time``.
 """
 
 from __future__ import annotations
@@ -25,6 +37,49 @@ CONFIG = "borg-backup-config"
 SSH_KEY = "secretBorgSshKey"
 CACHE_HOST_PATH = "/var/cache/aiinfn-borg"  # borg's chunk cache and security dir survive between runs
 SOURCE = "/data"
+DUMPS = "/dumps"
+PG_SECRET = "accounting-db-backup"  # the accounting database's credentials (made by the observability layer)
+SCRIPT = "/etc/borg/config/borg-backup.sh"
+
+
+def backup_hostname(cfg) -> str:
+    return f"{cfg.site.name}-borg"
+
+
+def dump_containers(cfg) -> list[dict]:
+    """One init container per database, each in its server's image, writing into the dumps emptyDir."""
+    from aiinfn.naming import MONITORING_NAMESPACE
+    from aiinfn.config.storage import REDIS_UID
+
+    from .juicefs import REDIS_HOST, REDIS_PORT, REDIS_SECRET
+
+    sc = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+          "runAsUser": REDIS_UID, "runAsGroup": REDIS_UID, "capabilities": {"drop": ["ALL"]},
+          "seccompProfile": {"type": "RuntimeDefault"}}
+    mounts = [{"name": "dumps", "mountPath": DUMPS}, {"name": "config", "mountPath": "/etc/borg/config", "readOnly": True}]
+    res = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}}
+    out = []
+    if cfg.storage.juicefs.enabled:
+        out.append({"name": "dump-juicefs-redis", "image": cfg.storage.juicefs.redis_image,
+                    "command": ["sh", SCRIPT, "dump-redis", f"{DUMPS}/juicefs-redis"],
+                    "env": [{"name": "REDIS_HOST", "value": REDIS_HOST}, {"name": "REDIS_PORT", "value": str(REDIS_PORT)},
+                            {"name": "REDISCLI_AUTH", "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "password"}}}],
+                    "securityContext": sc, "resources": res, "volumeMounts": mounts})
+    mon = cfg.monitoring
+    if mon.enabled and mon.accounting.enabled:
+        from components.observability import DB_NAME
+
+        ref = lambda key: {"secretKeyRef": {"name": PG_SECRET, "key": key}}  # noqa: E731
+        out.append({"name": "dump-accounting-db", "image": mon.accounting.postgres_image,
+                    "command": ["sh", SCRIPT, "dump-postgres", f"{DUMPS}/accounting-db"],
+                    "env": [{"name": "PGHOST", "value": f"{DB_NAME}.{MONITORING_NAMESPACE}.svc"},
+                            {"name": "PGPORT", "value": "5432"},
+                            {"name": "PGUSER", "valueFrom": ref("username")},
+                            {"name": "PGPASSWORD", "valueFrom": ref("password")},
+                            {"name": "PGDATABASE", "valueFrom": ref("database")}],
+                    "securityContext": {**sc, "runAsUser": 999, "runAsGroup": 999}, "resources": res,
+                    "volumeMounts": mounts})
+    return out
 
 
 class Backup:
@@ -57,18 +112,26 @@ class Backup:
             {"name": "KEEP_MONTHLY", "value": str(b.keep_monthly)},
             {"name": "COMPRESSION", "value": b.compression},
             {"name": "BORG_BASE_DIR", "value": "/cache"},
-            {"name": "BORG_HOSTNAME_IS_UNIQUE", "value": "yes"},
+            {"name": "BORG_HOSTNAME_IS_UNIQUE", "value": "yes"},  # with the fixed hostname: stale locks clear
         ]
+        dumps = dump_containers(cfg)
+        if dumps:
+            env.append({"name": "DUMP_DIR", "value": DUMPS})
+        if not uses_ssh:
+            env.append({"name": "PRUNE", "value": "yes"})  # no append-only boundary to respect: prune here
         if uses_ssh:
             env.append({"name": "BORG_RSH", "value": (
                 "ssh -i /etc/borg/ssh/ssh-key -o UserKnownHostsFile=/etc/borg/config/known_hosts "
                 "-o StrictHostKeyChecking=yes -o BatchMode=yes -o ServerAliveInterval=60")})
         mounts = [{"name": "data", "mountPath": SOURCE, "readOnly": True},
                   {"name": "cache", "mountPath": "/cache"},
+                  {"name": "dumps", "mountPath": DUMPS, "readOnly": True},
                   {"name": "config", "mountPath": "/etc/borg/config", "readOnly": True}]
         volumes = [{"name": "data", "hostPath": {"path": cfg.storage.nfs.host_path, "type": "Directory"}},
                    {"name": "cache", "hostPath": {"path": CACHE_HOST_PATH, "type": "DirectoryOrCreate"}},
-                   {"name": "config", "configMap": {"name": CONFIG, "defaultMode": 0o555}}]
+                   {"name": "config", "configMap": {"name": CONFIG, "defaultMode": 0o555}},
+                   # sized for the dumps of the site's databases (node disk; gone with the pod)
+                   {"name": "dumps", "emptyDir": {"sizeLimit": "50Gi"}}]
         if uses_ssh:
             mounts.append({"name": "ssh", "mountPath": "/etc/borg/ssh", "readOnly": True})
             volumes.append({"name": "ssh", "secret": {"secretName": SECRET, "defaultMode": 0o400,
@@ -93,7 +156,9 @@ class Backup:
                             "metadata": {"labels": {**ctx.labels("storage"), **labels}},
                             "spec": {
                                 **node_placement(cfg),
+                                "hostname": backup_hostname(cfg),
                                 "restartPolicy": "Never",
+                                "initContainers": dumps,
                                 "automountServiceAccountToken": False,
                                 "containers": [{
                                     "name": "borg",

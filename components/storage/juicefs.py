@@ -33,6 +33,7 @@ REDIS_PVC = "juicefs-redis-data"
 SHARED_SUBDIR = "/shared"
 # Labels of the pods that may talk to Redis: the JuiceFS CSI driver and the mount pods it starts.
 CLIENT_POD_NAMES = ["juicefs-csi-driver", "juicefs-mount"]
+BACKUP_POD_NAME = "nfs-backup"  # components.storage.backup.CRONJOB (in this namespace)
 S3_ACCESS_KEY = "secretS3AccessKey"
 S3_SECRET_KEY = "secretS3SecretKey"
 
@@ -64,6 +65,13 @@ def redis_conf(password: str, data_dir: str = "/data") -> str:
 
 def metaurl(password: pulumi.Input[str]) -> pulumi.Output[str]:
     return pulumi.Output.secret(pulumi.Output.concat("redis://:", password, f"@{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"))
+
+
+def trash_days(cfg: SiteConfig) -> int:
+    """JuiceFS trash retention: the daily metadata dumps' age (backup keepDaily), JuiceFS' default 1 without backups."""
+    from aiinfn.config.storage import backups_active
+
+    return max(1, cfg.storage.backup.keep_daily) if backups_active(cfg) else 1
 
 
 def bucket_url(cfg: SiteConfig) -> str:
@@ -152,6 +160,9 @@ class Juicefs:
                       "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": CSI_NAMESPACE}},
                       "podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
                                                             "values": CLIENT_POD_NAMES}]},
+                  }, {
+                      # the backup job's RDB snapshot (redis-cli --rdb) of the metadata, before borg create
+                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": BACKUP_POD_NAME}},
                   }], "ports": [{"protocol": "TCP", "port": REDIS_PORT}]}]},
             opts=opts,
         )
@@ -174,6 +185,9 @@ class Juicefs:
             "bucket": bucket_url(cfg),
             "access-key": access_key,
             "secret-key": secret_key,
+            # Deleted and compacted objects stay in JuiceFS' trash as long as the daily metadata dumps are
+            # kept, so a restored dump never points at objects JuiceFS has already removed from the bucket.
+            "format-options": f"trash-days={trash_days(cfg)}",
         }
         self.volume_secret = KubeObject(
             "juicefs-volume-secret", "v1", "Secret",
