@@ -250,3 +250,86 @@ def test_a_stale_lock_of_the_same_host_id_clears_another_hosts_does_not(drill_en
     other = sh({**env, "BORG_HOST_ID": "random-pod-name@123"}, "backup", check=False)
     assert other.returncode != 0  # a different host cannot know the holder is dead
     assert "drill-nfs-" in sh(env, "backup").stdout  # the same host id: stale lock removed, backup done
+
+
+@pytest.mark.parametrize("stack", ["cnaf", "recas"])
+def test_rendered_job_dumps_first_with_the_servers_images_and_a_fixed_host_identity(stack):
+    """What the drill above ran is what the CronJob runs: each dump step of the script in an init container
+    (init containers finish, in order, before the main container starts: Kubernetes docs, Init Containers)."""
+    from aiinfn.engine.output import manifest, manifests
+
+    from .conftest import rendered_stack
+
+    r = rendered_stack(stack)
+    docs = [manifest(x) for x in manifests(r)]
+    (cron,) = [d for d in docs if d["kind"] == "CronJob" and d["metadata"]["name"] == "nfs-backup"]
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    inits = {c["name"]: c for c in pod["initContainers"]}
+    assert inits["dump-juicefs-redis"]["image"] == r.cfg.storage.juicefs.redis_image
+    assert inits["dump-juicefs-redis"]["command"][2] == "dump-redis"
+    assert inits["dump-accounting-db"]["image"] == r.cfg.monitoring.accounting.postgres_image
+    assert inits["dump-accounting-db"]["command"][2] == "dump-postgres"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["DUMP_DIR"]["value"] == "/dumps" and "PRUNE" not in env  # ssh:// repository: append-only client
+    assert pod["hostname"] == f"{r.cfg.site.name}-borg"
+    assert env["BORG_HOST_ID"]["value"].startswith(pod["hostname"] + "@") and env["BORG_HOSTNAME_IS_UNIQUE"]["value"] == "yes"
+    # the credentials pg_dump uses exist in the job's namespace, and the database admits the job
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] ==
+                  inits["dump-accounting-db"]["env"][2]["valueFrom"]["secretKeyRef"]["name"])
+    assert secret["metadata"]["namespace"] == cron["metadata"]["namespace"]
+    assert secret["stringData"]["password"].startswith("<generated")
+    pol = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "accounting-db-ingress")
+    peers = pol["spec"]["ingress"][0]["from"]
+    assert any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "nfs-backup"
+               and p.get("namespaceSelector") for p in peers)
+    redis_pol = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "juicefs-redis-clients")
+    assert any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "nfs-backup"
+               for p in redis_pol["spec"]["ingress"][0]["from"])
+
+
+def test_collect_dump_takes_a_fresh_copy_and_refuses_a_stale_one(tmp_path: Path):
+    src = tmp_path / "nfs" / ".system" / "dumps" / "hub"
+    src.mkdir(parents=True)
+    db = tmp_path / "live.sqlite"
+    sqlite3.connect(db).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
+    sh(env, "dump-sqlite", str(db), str(src))  # what the hub job runs
+    sh(env, "collect-dump", str(src / "live.sqlite"), str(tmp_path / "dumps" / "hub"), "90")
+    assert sqlite3.connect(tmp_path / "dumps" / "hub" / "live.sqlite").execute("SELECT x FROM t").fetchall() == [(1,)]
+    old = time.time() - 3 * 3600
+    os.utime(src / "live.sqlite", (old, old))  # the hub job stopped three hours ago
+    stale = sh(env, "collect-dump", str(src / "live.sqlite"), str(tmp_path / "again"), "90", check=False)
+    assert stale.returncode != 0 and "older than 90 minutes" in stale.stdout
+
+
+@pytest.mark.parametrize("stack", ["cnaf", "hackathon-padova"])
+def test_hub_database_job_runs_beside_the_hub_on_its_claim(stack):
+    """zero-to-jupyterhub 4.4.0 names the hub's claim ``<fullname->hub-db-dir`` (templates/_helpers-names.tpl
+    jupyterhub.hub-pvc.fullname, fullname empty without fullnameOverride), mounts it at /srv/jupyterhub
+    (templates/hub/deployment.yaml) and labels the hub pod app=jupyterhub, component=hub (legacy matchLabels,
+    templates/_helpers.tpl jupyterhub.commonLabels)."""
+    from aiinfn.engine.output import helm_releases, manifest, manifests
+
+    from .conftest import rendered_stack
+
+    r = rendered_stack(stack)
+    docs = [manifest(x) for x in manifests(r)]
+    jobs = [d for d in docs if d["kind"] == "CronJob" and d["metadata"]["name"] == "hub-db-backup"]
+    if not (r.cfg.storage.backup.enabled and r.cfg.storage.backup.repository):
+        assert not jobs  # no backups on this stack, no copy either
+        return
+    (job,) = jobs
+    (hub_values,) = [x.inputs["values"] for x in helm_releases(r) if x.inputs["chart"] == "jupyterhub"]
+    assert "fullnameOverride" not in hub_values and hub_values["hub"]["db"]["type"] == "sqlite-pvc"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"] == {"app": "jupyterhub", "component": "hub"}
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+    assert claims["hub-db"] == "hub-db-dir"
+    c = pod["containers"][0]
+    assert c["command"][2:] == ["dump-sqlite", "/srv/jupyterhub/jupyterhub.sqlite", "/dumps"]
+    assert c["securityContext"]["runAsUser"] == 1000
+    (cron,) = [d for d in docs if d["kind"] == "CronJob" and d["metadata"]["name"] == "nfs-backup"]
+    init = {i["name"]: i for i in cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"]}
+    assert init["collect-hub-db"]["command"][2] == "collect-dump"

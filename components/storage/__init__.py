@@ -79,7 +79,7 @@ class Storage(pulumi.ComponentResource):
         if st.scratch.enabled:
             self.scratch = Scratch(self, ctx, self.namespace)
         if backups_active(cfg):
-            self.backup = Backup(self, ctx, self.namespace)
+            self.backup = Backup(self, ctx, self.namespace, platform.hub_namespace, nfs_ready)
 
         # Claims in every namespace where notebooks (hub) and jobs (project-*) run.
         self._claims_for(HUB_NAMESPACE, platform.hub_namespace, cfg.projects, nfs_ready)

@@ -31,6 +31,7 @@ PROJECTS = "projects"
 PUBLIC = "public"
 ENVS = "envs"
 SYSTEM = ".system"
+HUB_DUMP_UID = 1000  # the hub pod's user (components.storage.backup.HUB_UID)
 DYNAMIC = "dynamic"  # subdirectories made by the nfs-csi StorageClass (dynamic volumes)
 
 
@@ -61,6 +62,9 @@ def layout(cfg: SiteConfig) -> list[tuple[str, int, int, str]]:
         ("1777", 0, 0, PUBLIC),
         ("2775", 0, env_maintainers_gid(cfg), ENVS),
         ("0711", 0, 0, SYSTEM),
+        # database dumps waiting for the backup job (the hub's SQLite copy, written by uid 1000)
+        ("0711", 0, 0, f"{SYSTEM}/dumps"),
+        ("0700", HUB_DUMP_UID, HUB_DUMP_UID, f"{SYSTEM}/dumps/hub"),
         ("0711", 0, 0, DYNAMIC),
     ]
     for u in st.users:

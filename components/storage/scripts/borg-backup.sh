@@ -6,6 +6,7 @@
 #   borg-backup.sh dump-redis DIR       a point-in-time RDB snapshot of Redis (redis-cli --rdb; REDIS_HOST,
 #                                       REDIS_PORT, REDISCLI_AUTH) into DIR: JuiceFS' metadata
 #   borg-backup.sh dump-sqlite DB DIR   SQLite's online backup of DB into DIR (the hub's database)
+#   borg-backup.sh collect-dump FILE DIR MINUTES  copy FILE into DIR, refused if older than MINUTES
 #   borg-backup.sh backup               archive $DUMP_DIR (if it holds dumps) as $DB_ARCHIVE_PREFIX-<time>,
 #                                       then $BACKUP_SOURCE as $ARCHIVE_PREFIX-<time>; prune only if PRUNE=yes
 #   borg-backup.sh restore ARCHIVE DIR  extract ARCHIVE ("latest" = newest data archive) into the empty DIR
@@ -30,6 +31,17 @@ need_repo() {
     export BORG_REPO BORG_PASSPHRASE
     export BORG_RELOCATED_REPO_ACCESS_IS_OK=no
     export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=no
+}
+
+collect_dump() {
+    file=${1:?usage: borg-backup.sh collect-dump FILE DIR MINUTES}
+    dir=${2:?usage: borg-backup.sh collect-dump FILE DIR MINUTES}
+    age=${3:?usage: borg-backup.sh collect-dump FILE DIR MINUTES}
+    [ -f "$file" ] || { log "no dump at $file"; exit 1; }
+    [ -n "$(find "$file" -mmin "-$age")" ] || { log "the dump $file is older than $age minutes"; exit 1; }
+    mkdir -p "$dir"
+    cp "$file" "$dir/.$(basename "$file").part"
+    mv "$dir/.$(basename "$file").part" "$dir/$(basename "$file")"
 }
 
 # Each dump is written under a temporary name and renamed only when complete: a failed dump never
@@ -144,6 +156,7 @@ case "$cmd" in
     dump-postgres) dump_postgres "$@" ;;
     dump-redis) dump_redis "$@" ;;
     dump-sqlite) dump_sqlite "$@" ;;
+    collect-dump) collect_dump "$@" ;;
     backup) need_repo; backup ;;
     restore) need_repo; restore "$prefix" "$@" ;;
     restore-db) need_repo; restore "$dbprefix" "$@" ;;
