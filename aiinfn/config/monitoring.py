@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import __version__
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,8 +22,10 @@ _SIZE = re.compile(r"^[1-9][0-9]*(B|KB|MB|GB|TB|PB|EB)$")
 _CRON = re.compile(r"^(\S+\s+){4}\S+$")
 _IMAGE = re.compile(r"^[a-z0-9]([a-z0-9._/:-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$")
 
-# The platform's runtime image (exporters, accounting aggregator): built from this repository.
-DEFAULT_RUNTIME_IMAGE = "ghcr.io/ai-infn/aiinfn-platform:0.1.0"
+# The platform's runtime image (exporters, accounting aggregator): built from this repository by
+# scripts/build-image.sh (images/runtime/Dockerfile), tagged with the project's version.
+RUNTIME_REGISTRY = "ghcr.io/ai-infn"
+DEFAULT_RUNTIME_IMAGE = f"{RUNTIME_REGISTRY}/aiinfn-platform:{__version__}"
 
 
 def _seconds(duration: str) -> float:

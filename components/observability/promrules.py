@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiinfn import yamlio
+from aiinfn.accounting.shares import charged_share
 from aiinfn.config.model import SiteConfig
 from aiinfn.naming import MONITORING_NAMESPACE
 
@@ -35,6 +36,7 @@ def rule_params(cfg: SiteConfig) -> dict[str, str]:
         "admission_wait_p90_minutes": str(a.admission_wait_p90_minutes),
         "scan_seconds": str(cfg.monitoring.storage_exporter.scan_minutes * 60),
         "monitoring_namespace": MONITORING_NAMESPACE,
+        "charged_share": charged_share('aiinfn:pod_accelerator:info{kind=~"gpu|mig"} > bool 0'),
     }
 
 
