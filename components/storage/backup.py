@@ -62,8 +62,8 @@ def backup_hostname(cfg) -> str:
 
 def dump_containers(cfg) -> list[dict]:
     """One init container per database, each in its server's image, writing into the dumps emptyDir."""
-    from aiinfn.naming import MONITORING_NAMESPACE
     from aiinfn.config.storage import REDIS_UID
+    from aiinfn.naming import MONITORING_NAMESPACE
 
     from .juicefs import REDIS_HOST, REDIS_PORT, REDIS_SECRET
 
@@ -92,7 +92,7 @@ def dump_containers(cfg) -> list[dict]:
     if mon.enabled and mon.accounting.enabled:
         from components.observability import DB_NAME
 
-        ref = lambda key: {"secretKeyRef": {"name": PG_SECRET, "key": key}}  # noqa: E731
+        ref = lambda key: {"secretKeyRef": {"name": PG_SECRET, "key": key}}
         out.append({"name": "dump-accounting-db", "image": mon.accounting.postgres_image,
                     "command": ["sh", SCRIPT, "dump-postgres", f"{DUMPS}/accounting-db"],
                     "env": [{"name": "PGHOST", "value": f"{DB_NAME}.{MONITORING_NAMESPACE}.svc"},
@@ -224,7 +224,6 @@ class Backup:
 
         from .nfs import nfs_pv_spec
 
-        cfg = ctx.cfg
         pv_name = f"{HUB_NAMESPACE}-{HUB_DUMP_CLAIM}"
         pv = KubeObject(f"pv-{pv_name}", "v1", "PersistentVolume", meta(ctx, pv_name, namespace=None, component=HUB_JOB),
                         spec=nfs_pv_spec(pv_name, HUB_DUMP_DIR, 10, HUB_NAMESPACE, HUB_DUMP_CLAIM),
