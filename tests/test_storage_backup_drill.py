@@ -294,7 +294,12 @@ def test_collect_dump_takes_a_fresh_copy_and_refuses_a_stale_one(tmp_path: Path)
     db = tmp_path / "live.sqlite"
     sqlite3.connect(db).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BORG_")}
-    sh(env, "dump-sqlite", str(db), str(src))  # what the hub job runs
+    # What the hub job runs, in an image without the sqlite3 shell (the hub image): Python's sqlite3 backup.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "date", "mkdir", "basename", "mv", "python3"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    sh({**env, "PATH": str(bin_dir)}, "dump-sqlite", str(db), str(src))
     sh(env, "collect-dump", str(src / "live.sqlite"), str(tmp_path / "dumps" / "hub"), "90")
     assert sqlite3.connect(tmp_path / "dumps" / "hub" / "live.sqlite").execute("SELECT x FROM t").fetchall() == [(1,)]
     old = time.time() - 3 * 3600

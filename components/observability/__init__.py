@@ -614,6 +614,12 @@ class Observability(pulumi.ComponentResource):
         lines.append(f"- alerts: GPU idle < {a.gpu_idle_util_percent}% for {a.gpu_idle_hours} h, NFS > {a.nfs_full_percent}% full, "
                      f"backup in `{a.backup_namespace}` failed or older than {a.backup_max_age_hours} h, MIG layout not applied, "
                      f"batch queue starved {a.queue_starved_minutes} min")
+        smtp = mon.smtp
+        if smtp.smarthost is not None and cfg.site.contact_email:
+            auth = f", SMTP user `{smtp.username}` (secret `aiinfn:{SMTP_PASSWORD_KEY}`)" if smtp.username else ""
+            lines.append(f"- Alertmanager mails every alert to `{cfg.site.contact_email}` via `{smtp.smarthost}`{auth}")
+        else:
+            lines.append("- Alertmanager: no mail relay (aiinfn:monitoring.smtp.smarthost): alerts are shown, not sent")
         if mon.accounting.enabled:
             acc = mon.accounting
             prot = "protected" if cfg.is_protected else "not protected (hackathon)"
