@@ -10,8 +10,10 @@ volume directly (hostPath, read-only: the NFS export squashes root, so a client 
 homes) and runs scripts/borg-backup.sh, the same script the tests run with real borg, PostgreSQL and
 Redis. Encryption is repokey (the key lives in the repository, protected by the generated passphrase).
 
-The pod's hostname is fixed (``<site>-borg``): with ``BORG_HOSTNAME_IS_UNIQUE`` borg then removes a
-lock left by a killed run of this same job instead of waiting on it forever. An ssh:// repository is
+The pod's hostname and borg's host id are fixed (``<site>-borg``, ``BORG_HOST_ID``; by default borg's id
+is hostname@MAC, and both change with every pod): with ``BORG_HOSTNAME_IS_UNIQUE`` borg then removes a
+lock left by a killed run of this same job instead of waiting on it forever. The hub's copy is made hourly,
+so the first backup after a new deployment may fail once if it runs before the hub job's first run. An ssh:// repository is
 append-only for this job's key (the server's ``borg serve --append-only``): the job never prunes, the
 trusted backup host does (docs/storage.md); a local-path repository is pruned by the job itself.
 
