@@ -217,8 +217,14 @@ def test_accounting_database_persistent_protected_and_fenced(stack):
     cron = one(r, "CronJob", "accounting-aggregator")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]
     (rule,) = pol["spec"]["ingress"]
-    (peer,) = rule["from"]
+    peer, *others = rule["from"]
     assert all(pod["metadata"]["labels"].get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+    # and, where backups run, the backup job's pods in the storage namespace (pg_dump before borg create)
+    backup = [o for o in others if o.get("namespaceSelector")]
+    assert len(others) == len(backup) == (1 if r.cfg.storage.backup.enabled and r.cfg.storage.backup.repository else 0)
+    for o in backup:
+        assert o["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "storage"}
+        assert o["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nfs-backup"}
     grafana_like = {"app.kubernetes.io/name": "grafana"}
     assert not all(grafana_like.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
     svc = one(r, "Service", "accounting-db")

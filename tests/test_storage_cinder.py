@@ -104,10 +104,11 @@ def test_one_retained_block_class_and_every_stateful_volume_on_it(stack):
     assert db["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == name
     (redis,) = [d for d in objs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "juicefs-redis-data"]
     assert redis["spec"]["storageClassName"] == name and redis["spec"]["accessModes"] == ["ReadWriteOnce"]
-    # NFS keeps user files only: every NFS volume is a home/public/envs/project claim.
+    # NFS keeps user files only: every NFS volume is a home/public/envs/project claim (and the folder where the
+    # hub's database copy waits for the backup job: a dump, not a live database).
     nfs_claims = {d["metadata"]["name"] for d in objs if d["kind"] == "PersistentVolumeClaim"
                   and d["spec"].get("storageClassName") == "nfs-csi"}
-    assert nfs_claims and all(c in ("nfs-homes", "nfs-public", "nfs-envs") or c.startswith("nfs-project-")
+    assert nfs_claims and all(c in ("nfs-homes", "nfs-public", "nfs-envs", "nfs-hub-db-dumps") or c.startswith("nfs-project-")
                               for c in nfs_claims), nfs_claims
 
 

@@ -9,23 +9,31 @@ Idle slices' share is charged to nobody (it stays in the per-model totals).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .. import catalogue as cat
 
 
-def slice_shares() -> dict[tuple[str, str], float]:
-    """(catalogue model, MIG profile) -> compute slices of the profile / compute slices of the GPU."""
-    return {(key, p.name): p.compute_slices / model.compute_slices
-            for key, model in sorted(cat.GPUS.items()) for p in model.mig_profiles}
+def slice_shares(models: Iterable[str] | None = None) -> dict[tuple[str, str], float]:
+    """(catalogue model, MIG profile) -> compute slices of the profile / compute slices of the GPU, for
+    ``models`` (catalogue keys; default: every model)."""
+    keys = sorted(cat.GPUS) if models is None else sorted(set(models))
+    return {(key, p.name): p.compute_slices / cat.GPUS[key].compute_slices
+            for key in keys for p in cat.GPUS[key].mig_profiles}
 
 
-def share_vector() -> str:
-    """PromQL: one constant series per (model, profile), valued at the slice's share."""
-    return " or ".join(
-        f'label_replace(label_replace(vector({share!r}), "model", "{model}", "", ""), "profile", "{profile}", "", "")'
-        for (model, profile), share in slice_shares().items())
+def share_vector(models: Iterable[str] | None = None) -> str | None:
+    """PromQL: one constant series per (model, profile), valued at the slice's share; None if no model has MIG."""
+    parts = [f'label_replace(label_replace(vector({share!r}), "model", "{model}", "", ""), "profile", "{profile}", "", "")'
+             for (model, profile), share in slice_shares(models).items()]
+    return " or ".join(parts) or None
 
 
-def charged_share(held: str) -> str:
+def charged_share(held: str, shares: str | None = None) -> str:
     """PromQL over ``held`` (per-pod accelerator rows with model/profile labels, value 1): the share of each
-    row's GPU power the pod is charged (a known MIG profile: its slice share; anything else: 1)."""
-    return f"((({held}) * on (model, profile) group_left () ({share_vector()})) or ({held}))"
+    row's GPU power the pod is charged (a known MIG profile: its slice share; anything else: 1). ``shares``:
+    a series holding ``share_vector()`` (the recording rule ``aiinfn:mig_slice_share:ratio``), else inline."""
+    shares = shares or share_vector()
+    if shares is None:
+        return f"({held})"
+    return f"((({held}) * on (model, profile) group_left () ({shares})) or ({held}))"

@@ -11,7 +11,7 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn.config.model import SiteConfig
-from aiinfn.config.storage import REDIS_UID, block_storage_class, bucket_name, juicefs_volume_name
+from aiinfn.config.storage import REDIS_UID, backups_active, block_storage_class, bucket_name, juicefs_volume_name
 from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_JUICEFS
 from aiinfn.secrets import supplied_secret
 
@@ -69,8 +69,6 @@ def metaurl(password: pulumi.Input[str]) -> pulumi.Output[str]:
 
 def trash_days(cfg: SiteConfig) -> int:
     """JuiceFS trash retention: the daily metadata dumps' age (backup keepDaily), JuiceFS' default 1 without backups."""
-    from aiinfn.config.storage import backups_active
-
     return max(1, cfg.storage.backup.keep_daily) if backups_active(cfg) else 1
 
 
@@ -152,6 +150,9 @@ class Juicefs:
                   "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": REDIS_PORT, "protocol": "TCP"}]},
             opts=opts,
         )
+        # the backup job's RDB snapshot (redis-cli --rdb) of the metadata, before borg create
+        backup_peer = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": BACKUP_POD_NAME}}}] \
+            if backups_active(cfg) else []
         self.redis_policy = KubeObject(
             "juicefs-redis-netpol", "networking.k8s.io/v1", "NetworkPolicy",
             meta(ctx, "juicefs-redis-clients", component=REDIS_NAME),
@@ -160,10 +161,7 @@ class Juicefs:
                       "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": CSI_NAMESPACE}},
                       "podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
                                                             "values": CLIENT_POD_NAMES}]},
-                  }, {
-                      # the backup job's RDB snapshot (redis-cli --rdb) of the metadata, before borg create
-                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": BACKUP_POD_NAME}},
-                  }], "ports": [{"protocol": "TCP", "port": REDIS_PORT}]}]},
+                  }, *backup_peer], "ports": [{"protocol": "TCP", "port": REDIS_PORT}]}]},
             opts=opts,
         )
 
