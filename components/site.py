@@ -46,6 +46,7 @@ class Site(pulumi.ComponentResource):
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]),
                                            storage_namespace=getattr(self.storage, "namespace", None))
+        self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:
