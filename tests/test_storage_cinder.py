@@ -4,7 +4,7 @@ Upstream facts (kubernetes/cloud-provider-openstack at tag openstack-cinder-csi-
 - charts/cinder-csi-plugin/values.yaml:172-182: the cloud.conf comes from an existing Secret with
   ``secret.enabled: true`` and ``secret.create: false`` (option 2), the file name is ``secret.filename``;
   :194 ``storageClass.enabled`` (the chart's own delete/retain classes); :224 ``clusterID``; :91-106
-  ``csi.plugin.nodePlugin.tolerations``. templates/controllerplugin-deployment.yaml:229-232 mounts
+  ``csi.plugin.nodePlugin.tolerations`` / ``affinity`` (read by templates/nodeplugin-daemonset.yaml:171-173). templates/controllerplugin-deployment.yaml:229-232 mounts
   ``secret.name`` as the cloud-config volume; :173,197 pass ``clusterID`` as ``--cluster``.
 - docs/openstack-cloud-controller-manager/using-openstack-cloud-controller-manager.md:100,115,151-155:
   ``[Global]`` keys ``auth-url``, ``region``, ``application-credential-id``, ``application-credential-secret``.
@@ -25,14 +25,15 @@ from .conftest import STACKS, rendered_stack
 
 # Every values path we may set, as the chart's values.yaml (lines above) declares it.
 CHART_KEYS = {"secret.enabled", "secret.create", "secret.hostMount", "secret.name", "secret.filename",
-              "storageClass.enabled", "clusterID", "csi.plugin.nodePlugin.tolerations"}
+              "storageClass.enabled", "clusterID", "csi.plugin.nodePlugin.tolerations", "csi.plugin.nodePlugin.affinity"}
 
 
 def leaves(values: dict, prefix: str = "") -> list[str]:
+    """Values paths down to the chart's keys (an affinity is one free-form value of the chart)."""
     out = []
     for k, v in values.items():
         path = f"{prefix}{k}"
-        out += leaves(v, path + ".") if isinstance(v, dict) and v else [path]
+        out += leaves(v, path + ".") if isinstance(v, dict) and v and path not in CHART_KEYS else [path]
     return out
 
 

@@ -17,6 +17,7 @@ import pulumi
 
 from aiinfn.config.model import SiteConfig
 from aiinfn.config.storage import STORAGECLASS_CINDER
+from aiinfn.naming import VIRTUAL_NODE_LABEL
 from aiinfn.secrets import supplied_secret
 
 from ..context import SiteContext
@@ -53,7 +54,11 @@ def chart_values(cfg: SiteConfig) -> dict:
         "secret": {"enabled": True, "create": False, "hostMount": False, "name": CLOUD_SECRET, "filename": CLOUD_FILE},
         "storageClass": {"enabled": False},  # ours below: one class, Retain
         "clusterID": cfg.site.name,  # tags every volume with the site (cinder.csi.openstack.org/cluster)
-        "csi": {"plugin": {"nodePlugin": {"tolerations": [{"operator": "Exists"}]}}},
+        # on every real node (GPU and reserved ones: their pods mount block volumes too), never on an
+        # interLink virtual node (no kernel to attach a volume to)
+        "csi": {"plugin": {"nodePlugin": {"tolerations": [{"operator": "Exists"}], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": VIRTUAL_NODE_LABEL, "operator": "DoesNotExist"}]}]}}}}}},
     }
 
 
