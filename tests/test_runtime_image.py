@@ -58,9 +58,9 @@ def test_image_is_pinned_tagged_with_the_version_and_installs_through_the_script
     from aiinfn.config.monitoring import DEFAULT_RUNTIME_IMAGE
 
     text = DOCKERFILE.read_text()
-    (base,) = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINEULTILINE)
+    (base,) = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
     assert re.fullmatch(r"docker\.io/library/python:\d+\.\d+\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base)
-    runs = re.findall(r"^RUN\s+(.+)$", text, flags=re.MULTILINEULTILINE)
+    runs = re.findall(r"^RUN\s+(.+)$", text, flags=re.MULTILINE)
     assert runs == ["sh /src/images/runtime/install.sh /src && rm -rf /src /root/.cache"]
     assert project_version() == __version__
     assert DEFAULT_RUNTIME_IMAGE == f"ghcr.io/ai-infn/aiinfn-platform:{project_version()}"
@@ -91,7 +91,7 @@ def image_venv(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("image")
     src = tmp / "src"
     src.mkdir()
-    for line in re.findall(r"^COPY\s+(.+)$", DOCKERFILE.read_text(), flags=re.MULTILINEULTILINE):  # the Dockerfile's COPY lines
+    for line in re.findall(r"^COPY\s+(.+)$", DOCKERFILE.read_text(), flags=re.MULTILINE):  # the Dockerfile's COPY lines
         *sources, dest = line.split()
         for name in sources:
             rel = dest.removeprefix("/src").lstrip("/")
