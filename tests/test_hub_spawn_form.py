@@ -48,7 +48,12 @@ from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, running_hub
 pytest.importorskip("kubespawner", reason="jupyterhub-kubespawner (the z2jh hub's spawner) is not installed")
 
 TOKEN = "standin-sa-token"
-MEMBER, OUTSIDER = "curie", "fermi"  # in the reserved pool's group (ai-infn/medphys), and not
+MEMBER, OUTSIDER, LATE = "curie", "fermi", "bohr"  # medphys member, not a member, one who loses a race
+# What kube-scheduler v1.33 writes in PodScheduled (pkg/scheduler/schedule_one.go, FitError.Error)
+UNSCHEDULABLE = ("0/11 nodes are available: 1 Insufficient nvidia.com/gpu, 1 node(s) had untolerated taint "
+                 "{virtual-node.interlink/no-schedule: true}, 1 node(s) were unschedulable, 8 node(s) didn't match "
+                 "Pod's node affinity/selector. preemption: 0/11 nodes are available: 1 No preemption victims found "
+                 "for incoming pod, 10 Preemption is not helpful for scheduling.")  # in the reserved pool's group (ai-infn/medphys), and not
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SCREENSHOT = DOCS / "hub-spawn-form.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -81,6 +86,14 @@ class KubeApiStandin(BaseHTTPRequestHandler):
             items = [p for p in self.pods if p["status"].get("phase") not in excluded]
             return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
                                     "items": items})
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)", url.path)
+        if m:  # a notebook pod the scheduler could not place (the race the form's figures cannot close)
+            return self._send(200, {"apiVersion": "v1", "kind": "Pod",
+                                    "metadata": {"namespace": m.group(1), "name": m.group(2)},
+                                    "spec": {"containers": [{"name": "notebook", "image": "img:1"}]},
+                                    "status": {"phase": "Pending", "conditions": [{
+                                        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                        "message": UNSCHEDULABLE}]}})
         return self._send(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
 
     def _send(self, code: int, body: dict[str, Any]) -> None:
@@ -116,7 +129,9 @@ def form_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "hub", "namespace": "hub"}}]}))
     USERS[MEMBER] = {"sub": "mc", "preferred_username": MEMBER, "groups": ["ai-infn/users", "ai-infn/medphys"]}
     USERS[OUTSIDER] = {"sub": "ef", "preferred_username": OUTSIDER, "wlcg.groups": ["/ai-infn/users"]}
-    env = {"HUB_SPAWNER_CLASS": "aiinfn_recording_kubespawner.RecordingKubeSpawner", "KUBECONFIG": str(kubeconfig)}
+    USERS[LATE] = {"sub": "nb", "preferred_username": LATE, "groups": ["ai-infn/users"]}
+    env = {"HUB_SPAWNER_CLASS": "aiinfn_recording_kubespawner.RecordingKubeSpawner", "KUBECONFIG": str(kubeconfig),
+           "STANDIN_UNSCHEDULABLE": "a100-80gb"}
     try:
         (work / "hub").mkdir()
         with running_hub(values, rendered, work / "hub", extra_env=env) as h:
@@ -214,6 +229,30 @@ def test_a_full_offering_is_refused_at_once_with_the_message(form_hub: dict[str,
     assert rec["profile"] == "t4" and rec["extra_resource_limits"] == {"nvidia.com/gpu": "1"}
     requests.delete(f"{form_hub['base']}/hub/api/users/{OUTSIDER}/server",
                     headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=20)
+
+
+def test_a_spawn_that_still_fails_says_why_in_one_sentence(form_hub: dict[str, Any]) -> None:
+    """The A100 shows 1 free, but another notebook takes it first: KubeSpawner's start ends in its timeout,
+    and the page says what the scheduler said, not "pod ... did not start in 900 seconds!"."""
+    s = logged_in(form_hub, LATE)
+    action = _form_action(s.get(f"{form_hub['base']}/hub/spawn", timeout=30).text)
+    url = action if action.startswith("http") else form_hub["base"] + action
+    r = s.post(url, data={"profile": "a100-80gb"}, allow_redirects=False, timeout=60)
+    # a start timeout sends the user to the pending page (jupyterhub/handlers/base.py spawn_single_user),
+    # which shows the progress API's last event: "Spawn failed: <jupyterhub_message>"
+    assert r.status_code == 302 and "/hub/spawn-pending/" in r.headers["Location"], r.status_code
+    deadline = time.monotonic() + 30
+    while True:
+        with requests.get(f"{form_hub['base']}/hub/api/users/{LATE}/server/progress",
+                          headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=30, stream=True) as progress:
+            events = [json.loads(line[5:]) for line in progress.iter_lines(decode_unicode=True)
+                      if line and line.startswith("data:")]
+        if events and events[-1].get("failed"):
+            break
+        assert time.monotonic() < deadline, events
+        time.sleep(0.5)
+    assert events[-1]["message"] == f"Spawn failed: The scheduler could not place the notebook: {UNSCHEDULABLE}"
+    assert "did not start in" not in events[-1]["message"]
 
 
 def test_thirty_concurrent_form_loads_make_a_handful_of_api_calls(form_hub: dict[str, Any]) -> None:
