@@ -80,6 +80,8 @@ def _outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         out["certRequestPem"] = generated(f"certificate request {name}")
     elif typ == "openstack:networking/floatingIp:FloatingIp":
         out["address"] = deploy_time(f"floating IP {name}")
+    elif typ == "openstack:blockstorage/volume:Volume":
+        out["availabilityZone"] = inputs.get("availabilityZone") or deploy_time(f"availability zone of {name}")
     elif typ == "openstack:networking/secGroup:SecGroup":
         out["name"] = inputs.get("name", name)
     elif typ == "pulumi-python:dynamic:Resource":
