@@ -10,6 +10,7 @@ from aiinfn.naming import HUB_NAMESPACE, LABEL_PROJECT, project_namespace
 from aiinfn.offerings import site_offerings
 
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
+from .ingress import IngressPlacement
 from .kube import KubeObject, object_meta
 
 
@@ -48,6 +49,7 @@ class PlatformBase(pulumi.ComponentResource):
             },
             opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
         )
+        self.ingress = IngressPlacement("ingress", ctx, opts=pulumi.ResourceOptions(parent=self))
         # Namespaces every layer uses: the hub's (notebooks run there) and one per project (batch work).
         self.hub_namespace = self._namespace("ns-hub", HUB_NAMESPACE, ctx, enforce="baseline")
         self.project_namespaces: dict[str, KubeObject] = {}
