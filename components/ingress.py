@@ -59,10 +59,10 @@ def platform_pools(cfg: SiteConfig) -> list[str]:
 
 def placement_summary(cfg: SiteConfig) -> list[str]:
     pool = ingress_pool(cfg)
-    lines = [f"- public ingress: rke2-ingress-nginx (hostPort 80/443) on pool `{pool.name}` "
-             f"({', '.join(pool.vm_names())}); floating IP and the 80/443 security group on `{pool.vm_names()[0]}`",
-             f"- platform services (hub and proxy, Prometheus, Alertmanager, Grafana, accounting database, "
-             f"JuiceFS Redis, Kueue, job service, operators): pools {', '.join(f'`{p}`' for p in platform_pools(cfg))}"]
+    lines = [(f"- public ingress: rke2-ingress-nginx (hostPort 80/443) on pool `{pool.name}` "
+             f"({', '.join(pool.vm_names())}); floating IP and the 80/443 security group on `{pool.vm_names()[0]}`"),
+             (f"- platform services (hub and proxy, Prometheus, Alertmanager, Grafana, accounting database, "
+             f"JuiceFS Redis, Kueue, job service, operators): pools {', '.join(f'`{p}`' for p in platform_pools(cfg))}")]
     storage = cfg.pools_by_role("storage")
     if storage:
         lines.append(f"- storage node `{storage[0].vm_names()[0]}`: NFS server and backups only "

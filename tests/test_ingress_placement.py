@@ -97,7 +97,7 @@ def test_the_ingress_controller_runs_where_the_public_address_points(stack: str)
     values = _controller_values(rendered)
     nodes = _nodes(rendered.cfg)
     vm = _public_vm(rendered)
-    role, labels, taints = nodes[vm]
+    _role, labels, taints = nodes[vm]
     assert _fits(values["nodeSelector"], values["tolerations"], labels, taints), (vm, taints)
 
 
