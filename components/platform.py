@@ -42,6 +42,10 @@ class PlatformBase(pulumi.ComponentResource):
                 "offerings": json.dumps([{"key": o.key, "kind": o.kind, "resource": o.resource_name, "count": o.count,
                                           "nodeLabels": o.node_labels, "pools": list(o.pools)}
                                          for o in site_offerings(cfg)], sort_keys=True),
+                # What new nodes install and the networks RKE2 is started with (cloud-init holds them too).
+                "cluster": json.dumps({} if cfg.cluster.existing else {
+                    "rke2Version": cfg.cluster.rke2_version, "clusterCidr": cfg.cluster.cluster_cidr,
+                    "serviceCidr": cfg.cluster.service_cidr}, sort_keys=True),
                 "workerCapacity": json.dumps({
                     "cpu": sum(p.cpus * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
                     "memoryGb": sum(p.memory_gb * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),

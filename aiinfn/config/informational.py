@@ -12,6 +12,10 @@ Paths are written as in config errors, with ``[]`` for any list index:
 from __future__ import annotations
 
 INFORMATIONAL_KEYS: dict[str, str] = {
+    "aiinfn:projects[].description": "what the research activity is, for readers of the stack file",
+    "aiinfn:offload.sites[].description": "what the remote site is, for readers of the stack file",
+    "aiinfn:accelerators.minGpuSessions": "a guard: the stack is refused when the pools offer fewer GPU "
+                                          "sessions; it changes nothing that is deployed",
 }
 
 
