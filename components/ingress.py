@@ -65,8 +65,8 @@ def placement_summary(cfg: SiteConfig) -> list[str]:
              f"JuiceFS Redis, Kueue, job service, operators): pools {', '.join(f'`{p}`' for p in platform_pools(cfg))}")]
     storage = cfg.pools_by_role("storage")
     if storage:
-        lines.append(f"- storage node `{storage[0].vm_names()[0]}`: NFS server and backups only "
-                     "(tainted PreferNoSchedule for everything else)")
+        lines.append(f"- storage node `{storage[0].vm_names()[0]}`: NFS server, backups and per-node agents; "
+                     "tainted PreferNoSchedule, so other pods go elsewhere while they fit")
     for p in cfg.pools_by_role("control"):
         tainted = any(t.key == "node-role.kubernetes.io/control-plane" for t in pool_taints(cfg, p))
         lines.append(f"- control pool `{p.name}`: etcd and the Kubernetes API"
