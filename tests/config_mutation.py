@@ -4,13 +4,15 @@
 describes): Kubernetes manifests, Helm values and releases, openstack.json, resources.json and
 whatever else the engine writes beside them. Two ways to show a key is alive, cheapest first:
 
-1. markers: every string leaf of a stack gets a unique suffix in ONE render; a key whose suffixed
-   value shows up in the render is alive. Suffixes the config refuses are dropped one by one (the
-   config error names the key) before anything renders.
-2. mutation: every other key (numbers, booleans, choices, strings that are transformed on the way)
-   gets a valid different value and one render; its digest must differ from the unchanged stack's.
-   A key path is mutated once, in the cheapest stack that has it (list items are sampled: the first
-   item that has the path).
+1. markers: every string leaf of a stack gets a unique letter suffix, all in ONE render; a key
+   whose marker shows up in the render is alive. Changes the config refuses are dropped one by one
+   (the config error names the key) before anything renders. A second render does the same for
+   numbers (not counts: a value whose digits appear nowhere in the unchanged render) and for the
+   strings refused with a suffix (a CIDR's next network, a version with one number raised).
+2. mutation: every other key (booleans, choices, counts, values transformed on the way) gets a
+   valid different value and one render; its digest must differ from the unchanged stack's. A key
+   path is mutated in the cheapest stack that has it; list items are sampled (first item having the
+   path, then up to two more if it rendered the same).
 """
 
 from __future__ import annotations
