@@ -18,6 +18,7 @@ KUEUE_NAMESPACE = "kueue-system"
 STORAGE_NAMESPACE = "storage"
 MONITORING_NAMESPACE = "monitoring"
 OFFLOAD_NAMESPACE = "interlink"
+NODE_LEASE_NAMESPACE = "kube-node-lease"  # where kubelets (and virtual kubelets) renew their leases
 
 
 def project_namespace(project: Project | str) -> str:

@@ -107,6 +107,16 @@ def write(rendered: Rendered, out: Path) -> dict[str, int]:
     return {"manifests": sum(len(d) for d in by_layer.values()), "helm_releases": len(entries), "openstack": len(os_res)}
 
 
+def hardening_lines(rendered: Rendered) -> list[str]:
+    """What the hardening rules count on the rendered objects (policies/rules/hardening.py): 0 is hardened."""
+    from policies.rules.hardening import FIGURE_LINES, figures
+
+    from ..checks import policy_resources
+
+    got = figures(policy_resources(rendered))
+    return ["## Hardening", "", *(f"- {text}: {got[key]}" for key, text in FIGURE_LINES.items()), ""]
+
+
 def summary_markdown(rendered: Rendered) -> str:
     cfg = rendered.cfg
     lines = [f"# Site `{cfg.site.name}` ({cfg.site.kind})", ""]
@@ -131,6 +141,7 @@ def summary_markdown(rendered: Rendered) -> str:
     lines += ["", f"Total: {vms} VMs, {gpus} GPUs, {fpgas} FPGAs, {len(cfg.projects)} projects.", ""]
     for layer, body in rendered.summary.items():
         lines += [f"## {layer}", "", *body, ""]
+    lines += hardening_lines(rendered)
     lines += ["## Resources", "",
               f"- Kubernetes objects: {len(manifests(rendered))}",
               f"- Helm releases: {', '.join(release_entry(r)['name'] + ' ' + str(release_entry(r)['version']) for r in helm_releases(rendered)) or 'none'}",

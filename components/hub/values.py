@@ -90,6 +90,9 @@ def _profile(cfg: SiteConfig, slug: str, display: str, description: str, resourc
         "max_cpus": min(p.cpus for p in pools),
         "max_memory_gb": min(p.memory_gb for p in pools),
         "scratch_gb": scratch,
+        # The NVIDIA runtime gives a container the GPUs its NVIDIA_VISIBLE_DEVICES names (CUDA images say
+        # "all"); "void" leaves it untouched. GPU profiles get theirs from the device plugin alone.
+        "environment": {} if (resource or "").startswith("nvidia.com/") else {"NVIDIA_VISIBLE_DEVICES": "void"},
     }
 
 
