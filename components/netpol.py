@@ -81,10 +81,14 @@ def baseline(ctx: SiteContext, parent: pulumi.Resource, resource_name: str, name
 
 def allow(ctx: SiteContext, parent: pulumi.Resource, resource_name: str, name: str, namespace: str, layer: str,
           pod_labels: dict[str, str] | None, *, ingress: list[dict[str, Any]] | None = None,
-          egress: list[dict[str, Any]] | None = None, depends_on: list[pulumi.Resource] | None = None) -> KubeObject:
-    """One allowance on top of the default deny: the pods it selects may receive ``ingress`` and send ``egress``."""
+          egress: list[dict[str, Any]] | None = None, depends_on: list[pulumi.Resource] | None = None,
+          selector: dict[str, Any] | None = None) -> KubeObject:
+    """One allowance on top of the default deny: the pods it selects (``pod_labels``, or a full
+    ``selector``; neither: all) may receive ``ingress`` and send ``egress``."""
     types = (["Ingress"] if ingress is not None else []) + (["Egress"] if egress is not None else [])
-    spec: dict[str, Any] = {"podSelector": {"matchLabels": dict(pod_labels)} if pod_labels else {}, "policyTypes": types}
+    if selector is None:
+        selector = {"matchLabels": dict(pod_labels)} if pod_labels else {}
+    spec: dict[str, Any] = {"podSelector": selector, "policyTypes": types}
     if ingress is not None:
         spec["ingress"] = ingress
     if egress is not None:

@@ -12,6 +12,7 @@ from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
 from .hub import Hub
 from .jobs import Jobs
+from .network import Network
 from .observability import Observability
 from .offload import Offload
 from .platform import PlatformBase
@@ -45,6 +46,9 @@ class Site(pulumi.ComponentResource):
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.network = Network("network", self.ctx, [self.platform, self.accelerators, self.storage, self.batch,
+                                                     self.hub, self.offload, self.observability],
+                               opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

@@ -329,6 +329,13 @@ def validate_site(cfg: SiteConfig) -> None:
     if st.enabled and cfg.openstack is None and not st.nfs.client_cidrs:
         raise ConfigError(f"{path}.nfs.clientCidrs", "on an existing cluster, list the nodes' network(s): "
                                                      "the CSI node plugins mount NFS from the host network")
+    import ipaddress
+
+    pods = ipaddress.ip_network(cfg.cluster.cluster_cidr, strict=False)
+    for i, c in enumerate(st.nfs.client_cidrs):
+        if ipaddress.ip_network(c, strict=False).overlaps(pods):
+            raise ConfigError(f"{path}.nfs.clientCidrs[{i}]", f"{c} overlaps the pod network {pods}: NFS (AUTH_SYS) "
+                                                             "may be mounted from the nodes only")
     if st.nfs.host_path.rstrip("/") == st.scratch.host_path.rstrip("/"):
         raise ConfigError(f"{path}.scratch.hostPath", "must differ from the NFS data path")
 

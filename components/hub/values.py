@@ -17,6 +17,7 @@ from aiinfn.hubservices import HubServiceSpec
 from aiinfn.nodes import pool_labels, tolerations_for
 from aiinfn.offerings import site_offerings
 
+from ..netpol import api_server_egress
 from ..storage.common import script as storage_script
 from ..storage.scratch import slot_gi
 
@@ -57,6 +58,12 @@ def ingress_tls(cfg: SiteConfig, host: str, secret_name: str,
 
 def hubconf_source(name: str) -> str:
     return (HUBCONF_DIR / name).read_text(encoding="utf-8")
+
+
+# zero-to-jupyterhub 4.4.0 egressAllowRules switches we turn off for the hub and the proxy (values.yaml
+# defaults: all true): the cloud metadata server, DNS to it and to private IPs, and every private IP.
+Z2JH_EGRESS_CLOSED = {"cloudMetadataServer": False, "dnsPortsCloudMetadataServer": False,
+                      "dnsPortsPrivateIPs": False, "privateIPs": False}
 
 
 def _dedup(items: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -319,14 +326,19 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
             "allowNamedServers": hub.named_servers,
             "namedServerLimitPerUser": hub.named_server_limit,
             "db": {"type": "sqlite-pvc", "pvc": db_pvc},
-            "networkPolicy": {"enabled": True, "ingress": sv["ingress"]},
+            # No metadata server (node user data holds the cluster join token) and no private address but the
+            # API server: the chart's defaults (privateIPs, cloudMetadataServer: true) would open the nodes'
+            # every port, NFS's 2049 included. The chart's own rules keep hub <-> proxy <-> notebooks.
+            "networkPolicy": {"enabled": True, "ingress": sv["ingress"],
+                              "egressAllowRules": dict(Z2JH_EGRESS_CLOSED),
+                              "egress": [api_server_egress(cfg)]},
             "service": {"extraPorts": sv["ports"]},
         },
         "proxy": {
             "secretToken": secrets["proxy_token"],
             "service": {"type": "ClusterIP"},
             "https": {"enabled": False},
-            "chp": {"networkPolicy": {"enabled": True}},
+            "chp": {"networkPolicy": {"enabled": True, "egressAllowRules": dict(Z2JH_EGRESS_CLOSED)}},
         },
         "singleuser": {
             "image": default_image,

@@ -24,6 +24,9 @@ CSI_NFS_DRIVER = "nfs.csi.k8s.io"
 CSI_NFS_REPO = "https://raw.githubusercontent.com/kubernetes-csi/csi-driver-nfs/master/charts"
 NFS_MOUNT_OPTIONS = ["nfsvers=4.2", "hard", "noatime"]
 NFS_PORT = 2049
+NOBODY = 65534  # the anonymous uid/gid a squashed root becomes (exports(5) anonuid default)
+# csi-driver-nfs StorageClass parameter: the driver chmods each new volume directory (its owner is nobody)
+DYNAMIC_VOLUME_MODE = "0777"
 
 # Export subpaths (relative to NFS_EXPORT_ROOT)
 HOMES = "homes"
@@ -63,7 +66,7 @@ def layout(cfg: SiteConfig) -> list[tuple[str, int, int, str]]:
         ("2775", 0, env_maintainers_gid(cfg), ENVS),
         ("0711", 0, 0, SYSTEM),
         ("0700", REDIS_UID, REDIS_UID, REDIS_DIR),
-        ("0711", 0, 0, DYNAMIC),
+        ("0700", NOBODY, NOBODY, DYNAMIC),  # the squashed root of csi-driver-nfs makes volumes here
     ]
     for u in st.users:
         uid = user_uid(st, u)
@@ -86,21 +89,26 @@ def layout_text(cfg: SiteConfig) -> str:
 
 
 def client_networks(cfg: SiteConfig) -> list[str]:
-    """Who may mount: the nodes (CSI node plugins mount from the host network) and the pod network."""
+    """Who may mount: the nodes only (the CSI node plugins mount from the host network), never the pod
+    network. AUTH_SYS trusts the client's word for its uid, so only the kubelets' hosts are clients."""
     nets = []
     if cfg.openstack is not None:
         nets.append(cfg.openstack.internal_cidr)
-    nets.append(cfg.cluster.cluster_cidr)
     nets += [c for c in cfg.storage.nfs.client_cidrs if c not in nets]
     return nets
 
 
 def exports_text(cfg: SiteConfig) -> str:
-    """/etc/exports: root squashed everywhere (a root container cannot bypass the modes above),
-    except the dynamic/ tree where csi-driver-nfs (root) creates per-volume subdirectories."""
+    """/etc/exports: root squashed on every export of the filesystem that holds the homes.
+
+    The root export is the whole filesystem (no subtree to check). dynamic/ is a subtree of the same
+    filesystem, so it is exported with subtree_check (a file handle forged outside dynamic/ is refused);
+    csi-driver-nfs creates its per-volume directories there as the squashed root, so dynamic/ is owned
+    by nobody (65534, see layout) and the StorageClass asks the driver to chmod each new volume.
+    """
     nets = client_networks(cfg)
     main = " ".join(f"{n}(rw,sync,no_subtree_check,root_squash,crossmnt)" for n in nets)
-    dyn = " ".join(f"{n}(rw,sync,no_subtree_check,no_root_squash)" for n in nets)
+    dyn = " ".join(f"{n}(rw,sync,subtree_check,root_squash)" for n in nets)
     return f"{NFS_EXPORT_ROOT} {main}\n{share(DYNAMIC)} {dyn}\n"
 
 
@@ -152,6 +160,12 @@ class Nfs:
                     "metadata": {"labels": {**ctx.labels("storage"), **labels}},
                     "spec": {
                         **node_placement(cfg),
+                        # On the storage node's own address: clients are the nodes' CSI plugins, and a
+                        # pod's packets to it leave through its namespace's egress policy, which never
+                        # allows 2049 (components/network.py). A pod-network server would see remote
+                        # nodes' mounts from their tunnel addresses, inside the pod CIDR.
+                        "hostNetwork": True,
+                        "dnsPolicy": "ClusterFirstWithHostNet",
                         "priorityClassName": "system-cluster-critical",
                         "automountServiceAccountToken": False,
                         "initContainers": [{
@@ -208,14 +222,6 @@ class Nfs:
                   "ports": [{"name": "nfs", "port": NFS_PORT, "targetPort": NFS_PORT, "protocol": "TCP"}]},
             opts=opts,
         )
-        self.network_policy = KubeObject(
-            "nfs-netpol", "networking.k8s.io/v1", "NetworkPolicy",
-            meta(ctx, "nfs-server-clients", component="nfs-server"),
-            spec={"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"],
-                  "ingress": [{"from": [{"ipBlock": {"cidr": n}} for n in client_networks(cfg)],
-                               "ports": [{"protocol": "TCP", "port": NFS_PORT}]}]},
-            opts=opts,
-        )
         self.csi = HelmRelease(
             "csi-driver-nfs",
             name="csi-driver-nfs",
@@ -240,7 +246,7 @@ class Nfs:
             "sc-nfs", "storage.k8s.io/v1", "StorageClass",
             meta(ctx, STORAGECLASS_NFS, namespace=None),
             provisioner=CSI_NFS_DRIVER,
-            parameters={"server": NFS_SERVER_DNS, "share": share(DYNAMIC)},
+            parameters={"server": NFS_SERVER_DNS, "share": share(DYNAMIC), "mountPermissions": DYNAMIC_VOLUME_MODE},
             reclaimPolicy="Retain",
             volumeBindingMode="Immediate",
             allowVolumeExpansion=False,

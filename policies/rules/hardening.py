@@ -5,12 +5,17 @@
   the device plugin hands the container.
 - cluster-wide-secrets: no ClusterRole bound cluster-wide to a subject outside kube-system may read
   Secrets or create ServiceAccount tokens (interLink's virtual kubelets get them per project namespace).
+- nfs-nodes-only: NFS (AUTH_SYS: the client says who it is) is exported to the nodes' network only, on the
+  storage node's own address, and no NetworkPolicy or JupyterHub egress rule lets a pod reach the nodes on
+  2049; no export of the homes' filesystem keeps root (no_root_squash), subtree exports check subtrees.
 
 ``figures(resources)`` counts the same findings for the summary.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,13 +38,18 @@ from .common import (
     env_entries,
     fix,
     is_jupyterhub,
-    kind_of,
+    labels_of,
+    meta,
     obj_name,
+    obj_namespace,
     of_kind,
     pod_templates,
     resources_of,
+    site_json,
+    site_record,
     values_of,
 )
+from .namespaces import namespaces_without_default_deny
 
 KUBE_SYSTEM = "kube-system"
 NVIDIA_ENV_PREFIX = "NVIDIA_"
@@ -185,9 +195,202 @@ cluster_wide_secrets = StackValidationPolicy(
 )
 
 
+# ---------------------------------------------------------------- items 3 and 4: who reaches NFS
+
+NFS_PORT = 2049
+NFS_CONFIGMAP = (naming.STORAGE_NAMESPACE, "nfs-server-config")
+# zero-to-jupyterhub 4.4.0 templates: egressAllowRules.privateIPs opens 10/8, 172.16/12, 192.168/16 (all ports);
+# nonPrivateIPs opens 0.0.0.0/0 except those (jupyterhub/templates/_helpers-netpol.tpl).
+PRIVATE_RANGES = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+Z2JH_NETPOLS = {"hub": ("hub",), "proxy": ("proxy", "chp"), "traefik": ("proxy", "traefik"), "singleuser": ("singleuser",)}
+# The chart's own defaults where our values say nothing (values.yaml of z2jh 4.4.0).
+Z2JH_PRIVATE_DEFAULT = {"hub": True, "proxy": True, "traefik": True, "singleuser": False}
+
+
+def _nets(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    out = []
+    for c in cidrs:
+        try:
+            out.append(ipaddress.ip_network(str(c), strict=False))
+        except ValueError:
+            continue
+    return out
+
+
+def _site_networks(resources: list[PolicyResource]) -> dict[str, Any]:
+    record = site_record(resources) or {}
+    return site_json(record, "networks", {}) or {}
+
+
+def _ports_include(ports: Any, port: int) -> bool:
+    if not ports:
+        return True
+    for p in ports:
+        if not isinstance(p, Mapping):
+            continue
+        lo = p.get("port")
+        if lo is None:
+            return True
+        try:
+            lo_i = int(float(lo))
+        except (TypeError, ValueError):
+            continue  # a named port: a host-network server has none
+        hi = int(float(p.get("endPort") or lo_i))
+        if lo_i <= port <= hi and str(p.get("protocol", "TCP")).upper() == "TCP":
+            return True
+    return False
+
+
+def _block_reaches(block: Mapping[str, Any], targets: list) -> bool:
+    """Does an ipBlock (minus its excepts) cover any address of the target networks?"""
+    nets = _nets([block.get("cidr")])
+    if not nets:
+        return False
+    excepts = _nets(block.get("except") or [])
+    for t in targets:
+        if not nets[0].overlaps(t) or t.version != nets[0].version:
+            continue
+        if not any(t.subnet_of(e) for e in excepts if e.version == t.version):
+            return True
+    return False
+
+
+def egress_to_nodes_nfs(np: Mapping[str, Any], node_nets: list) -> list[str]:
+    """The egress rules of one NetworkPolicy that let its pods reach the nodes on 2049."""
+    spec = np.get("spec") or {}
+    out = []
+    for i, rule in enumerate(spec.get("egress") or []):
+        if not isinstance(rule, Mapping) or not _ports_include(rule.get("ports"), NFS_PORT):
+            continue
+        peers = rule.get("to") or []
+        if not peers:
+            out.append(f"egress[{i}] allows every destination on 2049")
+            continue
+        for peer in peers:
+            if isinstance(peer, Mapping) and isinstance(peer.get("ipBlock"), Mapping) and \
+                    _block_reaches(peer["ipBlock"], node_nets):
+                out.append(f"egress[{i}] reaches the nodes ({peer['ipBlock'].get('cidr')}) on 2049")
+    return out
+
+
+def z2jh_nfs_paths(values: Mapping[str, Any], node_nets: list) -> list[str]:
+    out = []
+    private_nodes = all(any(n.subnet_of(p) for p in PRIVATE_RANGES if p.version == n.version) for n in node_nets)
+    for name, path in Z2JH_NETPOLS.items():
+        base = dig(values, *path, "networkPolicy", default={}) or {}
+        if base.get("enabled") is False or (name == "traefik" and not dig(values, "proxy", "https", "enabled")):
+            continue  # traefik runs only with proxy.https.enabled (autohttps)
+        rules = base.get("egressAllowRules") or {}
+        if rules.get("privateIPs", Z2JH_PRIVATE_DEFAULT[name]) is True and private_nodes:
+            out.append(f"{'.'.join(path)}.networkPolicy.egressAllowRules.privateIPs is true: the {name} pods reach "
+                       "the nodes on every port, 2049 included")
+        if rules.get("nonPrivateIPs", True) is True and not private_nodes:
+            out.append(f"{'.'.join(path)}.networkPolicy.egressAllowRules.nonPrivateIPs is true and the nodes have "
+                       "public addresses: the pods reach them on 2049")
+        for i, rule in enumerate(base.get("egress") or []):
+            for p in egress_to_nodes_nfs({"spec": {"egress": [rule]}}, node_nets):
+                out.append(f"{'.'.join(path)}.networkPolicy.{p.replace('egress[0]', f'egress[{i}]')}")
+    return out
+
+
+_EXPORT_ENTRY = re.compile(r"(\S+?)\(([^)]*)\)")
+
+
+def parse_exports(text: str) -> list[tuple[str, list[tuple[str, set[str]]]]]:
+    """(path, [(client, options)]) per line of an /etc/exports text (exports(5) syntax)."""
+    out = []
+    for line in str(text or "").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        path, _, rest = line.partition(" ")
+        clients = [(m.group(1), {o.strip() for o in m.group(2).split(",") if o.strip()})
+                   for m in _EXPORT_ENTRY.finditer(rest)]
+        out.append((path, clients))
+    return out
+
+
+def exports_problems(text: str, node_nets: list, pod_nets: list) -> list[str]:
+    out = []
+    entries = parse_exports(text)
+    roots = [p for p, _ in entries if not any(p != q and p.startswith(q.rstrip("/") + "/") for q, _ in entries)]
+    for path, clients in entries:
+        subtree = path not in roots
+        for client, options in clients:
+            nets = _nets([client])
+            if not nets:
+                out.append(f"export {path} to {client!r}: not a network; export to the nodes' network(s) only")
+                continue
+            if any(nets[0].overlaps(p) for p in pod_nets):
+                out.append(f"export {path} to {client}: overlaps the pod network")
+            elif node_nets and not any(nets[0].subnet_of(n) for n in node_nets if n.version == nets[0].version):
+                out.append(f"export {path} to {client}: outside the nodes' network(s)")
+            if "no_root_squash" in options:
+                out.append(f"export {path} to {client}: no_root_squash on the filesystem that holds the homes")
+            if subtree and "subtree_check" not in options:
+                out.append(f"export {path} to {client}: a subtree of another export without subtree_check")
+    return out
+
+
+def _nfs_server_pods(resources: list[PolicyResource]) -> list[PodTemplate]:
+    out = []
+    for r in resources:
+        for t in pod_templates(r.resource_type, r.props):
+            if any(_ports_include([{"port": p.get("containerPort")}], NFS_PORT) and p.get("containerPort") == NFS_PORT
+                   for c in t.containers() for p in c.get("ports") or [] if isinstance(p, Mapping)):
+                out.append(t)
+    return out
+
+
+def nfs_paths(resources: Iterable[PolicyResource]) -> list[tuple[PolicyResource | None, str]]:
+    """(resource to blame, problem) for every way port 2049 is reachable from something other than a node."""
+    resources = list(resources)
+    nets = _site_networks(resources)
+    node_nets = _nets(nets.get("nodes") or [])
+    pod_nets = _nets([nets.get("pods"), nets.get("services")])
+    out: list[tuple[PolicyResource | None, str]] = []
+    for r in of_kind(resources, "ConfigMap"):
+        if (obj_namespace(r.props), obj_name(r.props)) == NFS_CONFIGMAP:
+            for p in exports_problems((r.props.get("data") or {}).get("exports", ""), node_nets, pod_nets):
+                out.append((r, p))
+    for t in _nfs_server_pods(resources):
+        if not t.spec.get("hostNetwork"):
+            out.append((None, (f"{t} serves NFS on the pod network: remote nodes' mounts arrive from their tunnel "
+                              "addresses (pod CIDR) and any pod with egress can reach it")))
+    for r in of_kind(resources, "NetworkPolicy"):
+        if obj_namespace(r.props) == KUBE_SYSTEM:
+            continue
+        for p in egress_to_nodes_nfs(r.props, node_nets):
+            out.append((r, f"NetworkPolicy {obj_namespace(r.props)}/{obj_name(r.props)} {p}"))
+    for r in resources:
+        if r.resource_type == HELM_RELEASE and is_jupyterhub(r.props):
+            for p in z2jh_nfs_paths(values_of(r.props), node_nets):
+                out.append((r, f"Helm release {r.name}: {p}"))
+    return out
+
+
+def _nfs_nodes_only(args: StackValidationArgs, report: ReportViolation) -> None:
+    for res, problem in nfs_paths(args.resources):
+        report(fix(problem, "export NFS to the nodes' network only, with root_squash (subtree_check on subtrees), "
+                            "serve it on the storage node's address and never allow pod egress to the nodes on 2049"),
+               res.urn if res is not None else None)
+
+
+nfs_nodes_only = StackValidationPolicy(
+    name="nfs-nodes-only",
+    description="NFS is exported only to the nodes' network with root squashed (subtree_check on subtrees), served "
+    "on the storage node's address, and no NetworkPolicy or JupyterHub egress rule lets a pod reach the nodes on 2049.",
+    enforcement_level=MANDATORY,
+    validate=_nfs_nodes_only,
+)
+
+
 FIGURE_LINES = {
     "cpu_offerings_seeing_gpus": "CPU offerings that can see a GPU",
     "cluster_wide_secret_roles": "ClusterRoles outside kube-system with cluster-wide secrets read or token creation",
+    "namespaces_without_default_deny": "namespaces (outside kube-system) without default-deny ingress and egress",
+    "nfs_paths_not_from_nodes": "paths to NFS port 2049 from anything but the nodes",
+    "project_namespaces_not_restricted": "project namespaces not enforcing Pod Security restricted",
 }
 
 
@@ -197,7 +400,12 @@ def figures(resources: Iterable[PolicyResource]) -> dict[str, int]:
     return {
         "cpu_offerings_seeing_gpus": cpu_offerings_seeing_gpus(resources),
         "cluster_wide_secret_roles": len({problem.split(" bound ")[0] for _, problem in cluster_wide_grants(resources)}),
+        "namespaces_without_default_deny": len({n for n, _, _ in namespaces_without_default_deny(resources)}),
+        "nfs_paths_not_from_nodes": len(nfs_paths(resources)),
+        "project_namespaces_not_restricted": sum(
+            1 for ns in of_kind(resources, "Namespace") if naming.LABEL_PROJECT in labels_of(meta(ns.props)) and
+            labels_of(meta(ns.props)).get("pod-security.kubernetes.io/enforce") != "restricted"),
     }
 
 
-POLICIES = [gpu_visibility, cluster_wide_secrets]
+POLICIES = [gpu_visibility, cluster_wide_secrets, nfs_nodes_only]
