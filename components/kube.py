@@ -23,6 +23,8 @@ from pulumi_kubernetes import _utilities
 
 from aiinfn.naming import HELM_RELEASE_TYPE
 
+from .chart_limits import with_limits
+
 KUBERNETES_SDK_VERSION = _utilities.get_version()
 # Fields the provider reports back in clear unless told otherwise (as pulumi_kubernetes' Secret does).
 SECRET_FIELDS = ("data", "stringData")
@@ -88,7 +90,7 @@ class HelmRelease(pulumi.CustomResource):
             "namespace": namespace,
             "chart": chart,
             "version": version,
-            "values": values,
+            "values": with_limits(chart, values),  # CPU/memory limits for the chart's containers
             # Sent by pulumi_kubernetes' own Release class: the provider's marker of a current client.
             "compat": "true",
             **settings,

@@ -13,8 +13,8 @@ For each remote site of ``aiinfn:offload``:
 - a ClusterQueue in the site's cohort whose nominal quota is the remote capacity, lent to the
   cohort (the local queue borrows it when local capacity is exhausted), and a LocalQueue of the
   same name in every project namespace for jobs sent to one remote site explicitly;
-- the JuiceFS mount Secret, copied into each project namespace under a per-remote name for the
-  remote sites with ``allowSecrets: true`` only.
+- no credential of the platform: the JuiceFS volume Secret stays in the storage namespace, read by the
+  JuiceFS CSI driver only (``allowSecrets: true`` is refused by the config).
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ class Offload(pulumi.ComponentResource):
         for site in self.sites:
             self._virtual_node(site)
             self._kueue(site)
-            self.shipped_secrets[site.name] = self._ship_juicefs(site, juicefs_secret_data)
+            self.shipped_secrets[site.name] = []
         self._summary(juicefs_secret_data is not None)
         self.register_outputs({"remote_sites": [s.name for s in self.sites]})
 
@@ -424,23 +424,6 @@ class Offload(pulumi.ComponentResource):
                 spec={"clusterQueue": cq_name},
                 opts=ctx.k8s_opts(self, depends_on=[cq]))
 
-    # --- what may leave the site ---------------------------------------------------------------
-    def _ship_juicefs(self, site: RemoteSite, data: Mapping[str, pulumi.Input[str]] | None) -> list[KubeObject]:
-        """The JuiceFS mount secret, per project namespace, for a remote that allows secrets; else nothing."""
-        if not site.allow_secrets or data is None:
-            return []
-        out = []
-        for project in self.ctx.cfg.projects:
-            ns = naming.project_namespace(project)
-            out.append(KubeObject(
-                f"{site.name}-juicefs-{project.name}", "v1", "Secret",
-                {"name": naming.offload_juicefs_secret(site.name), "namespace": ns,
-                 "labels": self.ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name,
-                                                     naming.LABEL_PROJECT: project.name})},
-                type="Opaque", stringData=dict(data),
-                opts=self.ctx.k8s_opts(self)))
-        return out
-
     def _summary(self, juicefs_available: bool) -> None:
         lines: list[str] = []
         if not self.sites:
@@ -448,10 +431,7 @@ class Offload(pulumi.ComponentResource):
         for s in self.sites:
             r = s.resources
             accel = ", ".join(f"{a.count}× {catalogue.GPUS[a.model].display}" for a in r.accelerators) or "no GPUs"
-            if s.allow_secrets:
-                ship = "JuiceFS secret shipped" if juicefs_available else "JuiceFS secret allowed (none available yet)"
-            else:
-                ship = "no secrets shipped"
+            ship = "no secrets shipped"
             lines.append(f"- **{s.name}** ({s.plugin}) {s.endpoint}:{s.port}, node `{naming.virtual_node_name(s.name)}`, "
                          f"queue `{naming.offload_cluster_queue(s.name)}`: {r.cpu} CPU, {r.memory_gb} GiB, "
                          f"{r.pods} pods, {accel}; auth {s.auth.mode}; {ship}")

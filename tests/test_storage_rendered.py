@@ -109,7 +109,8 @@ def test_redis_reachable_only_by_juicefs_clients(stack):
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
     assert peer["podSelector"]["matchExpressions"][0]["values"] == ["juicefs-csi-driver", "juicefs-mount"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
-    assert any(d["spec"]["podSelector"] == {} and d["spec"]["policyTypes"] == ["Ingress"] for d in pols)
+    assert any(d["spec"]["podSelector"] == {} and d["spec"]["policyTypes"] == ["Ingress", "Egress"] and
+               not d["spec"].get("ingress") for d in pols)  # deny-all in the namespace (issue 17)
     redis_dep = next(d for d in objects(stack, "Deployment") if d["metadata"]["name"] == "juicefs-redis")
     c = redis_dep["spec"]["template"]["spec"]["containers"][0]
     assert ":" in c["image"] and not c["image"].endswith(":latest")

@@ -81,8 +81,9 @@ def _default_lifecycle() -> list[LifecycleRule]:
 
 @dataclass
 class NfsConfig:
-    # erichough/nfs-server: kernel nfsd in a privileged pod, NFSv4 only (one TCP port).
-    image: str = "docker.io/erichough/nfs-server:2.2.1"
+    # Ours (images/nfs-server: Debian 12 nfs-kernel-server, NFSv4 only, one TCP port): the community
+    # image used before (erichough/nfs-server 2.2.1) has had no release since 2020.
+    image: str = "ghcr.io/ai-infn/nfs-server:2.6.2-bookworm"
     helper_image: str = "docker.io/library/busybox:1.37.0"
     host_path: str = "/srv/aiinfn-nfs"  # where the storage node mounts the tenancy's data volume
     csi_chart_version: str = "4.12.1"

@@ -143,6 +143,8 @@ def helm_values(ctx: SiteContext) -> dict:
                 "users": {"auto_assign_org_role": "Viewer"},
                 "analytics": {"reporting_enabled": False, "check_for_updates": False},
             },
+            # The dashboard sidecar searches only this namespace: a Role, not a ClusterRole reading every Secret.
+            "rbac": {"namespaced": True},
             "sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1",
                                        "searchNamespace": MONITORING_NAMESPACE, "folderAnnotation": "grafana_folder",
                                        "provider": {"foldersFromFilesStructure": True}}},

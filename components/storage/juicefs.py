@@ -200,6 +200,9 @@ class Juicefs:
                 "storageClasses": [],  # ours is below, bound to the volume Secret
                 "controller": {"replicas": 1},
                 "node": {"tolerations": [{"operator": "Exists"}]},
+                # the chart's dashboard is on by default without login (juicefs-csi-driver 0.32.1 values.yaml:326,
+                # :335) and its ClusterRole reads every Secret and may exec into pods (templates/serviceaccount.yaml:338-435)
+                "dashboard": {"enabled": False},
             },
             opts=ctx.k8s_opts(parent),
         )

@@ -21,7 +21,11 @@ from ..kube import HelmRelease, KubeObject
 from .common import CSI_NAMESPACE, meta, script
 
 CSI_NFS_DRIVER = "nfs.csi.k8s.io"
-CSI_NFS_REPO = "https://raw.githubusercontent.com/kubernetes-csi/csi-driver-nfs/master/charts"
+# The released chart archive at its release tag (immutable), not the repository index on the master
+# branch: kubernetes-csi/csi-driver-nfs tag v4.12.1 charts/v4.12.1/csi-driver-nfs-4.12.1.tgz, the file
+# charts/index.yaml lists for 4.12.1 (sha256 4925f3d4...e843).
+CSI_NFS_CHART_URL = ("https://raw.githubusercontent.com/kubernetes-csi/csi-driver-nfs/v{v}/charts/v{v}/"
+                     "csi-driver-nfs-{v}.tgz")
 NFS_MOUNT_OPTIONS = ["nfsvers=4.2", "hard", "noatime"]
 NFS_PORT = 2049
 NOBODY = 65534  # the anonymous uid/gid a squashed root becomes (exports(5) anonuid default)
@@ -181,8 +185,7 @@ class Nfs:
                                 "image": nfs.image,
                                 # kernel nfsd: the server needs the host's nfsd module and privileges.
                                 "securityContext": {"privileged": True},
-                                "env": [{"name": "NFS_DISABLE_VERSION_3", "value": "1"},
-                                        {"name": "NFS_LOG_LEVEL", "value": "DEBUG"}],
+                                # images/nfs-server: NFSv4 only over TCP, versions and threads in its nfs.conf
                                 "ports": [{"name": "nfs", "containerPort": NFS_PORT, "protocol": "TCP"}],
                                 "readinessProbe": {"tcpSocket": {"port": NFS_PORT}, "periodSeconds": 10},
                                 "livenessProbe": {"tcpSocket": {"port": NFS_PORT}, "periodSeconds": 20,
@@ -225,10 +228,9 @@ class Nfs:
         self.csi = HelmRelease(
             "csi-driver-nfs",
             name="csi-driver-nfs",
-            chart="csi-driver-nfs",
+            chart=CSI_NFS_CHART_URL.format(v=nfs.csi_chart_version.removeprefix("v")),
             version=nfs.csi_chart_version,
             namespace=CSI_NAMESPACE,
-            repository=CSI_NFS_REPO,
             values={
                 # mountPermissions 0: the driver never chmods a share (the modes set by the keeper stay).
                 "driver": {"name": CSI_NFS_DRIVER, "mountPermissions": 0},

@@ -38,6 +38,7 @@ from .common import (
     env_entries,
     fix,
     is_jupyterhub,
+    kind_of,
     labels_of,
     meta,
     obj_name,
@@ -385,6 +386,194 @@ nfs_nodes_only = StackValidationPolicy(
 )
 
 
+# ---------------------------------------------------------------- item 8: JuiceFS credentials only where used
+
+JUICEFS_CREDENTIAL_KEYS = ("metaurl", "secret-key", "access-key")
+
+
+def _secret_keys(props: Mapping[str, Any]) -> set[str]:
+    out: set[str] = set()
+    for field in ("data", "stringData"):
+        v = props.get(field)
+        if isinstance(v, Mapping):
+            out |= {str(k) for k in v}
+    return out
+
+
+def unread_credential_secrets(resources: Iterable[PolicyResource]) -> list[PolicyResource]:
+    """Secrets holding a JuiceFS/S3 credential that no CSI volume, StorageClass or pod of the stack reads."""
+    resources = list(resources)
+    readers: set[tuple[str, str]] = set()
+    for r in resources:
+        kind = kind_of_resource(r)
+        if kind == "PersistentVolume":
+            ref = dig(r.props, "spec", "csi", "nodePublishSecretRef", default={}) or {}
+            readers.add((str(ref.get("namespace") or ""), str(ref.get("name") or "")))
+        elif kind == "StorageClass":
+            params = r.props.get("parameters") or {}
+            for what in ("provisioner", "node-publish", "controller-expand", "node-stage"):
+                readers.add((str(params.get(f"csi.storage.k8s.io/{what}-secret-namespace") or ""),
+                             str(params.get(f"csi.storage.k8s.io/{what}-secret-name") or "")))
+        for t in pod_templates(r.resource_type, r.props):
+            for v in t.volumes():
+                if isinstance(v.get("secret"), Mapping):
+                    readers.add((t.namespace, str(v["secret"].get("secretName") or "")))
+            for c in t.containers():
+                for _, src in env_entries(c.get("env")):
+                    ref = src.get("secretKeyRef") if isinstance(src, Mapping) else None
+                    if isinstance(ref, Mapping):
+                        readers.add((t.namespace, str(ref.get("name") or "")))
+                for ef in c.get("envFrom") or []:
+                    if isinstance(ef, Mapping) and isinstance(ef.get("secretRef"), Mapping):
+                        readers.add((t.namespace, str(ef["secretRef"].get("name") or "")))
+    return [r for r in of_kind(resources, "Secret")
+            if "metaurl" in _secret_keys(r.props) and (obj_namespace(r.props), obj_name(r.props)) not in readers]
+
+
+def kind_of_resource(r: PolicyResource) -> str:
+    return kind_of(r.resource_type, r.props)
+
+
+def _juicefs_credentials(args: StackValidationArgs, report: ReportViolation) -> None:
+    for r in unread_credential_secrets(args.resources):
+        report(fix(f"Secret {obj_namespace(r.props)}/{obj_name(r.props)} holds the JuiceFS metadata URL (Redis password) "
+                   "and S3 keys, and nothing in the stack reads it",
+                   "keep the one volume Secret the JuiceFS CSI driver reads (StorageClass/PV secret references); "
+                   "ship no copies"), r.urn)
+
+
+juicefs_credentials_where_used = StackValidationPolicy(
+    name="juicefs-credentials-where-used",
+    description="Every Secret holding the JuiceFS metadata URL is read by a CSI volume, StorageClass or pod of the "
+    "stack: no copies nobody reads.",
+    enforcement_level=MANDATORY,
+    validate=_juicefs_credentials,
+)
+
+
+# ---------------------------------------------------------------- items 9 and 10: charts and images
+
+# A git ref in a raw.githubusercontent.com or github.com URL must be a release tag, never a branch.
+_GIT_URL = re.compile(r"^https://(raw\.githubusercontent\.com/[^/]+/[^/]+/|github\.com/[^/]+/[^/]+/(raw|blob)/)([^/]+)/")
+_RELEASE_TAG = re.compile(r"^v?\d+\.\d+(\.\d+)?([-+.][0-9A-Za-z.-]+)?$")
+
+
+def git_branch_problem(url: str) -> str | None:
+    m = _GIT_URL.match(url)
+    if m and not _RELEASE_TAG.match(m.group(3)):
+        return f"{url} is read from the git ref {m.group(3)!r}, a branch that moves, not a release"
+    return None
+
+
+def _charts_from_releases(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != HELM_RELEASE:
+        return
+    for url in (str((args.props.get("repositoryOpts") or {}).get("repo") or ""), str(args.props.get("chart") or "")):
+        problem = git_branch_problem(url)
+        if problem:
+            report(fix(f"Helm release '{args.name}': {problem}",
+                       "install the released chart: its archive at the release tag, or its chart repository/OCI"))
+
+
+charts_from_releases = ResourceValidationPolicy(
+    name="charts-from-releases",
+    description="No Helm chart is read from a git branch (raw.githubusercontent.com/.../master/...): released "
+    "archives at their tag, chart repositories or OCI only.",
+    enforcement_level=MANDATORY,
+    validate=_charts_from_releases,
+)
+
+# (chart, values path, required value, chart default and why). Sources: zero-to-jupyterhub 4.4.0 values.yaml
+# (../shared/schemas/zero-to-jupyterhub/values.4.4.0.yaml), juicefs-csi-driver 0.32.1 values.yaml:326
+# (dashboard.enabled: true, auth.enabled: false at :335; templates/serviceaccount.yaml:338-435 its ClusterRole:
+# pods/exec, secrets), grafana chart 12.11.1 (kube-prometheus-stack 88.5.3) rbac.namespaced: false.
+CHART_VALUES = [
+    ("jupyterhub", ("hub", "networkPolicy", "egressAllowRules", "cloudMetadataServer"), False,
+     "the chart lets the hub reach 169.254.169.254, where node user data holds the cluster join token"),
+    ("jupyterhub", ("proxy", "chp", "networkPolicy", "egressAllowRules", "cloudMetadataServer"), False,
+     "the chart lets the internet-facing proxy reach the cloud metadata server"),
+    ("juicefs-csi-driver", ("dashboard", "enabled"), False,
+     "the chart's dashboard has no login and a ServiceAccount that reads every Secret and may exec into pods"),
+    ("kube-prometheus-stack", ("grafana", "rbac", "namespaced"), True,
+     "without it Grafana's sidecar gets a ClusterRole reading every Secret of the cluster"),
+]
+
+
+def chart_value_problems(props: Mapping[str, Any]) -> list[str]:
+    chart, values = naming.chart_name(str(props.get("chart") or "")), values_of(props)
+    out = []
+    for name, path, wanted, why in CHART_VALUES:
+        if name != chart or (name == "kube-prometheus-stack" and dig(values, "grafana", "enabled") is False):
+            continue
+        if dig(values, *path) is not wanted:
+            out.append(f"{'.'.join(path)} is not {str(wanted).lower()}: {why}")
+    return out
+
+
+def _chart_values(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != HELM_RELEASE:
+        return
+    for p in chart_value_problems(args.props):
+        report(fix(f"Helm release '{args.name}': {p}", "set it in the release's values"))
+
+
+chart_values_hardening = ResourceValidationPolicy(
+    name="chart-values-hardening",
+    description="Chart defaults that open a path are overridden: z2jh hub/proxy cloudMetadataServer egress off, "
+    "JuiceFS CSI dashboard off, Grafana RBAC namespaced.",
+    enforcement_level=MANDATORY,
+    validate=_chart_values,
+)
+
+
+def made_by_chart(args: ResourceValidationArgs) -> bool:
+    """An object of an expanded Helm chart (``aiinfn check --charts``): its parent is the release."""
+    parent = getattr(args.opts, "parent", None) or ""
+    return f"${HELM_RELEASE}::" in str(parent) or str(parent).endswith(HELM_RELEASE)
+
+
+def _chart_container_limits(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if not made_by_chart(args):
+        return
+    for t in pod_templates(args.resource_type, args.props):
+        for c in t.containers():
+            _, lim = resources_of(c)
+            missing = [r for r in ("cpu", "memory") if r not in lim]
+            if missing:
+                report(fix(f"{t} container {c.get('name')} has no {' or '.join(missing)} limit",
+                           "set its resources through the release's values (components/chart_limits.py)"))
+
+
+chart_container_limits = ResourceValidationPolicy(
+    name="chart-container-limits",
+    description="Every container a chart creates (seen with aiinfn check --charts) has CPU and memory limits.",
+    enforcement_level=MANDATORY,
+    validate=_chart_container_limits,
+)
+
+
+def registry_of(image: str) -> str:
+    """The registry an image reference pulls from (docker.io when the first part is not a host)."""
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def images_by_registry(resources: Iterable[PolicyResource]) -> dict[str, set[str]]:
+    """Every image the stack names (our objects, Helm values, expanded charts), by registry."""
+    from .supply_chain import helm_images, images_in
+
+    out: dict[str, set[str]] = {}
+    for r in resources:
+        found = [img for _, img, _ in helm_images(values_of(r.props))] if r.resource_type == HELM_RELEASE else \
+            [img for _, img in images_in(r.props)]
+        for img in found:
+            if isinstance(img, str) and img and not img.startswith("<"):
+                out.setdefault(registry_of(img), set()).add(img)
+    return out
+
+
 FIGURE_LINES = {
     "cpu_offerings_seeing_gpus": "CPU offerings that can see a GPU",
     "cluster_wide_secret_roles": "ClusterRoles outside kube-system with cluster-wide secrets read or token creation",
@@ -408,4 +597,5 @@ def figures(resources: Iterable[PolicyResource]) -> dict[str, int]:
     }
 
 
-POLICIES = [gpu_visibility, cluster_wide_secrets, nfs_nodes_only]
+POLICIES = [gpu_visibility, cluster_wide_secrets, nfs_nodes_only, charts_from_releases, chart_values_hardening,
+            chart_container_limits, juicefs_credentials_where_used]
