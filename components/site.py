@@ -46,6 +46,7 @@ class Site(pulumi.ComponentResource):
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
         self.network = Network("network", self.ctx, [self.platform, self.accelerators, self.storage, self.batch,
                                                      self.hub, self.offload, self.observability],
                                opts=pulumi.ResourceOptions(parent=self))
