@@ -31,8 +31,13 @@ def node_cidrs(cfg: SiteConfig) -> list[str]:
 
 
 def nodes(cfg: SiteConfig) -> list[dict[str, Any]]:
-    """Peers: the nodes (host-network pods, the API server, the kubelets)."""
-    return [{"ipBlock": {"cidr": c}} for c in node_cidrs(cfg)]
+    """Peers: the nodes (host-network pods, the API server, the kubelets). Never an empty list (which a
+    NetworkPolicy reads as "everyone"): without a known node network, whatever is not a pod or a Service."""
+    cidrs = node_cidrs(cfg)
+    if cidrs:
+        return [{"ipBlock": {"cidr": c}} for c in cidrs]
+    return [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [cfg.cluster.cluster_cidr, cfg.cluster.service_cidr,
+                                                         METADATA_SERVER]}}]
 
 
 def outside_cluster(cfg: SiteConfig) -> list[dict[str, Any]]:
