@@ -6,8 +6,10 @@ that chart at its pinned version (every path is checked against the chart's own 
 ../shared/schemas/chart-keys/ by tests/test_hardening_charts.py); a release's own values win.
 
 Left out on purpose: the GPU operator's driver container (it builds kernel modules; an OOM kill leaves
-the node without a driver), and components the platform does not run (kata, vGPU, thanos, kueueViz,
-the z2jh image pullers' hook is kept).
+the node without a driver), the operator's own Deployment and its node-feature-discovery subchart (the
+chart's `operator` map doubles as the ClusterPolicy spec, whose schema has no `resources`; the NFD
+paths are not in the values the tests validate against), and components the platform does not run
+(kata, vGPU, thanos, kueueViz).
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ LIMITS: dict[str, dict[str, dict[str, dict[str, str]]]] = {
         "grafana.initChownData.resources": SMALL,
     },
     "gpu-operator": {
-        "operator.resources": MEDIUM,
         "toolkit.resources": MEDIUM,
         "devicePlugin.resources": SMALL,
         "dcgmExporter.resources": _r("500m", "1Gi", "50m", "256Mi"),
@@ -55,9 +56,6 @@ LIMITS: dict[str, dict[str, dict[str, dict[str, str]]]] = {
         "migManager.resources": MEDIUM,
         "validator.resources": SMALL,
         "nodeStatusExporter.resources": SMALL,
-        "node-feature-discovery.master.resources": MEDIUM,
-        "node-feature-discovery.worker.resources": SMALL,
-        "node-feature-discovery.gc.resources": SMALL,
     },
     "kueue": {
         "controllerManager.manager.resources": LARGE,

@@ -95,7 +95,7 @@ class Hub(pulumi.ComponentResource):
                     version=CERT_MANAGER_CHART_VERSION,
                     namespace=CERT_MANAGER_NAMESPACE,
                     repository=CERT_MANAGER_REPO,
-                    values={"crds": {"enabled": True}},
+                    limits=True, values={"crds": {"enabled": True}},
                     opts=ctx.k8s_opts(self, depends_on=[cm_ns]),
                 )
                 issuer_deps.append(self.cert_manager)
@@ -153,7 +153,7 @@ class Hub(pulumi.ComponentResource):
             version=HUB_CHART_VERSION,
             namespace=ns,
             repository=HUB_REPO,
-            values=self.values,
+            limits=True, values=self.values,
             timeout=900,
             opts=ctx.k8s_opts(self, depends_on=release_deps),
         )

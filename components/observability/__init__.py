@@ -222,7 +222,7 @@ class Observability(pulumi.ComponentResource):
             version=CHART_VERSION,
             namespace=MONITORING_NAMESPACE,
             repository=CHART_REPO,
-            values=helm_values(ctx),
+            limits=True, values=helm_values(ctx),
             opts=ctx.stateful_opts(self, depends_on=[self.namespace, *secret_deps]),
         )
         crd_opts = ctx.k8s_opts(self, depends_on=[self.release])

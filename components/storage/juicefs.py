@@ -192,6 +192,7 @@ class Juicefs:
             "juicefs-csi-driver",
             name="juicefs-csi-driver",
             chart="juicefs-csi-driver",
+            limits=True,
             version=jfs.csi_chart_version,
             namespace=CSI_NAMESPACE,
             repository=JUICEFS_REPO,

@@ -229,6 +229,7 @@ class Nfs:
             "csi-driver-nfs",
             name="csi-driver-nfs",
             chart=CSI_NFS_CHART_URL.format(v=nfs.csi_chart_version.removeprefix("v")),
+            limits=True,
             version=nfs.csi_chart_version,
             namespace=CSI_NAMESPACE,
             values={
