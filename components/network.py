@@ -23,6 +23,7 @@ from .context import SiteContext
 from .hub.component import CERT_MANAGER_NAMESPACE
 from .netpol import KUBE_SYSTEM, api_server_egress, namespace_peer, nodes, outside_cluster, tcp
 from .observability import ALLOCATION_PORT, STORAGE_PORT
+from .offload import CSR_APPROVER
 
 LAYER = "network"
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
@@ -109,6 +110,8 @@ class Network(pulumi.ComponentResource):
                     egress=[api_server_egress(cfg), {"to": outside_cluster(cfg), "ports": tcp(*ports)}],
                     # the API server reaches the virtual kubelet's port for logs
                     ingress=[{"from": nodes(cfg), "ports": tcp(10250)}])
+        self._allow("interlink-csr-approver", "allow-csr-approver", ns, {"app.kubernetes.io/name": CSR_APPROVER},
+                    egress=[api_server_egress(cfg)])
 
     # -- monitoring --------------------------------------------------------------------------------
     def _monitoring(self) -> None:
