@@ -10,6 +10,7 @@ from .accelerators import Accelerators
 from .batch import Batch
 from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
+from .environments import Environments
 from .hub import Hub
 from .jobs import Jobs
 from .network import Network
@@ -47,6 +48,8 @@ class Site(pulumi.ComponentResource):
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
+        self.environments = Environments("environments", self.ctx,
+                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.storage]))
         self.network = Network("network", self.ctx, [self.platform, self.accelerators, self.storage, self.batch,
                                                      self.hub, self.offload, self.observability],
                                opts=pulumi.ResourceOptions(parent=self))

@@ -395,6 +395,8 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
             "startTimeout": hub.start_timeout_seconds,
             "defaultUrl": "/lab",
             "cmd": "jupyterhub-singleuser",
+            # Managed environments register their kernels under /envs/share/jupyter (environments layer).
+            **({"extraEnv": {"JUPYTER_PATH": naming.ENVS_JUPYTER_PATH}} if cfg.environments else {}),
         },
         "scheduling": {
             "userScheduler": {"enabled": False},  # the default scheduler does priority preemption
