@@ -203,7 +203,8 @@ VK_CALLS = [
 def test_virtual_kubelets_can_do_what_interlink_calls_and_no_more(stack):
     objs = _objects(stack)
     sas = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objs
-           if o["kind"] == "ServiceAccount" and o["metadata"].get("namespace") == naming.OFFLOAD_NAMESPACE]
+           if o["kind"] == "ServiceAccount" and o["metadata"].get("namespace") == naming.OFFLOAD_NAMESPACE
+           and o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "interlink-vk"]
     projects = [o["metadata"]["name"] for o in objs if o["kind"] == "Namespace" and
                 naming.LABEL_PROJECT in (o["metadata"].get("labels") or {})]
     if not sas:
