@@ -64,8 +64,9 @@ NVIDIA_RESOURCE_PREFIX = "nvidia.com/"
 # ---------------------------------------------------------------- item 1: GPU visibility
 
 def is_user_workload(t: PodTemplate) -> bool:
-    return naming.LABEL_WORKLOAD in t.labels or t.namespace == naming.HUB_NAMESPACE or \
-        t.namespace.startswith(naming.project_namespace(""))
+    """Researchers' pods: labelled with their workload (notebook, batch, bunshin) or in a project namespace.
+    Platform pods of the hub namespace (the job service, backups) carry no workload label."""
+    return naming.LABEL_WORKLOAD in t.labels or t.namespace.startswith(naming.project_namespace(""))
 
 
 def _requests_nvidia(container: Mapping[str, Any]) -> bool:
