@@ -11,6 +11,7 @@ from aiinfn.offerings import site_offerings
 
 from . import netpol
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
+from .ingress import IngressPlacement
 from .kube import KubeObject, object_meta
 
 
@@ -46,6 +47,10 @@ class PlatformBase(pulumi.ComponentResource):
                 # Who is who on the network (policy rules: NFS reachable from the nodes only, default deny).
                 "networks": json.dumps({"nodes": netpol.node_cidrs(cfg), "pods": cfg.cluster.cluster_cidr,
                                         "services": cfg.cluster.service_cidr}, sort_keys=True),
+                # What new nodes install and the networks RKE2 is started with (cloud-init holds them too).
+                "cluster": json.dumps({} if cfg.cluster.existing else {
+                    "rke2Version": cfg.cluster.rke2_version, "clusterCidr": cfg.cluster.cluster_cidr,
+                    "serviceCidr": cfg.cluster.service_cidr}, sort_keys=True),
                 "workerCapacity": json.dumps({
                     "cpu": sum(p.cpus * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
                     "memoryGb": sum(p.memory_gb * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
@@ -53,6 +58,7 @@ class PlatformBase(pulumi.ComponentResource):
             },
             opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
         )
+        self.ingress = IngressPlacement("ingress", ctx, opts=pulumi.ResourceOptions(parent=self))
         # Namespaces every layer uses: the hub's (notebooks run there) and one per project (batch work).
         self.hub_namespace = self._namespace("ns-hub", HUB_NAMESPACE, ctx, enforce="baseline")
         self.project_namespaces: dict[str, KubeObject] = {}

@@ -55,9 +55,28 @@ def helm_releases(rendered: Rendered) -> list[Recorded]:
     return _in_stable_order([r for r in rendered.resources if r.type == HELM_RELEASE])
 
 
+OPENSTACK_PROVIDER = "pulumi:providers:openstack"
+DYNAMIC_PROVIDER_INPUT = "__provider"  # the pickled provider code of a dynamic resource: not a setting
+
+
+def is_openstack(r: Recorded) -> bool:
+    return r.type.startswith("openstack:") or r.type == OPENSTACK_PROVIDER
+
+
 def openstack_resources(rendered: Rendered) -> list[dict[str, Any]]:
+    """OpenStack resources and the provider they go through (its clouds.yaml cloud)."""
     return [{"type": r.type, "name": r.name, "inputs": r.inputs}
-            for r in _in_stable_order([r for r in rendered.resources if r.type.startswith("openstack:")])]
+            for r in _in_stable_order([r for r in rendered.resources if is_openstack(r)])]
+
+
+def other_resources(rendered: Rendered) -> list[dict[str, Any]]:
+    """Every other resource the program creates (the JuiceFS bucket and other dynamic resources,
+    generated keys and tokens, providers), with its inputs: what they are set to is deployed too."""
+    def other(r: Recorded) -> bool:
+        return r.custom and not is_openstack(r) and not is_manifest(r) and r.type != HELM_RELEASE
+    return [{"type": r.type, "name": r.name,
+             "inputs": {k: v for k, v in r.inputs.items() if k != DYNAMIC_PROVIDER_INPUT}}
+            for r in _in_stable_order([r for r in rendered.resources if other(r)])]
 
 
 def release_entry(r: Recorded) -> dict[str, Any]:
@@ -112,6 +131,7 @@ def write(rendered: Rendered, out: Path) -> dict[str, int]:
 
     os_res = openstack_resources(rendered)
     (out / "openstack.json").write_text(json.dumps(os_res, indent=2) + "\n")
+    (out / "resources.json").write_text(json.dumps(other_resources(rendered), indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(rendered))
     return {"manifests": sum(len(d) for d in by_layer.values()), "helm_releases": len(entries), "openstack": len(os_res),
             "chart_objects": len(rendered.chart_objects)}

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import SiteConfig, site_config_from_data
 from . import stackfile
-from .mocks import Recorded, RecordingMocks, RecordingMonitor, is_secret, secret
+from .mocks import Recorded, RecordedInvoke, RecordingMocks, RecordingMonitor, is_secret, secret
 
 PROJECT = "ai-infn-platform"
 SECRET_REDACTED = "<secret: derived from a Pulumi secret>"
@@ -23,6 +23,7 @@ class Rendered:
     summary: dict[str, list[str]] = field(default_factory=dict)
     secrets_requested: dict[str, bool] = field(default_factory=dict)
     chart_objects: list[Recorded] = field(default_factory=list)  # what Helm releases make (--charts only)
+    invokes: list[RecordedInvoke] = field(default_factory=list)
 
     def of_type(self, prefix: str) -> list[Recorded]:
         return [r for r in self.resources if r.type.startswith(prefix)]
@@ -70,7 +71,8 @@ def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rend
         secrets.OFFLINE = False
     site = holder["site"]
     return Rendered(cfg=cfg, stack=sf.stack, resources=[_clean_record(r) for r in mocks.resources],
-                    summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED))
+                    summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED),
+                    invokes=list(mocks.invokes))
 
 
 def _skip_source_positions() -> None:
