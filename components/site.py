@@ -13,6 +13,7 @@ from .context import SiteContext
 from .environments import Environments
 from .hub import Hub
 from .jobs import Jobs
+from .network import Network
 from .observability import Observability
 from .offload import Offload
 from .patching import Patching
@@ -53,6 +54,10 @@ class Site(pulumi.ComponentResource):
                                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.storage]))
         self.patching = Patching("patching", self.ctx,
                                  opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.observability]))
+        self.network = Network("network", self.ctx, [self.platform, self.accelerators, self.storage, self.batch,
+                                                     self.hub, self.offload, self.observability,
+                                                     self.patching],
+                               opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

@@ -120,11 +120,38 @@ def write(rendered: Rendered, out: Path) -> dict[str, int]:
         (out / "helm" / entry["values_file"]).write_text(yaml.dump(r.inputs.get("values") or {}, Dumper=_Dumper, sort_keys=False))
     (out / "helm" / "releases.json").write_text(json.dumps(entries, indent=2) + "\n")
 
+    if rendered.chart_objects:  # --charts: what each Helm release makes, one file per release
+        shutil.rmtree(out / "charts", ignore_errors=True)
+        (out / "charts").mkdir(parents=True)
+        by_release: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in _in_stable_order(rendered.chart_objects):
+            by_release[r.name.split(":", 1)[0]].append(r.inputs)
+        for release, docs in by_release.items():
+            (out / "charts" / f"{release}.yaml").write_text(_dump_all(docs))
+
     os_res = openstack_resources(rendered)
     (out / "openstack.json").write_text(json.dumps(os_res, indent=2) + "\n")
     (out / "resources.json").write_text(json.dumps(other_resources(rendered), indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(rendered))
-    return {"manifests": sum(len(d) for d in by_layer.values()), "helm_releases": len(entries), "openstack": len(os_res)}
+    return {"manifests": sum(len(d) for d in by_layer.values()), "helm_releases": len(entries), "openstack": len(os_res),
+            "chart_objects": len(rendered.chart_objects)}
+
+
+def hardening_lines(rendered: Rendered) -> list[str]:
+    """What the hardening rules count on the rendered objects (policies/rules/hardening.py): 0 is hardened."""
+    from policies.rules.hardening import FIGURE_LINES, figures, images_by_registry
+
+    from ..checks import policy_resources
+
+    resources = policy_resources(rendered)
+    got = figures(resources)
+    lines = ["## Hardening", "", *(f"- {text}: {got[key]}" for key, text in FIGURE_LINES.items()), ""]
+    by_registry = images_by_registry(resources)
+    lines += ["## Images", "", (f"{sum(len(v) for v in by_registry.values())} images named by the program and the "
+              "Helm values (a chart's own default images appear with `--charts`):"), ""]
+    for registry in sorted(by_registry):
+        lines.append(f"- {registry}: {', '.join(f'`{i}`' for i in sorted(by_registry[registry]))}")
+    return [*lines, ""]
 
 
 def summary_markdown(rendered: Rendered) -> str:
@@ -151,6 +178,7 @@ def summary_markdown(rendered: Rendered) -> str:
     lines += ["", f"Total: {vms} VMs, {gpus} GPUs, {fpgas} FPGAs, {len(cfg.projects)} projects.", ""]
     for layer, body in rendered.summary.items():
         lines += [f"## {layer}", "", *body, ""]
+    lines += hardening_lines(rendered)
     lines += ["## Resources", "",
               f"- Kubernetes objects: {len(manifests(rendered))}",
               f"- Helm releases: {', '.join(release_entry(r)['name'] + ' ' + str(release_entry(r)['version']) for r in helm_releases(rendered)) or 'none'}",
