@@ -89,15 +89,10 @@ class Environments(pulumi.ComponentResource):
     # -- objects -----------------------------------------------------------------------------------
 
     def _network_policies(self, ctx: SiteContext, labels: dict, opts: pulumi.ResourceOptions) -> None:
-        KubeObject("envs-default-deny", "networking.k8s.io/v1", "NetworkPolicy",
-                   object_meta("default-deny", namespace=NAMESPACE, labels=labels),
-                   spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}, opts=opts)
+        # default-deny and DNS come with the namespace (SiteContext.namespace); builds also reach package indexes
         KubeObject("envs-build-egress", "networking.k8s.io/v1", "NetworkPolicy",
                    object_meta("build-egress", namespace=NAMESPACE, labels=labels),
                    spec={"podSelector": {}, "policyTypes": ["Egress"], "egress": [
-                       {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
                        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}],
                         "ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]},
                    ]}, opts=opts)
