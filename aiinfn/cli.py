@@ -1,6 +1,7 @@
-"""The `aiinfn` command: render, check, gpus, report.
+"""The `aiinfn` command: render, check, diff, clone, gpus, report.
 
-Exit codes: 0 success; 1 policy violations or a failed check; 2 an invalid stack file (one line).
+Exit codes: 0 success; 1 policy violations or a failed check; 2 an invalid stack file (one line per
+mistake) or a bad path or option (one line).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import gc
 import importlib
 import sys
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,22 +39,41 @@ def _find_config_error(err: BaseException) -> ConfigError | None:
 
 def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stack", help="a stack name in stacks/ or a path to a stack file")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (empty, new, or an earlier render)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty directory that holds no earlier render (nothing else in it is removed)")
 
 
 def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stack", nargs="?", help="a stack name in stacks/ or a path to a stack file")
-    p.add_argument("--list-rules", action="store_true", help="print every rule: name, enforcement level, description")
+    p.add_argument("--list-rules", action="store_true",
+                   help="print every rule: name, enforcement level, description (with a stack: and its result there)")
+
+
+def expiry_warning(cfg) -> str | None:
+    """The line an expired hackathon stack gets on stderr (and, as a banner, in its summary)."""
+    import datetime as dt
+
+    expires = cfg.site.expiry_date
+    if expires is not None and expires < dt.date.today():
+        return (f"warning: site {cfg.site.name} EXPIRED on {expires.isoformat()}: destroy it "
+                f"(pulumi destroy --stack {cfg.site.name}) instead of deploying it again")
+    return None
 
 
 def run_render(args: argparse.Namespace) -> int:
+    from .engine.outdir import check_target
     from .engine.output import write
     from .engine.run import run_program
 
+    out = check_target(args.out, args.force)  # before rendering: a refused --out costs nothing
     rendered = run_program(args.stack)
-    counts = write(rendered, args.out)
+    warning = expiry_warning(rendered.cfg)
+    if warning:
+        print(warning, file=sys.stderr)
+    counts = write(rendered, out, force=args.force)
     print(f"rendered {rendered.stack}: {counts['manifests']} Kubernetes objects, {counts['helm_releases']} Helm releases, "
-          f"{counts['openstack']} OpenStack resources -> {args.out}")
+          f"{counts['openstack']} OpenStack resources, {counts['other']} other resources -> {out}")
     return 0
 
 
@@ -64,8 +83,21 @@ def run_check(args: argparse.Namespace) -> int:
     if args.list_rules:
         from policies.rules import ALL_POLICIES
 
+        counts: dict[str, int] | None = None
+        if args.stack:  # the rules and how this stack fares against each (a stack is never ignored)
+            from .checks import run_policies
+            from .engine.run import run_program
+
+            counts = {p.name: 0 for p in ALL_POLICIES}
+            rendered = run_program(args.stack)
+            for v in run_policies(rendered):
+                counts[v.rule] = counts.get(v.rule, 0) + 1
         for policy in ALL_POLICIES:
-            print(f"{policy.name}\t{level_name(policy)}\t{policy.description}")
+            line = f"{policy.name}\t{level_name(policy)}\t{policy.description}"
+            if counts is not None:
+                n = counts[policy.name]
+                line += f"\t{rendered.stack}: " + ("pass" if n == 0 else f"{n} violation{'s' if n > 1 else ''}")
+            print(line)
         return 0
     if not args.stack:
         print("error: stack: give a stack name or path (or --list-rules)", file=sys.stderr)
@@ -85,7 +117,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """All subcommands are listed; only ``only`` (the one being run) imports its module for its options."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="aiinfn", description="AI_INFN platform as code")
+    parser.add_argument("--version", action="version", version=f"aiinfn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -122,10 +157,16 @@ def main(argv: list[str] | None = None) -> int:
             handler = importlib.import_module(args.module).run
         return handler(args)
     except Exception as err:
+        from .engine.outdir import OutDirError
+
+        if isinstance(err, OutDirError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         cfg_err = _find_config_error(err)
         if cfg_err is None:
             raise
-        print(f"error: {cfg_err}", file=sys.stderr)
+        for line in cfg_err.lines():
+            print(f"error: {line}", file=sys.stderr)
         return 2
     finally:
         if gc_was_enabled:
