@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 SUBCOMMANDS = {
     "render": ("aiinfn.cli", "Render a stack offline: manifests, Helm values, OpenStack resources, summary."),
     "check": ("aiinfn.cli", "Validate a stack's config and run the policy rules over its rendered resources."),
+    "diff": ("aiinfn.diff", "Compare two renders or two stacks: what a pulumi up would add, update, REPLACE or delete."),
+    "clone": ("aiinfn.clone", "Write a hackathon stack cloned from a site, sized for its participants."),
     "gpus": ("aiinfn.gpus", "List this machine's NVIDIA GPUs (pynvml) and print the node-pool snippet."),
     "report": ("aiinfn.accounting.report", "Print the accounting answers for a period."),
 }
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     # the growing heap were a sixth of `render cnaf` (4.66 -> 3.74 s) for +4 MB peak. Off for the
     # command only: main() is also called in-process (tests), so the previous state comes back.
     gc_was_enabled = gc.isenabled()
-    if args.command in ("render", "check"):
+    if args.command in ("render", "check", "diff"):
         gc.disable()
     try:
         handler = getattr(args, "handler", None)

@@ -131,7 +131,7 @@ def render_files(rendered: Rendered) -> dict[str, str]:
         files[f"helm/{entry['values_file']}"] = dump_yaml(r.inputs.get("values") or {})
     files["helm/releases.json"] = json.dumps(entries, indent=2) + "\n"
     files["openstack.json"] = json.dumps(openstack_resources(rendered), indent=2) + "\n"
-    files["other-resources.json"] = json.dumps(other_resources(rendered), indent=2) + "\n"
+    files["resources.json"] = json.dumps(other_resources(rendered), indent=2) + "\n"
     files["summary.md"] = summary_markdown(rendered)
     return files
 
