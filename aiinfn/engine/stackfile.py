@@ -107,11 +107,13 @@ def resolve(stack: str) -> Path:
     if not stack.strip():
         raise ConfigError("stack", "an empty name; give a stack name in stacks/ or a path to a stack file")
     p = Path(stack)
-    if p.suffix in (".yaml", ".yml") or "/" in stack or p.is_dir():
+    if p.suffix in (".yaml", ".yml") or "/" in stack:
         if not p.exists():
             raise ConfigError("stack", f"no stack file at {stack}")
         return p
     candidate = stacks_dir() / f"Pulumi.{stack}.yaml"
+    if not candidate.exists() and p.is_dir():
+        return p  # read_yaml says it is a directory, not a stack file
     if not candidate.exists():
         known = ", ".join(available_stacks()) or "none"
         raise ConfigError("stack", f"no stack named {stack!r} in {stacks_dir()} (known: {known})")
