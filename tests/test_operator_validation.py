@@ -34,6 +34,12 @@ def _project(i: int, **changes):
     return mutate
 
 
+def _set_projects(n: int):
+    def mutate(c):
+        c["aiinfn:projects"] = [{"name": f"p{i}", "group": f"ai-infn/p{i}", "storageGb": 10} for i in range(n)]
+    return mutate
+
+
 def _offload_endpoint(url: str):
     def mutate(c):
         c["aiinfn:offload"]["sites"][0]["endpoint"] = url
@@ -93,6 +99,7 @@ CASES = {
                          "between 1 and 16"),
     "list-huge": ("cnaf", _set("aiinfn:storage", "users", [f"user{i}" for i in range(5000)]), "aiinfn:storage.users",
                   "at most 1000"),
+    "projects-huge": ("cnaf", _set_projects(300), "aiinfn:projects", "300 projects; at most 256"),
     "client-id-empty": ("cnaf", _set("aiinfn:iam", "clientId", ""), "aiinfn:iam.clientId", "is empty"),
 }
 

@@ -14,9 +14,9 @@ from .errors import Collector
 from .model import SiteConfig, require_cidr
 
 LAYER_SECTIONS = ("accelerators", "storage", "hub", "batch", "offload", "monitoring")
-# A render takes about 0.1 s per VM; beyond these a typo (count: 100000) is far likelier than a site.
-MAX_VMS_PER_POOL = 256
+# A render takes about 0.1 s per VM: beyond this a typo (count: 100000) is far likelier than a real site.
 MAX_VMS = 512
+MAX_PROJECTS = 256  # each is a namespace, a queue, quotas and claims: about 0.08 s of render each
 
 
 def _duplicates(names: list[str]) -> list[str]:
@@ -80,6 +80,8 @@ def _core_rules(cfg: SiteConfig, found: Collector) -> None:
                 found.add(f"aiinfn:projects[{i}].storageGb",
                           f"{project.storage_gb} GB is more than the whole NFS volume ({nfs_gb} GB, the storage pool's dataVolumeGb)")
 
+    if len(cfg.projects) > MAX_PROJECTS:
+        found.add("aiinfn:projects", f"{len(cfg.projects)} projects; at most {MAX_PROJECTS} on one site")
     pnames = [p.name for p in cfg.projects]
     for dup in _duplicates(pnames):
         found.add("aiinfn:projects", f"project name {dup!r} is used twice")
