@@ -126,7 +126,7 @@ def test_a_huge_pool_is_refused_at_once(tmp_path: Path, capsys) -> None:
     path = write_variant(tmp_path, "cnaf", _pool("t4", count=100000), name="huge")
     start = time.monotonic()
     rc, _err = _check(path, capsys)
-    assert rc == 2 and time.monotonic() - start < 10
+    assert rc == 2 and time.monotonic() - start < 30  # 145 s before; about 1 s on an idle machine
 
 
 def test_every_mistake_of_a_file_is_reported(tmp_path: Path, capsys) -> None:

@@ -24,15 +24,17 @@ def _duplicates(names: list[str]) -> list[str]:
 
 
 def validate_site(cfg: SiteConfig) -> None:
-    """The core cross-key rules, then each layer's; every failing rule is one line (all reported)."""
+    """The core cross-key rules (every mistake reported), then each layer's in order (its mistakes, once
+    the core and the earlier layers are sound: their rules assume a valid site)."""
     found = Collector()
     found.run(_core_rules, cfg, found)
+    found.raise_if_any()  # the layers' rules read the pools, models and projects: only once they are sound
     for section in LAYER_SECTIONS:
         module = importlib.import_module(f"{__package__}.{section}")
         hook = getattr(module, "validate_site", None)
         if hook is not None:
-            found.run(hook, cfg)  # a layer's rules stop at its first mistake; the other layers still run
-    found.raise_if_any()
+            found.run(hook, cfg)
+            found.raise_if_any()  # a later layer may build on an earlier one (batch quotas on MIG layouts)
 
 
 def _core_rules(cfg: SiteConfig, found: Collector) -> None:
