@@ -10,6 +10,7 @@ from .accelerators import Accelerators
 from .batch import Batch
 from .cluster import Cluster, ClusterArgs
 from .context import SiteContext
+from .environments import Environments
 from .hub import Hub
 from .jobs import Jobs
 from .observability import Observability
@@ -45,6 +46,9 @@ class Site(pulumi.ComponentResource):
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
+        self.environments = Environments("environments", self.ctx,
+                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.storage]))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

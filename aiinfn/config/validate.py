@@ -13,7 +13,7 @@ from .. import catalogue
 from .errors import Collector
 from .model import SiteConfig, require_cidr
 
-LAYER_SECTIONS = ("accelerators", "storage", "hub", "batch", "offload", "monitoring")
+LAYER_SECTIONS = ("accelerators", "storage", "hub", "batch", "offload", "monitoring", "environments")
 # A render takes about 0.1 s per VM: beyond this a typo (count: 100000) is far likelier than a real site.
 MAX_VMS = 512
 MAX_PROJECTS = 256  # each is a namespace, a queue, quotas and claims: about 0.08 s of render each
