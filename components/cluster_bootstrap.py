@@ -8,6 +8,8 @@ from aiinfn import yamlio
 from aiinfn.config.model import NodePool, SiteConfig
 from aiinfn.nodes import pool_labels, pool_taints
 
+from .cluster_rejoin import first_server_rejoin
+
 RKE2_TLS_DIR = "/var/lib/rancher/rke2/server/tls"
 SUPERVISOR_PORT = 9345
 
@@ -86,6 +88,7 @@ def cloud_init(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str |
         "packages": ["nfs-common", "xfsprogs"],
         "write_files": files,
         "runcmd": [
+            *first_server_rejoin(cfg, pool, server_url, tls_dir=RKE2_TLS_DIR, port=SUPERVISOR_PORT),
             *disk_commands(cfg, pool, data_volume_id),
             ["sh", "-c", install],
             ["systemctl", "enable", "--now", f"rke2-{kind}.service"],

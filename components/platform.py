@@ -10,6 +10,7 @@ from aiinfn.naming import HUB_NAMESPACE, LABEL_PROJECT, project_namespace
 from aiinfn.offerings import site_offerings
 
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
+from .ingress import IngressPlacement
 from .kube import KubeObject, object_meta
 
 
@@ -41,6 +42,10 @@ class PlatformBase(pulumi.ComponentResource):
                 "offerings": json.dumps([{"key": o.key, "kind": o.kind, "resource": o.resource_name, "count": o.count,
                                           "nodeLabels": o.node_labels, "pools": list(o.pools)}
                                          for o in site_offerings(cfg)], sort_keys=True),
+                # What new nodes install and the networks RKE2 is started with (cloud-init holds them too).
+                "cluster": json.dumps({} if cfg.cluster.existing else {
+                    "rke2Version": cfg.cluster.rke2_version, "clusterCidr": cfg.cluster.cluster_cidr,
+                    "serviceCidr": cfg.cluster.service_cidr}, sort_keys=True),
                 "workerCapacity": json.dumps({
                     "cpu": sum(p.cpus * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
                     "memoryGb": sum(p.memory_gb * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
@@ -48,6 +53,7 @@ class PlatformBase(pulumi.ComponentResource):
             },
             opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
         )
+        self.ingress = IngressPlacement("ingress", ctx, opts=pulumi.ResourceOptions(parent=self))
         # Namespaces every layer uses: the hub's (notebooks run there) and one per project (batch work).
         self.hub_namespace = self._namespace("ns-hub", HUB_NAMESPACE, ctx, enforce="baseline")
         self.project_namespaces: dict[str, KubeObject] = {}

@@ -23,7 +23,7 @@ from .offload import OffloadConfig
 from .storage import StorageConfig
 
 SiteKind = Literal["production", "replica", "hackathon"]
-PoolRole = Literal["control", "cpu", "gpu", "storage"]
+PoolRole = Literal["control", "cpu", "gpu", "storage", "services"]  # services: platform services and the ingress
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -201,7 +201,7 @@ class NodePool:
                 found.add(f"{path}.fpgas[{i}].count", f"must be between 1 and {MAX_ACCELERATORS_PER_VM} boards per VM, got {f.count}")
         if self.role == "gpu" and self.gpus is None and not self.fpgas:
             found.add(f"{path}.gpus", "a pool with role gpu must declare its GPUs or FPGAs")
-        if self.role in ("control", "storage") and (self.gpus is not None or self.fpgas):
+        if self.role in ("control", "storage", "services") and (self.gpus is not None or self.fpgas):
             found.add(f"{path}.role", f"a {self.role} pool cannot carry accelerators; use role gpu")
         for k, v in self.labels.items():
             if not LABEL_KEY.match(k):

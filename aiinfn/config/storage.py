@@ -183,7 +183,7 @@ class ScratchConfig:
 
 @dataclass
 class BackupConfig:
-    enabled: bool = True
+    enabled: bool | None = None  # unset: on when a repository is given; true without one is refused
     # borg repository on the remote target, e.g. ssh://borg@backup.cnaf.infn.it:22/./aiinfn-cnaf
     repository: str = ""
     known_hosts: str = ""  # the remote's SSH host key line(s): the job checks the host strictly
@@ -207,6 +207,8 @@ class BackupConfig:
             raise ConfigError(f"{path}.keepDaily", "a retention that keeps nothing would prune every archive")
         if not re.match(r"^(none|lz4|zstd(,\d{1,2})?|zlib(,\d)?|lzma(,\d)?)$", self.compression):
             raise ConfigError(f"{path}.compression", f"{self.compression!r} is not a borg compression spec")
+        if self.enabled is True and not self.repository:
+            raise ConfigError(f"{path}.repository", "is required when backups are enabled (enabled: true)")
         if self.repository.startswith("ssh://") and not self.known_hosts.strip():
             raise ConfigError(f"{path}.knownHosts", "give the backup server's SSH host key (ssh-keyscan output) for an ssh:// repository")
 
@@ -325,7 +327,7 @@ def block_storage_class(cfg: SiteConfig) -> str:
 
 
 def backups_active(cfg: SiteConfig) -> bool:
-    return cfg.storage.enabled and cfg.storage.backup.enabled and bool(cfg.storage.backup.repository)
+    return cfg.storage.enabled and cfg.storage.backup.enabled is not False and bool(cfg.storage.backup.repository)
 
 
 # --- cross-key rules --------------------------------------------------------------------------------
@@ -365,7 +367,7 @@ def validate_site(cfg: SiteConfig) -> None:
     if st.backup.repository and cfg.site.name not in st.backup.repository:
         raise ConfigError(f"{path}.backup.repository", f"{st.backup.repository!r} must contain the site name "
                                                        f"{cfg.site.name!r} (one borg repository per site)")
-    if st.enabled and st.backup.enabled and not st.backup.repository and cfg.is_protected:
+    if st.enabled and st.backup.enabled is not False and not st.backup.repository and cfg.is_protected:
         raise ConfigError(f"{path}.backup.repository", f"a {cfg.site.kind} site must back up its NFS data: "
                                                        "give the borg repository (ssh://user@host/path)")
     if st.enabled and cfg.openstack is None and not st.nfs.client_cidrs:

@@ -65,6 +65,9 @@ def _core_rules(cfg: SiteConfig, found: Collector) -> None:
             found.add("aiinfn:pools", "declare a pool with role control and count 1 or 3")
         elif control % 2 == 0:
             found.add("aiinfn:pools", f"{control} control VMs cannot keep an etcd quorum; use an odd count (1, 3 or 5)")
+        if cfg.site.kind == "production" and not any(p.count for p in cfg.pools if p.role in ("services", "cpu")):
+            found.add("aiinfn:pools", "a production site needs a pool with role services (or cpu) for the "
+                      "public ingress: the internet-facing node must not be an etcd/API server")
         storage = sum(p.count for p in cfg.pools_by_role("storage"))
         if storage != 1:
             found.add("aiinfn:pools", f"exactly one VM with role storage carries the NFS volume, found {storage}")

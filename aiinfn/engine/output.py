@@ -55,9 +55,18 @@ def helm_releases(rendered: Rendered) -> list[Recorded]:
     return _in_stable_order([r for r in rendered.resources if r.type == HELM_RELEASE])
 
 
+OPENSTACK_PROVIDER = "pulumi:providers:openstack"
+DYNAMIC_PROVIDER_INPUT = "__provider"  # the pickled provider code of a dynamic resource: not a setting
+
+
+def is_openstack(r: Recorded) -> bool:
+    return r.type.startswith("openstack:") or r.type == OPENSTACK_PROVIDER
+
+
 def openstack_resources(rendered: Rendered) -> list[dict[str, Any]]:
+    """OpenStack resources and the provider they go through (its clouds.yaml cloud)."""
     return [{"type": r.type, "name": r.name, "inputs": r.inputs}
-            for r in _in_stable_order([r for r in rendered.resources if r.type.startswith("openstack:")])]
+            for r in _in_stable_order([r for r in rendered.resources if is_openstack(r)])]
 
 
 def release_entry(r: Recorded) -> dict[str, Any]:
@@ -79,10 +88,10 @@ def other_resources(rendered: Rendered) -> list[dict[str, Any]]:
     serialized code (``__provider``) is left out: it is the provider, not a setting."""
     out = []
     for r in _in_stable_order(rendered.resources):
-        if (not r.custom or r.type.startswith(("kubernetes:", "openstack:"))) and r.type != K8S_PROVIDER:
+        if not r.custom or is_openstack(r) or is_manifest(r) or r.type == HELM_RELEASE:
             continue
         entry: dict[str, Any] = {"type": r.type, "name": r.name,
-                                 "inputs": {k: v for k, v in r.inputs.items() if k != "__provider"}}
+                                 "inputs": {k: v for k, v in r.inputs.items() if k != DYNAMIC_PROVIDER_INPUT}}
         if r.protect:
             entry["protect"] = True
         if r.retain_on_delete:

@@ -10,7 +10,7 @@ from typing import Any
 from ..config import SiteConfig, site_config_from_data
 from ..config.errors import Collector, ConfigError, ConfigErrors
 from . import stackfile
-from .mocks import Recorded, RecordingMocks, RecordingMonitor, is_secret, secret
+from .mocks import Recorded, RecordedInvoke, RecordingMocks, RecordingMonitor, is_secret, secret
 
 PROJECT = "ai-infn-platform"
 SECRET_REDACTED = "<secret: derived from a Pulumi secret>"
@@ -23,6 +23,7 @@ class Rendered:
     resources: list[Recorded]
     summary: dict[str, list[str]] = field(default_factory=dict)
     secrets_requested: dict[str, bool] = field(default_factory=dict)
+    invokes: list[RecordedInvoke] = field(default_factory=list)
 
     def of_type(self, prefix: str) -> list[Recorded]:
         return [r for r in self.resources if r.type.startswith(prefix)]
@@ -86,7 +87,8 @@ def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rend
     if unread:
         raise unread[0] if len(unread) == 1 else ConfigErrors(unread)
     return Rendered(cfg=cfg, stack=sf.stack, resources=[_clean_record(r) for r in mocks.resources],
-                    summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED))
+                    summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED),
+                    invokes=list(mocks.invokes))
 
 
 def _skip_source_positions() -> None:
