@@ -11,6 +11,7 @@ import gc
 import importlib
 import sys
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,17 +40,51 @@ def _find_config_error(err: BaseException) -> ConfigError | None:
     return None
 
 
+def _charts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--charts", type=Path, metavar="DIR",
+                   help="a local chart cache (what `helm pull` writes): expand each Helm release with the Helm engine")
+
+
 def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stack", help="a stack name in stacks/ or a path to a stack file")
     p.add_argument("--out", required=True, help="output directory (empty, new, or an earlier render)")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty directory that holds no earlier render (nothing else in it is removed)")
+    _charts_arg(p)
 
 
 def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stack", nargs="?", help="a stack name in stacks/ or a path to a stack file")
     p.add_argument("--list-rules", action="store_true",
                    help="print every rule: name, enforcement level, description (with a stack: and its result there)")
+    _charts_arg(p)
+
+
+def _bad_charts_dir(charts: Path | None) -> bool:
+    if charts is None:
+        return False
+    if not charts.is_dir():
+        print(f"error: --charts: {charts} is not a directory (a chart cache as `helm pull` writes it)", file=sys.stderr)
+        return True
+    try:
+        import helm_python  # noqa: F401
+    except ImportError:
+        print("error: --charts needs the Helm engine: pip install 'helm-python-sdk>=0.2.2,<0.3' (extra [charts])",
+              file=sys.stderr)
+        return True
+    return False
+
+
+def _expand_charts(rendered, charts: Path | None) -> None:
+    """With --charts: the objects each cached chart makes, recorded beside ours (rendered.chart_objects)."""
+    if charts is None:
+        return
+    from .engine.charts import expand
+
+    expansion = expand(rendered.resources, charts)
+    rendered.chart_objects = expansion.objects
+    for line in expansion.missing:
+        print(f"not expanded: {line}", file=sys.stderr)
 
 
 def expiry_warning(cfg) -> str | None:
@@ -69,13 +104,18 @@ def run_render(args: argparse.Namespace) -> int:
     from .engine.run import run_program
 
     out = check_target(args.out, args.force)  # before rendering: a refused --out costs nothing
+    if _bad_charts_dir(args.charts):
+        return 2
     rendered = run_program(args.stack)
+    _expand_charts(rendered, args.charts)
     warning = expiry_warning(rendered.cfg)
     if warning:
         print(warning, file=sys.stderr)
     counts = write(rendered, out, force=args.force)
     print(f"rendered {rendered.stack}: {counts['manifests']} Kubernetes objects, {counts['helm_releases']} Helm releases, "
-          f"{counts['openstack']} OpenStack resources, {counts['other']} other resources -> {out}")
+          f"{counts['openstack']} OpenStack resources, {counts['other']} other resources"
+          + (f", {counts['chart_objects']} objects of expanded charts" if counts.get("chart_objects") else "")
+          + f" -> {out}")
     return 0
 
 
@@ -107,12 +147,15 @@ def run_check(args: argparse.Namespace) -> int:
     from .checks import run_policies
     from .engine.run import run_program
 
+    if _bad_charts_dir(args.charts):
+        return 2
     rendered = run_program(args.stack)
+    _expand_charts(rendered, args.charts)
     violations = run_policies(rendered)
     for v in violations:
         print(v.line())
     blocking = [v for v in violations if v.level == "mandatory"]
-    print(f"{rendered.stack}: {len(rendered.resources)} resources checked, {len(blocking)} mandatory and "
+    print(f"{rendered.stack}: {len(rendered.resources) + len(rendered.chart_objects)} resources checked, {len(blocking)} mandatory and "
           f"{len(violations) - len(blocking)} advisory violations", file=sys.stderr)
     return 1 if blocking else 0
 

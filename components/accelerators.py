@@ -171,7 +171,7 @@ class Accelerators(pulumi.ComponentResource):
                 version=GPU_OPERATOR_VERSION,
                 namespace=GPU_OPERATOR_NAMESPACE,
                 repository=GPU_OPERATOR_REPO,
-                values=gpu_operator_values(cfg),
+                limits=True, values=gpu_operator_values(cfg),
                 opts=ctx.k8s_opts(self, depends_on=[self.namespace, self.mig_config, self.device_plugin_config]),
             )
         fpga_pools = [p for p in cfg.pools if p.fpgas and p.count > 0]

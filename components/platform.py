@@ -9,6 +9,7 @@ import pulumi
 from aiinfn.naming import HUB_NAMESPACE, LABEL_PROJECT, project_namespace
 from aiinfn.offerings import site_offerings
 
+from . import netpol
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
 from .ingress import IngressPlacement
 from .kube import KubeObject, object_meta
@@ -26,6 +27,7 @@ class PlatformBase(pulumi.ComponentResource):
                 "pod-security.kubernetes.io/enforce-version": "latest"}),
             opts=ctx.k8s_opts(self),
         )
+        netpol.baseline(ctx, self, "ns-platform", PLATFORM_NAMESPACE, "platform", [self.namespace])
         # Non-secret facts about the site, for operators (kubectl) and policy rules.
         self.site_info = KubeObject(
             "site-info", "v1", "ConfigMap",
@@ -42,6 +44,9 @@ class PlatformBase(pulumi.ComponentResource):
                 "offerings": json.dumps([{"key": o.key, "kind": o.kind, "resource": o.resource_name, "count": o.count,
                                           "nodeLabels": o.node_labels, "pools": list(o.pools)}
                                          for o in site_offerings(cfg)], sort_keys=True),
+                # Who is who on the network (policy rules: NFS reachable from the nodes only, default deny).
+                "networks": json.dumps({"nodes": netpol.node_cidrs(cfg), "pods": cfg.cluster.cluster_cidr,
+                                        "services": cfg.cluster.service_cidr}, sort_keys=True),
                 # What new nodes install and the networks RKE2 is started with (cloud-init holds them too).
                 "cluster": json.dumps({} if cfg.cluster.existing else {
                     "rke2Version": cfg.cluster.rke2_version, "clusterCidr": cfg.cluster.cluster_cidr,
@@ -66,29 +71,10 @@ class PlatformBase(pulumi.ComponentResource):
 
     def _namespace(self, resource_name: str, name: str, ctx: SiteContext, enforce: str,
                    extra: dict[str, str] | None = None) -> KubeObject:
-        """A user-facing namespace: Pod Security labels and a default-deny NetworkPolicy.
+        """A user-facing namespace: Pod Security labels, default-deny and DNS (SiteContext.namespace).
 
         The baseline level is enforced (notebook images need to set their user) and restricted is
         warned and audited; layers add the NetworkPolicies their traffic needs.
         """
         ns = ctx.namespace(self, resource_name, name, "platform", enforce=enforce, warn="restricted", extra_labels=extra)
-        KubeObject(
-            f"{resource_name}-default-deny", "networking.k8s.io/v1", "NetworkPolicy",
-            object_meta("default-deny", namespace=name, labels=ctx.labels("platform")),
-            spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
-            opts=ctx.k8s_opts(self, depends_on=[ns]),
-        )
-        KubeObject(
-            f"{resource_name}-allow-dns", "networking.k8s.io/v1", "NetworkPolicy",
-            object_meta("allow-dns", namespace=name, labels=ctx.labels("platform")),
-            spec={
-                "podSelector": {},
-                "policyTypes": ["Egress"],
-                "egress": [{
-                    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
-                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                }],
-            },
-            opts=ctx.k8s_opts(self, depends_on=[ns]),
-        )
         return ns

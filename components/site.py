@@ -13,6 +13,7 @@ from .context import SiteContext
 from .environments import Environments
 from .hub import Hub
 from .jobs import Jobs
+from .network import Network
 from .observability import Observability
 from .offload import Offload
 from .platform import PlatformBase
@@ -50,6 +51,9 @@ class Site(pulumi.ComponentResource):
         self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
         self.environments = Environments("environments", self.ctx,
                                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.storage]))
+        self.network = Network("network", self.ctx, [self.platform, self.accelerators, self.storage, self.batch,
+                                                     self.hub, self.offload, self.observability],
+                               opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

@@ -133,7 +133,7 @@ def test_rendered_daemonsets_never_land_on_a_virtual_node(stack: str) -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_chart_daemonset_avoids_virtual_nodes(stack: str) -> None:
     for rel in helm_releases(rendered_stack(stack)):
-        chart = str(rel.inputs.get("chart", "")).rstrip("/").rsplit("/", 1)[-1]
+        chart = naming.chart_name(str(rel.inputs.get("chart", "")))  # a name, an OCI ref or a released archive URL
         if chart in CHARTS_WITHOUT_DAEMONSETS:
             continue
         assert chart in CHART_DAEMONSETS, (f"{stack}: chart {chart} is new here; list the values paths of its "

@@ -81,8 +81,9 @@ def _default_lifecycle() -> list[LifecycleRule]:
 
 @dataclass
 class NfsConfig:
-    # erichough/nfs-server: kernel nfsd in a privileged pod, NFSv4 only (one TCP port).
-    image: str = "docker.io/erichough/nfs-server:2.2.1"
+    # Ours (images/nfs-server: Debian 12 nfs-kernel-server, NFSv4 only, one TCP port): the community
+    # image used before (erichough/nfs-server 2.2.1) has had no release since 2020.
+    image: str = "ghcr.io/ai-infn/nfs-server:2.6.2-bookworm"
     helper_image: str = "docker.io/library/busybox:1.37.0"
     host_path: str = "/srv/aiinfn-nfs"  # where the storage node mounts the tenancy's data volume
     csi_chart_version: str = "4.12.1"
@@ -373,6 +374,13 @@ def validate_site(cfg: SiteConfig) -> None:
     if st.enabled and cfg.openstack is None and not st.nfs.client_cidrs:
         raise ConfigError(f"{path}.nfs.clientCidrs", "on an existing cluster, list the nodes' network(s): "
                                                      "the CSI node plugins mount NFS from the host network")
+    import ipaddress
+
+    pods = ipaddress.ip_network(cfg.cluster.cluster_cidr, strict=False)
+    for i, c in enumerate(st.nfs.client_cidrs):
+        if ipaddress.ip_network(c, strict=False).overlaps(pods):
+            raise ConfigError(f"{path}.nfs.clientCidrs[{i}]", f"{c} overlaps the pod network {pods}: NFS (AUTH_SYS) "
+                                                             "may be mounted from the nodes only")
     if st.nfs.host_path.rstrip("/") == st.scratch.host_path.rstrip("/"):
         raise ConfigError(f"{path}.scratch.hostPath", "must differ from the NFS data path")
     blk = st.block

@@ -142,6 +142,12 @@ def render_files(rendered: Rendered) -> dict[str, str]:
     files["openstack.json"] = json.dumps(openstack_resources(rendered), indent=2) + "\n"
     files["resources.json"] = json.dumps(other_resources(rendered), indent=2) + "\n"
     files["summary.md"] = summary_markdown(rendered)
+    if rendered.chart_objects:  # --charts: what each Helm release makes, one file per release
+        by_release: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in _in_stable_order(rendered.chart_objects):
+            by_release[r.name.split(":", 1)[0]].append(r.inputs)
+        for release, docs in by_release.items():
+            files[f"charts/{release}.yaml"] = _dump_all(docs)
     return files
 
 
@@ -151,7 +157,25 @@ def write(rendered: Rendered, out: Path, force: bool = False) -> dict[str, int]:
     files = render_files(rendered)
     replace_files(out, files)
     return {"manifests": len(manifests(rendered)), "helm_releases": len(helm_releases(rendered)),
-            "openstack": len(openstack_resources(rendered)), "other": len(other_resources(rendered))}
+            "openstack": len(openstack_resources(rendered)), "other": len(other_resources(rendered)),
+            "chart_objects": len(rendered.chart_objects)}
+
+
+def hardening_lines(rendered: Rendered) -> list[str]:
+    """What the hardening rules count on the rendered objects (policies/rules/hardening.py): 0 is hardened."""
+    from policies.rules.hardening import FIGURE_LINES, figures, images_by_registry
+
+    from ..checks import policy_resources
+
+    resources = policy_resources(rendered)
+    got = figures(resources)
+    lines = ["## Hardening", "", *(f"- {text}: {got[key]}" for key, text in FIGURE_LINES.items()), ""]
+    by_registry = images_by_registry(resources)
+    lines += ["## Images", "", (f"{sum(len(v) for v in by_registry.values())} images named by the program and the "
+              "Helm values (a chart's own default images appear with `--charts`):"), ""]
+    for registry in sorted(by_registry):
+        lines.append(f"- {registry}: {', '.join(f'`{i}`' for i in sorted(by_registry[registry]))}")
+    return [*lines, ""]
 
 
 def summary_markdown(rendered: Rendered) -> str:
@@ -181,6 +205,7 @@ def summary_markdown(rendered: Rendered) -> str:
     lines += summary.quota_lines(rendered) + summary.endpoint_lines(rendered) + summary.project_lines(rendered)
     for layer, body in rendered.summary.items():
         lines += [f"## {layer}", "", *body, ""]
+    lines += hardening_lines(rendered)
     lines += ["## Resources", "",
               f"- Kubernetes objects: {len(manifests(rendered))}",
               f"- Helm releases: {', '.join(release_entry(r)['name'] + ' ' + str(release_entry(r)['version']) for r in helm_releases(rendered)) or 'none'}",

@@ -23,6 +23,7 @@ class Rendered:
     resources: list[Recorded]
     summary: dict[str, list[str]] = field(default_factory=dict)
     secrets_requested: dict[str, bool] = field(default_factory=dict)
+    chart_objects: list[Recorded] = field(default_factory=list)  # what Helm releases make (--charts only)
     invokes: list[RecordedInvoke] = field(default_factory=list)
 
     def of_type(self, prefix: str) -> list[Recorded]:

@@ -213,6 +213,8 @@ def helm_values(ctx: SiteContext) -> dict:
                 "users": {"auto_assign_org_role": "Viewer"},
                 "analytics": {"reporting_enabled": False, "check_for_updates": False},
             },
+            # The dashboard sidecar searches only this namespace: a Role, not a ClusterRole reading every Secret.
+            "rbac": {"namespaced": True},
             "sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1",
                                        "searchNamespace": MONITORING_NAMESPACE, "folderAnnotation": "grafana_folder",
                                        "provider": {"foldersFromFilesStructure": True}}},
@@ -312,7 +314,7 @@ class Observability(pulumi.ComponentResource):
             version=CHART_VERSION,
             namespace=MONITORING_NAMESPACE,
             repository=CHART_REPO,
-            values=helm_values(ctx),
+            limits=True, values=helm_values(ctx),
             opts=ctx.stateful_opts(self, depends_on=[self.namespace, *secret_deps]),
         )
         crd_opts = ctx.k8s_opts(self, depends_on=[self.release])

@@ -37,6 +37,7 @@ class Cvmfs:
             "cvmfs-csi",
             name="cvmfs-csi",
             chart="cvmfs-csi",
+            limits=True,
             version=cv.chart_version,
             namespace=CSI_NAMESPACE,
             repository=CVMFS_REPO,
