@@ -204,6 +204,8 @@ def _require_url(value: str, path: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, f"{value!r} is not an http(s) URL")
+    if parts.scheme != "https":
+        raise ConfigError(path, f"{value!r} is plain http: the site's token would travel in clear; use https")
 
 
 def validate_site(cfg: SiteConfig) -> None:
