@@ -195,8 +195,9 @@ def clone_stack(source: str, new: str, participants: int, start: dt.date, days: 
     if juicefs_src.get("s3Endpoint"):
         juicefs = {"s3Endpoint": juicefs_src["s3Endpoint"], **juicefs}
     storage_cfg: dict[str, Any] = {"juicefs": juicefs, "backup": {"enabled": False}}
-    if storage_src.get("cvmfs"):
-        storage_cfg["cvmfs"] = storage_src["cvmfs"]
+    for key in ("cvmfs", "block"):  # the CVMFS proxies and the cloud's block-storage (Cinder CSI) settings
+        if storage_src.get(key):
+            storage_cfg[key] = storage_src[key]
     accelerators: dict[str, Any] = {"minGpuSessions": needed}
     if replicas > 1:
         accelerators["timeSlicing"] = [{"pool": p.pool, "replicas": replicas} for p in plans]
@@ -234,9 +235,14 @@ def clone_stack(source: str, new: str, participants: int, start: dt.date, days: 
                      ["its own bucket (the name carries the event's name), no production volume, no backups"])
     text += _section("aiinfn:batch", {"terminationGracePeriodSeconds": 15, "recoveryTimeoutSeconds": 120},
                      ["participants reopen notebooks often: batch work on their GPUs leaves within 15 s"])
-    text += _section("aiinfn:monitoring", {"retention": "30d", "prometheusStorageGb": 50, "grafana": {"storageGb": 2},
-                                           "accounting": {"storageGb": 5}},
-                     ["a short event: a month of metrics, small volumes (Grafana logs in with the event's client)"])
+    monitoring: dict[str, Any] = {"retention": "30d", "prometheusStorageGb": 50,
+                                  "grafana": {"clientId": f"{group_prefix}-grafana-{new}", "storageGb": 2},
+                                  "accounting": {"storageGb": 5}}
+    if (v.get("monitoring") or {}).get("smtp"):
+        monitoring["smtp"] = v["monitoring"]["smtp"]  # the site's mail relay for alerts
+    text += _section("aiinfn:monitoring", monitoring,
+                     ["a short event: a month of metrics, small volumes; Grafana logs in with the event's own client",
+                      "(its secret: pulumi config set --secret aiinfn:grafanaClientSecret)"])
     # The file must pass the config checks before it is written (a clone that does not is a bug here).
     try:
         site_check = yaml.safe_load(text)["config"]
