@@ -21,6 +21,7 @@ from .context import SiteContext
 from .kube import HelmRelease, KubeObject, object_meta
 
 GPU_OPERATOR_CHART = "gpu-operator"
+# renovate: datasource=helm depName=gpu-operator registryUrl=https://helm.ngc.nvidia.com/nvidia
 GPU_OPERATOR_VERSION = "v26.7.0"
 GPU_OPERATOR_REPO = "https://helm.ngc.nvidia.com/nvidia"
 MIG_CONFIGMAP = "aiinfn-mig-parted-config"

@@ -9,6 +9,7 @@ from aiinfn.config.model import NodePool, SiteConfig
 from aiinfn.nodes import pool_labels, pool_taints
 
 from .cluster_rejoin import first_server_rejoin
+from .patching.node_updates import os_update_files, os_update_packages
 
 RKE2_TLS_DIR = "/var/lib/rancher/rke2/server/tls"
 SUPERVISOR_PORT = 9345
@@ -84,8 +85,9 @@ def cloud_init(cfg: SiteConfig, pool: NodePool, *, token: str, server_url: str |
         f"curl -sfL https://get.rke2.io | INSTALL_RKE2_VERSION={json.dumps(cfg.cluster.rke2_version)} "
         f"INSTALL_RKE2_TYPE={kind} sh -"
     )
+    files += os_update_files(cfg)  # unattended-upgrades (patching layer); kured reboots
     doc = {
-        "packages": ["nfs-common", "xfsprogs"],
+        "packages": ["nfs-common", "xfsprogs", *os_update_packages(cfg)],
         "write_files": files,
         "runcmd": [
             *first_server_rejoin(cfg, pool, server_url, tls_dir=RKE2_TLS_DIR, port=SUPERVISOR_PORT),

@@ -38,8 +38,10 @@ if TYPE_CHECKING:
     from aiinfn.config.model import SiteConfig
 
 CHART_NAME = "interlink"  # interlink-hq/interlink-helm-chart, mirrored here as typed objects
+# renovate: datasource=helm depName=interlink registryUrl=https://interlink-hq.github.io/interlink-helm-chart/
 CHART_VERSION = "0.6.0"
 CHART_REPO = "https://interlink-hq.github.io/interlink-helm-chart/"
+# renovate: datasource=docker depName=ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw
 INTERLINK_VERSION = "0.6.0"
 VK_IMAGE = f"ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw:{INTERLINK_VERSION}"
 REFRESH_IMAGE = f"ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw-refresh:{INTERLINK_VERSION}"

@@ -324,3 +324,35 @@ def test_bad_patching_config_gives_one_line(case, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2, err
     assert any(line.startswith(f"error: {key}: ") and words in line for line in err), err
+
+
+def test_every_vm_gets_the_update_files_and_its_cloud_init_passes_the_schema(tmp_path):
+    """The documents the cluster layer hands to Nova (secrets stood in by words), for one VM of each pool."""
+    from components.cluster_bootstrap import cloud_init
+
+    binary = need_binary("cloud-init")
+    cfg = rendered_stack("cnaf").cfg
+    for pool in cfg.pools:
+        text = cloud_init(cfg, pool, token="join-token", server_url=None if pool.role == "control" else "https://10.0.0.10:9345",
+                          tls_sans=["api.example.org"], data_volume_id="0123456789abcdef0123456789" if pool.role == "storage" else None)
+        doc = yaml.safe_load(text.split("\n", 1)[1])
+        assert "unattended-upgrades" in doc["packages"]
+        paths = {f["path"] for f in doc["write_files"]}
+        assert {node_updates.AUTO_UPGRADES, node_updates.UNATTENDED} <= paths
+        path = tmp_path / f"{pool.name}.yaml"
+        path.write_text(text)
+        res = subprocess.run([binary, "schema", "-c", str(path)], capture_output=True, text=True, check=False)
+        assert res.returncode == 0, (pool.name, res.stdout + res.stderr)
+
+
+def test_endpoints_file_lists_what_the_world_reaches():
+    from aiinfn.engine.output import render_files
+
+    r = rendered_stack("cnaf")
+    listed = json.loads(render_files(r)["endpoints.json"])
+    hub = next(x for x in helm_releases(r) if x.inputs.get("name") == "jupyterhub").inputs["values"]
+    want = set(hub["ingress"]["hosts"])
+    assert want <= {e["host"] for e in listed}
+    assert "grafana.ai-infn.cnaf.infn.it" in {e["host"] for e in listed}
+    for e in listed:
+        assert {p["port"] for p in e["ports"]} == {80, 443}

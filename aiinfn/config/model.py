@@ -227,6 +227,7 @@ class NodePool:
 
 @dataclass
 class ClusterConfig:
+    # renovate: datasource=github-releases depName=rancher/rke2 versioning=regex:^v(?<major>\d+)\.(?<minor>\d+)\.(?<patch>\d+)\+rke2r(?<build>\d+)$
     rke2_version: str = "v1.33.5+rke2r1"
     existing: bool = False  # target an existing cluster through the aiinfn:kubeconfig secret
     cluster_cidr: str = "10.44.0.0/16"

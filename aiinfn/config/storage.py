@@ -86,6 +86,7 @@ class NfsConfig:
     image: str = "ghcr.io/ai-infn/nfs-server:2.6.2-bookworm"
     helper_image: str = "docker.io/library/busybox:1.37.0"
     host_path: str = "/srv/aiinfn-nfs"  # where the storage node mounts the tenancy's data volume
+    # renovate: datasource=github-releases depName=csi-driver-nfs packageName=kubernetes-csi/csi-driver-nfs
     csi_chart_version: str = "4.12.1"
     env_maintainers_group: str = "ai-infn/env-maintainers"  # IAM group that may write /envs
     reconcile_seconds: int = 60  # the directory keeper re-applies the layout this often
@@ -124,6 +125,7 @@ class JuicefsConfig:
     tags: dict[str, str] = field(default_factory=dict)
     redis_image: str = "docker.io/library/redis:7.4.2"
     redis_storage_gi: int = 10
+    # renovate: datasource=helm depName=juicefs-csi-driver registryUrl=https://juicedata.github.io/charts/
     csi_chart_version: str = "0.32.1"
 
     def __validate__(self, path: str) -> None:
@@ -153,6 +155,7 @@ class CvmfsConfig:
     repositories: list[str] = field(default_factory=lambda: ["cms.cern.ch", "sft.cern.ch", "atlas.cern.ch"])
     http_proxy: str = "DIRECT"  # e.g. "http://squid.cnaf.infn.it:3128"; DIRECT only for small sites
     cache_quota_mb: int = 20000
+    # renovate: datasource=helm depName=cvmfs-csi registryUrl=https://registry.cern.ch/chartrepo/cern
     chart_version: str = "2.3.2"
 
     def __validate__(self, path: str) -> None:
@@ -226,6 +229,7 @@ class BlockConfig:
     """
 
     storage_class: str | None = None  # an existing block StorageClass; null: ours on Cinder (OpenStack tenancy)
+    # renovate: datasource=helm depName=openstack-cinder-csi registryUrl=https://kubernetes.github.io/cloud-provider-openstack
     csi_chart_version: str = "2.33.1"  # kubernetes/cloud-provider-openstack chart openstack-cinder-csi (plugin v1.33.1)
     auth_url: str | None = None  # Keystone v3 endpoint of the cloud (required when the plugin is deployed)
     region: str | None = None  # the cloud's region, if it has several

@@ -124,6 +124,17 @@ def _dump_all(docs: list[dict[str, Any]]) -> str:
     return yaml.dump_all(docs, Dumper=ReviewDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
+def endpoints_json(rendered: Rendered) -> str:
+    """What the world can reach, for central vulnerability scans: host, ports, what answers."""
+    from .summary import endpoints
+
+    out = [{"host": host, "ports": [{"port": 443, "protocol": "tcp", "service": "https"},
+                                    {"port": 80, "protocol": "tcp", "service": "http (redirect and ACME http-01)"}],
+            "served_by": what, "address": "the ingress floating IP (summary.md, DNS records)"}
+           for host, what in endpoints(rendered)]
+    return json.dumps(out, indent=2) + "\n"
+
+
 def render_files(rendered: Rendered) -> dict[str, str]:
     """Every file of a render: relative path -> text."""
     files: dict[str, str] = {}
@@ -142,6 +153,7 @@ def render_files(rendered: Rendered) -> dict[str, str]:
     files["openstack.json"] = json.dumps(openstack_resources(rendered), indent=2) + "\n"
     files["resources.json"] = json.dumps(other_resources(rendered), indent=2) + "\n"
     files["summary.md"] = summary_markdown(rendered)
+    files["endpoints.json"] = endpoints_json(rendered)
     if rendered.chart_objects:  # --charts: what each Helm release makes, one file per release
         by_release: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in _in_stable_order(rendered.chart_objects):

@@ -26,6 +26,7 @@ from .values import (
     hub_values,
 )
 
+# renovate: datasource=helm depName=cert-manager registryUrl=https://charts.jetstack.io
 CERT_MANAGER_CHART_VERSION = "v1.21.1"
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
 CERT_MANAGER_NAMESPACE = "cert-manager"

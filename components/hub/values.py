@@ -23,6 +23,7 @@ from ..storage.common import script as storage_script
 from ..storage.scratch import slot_gi
 
 HUB_CHART = "jupyterhub"
+# renovate: datasource=helm depName=jupyterhub registryUrl=https://hub.jupyter.org/helm-chart/
 HUB_CHART_VERSION = "4.4.0"
 HUB_REPO = "https://hub.jupyter.org/helm-chart/"
 HUBCONF_DIR = Path(__file__).resolve().parent / "hubconf"

@@ -41,6 +41,7 @@ LAYER = "observability"
 BACKUP_PG_SECRET = "accounting-db-backup"  # components.storage.backup.PG_SECRET
 BACKUP_CRONJOB = "nfs-backup"  # components.storage.backup.CRONJOB
 CHART = "kube-prometheus-stack"
+# renovate: datasource=helm depName=kube-prometheus-stack registryUrl=https://prometheus-community.github.io/helm-charts
 CHART_VERSION = "88.5.3"  # prometheus-operator v0.93.1 (the CRD schemas in ../shared/schemas match it)
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 RELEASE = "kube-prometheus-stack"

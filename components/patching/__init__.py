@@ -28,9 +28,11 @@ LAYER = "patching"
 TRIVY_NAMESPACE = "trivy-system"
 KURED_NAMESPACE = "kured"
 TRIVY_CHART = "trivy-operator"
+# renovate: datasource=helm depName=trivy-operator registryUrl=https://aquasecurity.github.io/helm-charts/
 TRIVY_CHART_VERSION = "0.34.0"  # operator v0.32.0
 TRIVY_REPO = "https://aquasecurity.github.io/helm-charts/"
 KURED_CHART = "kured"
+# renovate: datasource=helm depName=kured registryUrl=https://kubereboot.github.io/charts
 KURED_CHART_VERSION = "6.1.0"  # kured 1.23.0
 KURED_REPO = "https://kubereboot.github.io/charts"
 GRACE_LABEL = "aiinfn.infn.it/reboot-grace-expired"
