@@ -91,7 +91,9 @@ def test_first_control_node_initialises_and_carries_the_cas() -> None:
     assert conf["secrets-encryption"] is True
     paths = [f["path"] for f in doc["write_files"]]
     assert "/var/lib/rancher/rke2/server/tls/server-ca.key" in paths
-    assert all(f["permissions"] == "0600" for f in doc["write_files"])
+    # what RKE2 reads (token, CA keys) is root-only; apt's update settings are ordinary config files
+    assert all(f["permissions"] == "0600" for f in doc["write_files"] if f["path"].startswith(("/etc/rancher", "/var/lib/rancher")))
+    assert all(f["permissions"] == "0644" for f in doc["write_files"] if f["path"].startswith("/etc/apt/"))
     assert any("INSTALL_RKE2_TYPE=server" in c[2] for c in doc["runcmd"])
 
 
