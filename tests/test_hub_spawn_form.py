@@ -368,7 +368,9 @@ def test_a_browser_logs_in_and_reads_the_figures(form_hub: dict[str, Any], brows
                "document.getElementById('sign-in').click(); true")
     browser.wait_for("location.pathname.startsWith('/hub/') && document.readyState === 'complete'")
     browser.call("Page.navigate", url=f"{base}/hub/spawn")
-    browser.wait_for("document.querySelectorAll('.aiinfn-availability').length > 0")
+    # the whole form, not its first part: a long page is still being parsed when the first figures appear
+    browser.wait_for("document.readyState === 'complete' && "
+                     f"document.querySelectorAll('.aiinfn-availability').length >= {len(CNAF_FIGURES)}", timeout=60)
     shown = json.loads(browser.js(READ_FIGURES))
     assert {f["offering"] for f in shown} == set(CNAF_FIGURES)  # the member sees the reserved pool too
     for f in shown:
