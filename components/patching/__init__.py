@@ -20,6 +20,7 @@ import pulumi
 
 from aiinfn import naming
 from aiinfn.config.model import SiteConfig
+from aiinfn.virtualnodes import not_virtual_affinity as not_virtual
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject, object_meta
@@ -47,12 +48,6 @@ INTERNET_FACING = (
     (naming.MONITORING_NAMESPACE, ".*grafana.*"),
     ("kube-system", "rke2-ingress-nginx-controller.*"),
 )
-
-
-def not_virtual() -> dict:
-    """Nothing of this layer belongs on an interLink virtual node (they are not machines)."""
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": naming.VIRTUAL_NODE_LABEL, "operator": "DoesNotExist"}]}]}}}
 
 
 def _registry(cfg: SiteConfig, default: str) -> str:
