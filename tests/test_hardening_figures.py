@@ -73,3 +73,56 @@ def test_the_job_service_figure_counts_what_the_rendered_objects_show():
     before = [r for r in others if r is not hub] + [resource(hub.resource_type, managed, "jupyterhub")]
     assert hardening.job_service_problems(before) == ["hub.services.jobs runs the job service inside the hub pod"]
     assert hardening.figures(before)["job_service_problems"] == 1
+
+
+def _images(tree):
+    """Every string under an ``image`` key, walked here independently of the policy helpers."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == "image" and isinstance(v, str):
+                yield v
+            else:
+                yield from _images(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _images(v)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_summary_lists_every_image_under_its_registry_and_every_chart_left_unexpanded(stack):
+    """Item 9. Images of the rendered objects appear on their registry's line; the JuiceFS client the CSI driver
+    starts is pinned through defaultMountImage.ce (juicefs-csi-driver 0.32.1 values.yaml:425; unset, the driver
+    falls back to its build's image, pkg/config/config.go:93 "ce-nightly"), and every chart whose own defaults
+    the render cannot show is named."""
+    from aiinfn.engine.output import helm_releases, manifest, manifests
+
+    rendered = rendered_stack(stack)
+    section = summary_markdown(rendered).split("## Images", 1)[1].split("\n## ", 1)[0]
+    lines = {line.split(":", 1)[0][2:]: line for line in section.splitlines() if line.startswith("- ")}
+    images = {i for r in manifests(rendered) for i in _images(manifest(r)) if not i.startswith("<")}
+    assert images
+    for image in images:
+        first = image.split("/", 1)[0]
+        registry = first if "." in first else "docker.io"
+        assert f"`{image}`" in lines[registry], image
+    releases = {r.inputs["name"]: r for r in helm_releases(rendered)}
+    if "juicefs-csi-driver" in releases:
+        assert releases["juicefs-csi-driver"].inputs["values"]["defaultMountImage"] == {
+            "ce": "docker.io/juicedata/mount:ce-v1.4.1"}
+        assert "`docker.io/juicedata/mount:ce-v1.4.1`" in lines["docker.io"]
+    unexpanded = section.split("render with `--charts DIR` to list them):", 1)[1]
+    for r in releases.values():
+        assert f"`{r.inputs['chart']}` {r.inputs['version']}" in unexpanded
+
+
+def test_an_unpinned_juicefs_mount_image_is_refused():
+    from policies.rules import supply_chain
+    from policies.testing import check_resource
+
+    rel = next(r for r in rendered_stack("cnaf").resources
+               if r.type == hardening.HELM_RELEASE and r.inputs["name"] == "juicefs-csi-driver")
+    assert check_resource(supply_chain.helm_images_pinned, hardening.HELM_RELEASE, rel.inputs) == []
+    bad = copy.deepcopy(rel.inputs)
+    bad["values"]["defaultMountImage"]["ce"] = "juicedata/mount:ce-nightly"
+    found = check_resource(supply_chain.helm_images_pinned, hardening.HELM_RELEASE, bad)
+    assert len(found) == 1 and "defaultMountImage.ce" in found[0]
