@@ -100,7 +100,7 @@ class Collector:
             self.errors.extend(err.errors)
         except SkipRule:
             pass
-        except (KeyError, ValueError, TypeError, AttributeError, StopIteration, ArithmeticError):
+        except (LookupError, ValueError, TypeError, AttributeError, StopIteration, ArithmeticError, AssertionError):
             if not self.errors:
                 raise
 
