@@ -19,10 +19,9 @@ from aiinfn import naming, s3access
 from aiinfn.hubservices import HubServiceSpec
 
 from .context import SiteContext
+from .jobs import HUB_IMAGE, HUB_IMAGE_UID  # one pin of z2jh's hub image (python3, tornado, jupyterhub)
 from .kube import KubeObject, object_meta
 
-HUB_IMAGE = "quay.io/jupyterhub/k8s-hub:4.4.0"  # z2jh 4.4.0's hub image: python3, tornado, jupyterhub
-HUB_IMAGE_UID = 1000
 PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"]
 
 

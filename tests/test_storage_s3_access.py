@@ -42,7 +42,6 @@ REFRESH_MARGIN = 2.0  # the hub renews it with this much left (the stack: 600)
 CRED_LIFETIME = 3  # STS DurationSeconds here (the stack: credentialSeconds, 900..43200)
 RENEW_BEFORE = 1  # the service replaces a cached set this long before it expires
 S3_SERVICE_TOKEN = "s3-service-token-for-the-test-0123456789"
-HELPER = Path(s3access.__file__).resolve().parent / s3access.HELPER
 
 
 def free_port() -> int:

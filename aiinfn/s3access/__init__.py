@@ -27,7 +27,8 @@ CODE_SECRET = "aiinfn-s3-code"  # a Secret, as the job service's code: rules sca
 API_TOKEN_SECRET, API_TOKEN_KEY = "aiinfn-s3-hub-token", "token"
 POD_LABELS = {"app.kubernetes.io/name": "aiinfn-s3", "app.kubernetes.io/component": "s3-credentials"}
 HELPER_KEY = "helper"  # the ConfigMap key of the helper (a key named like credentials reads as a secret)
-HELPER = "aiinfn-s3-credentials"
+HELPER = "aiinfn-s3-credentials"  # the name notebooks run it by (credential_process)
+HELPER_MODULE = "aiinfn_s3_credentials.py"  # its source here (stdlib only: python3 of any notebook image)
 CONFIGMAP = "aiinfn-s3-client"
 CLIENT_DIR = "/etc/aiinfn/s3"
 PROFILE = "aiinfn"
@@ -52,7 +53,7 @@ def service_source() -> str:
 
 
 def helper_source() -> str:
-    return (PACKAGE_DIR / HELPER).read_text(encoding="utf-8")
+    return (PACKAGE_DIR / HELPER_MODULE).read_text(encoding="utf-8")
 
 
 def renew_before(cfg: SiteConfig) -> int:
