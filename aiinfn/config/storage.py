@@ -263,7 +263,7 @@ class S3AccessConfig:
     JupyterHub token. No key, IAM token or refresh token is ever in a pod spec.
     """
 
-    enabled: bool = False
+    enabled: bool = False  # with the hub only (it keeps the IAM tokens): off when aiinfn:hub.enabled is false
     endpoint: str = "https://rgw.cloud.infn.it"  # the RGW S3 endpoint notebooks use
     sts_endpoint: str | None = None  # RGW's STS endpoint (default: endpoint)
     region: str = "us-east-1"
@@ -469,9 +469,6 @@ def validate_site(cfg: SiteConfig) -> None:
     for name in s3.project_roles:
         if name not in projects:
             raise ConfigError(f"{path}.s3.projectRoles.{name}", f"{name!r} is not a project of aiinfn:projects")
-    if s3.enabled and not cfg.hub.enabled:
-        raise ConfigError(f"{path}.s3.enabled", "S3 access needs the hub (it keeps the IAM tokens and runs the "
-                                                "credential service); enable aiinfn:hub or turn this off")
     if cfg.hub.db_storage_class in NOT_BLOCK_CLASSES:
         raise ConfigError("aiinfn:hub.dbStorageClass", f"{cfg.hub.db_storage_class!r} is not a block-volume class "
                                                        "(SQLite's locking is unreliable on NFS)")
