@@ -85,7 +85,9 @@ SERVICE = """
 import asyncio, json, logging, os, sys
 sys.path.insert(0, os.environ["BENCH_ROOT"])
 # Logging as the shipped entry point sets it (aiinfn/jobservice/__main__.py): every request logged.
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+from aiinfn.jobservice.__main__ import LOG_FORMAT, quiet_logging_internals
+quiet_logging_internals()
+logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 from jupyterhub.services.auth import HubOAuth
 from aiinfn.jobservice.app import make_app
 from aiinfn.jobservice.kube import MemoryKubeClient
@@ -425,6 +427,7 @@ def main() -> int:
         time.sleep(1)
         print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; {args.duration:g} s per phase")
         PIDS.update(hub=procs[0].pid, service=procs[1].pid)
+        print(f"pids: hub {procs[0].pid}, service {procs[1].pid}, load generator {os.getpid()}", flush=True)
         PIDS["generator"] = os.getpid()
         print(HEADER)
         print("|" + "---|" * HEADER.count(" | ") + "---|")

@@ -490,9 +490,17 @@ def local_only_volumes(volumes: list[dict[str, Any]]) -> list[str]:
     return [v["name"] for v in volumes if not ({"emptyDir", "configMap", "secret"} & set(v) and len(v) == 2)]
 
 
+NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
 def new_job_name(name: str) -> str:
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return f"{name}-{''.join(secrets.choice(alphabet) for _ in range(5))}"
+    """``name`` and 5 random characters: one draw of 36**5 values (uniform), spelled in base 36."""
+    n = secrets.randbelow(len(NAME_ALPHABET) ** 5)
+    suffix = []
+    for _ in range(5):
+        n, digit = divmod(n, len(NAME_ALPHABET))
+        suffix.append(NAME_ALPHABET[digit])
+    return f"{name}-{''.join(suffix)}"
 
 
 @dataclass
