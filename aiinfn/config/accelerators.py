@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigError
+from .errors import Collector, ConfigError, collecting
 
 if TYPE_CHECKING:
     from .model import SiteConfig
@@ -174,54 +174,60 @@ def _check_slices(model: Any, slices: dict[str, int], path: str) -> None:
         raise ConfigError(path, f"{desc} needs {memory} memory slices; one {model.key} has {model.memory_slices}")
 
 
-def validate_site(cfg: SiteConfig) -> None:
+@collecting
+def validate_site(cfg: SiteConfig, found: Collector) -> None:
     """Accelerator rules that need the catalogue or span several keys (called by config.validate)."""
     from .. import catalogue as cat
 
+    acc = cfg.accelerators
+    for board in acc.fpga_resource_names:
+        if board not in cat.FPGAS:
+            found.add(f"aiinfn:accelerators.fpgaResourceNames.{board}",
+                      f"unknown FPGA board (catalogue: {', '.join(cat.FPGAS)})")
+    layouts_sound = True
     for i, pool in enumerate(cfg.pools):
         if pool.gpus is None or pool.gpus.mig is None or pool.gpus.mig.is_whole:
             continue
         path = f"aiinfn:pools[{i}].gpus.mig"
         layout = pool.gpus.mig
-        model = cat.GPUS[pool.gpus.model]
+        model = cat.GPUS.get(pool.gpus.model)
+        if model is None:  # reported by the core rules (unknown GPU model)
+            layouts_sound = False
+            continue
+        before = len(found.errors)
         if not model.supports_mig:
             mig_models = ", ".join(k for k, g in cat.GPUS.items() if g.supports_mig)
-            raise ConfigError(path, f"{model.key} ({model.display}) has no MIG; remove mig to use whole GPUs "
-                                    f"(MIG models: {mig_models})")
-        if layout.uniform is not None:
+            found.add(path, f"{model.key} ({model.display}) has no MIG; remove mig to use whole GPUs "
+                            f"(MIG models: {mig_models})")
+        elif layout.uniform is not None:
             if model.profile(layout.uniform) is None:
-                raise ConfigError(path, f"{layout.uniform} is not a MIG profile of {model.key} "
-                                        f"(its profiles: {', '.join(p.name for p in model.mig_profiles)})")
-            continue
-        assert layout.per_gpu is not None
-        if len(layout.per_gpu) != pool.gpus.count:
-            raise ConfigError(path, f"lists {len(layout.per_gpu)} GPUs but gpus.count is {pool.gpus.count}; "
-                                    f"give one entry per GPU ({WHOLE!r} for a GPU used whole)")
-        for g, slices in enumerate(layout.per_gpu):
-            if slices:
-                _check_slices(model, slices, f"{path}[{g}]")
+                found.add(path, f"{layout.uniform} is not a MIG profile of {model.key} "
+                                f"(its profiles: {', '.join(p.name for p in model.mig_profiles)})")
+        elif layout.per_gpu is not None and len(layout.per_gpu) != pool.gpus.count:
+            found.add(path, f"lists {len(layout.per_gpu)} GPUs but gpus.count is {pool.gpus.count}; "
+                            f"give one entry per GPU ({WHOLE!r} for a GPU used whole)")
+        else:
+            for g, slices in enumerate(layout.per_gpu or []):
+                if slices:
+                    found.run(_check_slices, model, slices, f"{path}[{g}]")
+        layouts_sound = layouts_sound and len(found.errors) == before
 
-    acc = cfg.accelerators
     seen: set[str] = set()
     for i, ts in enumerate(acc.time_slicing):
         path = f"aiinfn:accelerators.timeSlicing[{i}].pool"
         pool = next((p for p in cfg.pools if p.name == ts.pool), None)
         if pool is None:
-            raise ConfigError(path, f"no pool named {ts.pool!r} (pools: {', '.join(p.name for p in cfg.pools)})")
-        if pool.gpus is None:
-            raise ConfigError(path, f"pool {ts.pool!r} has no GPUs to share")
-        if ts.pool in seen:
-            raise ConfigError(path, f"pool {ts.pool!r} is listed twice")
+            found.add(path, f"no pool named {ts.pool!r} (pools: {', '.join(p.name for p in cfg.pools)})")
+        elif pool.gpus is None:
+            found.add(path, f"pool {ts.pool!r} has no GPUs to share")
+        elif ts.pool in seen:
+            found.add(path, f"pool {ts.pool!r} is listed twice")
         seen.add(ts.pool)
-    for board in acc.fpga_resource_names:
-        if board not in cat.FPGAS:
-            raise ConfigError(f"aiinfn:accelerators.fpgaResourceNames.{board}",
-                              f"unknown FPGA board (catalogue: {', '.join(cat.FPGAS)})")
-    if acc.min_gpu_sessions:
+    if acc.min_gpu_sessions and layouts_sound:  # sessions are counted on the layouts: only sound ones
         from ..mig import site_gpu_sessions
 
         sessions = site_gpu_sessions(cfg)
         if sessions < acc.min_gpu_sessions:
-            raise ConfigError("aiinfn:accelerators.minGpuSessions",
-                              f"the pools run {sessions} GPU sessions at once, fewer than {acc.min_gpu_sessions}; "
-                              "add GPUs, smaller MIG slices or timeSlicing replicas")
+            found.add("aiinfn:accelerators.minGpuSessions",
+                      f"the pools run {sessions} GPU sessions at once, fewer than {acc.min_gpu_sessions}; "
+                      "add GPUs, smaller MIG slices or timeSlicing replicas")
