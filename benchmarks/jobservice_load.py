@@ -4,16 +4,25 @@ Starts, as the tests do (``tests/test_jobservice_hub.py``), a real JupyterHub (P
 loopback, no proxy, DummyAuthenticator) and the job service in its own process as a hub service
 with its API token, OAuth scopes and roles as the program ships them, on the cnaf settings, with the
 in-memory Kubernetes client (seeded with one running notebook pod per active user and the notebook
-pods of other users). This process is the closed-loop load generator: N workers, each its own hub
-user with a real JupyterHub token, send requests back to back for a bounded time.
+pods of other users) and logging as the shipped entry point sets it. This process is the closed-loop
+load generator: N clients, each its own hub user with a real JupyterHub token on its own keep-alive
+connection, send requests back to back for a bounded time (after a short untimed warm-up that opens
+the connections); it writes pre-built requests and reads replies by Content-Length, so it takes a
+small part of the cores it shares with the service (its CPU per request is printed).
 
-Prints per endpoint and concurrency: requests/s, p50/p95/p99 (ms), errors, and hub API calls per
-request (from the hub's own ``jupyterhub_request_duration_seconds`` counts, scraped before and after
-each phase), and the CPU time the service and the hub spent per request (``/proc/<pid>/stat``: on a
-shared machine latencies follow the load, CPU time per request much less); then ``POST api/jobs``
-at 50, 200 and 1000 registered hub users.
+Prints per endpoint and concurrency: requests/s, p50/p95/p99 (ms), errors, hub API calls per request
+(from the hub's own ``jupyterhub_request_duration_seconds`` counts, scraped before and after each
+phase), the CPU time the service, the hub and the load generator spent per request
+(``/proc/<pid>/stat``: on a shared machine latencies follow the load, CPU time per request much less),
+the cores the service got, and what the rest of the machine did meanwhile: the cores other processes
+kept busy (``/proc/stat`` less ours) and the 1-minute load average at the start and end of the phase.
+Then ``POST api/jobs`` at 50, 200 and 1000 registered hub users.
 
     python benchmarks/jobservice_load.py [--duration 5] [--concurrency 1 10 50] [--hub-users 50 200 1000]
+        [--endpoints 'POST api/jobs' ...] [--profile service.pstats] [--json figures.json]
+
+``--endpoints`` also offers ``GET api/info`` (the token check and a small reply) and ``GET health``
+(tornado alone), the floors of an authenticated and of any request on the machine at the time.
 """
 
 from __future__ import annotations
