@@ -121,6 +121,7 @@ class RgwSts(BaseHTTPRequestHandler):
     moto: ClassVar[str] = ""
     calls: ClassVar[list[dict[str, str]]] = []
     refused: ClassVar[list[dict[str, str]]] = []
+    deny: ClassVar[set[str]] = set()  # session names whose role the RGW refuses (a trust policy that excludes them)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -129,7 +130,11 @@ class RgwSts(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         call = {k: form.get(k, "") for k in ("Action", "RoleArn", "RoleSessionName", "DurationSeconds")}
-        if not TokenIam.live(form.get("WebIdentityToken", ""), form.get("RoleSessionName", "")):
+        if form.get("RoleSessionName") in RgwSts.deny:
+            data = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+                    b"<Code>AccessDenied</Code><Message>not allowed by the trust policy</Message></Error></ErrorResponse>")
+            code = 403
+        elif not TokenIam.live(form.get("WebIdentityToken", ""), form.get("RoleSessionName", "")):
             RgwSts.refused.append(call)
             data = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
                     b"<Code>InvalidIdentityToken</Code><Message>expired or foreign token</Message></Error></ErrorResponse>")
@@ -413,6 +418,20 @@ def test_credentials_expire_and_are_renewed_with_a_renewed_iam_token(world: dict
     assert not RgwSts.refused, RgwSts.refused  # never an expired or foreign token at the RGW
     log = (world["hub"]["work"] / "hub.log").read_text()
     assert "Renewed the IAM access token of arizzi before expiry" in log
+
+
+def test_a_refusal_of_the_object_store_reaches_the_notebook_in_one_line(world: dict[str, Any]) -> None:
+    """STS's ErrorResponse (Ceph RGW STS doc: the role's trust policy decides) comes back as the reason, not a
+    traceback, and nothing is cached: once allowed, the next request gets credentials. (After the renewal
+    test: lanciotti's cached set has expired by then, so the service asks STS.)"""
+    RgwSts.deny.add("lanciotti")
+    try:
+        r = ask(world, notebook_token(world, "lanciotti"), project="cms-tracking")
+    finally:
+        RgwSts.deny.discard("lanciotti")
+    assert r.status_code == 502
+    assert r.json() == {"error": "the object store refused the role: AccessDenied: not allowed by the trust policy"}
+    assert ask(world, notebook_token(world, "lanciotti"), project="cms-tracking").status_code == 200
 
 
 def s3access_epoch(expiration: str) -> float:
