@@ -6,7 +6,7 @@ import json
 
 import pulumi
 
-from aiinfn.naming import HUB_NAMESPACE, LABEL_PROJECT, project_namespace
+from aiinfn.naming import HUB_NAMESPACE, LABEL_EGRESS_ISOLATED, LABEL_PROJECT, project_namespace
 from aiinfn.offerings import site_offerings
 
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
@@ -64,7 +64,9 @@ class PlatformBase(pulumi.ComponentResource):
         The baseline level is enforced (notebook images need to set their user) and restricted is
         warned and audited; layers add the NetworkPolicies their traffic needs.
         """
-        ns = ctx.namespace(self, resource_name, name, "platform", enforce=enforce, warn="restricted", extra_labels=extra)
+        # egress-isolated: the cluster-wide metadata block leaves these pods' egress to their policies
+        ns = ctx.namespace(self, resource_name, name, "platform", enforce=enforce, warn="restricted",
+                           extra_labels={**(extra or {}), LABEL_EGRESS_ISOLATED: "true"})
         KubeObject(
             f"{resource_name}-default-deny", "networking.k8s.io/v1", "NetworkPolicy",
             object_meta("default-deny", namespace=name, labels=ctx.labels("platform")),

@@ -148,6 +148,7 @@ def test_helm_releases_pinned(stack):
     rel = {r.inputs["name"]: r.inputs for r in helm_releases(rendered_stack(stack))}
     for name in ("csi-driver-nfs", "juicefs-csi-driver", "cvmfs-csi"):
         assert rel[name]["version"] and rel[name]["version"][0].isdigit()
+    for name in ("csi-driver-nfs", "juicefs-csi-driver"):
         assert rel[name]["repositoryOpts"]["repo"].startswith("https://")
     assert rel["cvmfs-csi"]["version"].startswith("2.")
     local = rel["cvmfs-csi"]["values"]["extraConfigMaps"]["cvmfs-csi-default-local"]["default.local"]

@@ -82,7 +82,7 @@ def _dump_all(docs: list[dict[str, Any]]) -> str:
 
 def write(rendered: Rendered, out: Path) -> dict[str, int]:
     if out.exists():
-        for sub in ("manifests", "helm"):
+        for sub in ("manifests", "helm", "cloud-init"):
             shutil.rmtree(out / sub, ignore_errors=True)
     (out / "manifests").mkdir(parents=True, exist_ok=True)
     (out / "helm").mkdir(parents=True, exist_ok=True)
@@ -101,6 +101,10 @@ def write(rendered: Rendered, out: Path) -> dict[str, int]:
         (out / "helm" / entry["values_file"]).write_text(yaml.dump(r.inputs.get("values") or {}, Dumper=_Dumper, sort_keys=False))
     (out / "helm" / "releases.json").write_text(json.dumps(entries, indent=2) + "\n")
 
+    if rendered.cloud_init:  # each VM's user data with named placeholders for its secrets
+        (out / "cloud-init").mkdir(exist_ok=True)
+        for vm, text in sorted(rendered.cloud_init.items()):
+            (out / "cloud-init" / f"{vm}.yaml").write_text(text)
     os_res = openstack_resources(rendered)
     (out / "openstack.json").write_text(json.dumps(os_res, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(rendered))

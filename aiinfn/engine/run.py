@@ -22,6 +22,7 @@ class Rendered:
     resources: list[Recorded]
     summary: dict[str, list[str]] = field(default_factory=dict)
     secrets_requested: dict[str, bool] = field(default_factory=dict)
+    cloud_init: dict[str, str] = field(default_factory=dict)  # VM -> its cloud-init, placeholders for secrets
 
     def of_type(self, prefix: str) -> list[Recorded]:
         return [r for r in self.resources if r.type.startswith(prefix)]
@@ -69,7 +70,8 @@ def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rend
         secrets.OFFLINE = False
     site = holder["site"]
     return Rendered(cfg=cfg, stack=sf.stack, resources=[_clean_record(r) for r in mocks.resources],
-                    summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED))
+                    summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED),
+                    cloud_init=dict(getattr(site.cluster, "cloud_init_review", {})))
 
 
 def _skip_source_positions() -> None:
