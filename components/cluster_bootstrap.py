@@ -212,8 +212,8 @@ def _script_text(cfg: SiteConfig, pool: NodePool, index: int, *, data_volume_id:
                   f'echo "server: $server" >> {RKE2_CONFIG}']
     steps += [
         f"install_package {installer_url(cfg.cluster.rke2_version)} {installer_sha256(cfg)} rke2-install.sh",
-        f"INSTALL_RKE2_VERSION='{cfg.cluster.rke2_version}' INSTALL_RKE2_TYPE={kind} INSTALL_RKE2_METHOD=tar "
-        "sh /var/tmp/rke2-install.sh",
+        (f"INSTALL_RKE2_VERSION='{cfg.cluster.rke2_version}' INSTALL_RKE2_TYPE={kind} INSTALL_RKE2_METHOD=tar "
+         "sh /var/tmp/rke2-install.sh"),
         f"systemctl enable --now rke2-{kind}.service",
     ]
     head = (f"#!/bin/sh\n# First boot of {vm} (pool {pool.name}, role {pool.role}, RKE2 {kind}), "
