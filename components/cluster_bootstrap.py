@@ -268,3 +268,23 @@ def cloud_init(cfg: SiteConfig, pool: NodePool, index: int = 0, *, secrets: Node
         doc["mounts"] = [[pool.scratch_device, SCRATCH_STAGING]]
     doc["runcmd"] = [[BOOTSTRAP_SCRIPT]]
     return "#cloud-config\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+def disk_summary(cfg: SiteConfig) -> list[str]:
+    """Per pool: which disks its nodes mount where (the summary's "Nodes and disks" section)."""
+    if cfg.cluster.existing:
+        return ["Existing cluster: node disks are not managed by this program."]
+    lines = ["| pool | boot image | boot volume | data disks (mounted before RKE2 starts) |", "|---|---|---|---|"]
+    for p in cfg.pools:
+        disks = []
+        if p.role == "storage":
+            disks.append(f"Cinder volume `nfs-data` {p.data_volume_gb} GB, xfs `{NFS_LABEL}` + mark `{NFS_VOLUME_MARK}` "
+                         f"at `{cfg.storage.nfs.host_path}` (NFS export, Borg source)")
+        if p.scratch_gb > 0:
+            source = ("the flavor's ephemeral disk (cloud-init `ephemeral0`)" if p.scratch_device.startswith("ephemeral")
+                      else f"`{p.scratch_device}`")
+            disks.append(f"{source}, {p.scratch_gb} GB, xfs `{SCRATCH_LABEL}` at `{cfg.storage.scratch.host_path}` "
+                         "(scratch volumes)")
+        image = p.image or (cfg.openstack.image if cfg.openstack else "-")
+        lines.append(f"| {p.name} | `{image}` | {p.boot_volume_gb} GB (root) | {'; '.join(disks) or '-'} |")
+    return lines
