@@ -47,6 +47,7 @@ class Site(pulumi.ComponentResource):
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

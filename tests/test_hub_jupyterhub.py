@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import html
 import itertools
 import json
 import os
@@ -103,6 +104,26 @@ class FakeIam(BaseHTTPRequestHandler):
                                 "scope": "openid profile email offline_access wlcg wlcg.groups"})
 
     def do_GET(self) -> None:
+        url = urlparse(self.path)
+        if url.path == "/authorize":  # a browser's login: a page asking the user name ...
+            q = {k: v[0] for k, v in parse_qs(url.query).items()}
+            hidden = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in q.items())
+            page = (f'<html><body><h1>Loopback IAM</h1><form method="get" action="/login">{hidden}'
+                    '<input id="username" name="username"><button id="sign-in">Sign in</button></form></body></html>')
+            data = page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
+        if url.path == "/login":  # ... then back to the hub's callback with a code for that user
+            q = {k: v[0] for k, v in parse_qs(url.query).items()}
+            self.send_response(302)
+            self.send_header("Location", f"{q['redirect_uri']}?code={q['username']}&state={q['state']}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         token = self.headers.get("Authorization", "").removeprefix("Bearer ")
         user = token.removeprefix("at-")
         if self.path.startswith("/userinfo") and token.startswith("at-") and user in USERS:
@@ -119,7 +140,7 @@ port = int(os.environ["HUB_PORT"])
 c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{port}"
 c.JupyterHub.bind_url = f"http://127.0.0.1:{os.environ['PROXY_PORT']}"
 c.JupyterHub.proxy_class = "aiinfn_standin.NullProxy"
-c.JupyterHub.spawner_class = "aiinfn_standin.KubeSpawner"
+c.JupyterHub.spawner_class = os.environ.get("HUB_SPAWNER_CLASS", "aiinfn_standin.KubeSpawner")
 c.JupyterHub.db_url = "sqlite:///" + os.path.join(os.environ["HUB_WORK"], "jupyterhub.sqlite")
 c.JupyterHub.cookie_secret_file = os.path.join(os.environ["HUB_WORK"], "cookie_secret")
 # What z2jh's jupyterhub_config.py does with the values (the generated CryptKeeper key is a
@@ -130,11 +151,14 @@ for cls, conf in hub["config"].items():
 c.JupyterHub.allow_named_servers = hub["allowNamedServers"]
 c.JupyterHub.named_server_limit_per_user = hub["namedServerLimitPerUser"]
 # The platform's services as the chart lists them; not started here (their command is dropped).
-c.JupyterHub.services = [{k: v for k, v in svc.items() if k != "command"} for svc in hub["services"].values()] + [
+# (z2jh hands a service's apiToken to JupyterHub as api_token, from the hub Secret)
+c.JupyterHub.services = [{("api_token" if k == "apiToken" else k): v for k, v in svc.items() if k != "command"}
+                         for svc in hub["services"].values()] + [
     {"name": "test-admin", "api_token": os.environ["ADMIN_TOKEN"]}]
 c.JupyterHub.load_roles = [{"name": k, **v} for k, v in hub["loadRoles"].items()] + [
     {"name": "test-admin", "services": ["test-admin"],
-     "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "read:groups", "admin:groups"]}]
+     "scopes": ["admin:users", "admin:servers", "list:users", "read:users", "read:groups", "admin:groups",
+                "read:metrics"]}]
 # INDIGO IAM on loopback instead of the site's issuer (same paths).
 c.GenericOAuthenticator.authorize_url = iam + "/authorize"
 c.GenericOAuthenticator.token_url = iam + "/token"
@@ -174,7 +198,8 @@ def hackathon_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
 
 
 @contextlib.contextmanager
-def running_hub(hub_values: dict[str, Any], rendered: Rendered, work: Path) -> Iterator[dict[str, Any]]:
+def running_hub(hub_values: dict[str, Any], rendered: Rendered, work: Path,
+                extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     etc = work / "etc"
     records = work / "records"
     etc.mkdir()
@@ -205,6 +230,7 @@ def running_hub(hub_values: dict[str, Any], rendered: Rendered, work: Path) -> I
         "STANDIN_RECORD_DIR": str(records),
         "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
         "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(16),
+        **(extra_env or {}),
     }
     assert "OAUTH_CLIENT_SECRET" in env_from_values, "the hub container gets the IAM secret from the Secret"
     with open(work / "hub.log", "w") as log:

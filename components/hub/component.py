@@ -12,12 +12,16 @@ from aiinfn.secrets import supplied_secret
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject, object_meta
 from .values import (
+    AVAILABILITY_ROLE,
     CLUSTER_ISSUER,
     HUB_CHART,
     HUB_CHART_VERSION,
     HUB_REPO,
+    HUB_SERVICE_ACCOUNT,
     IAM_SECRET_KEY,
     IAM_SECRET_NAME,
+    METRICS_SECRET,
+    METRICS_SECRET_KEY,
     build_profiles,
     hub_values,
 )
@@ -32,6 +36,8 @@ class Hub(pulumi.ComponentResource):
                  extra_services: list[HubServiceSpec] | None = None,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("aiinfn:hub:Hub", name, None, opts)
+        self.ctx = ctx
+        self.metrics_token: random.RandomPassword | None = None
         cfg = ctx.cfg
         hub = cfg.hub
         services = list(extra_services or [])
@@ -60,6 +66,12 @@ class Hub(pulumi.ComponentResource):
         proxy = random.RandomBytes("hub-proxy-token", length=32, opts=keep)
         crypt = random.RandomBytes("hub-crypt-key", length=32, opts=keep)
         secrets = {"cookie_secret": cookie.hex, "proxy_token": proxy.hex, "crypt_key": crypt.hex}
+        if cfg.monitoring.enabled:
+            # Prometheus reads /hub/metrics (the spawn form's figures among them) as a JupyterHub service with
+            # the read:metrics scope only; the hub keeps its default authenticate_prometheus=True.
+            self.metrics_token = random.RandomPassword("hub-metrics-token", length=48, special=False,
+                                                       opts=pulumi.ResourceOptions(parent=self))
+            secrets["metrics_token"] = self.metrics_token.result
 
         # The IAM client secret reaches the hub container only, through this Secret and secretKeyRef.
         self.iam_secret = KubeObject(
@@ -113,6 +125,22 @@ class Hub(pulumi.ComponentResource):
                 opts=ctx.k8s_opts(self, depends_on=deps),
             )
 
+        # The spawn form's figures (hubconf/aiinfn_availability.py): the hub reads nodes and pods, nothing more.
+        self.availability_role = KubeObject(
+            "hub-availability", "rbac.authorization.k8s.io/v1", "ClusterRole",
+            object_meta(AVAILABILITY_ROLE, labels=labels),
+            rules=[{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list"]}],
+            opts=ctx.k8s_opts(self),
+        )
+        self.availability_binding = KubeObject(
+            "hub-availability", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+            object_meta(AVAILABILITY_ROLE, labels=labels),
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AVAILABILITY_ROLE},
+            # z2jh 4.4.0 names the hub's ServiceAccount "hub" (templates/_helpers-names.tpl, fullnameOverride "")
+            subjects=[{"kind": "ServiceAccount", "name": HUB_SERVICE_ACCOUNT, "namespace": ns}],
+            opts=ctx.k8s_opts(self, depends_on=[self.availability_role, *deps]),
+        )
+
         self.values = hub_values(cfg, secrets, services)
         self.release = HelmRelease(
             "jupyterhub",
@@ -126,6 +154,7 @@ class Hub(pulumi.ComponentResource):
             opts=ctx.k8s_opts(self, depends_on=release_deps),
         )
 
+        self._ns, self._labels, self._deps = ns, labels, deps
         host = hub.host(cfg.site.domain)
         profiles = build_profiles(cfg)
         shown = ", ".join(f"`{p['slug']}`" for p in profiles)
@@ -146,3 +175,35 @@ class Hub(pulumi.ComponentResource):
             f"- services in the hub pod: {', '.join(s.name for s in services) or 'none'}",
         ])
         self.register_outputs({"host": host})
+
+    def monitor_metrics(self, prometheus: pulumi.Resource | None) -> None:
+        """A ServiceMonitor for /hub/metrics, once kube-prometheus-stack (its CRDs) exists.
+
+        z2jh 4.4.0 serves the metrics on the hub Service's port ``hub`` (8081) at /hub/metrics
+        (templates/hub/service.yaml); JupyterHub asks for a token with ``read:metrics``, which the
+        ``prometheus`` service of the values holds and Prometheus sends from this Secret.
+        """
+        if self.metrics_token is None or prometheus is None:
+            return
+        ctx = self.ctx
+        self.metrics_secret = KubeObject(
+            "hub-metrics-token", "v1", "Secret",
+            object_meta(METRICS_SECRET, namespace=self._ns, labels=self._labels),
+            type="Opaque",
+            stringData={METRICS_SECRET_KEY: self.metrics_token.result},
+            opts=ctx.k8s_opts(self, depends_on=self._deps),
+        )
+        self.metrics_monitor = KubeObject(
+            "hub-metrics", "monitoring.coreos.com/v1", "ServiceMonitor",
+            object_meta("jupyterhub-hub", namespace=self._ns, labels=self._labels),
+            spec={
+                "namespaceSelector": {"matchNames": [self._ns]},
+                "selector": {"matchLabels": {"component": "hub", "app": "jupyterhub", "release": "jupyterhub"}},
+                "endpoints": [{
+                    "port": "hub", "path": "/hub/metrics", "interval": ctx.cfg.monitoring.scrape_interval,
+                    "authorization": {"type": "Bearer",
+                                      "credentials": {"name": METRICS_SECRET, "key": METRICS_SECRET_KEY}},
+                }],
+            },
+            opts=ctx.k8s_opts(self, depends_on=[prometheus, self.metrics_secret]),
+        )

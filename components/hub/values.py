@@ -25,7 +25,11 @@ HUB_CHART_VERSION = "4.4.0"
 HUB_REPO = "https://hub.jupyter.org/helm-chart/"
 HUBCONF_DIR = Path(__file__).resolve().parent / "hubconf"
 HUB_ETC = "/usr/local/etc/jupyterhub/aiinfn"  # where the hub-side files land in the hub pod
+HUB_SERVICE_ACCOUNT = "hub"  # the chart's hub ServiceAccount (hub.serviceAccount.create, no fullnameOverride)
+AVAILABILITY_ROLE = "aiinfn-hub-availability"  # read-only: nodes and pods, get and list
 IAM_SECRET_NAME = "hub-iam-client"
+METRICS_SERVICE = "prometheus"  # the JupyterHub service whose token Prometheus scrapes /hub/metrics with
+METRICS_SECRET, METRICS_SECRET_KEY = "hub-metrics-token", "token"
 IAM_SECRET_KEY = "client-secret"
 TLS_SECRET_NAME = "hub-tls"
 CLUSTER_ISSUER = "aiinfn-acme"
@@ -35,6 +39,10 @@ BASE_TOLERATIONS = [
     {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
     {"key": "hub.jupyter.org_dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
 ]
+# Batch PriorityClasses all start with it (naming.BATCH_PRIORITY_CLASSES, naming.BATCH_FIRE_CLASS).
+BATCH_PRIORITY_PREFIX = "batch-"
+KUEUE_MANAGED_LABEL = "kueue.x-k8s.io/managed"
+AVAILABILITY_CACHE_SECONDS = 5  # one read of nodes and pods serves every form opened within it
 NETWORK_ACCESS_HUB = "hub.jupyter.org/network-access-hub"
 # JupyterHub 5.5's default scopes of the ``server`` role (jupyterhub/roles.py get_default_roles), the
 # role of a notebook's $JUPYTERHUB_API_TOKEN. Redefining the role replaces them, so they are kept.
@@ -147,6 +155,18 @@ def build_profiles(cfg: SiteConfig) -> list[dict[str, Any]]:
     return out
 
 
+def availability_rules(cfg: SiteConfig) -> dict[str, Any]:
+    """How the hub tells batch pods (which a notebook preempts) and virtual nodes (never a notebook's)."""
+    return {
+        "virtual_node_label": naming.VIRTUAL_NODE_LABEL,
+        "batch_priority_prefix": BATCH_PRIORITY_PREFIX,
+        "batch_namespaces": [naming.project_namespace(p) for p in cfg.projects],
+        # Kueue's pod integration marks the pods it manages; jobs' pods carry their queue's name
+        "batch_labels": {naming.QUEUE_LABEL: None, KUEUE_MANAGED_LABEL: "true"},
+        "cache_seconds": AVAILABILITY_CACHE_SECONDS,
+    }
+
+
 def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> dict[str, Any]:
     """What the hub-side code (hubconf/aiinfn_hub.py) reads from site.json: no secret in it."""
     hub = cfg.hub
@@ -183,6 +203,8 @@ def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> 
         "tmp_gb": hub.tmp_gb,
         "base_tolerations": BASE_TOLERATIONS,
         "profiles": build_profiles(cfg),
+        # what the spawn form counts as free (hubconf/aiinfn_availability.py): nodes it skips, batch it preempts
+        "availability": availability_rules(cfg),
         # services in the hub pod whose environment needs values the hub holds from Secrets
         "service_secret_env": {s.name: sorted(s.secret_env) for s in services or [] if s.secret_env},
     }
@@ -261,8 +283,22 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
         load_roles["server"] = {"description": "a notebook's own token: post activity, reach its server and the "
                                                "platform's services",
                                 "scopes": list(dict.fromkeys([*SERVER_ROLE_DEFAULT_SCOPES, *sv["server_scopes"]]))}
+    services_values = dict(sv["services"])
+    ingress_rules = list(sv["ingress"])
+    if secrets.get("metrics_token") is not None:
+        # z2jh puts a service's apiToken in the hub Secret and hands it to JupyterHub (jupyterhub_config.py)
+        services_values[METRICS_SERVICE] = {"name": METRICS_SERVICE, "apiToken": secrets["metrics_token"]}
+        load_roles["metrics"] = {"description": "Prometheus reads /hub/metrics, nothing else",
+                                 "scopes": ["read:metrics"], "services": [METRICS_SERVICE]}
+        # kube-prometheus-stack's Prometheus (monitoring namespace) reaches the hub's port 8081
+        ingress_rules.append({"from": [{"namespaceSelector": {"matchLabels": {
+                                            "kubernetes.io/metadata.name": naming.MONITORING_NAMESPACE}},
+                                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+                              "ports": [{"port": 8081, "protocol": "TCP"}]})
     extra_files = {
         "aiinfn-hub-module": {"mountPath": f"{HUB_ETC}/aiinfn_hub.py", "stringData": hubconf_source("aiinfn_hub.py")},
+        "aiinfn-availability-module": {"mountPath": f"{HUB_ETC}/aiinfn_availability.py",
+                                       "stringData": hubconf_source("aiinfn_availability.py")},
         "aiinfn-site": {"mountPath": f"{HUB_ETC}/site.json", "data": site_data(cfg, services)},
         **sv["files"],
     }
@@ -311,12 +347,12 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
             ],
             "extraVolumes": sv["volumes"],
             "extraVolumeMounts": sv["mounts"],
-            "services": sv["services"],
+            "services": services_values,
             "loadRoles": load_roles,
             "allowNamedServers": hub.named_servers,
             "namedServerLimitPerUser": hub.named_server_limit,
             "db": {"type": "sqlite-pvc", "pvc": db_pvc},
-            "networkPolicy": {"enabled": True, "ingress": sv["ingress"]},
+            "networkPolicy": {"enabled": True, "ingress": ingress_rules},
             "service": {"extraPorts": sv["ports"]},
         },
         "proxy": {

@@ -9,8 +9,11 @@ Everything site-specific comes from ``site.json`` written by the program beside 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import re
+import sys
 from typing import Any
 
 SITE_FILE = "/usr/local/etc/jupyterhub/aiinfn/site.json"
@@ -19,6 +22,7 @@ _LABEL_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 _POSIX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 HOME_ROOT = "/home-root"  # where the init container sees the homes share (the notebook sees only its own)
 MAKE_HOME = "make-home"
+AVAILABILITY_MODULE = "aiinfn_availability"  # shipped beside this file (hub.extraFiles)
 
 
 def load_site(path: str = SITE_FILE) -> dict[str, Any]:
@@ -128,13 +132,73 @@ def profiles_for(site: dict[str, Any], groups: set[str]) -> list[dict[str, Any]]
     return out
 
 
-def profile_list(site: dict[str, Any]):
-    """The ``KubeSpawner.profile_list`` callable."""
+def profile_list(site: dict[str, Any], view: Any = None):
+    """The ``KubeSpawner.profile_list`` callable; with a ``ClusterView``, each profile says what is free now."""
 
     def build(spawner: Any) -> list[dict[str, Any]]:
         return profiles_for(site, user_group_names(spawner))
 
-    return build
+    if view is None:
+        return build
+
+    async def build_with_figures(spawner: Any) -> list[dict[str, Any]]:
+        profiles = build(spawner)
+        figures = await view.figures()
+        av = _availability()
+        for p in profiles:
+            p["description"] = (p.get("description") or "") + av.badge(None if figures is None else figures.get(p["slug"]))
+        return profiles
+
+    return build_with_figures
+
+
+def _availability():
+    """The availability module shipped beside this file, loaded on first use (the job service never needs it)."""
+    mod = sys.modules.get(AVAILABILITY_MODULE)
+    if mod is None:
+        path = os.path.join(os.path.dirname(os.path.realpath(__file__)), f"{AVAILABILITY_MODULE}.py")
+        spec = importlib.util.spec_from_file_location(AVAILABILITY_MODULE, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[AVAILABILITY_MODULE] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+class OfferingFull(Exception):
+    """Nothing of the chosen offering is free or preemptible: refused before any pod, with what else is free.
+
+    Raised as tornado's HTTPError (409) where tornado is present; ``jupyterhub_message`` is what
+    JupyterHub shows on the spawn page (jupyterhub/utils.py format_exception).
+    """
+
+
+def _refusal_error(message: str) -> Exception:
+    try:
+        from tornado import web
+        err: Exception = web.HTTPError(409, message)
+    except ImportError:
+        err = OfferingFull(message)
+    err.jupyterhub_message = message  # type: ignore[attr-defined]
+    return err
+
+
+async def check_available(site: dict[str, Any], view: Any, spawner: Any) -> None:
+    """Refuse at once a spawn of an offering with nothing free and nothing held by batch jobs."""
+    groups = user_group_names(spawner)
+    visible = profiles_for(site, groups)
+    if not visible:
+        return
+    slug = (spawner.user_options or {}).get("profile")
+    profile = next((p for p in visible if p["slug"] == slug), None) if slug else next(
+        (p for p in visible if p.get("default")), visible[0])
+    figures = await view.figures()
+    if profile is None or figures is None or profile["slug"] not in figures:
+        return  # unknown profile: KubeSpawner refuses it; no figures: never refuse on their account
+    fig = figures[profile["slug"]]
+    if fig.available:
+        return
+    others = [(p, figures[p["slug"]]) for p in visible if p["slug"] != profile["slug"] and p["slug"] in figures]
+    raise _refusal_error(_availability().refusal(profile, fig, others))
 
 
 # --- Volumes, labels, environment --------------------------------------------------------------
@@ -311,6 +375,66 @@ def pre_spawn_hook(site: dict[str, Any]):
     return hook
 
 
+def with_scheduling_reason(base: type) -> type:
+    """``base`` (KubeSpawner) whose failed start says, in one sentence, why the scheduler placed no pod.
+
+    KubeSpawner's own timeout message is "pod ... did not start in N seconds!"; the pod reflector
+    holds the pod's PodScheduled condition (the scheduler's "0/7 nodes are available: ..."), and
+    the event reflector its FailedScheduling events, which say why.
+    """
+
+    class AiinfnSpawner(base):  # type: ignore[misc, valid-type]
+        def scheduling_reason(self) -> str | None:
+            av = _availability()
+            reflector = getattr(self, "pod_reflector", None)
+            pods = getattr(reflector, "pods", None) or {}
+            pod = pods.get(f"{getattr(self, 'namespace', '')}/{getattr(self, 'pod_name', '')}")
+            reason = av.unschedulable_reason(pod)
+            if reason is None:
+                events = getattr(self, "events", None)  # KubeSpawner: this pod's events from the event reflector
+                try:
+                    reason = av.event_reason(list(events or []))
+                except Exception:  # noqa: BLE001 - the original error is what matters
+                    reason = None
+            return reason
+
+        async def start(self):
+            try:
+                return await super().start()
+            except Exception as e:
+                reason = self.scheduling_reason()
+                if reason:
+                    e.jupyterhub_message = reason  # type: ignore[attr-defined]
+                raise
+
+    AiinfnSpawner.__name__ = AiinfnSpawner.__qualname__ = f"Aiinfn{base.__name__}"
+    return AiinfnSpawner
+
+
+def _spawner_base(c: Any) -> type | None:
+    name = c.JupyterHub.get("spawner_class") if "spawner_class" in c.JupyterHub else None
+    if isinstance(name, type):
+        return name
+    if not isinstance(name, str) or "." not in name:
+        return None
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def guarded_pre_spawn_hook(site: dict[str, Any], view: Any):
+    """The pre-spawn hook behind the availability check: a full offering is refused before any pod."""
+    hook = pre_spawn_hook(site)
+
+    async def guarded(spawner: Any) -> None:
+        await check_available(site, view, spawner)
+        hook(spawner)
+
+    return guarded
+
+
 def service_environment(services: list[dict[str, Any]], site: dict[str, Any], env: dict[str, str]) -> None:
     """Give each managed service the Secret-backed variables it needs from the hub's environment.
 
@@ -327,7 +451,12 @@ def service_environment(services: list[dict[str, Any]], site: dict[str, Any], en
 def configure(c: Any, site: dict[str, Any], env: dict[str, str] | None = None) -> None:
     """Apply the AI_INFN settings to a JupyterHub config object ``c``."""
     c.GenericOAuthenticator.auth_state_groups_key = groups_key(site)
-    c.KubeSpawner.profile_list = profile_list(site)
-    c.KubeSpawner.pre_spawn_hook = pre_spawn_hook(site)
+    av = _availability()
+    view = av.ClusterView(site, av.kube_fetch(), on_refresh=av.export)
+    c.KubeSpawner.profile_list = profile_list(site, view)
+    c.KubeSpawner.pre_spawn_hook = guarded_pre_spawn_hook(site, view)
+    base = _spawner_base(c)
+    if base is not None:
+        c.JupyterHub.spawner_class = with_scheduling_reason(base)
     if env is not None and "services" in c.JupyterHub:
         service_environment(c.JupyterHub.services, site, env)
