@@ -22,11 +22,19 @@ What the Job carries, and why:
 - accounting labels (user, project, workload kind, offloadable) on the Job and its pods;
 - no service-account token, no privilege escalation, all capabilities dropped.
 
-Offloadable jobs also tolerate the interLink virtual-node taint so Kueue may place them on a remote
-flavor of the cohort, and select their nodes with two ORed node-affinity terms (the offering's labels,
-or any interLink virtual node) instead of a nodeSelector; they may only mount Secret, ConfigMap and
-emptyDir volumes. ``eviction_settings`` gives the eviction fields alone, for services that build
-their Jobs themselves.
+Routing (docs/batch.md "How a job finds its flavor"): every Job states on the routing key
+(``aiinfn.queues.ROUTING_KEY``, which every flavor and node carries) where it may run, because Kueue
+compares a Job only with the label keys each flavor has:
+
+- a local Job has one node-affinity term that excludes virtual nodes (``local_term``) and no
+  virtual-node toleration, so no remote flavor (tainted, without tolerations) can be assigned;
+- an offloadable Job tolerates the virtual-node taint and has two ORed terms, each on the routing key:
+  the offering's labels here, or any virtual node; it stays in the ``batch`` LocalQueue;
+- a Job for one named remote site goes to that site's own LocalQueue (``offload-<site>``) with a
+  nodeSelector on the site's name and the remote term.
+
+Offloadable jobs may only mount Secret, ConfigMap and emptyDir volumes and ask for whole GPUs or CPU
+only. ``eviction_settings`` gives the eviction fields alone, for services that build their Jobs themselves.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import Any
 
 from . import naming
 from .config.model import SiteConfig
-from .queues import queue_topology
+from .queues import job_affinity, local_term, queue_topology, remote_term, routing_settings
 
 OFFLOAD_SAFE_VOLUMES = ("secret", "configMap", "emptyDir")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
@@ -62,6 +70,7 @@ class BatchJobRequest:
     memory: str = "4Gi"  # request = limit per pod
     priority_class: str | None = None  # one of naming.BATCH_PRIORITY_CLASSES or BATCH_FIRE_CLASS; None: site default
     offloadable: bool = False
+    offload_site: str | None = None  # one remote site of aiinfn:offload (needs offloadable); None: any
     completions: int = 1
     parallelism: int | None = None
     completion_mode: str | None = None  # "Indexed" for per-index logs
@@ -97,12 +106,39 @@ def _check(req: BatchJobRequest, cfg: SiteConfig) -> None:
         raise BatchJobError(f"accelerators: must be between 1 and 16, got {req.accelerators}")
     if req.completions < 1 or (req.parallelism is not None and req.parallelism < 1):
         raise BatchJobError("completions/parallelism: must be at least 1")
+    routing = routing_settings(cfg)
+    if req.offering in routing["timeSliced"] and req.accelerators > 1:  # type: ignore[operator]
+        # the device plugin refuses such a pod at admission (failRequestsGreaterThanOne), and every
+        # refusal counts against backoffLimit
+        raise BatchJobError(f"accelerators: {req.offering} is time-sliced at {cfg.site.name}; a pod may ask for 1, "
+                            f"got {req.accelerators}")
+    if req.offload_site is not None:
+        sites: dict[str, int] = routing["siteGpus"]  # type: ignore[assignment]
+        if not req.offloadable:
+            raise BatchJobError("offload_site: names a remote site but offloadable is false")
+        if req.offload_site not in sites:
+            raise BatchJobError(f"offload_site: {req.offload_site!r} is not a remote site of {cfg.site.name} "
+                                f"({', '.join(sites) or 'none'})")
+        if req.offering != "cpu" and req.accelerators > sites[req.offload_site]:
+            raise BatchJobError(f"offload_site: {req.offload_site} offers {sites[req.offload_site]} GPUs, "
+                                f"the job asks for {req.accelerators}")
     if req.offloadable:
+        if req.offering != "cpu" and topo_kind(cfg, req.offering) != "gpu":
+            raise BatchJobError(f"offering: {req.offering} exists only on this site's nodes; an offloadable job "
+                                "asks for whole GPUs or CPU only")
         for v in req.volumes:
             kinds = [k for k in v if k != "name"]
             if not kinds or kinds[0] not in OFFLOAD_SAFE_VOLUMES:
                 raise BatchJobError(f"volumes: {v.get('name')!r} cannot leave the site; an offloadable job may only "
                                     f"mount {', '.join(OFFLOAD_SAFE_VOLUMES)} volumes")
+
+
+def topo_kind(cfg: SiteConfig, offering: str) -> str | None:
+    """Kind (gpu, mig, fpga, cpu) of an offering of the site, None if it has none of that key."""
+    for f in queue_topology(cfg).flavors:
+        if f.offering.key == offering:
+            return f.offering.kind
+    return None
 
 
 def eviction_settings(cfg: SiteConfig) -> dict[str, Any]:
@@ -138,25 +174,27 @@ def batch_job(cfg: SiteConfig, req: BatchJobRequest) -> dict[str, Any]:
     labels = {**req.labels,
               naming.LABEL_USER: req.user, naming.LABEL_PROJECT: req.project, naming.LABEL_WORKLOAD: "batch",
               naming.LABEL_OFFLOADABLE: "true" if req.offloadable else "false"}
-    job_labels = {**labels, naming.QUEUE_LABEL: naming.LOCAL_QUEUE, naming.PRIORITY_LABEL: priority}
+    queue = naming.offload_cluster_queue(req.offload_site) if req.offload_site else naming.LOCAL_QUEUE
+    job_labels = {**labels, naming.QUEUE_LABEL: queue, naming.PRIORITY_LABEL: priority}
 
     requests: dict[str, Any] = {"cpu": req.cpu, "memory": req.memory}
     limits: dict[str, Any] = {"memory": req.memory}
     node_selector: dict[str, str] = {}
-    affinity: dict[str, Any] | None = None
     tolerations: list[dict[str, Any]] = []
     if req.offering != "cpu":
         requests[flavor.resource_name] = req.accelerators
         limits[flavor.resource_name] = req.accelerators
+    offering_labels = dict(flavor.offering.node_labels)
+    if req.offload_site:  # that site's virtual node only
+        node_selector = {naming.LABEL_REMOTE_SITE: req.offload_site}
+        affinity = job_affinity([remote_term(req.offload_site)])
+    elif req.offloadable:  # this offering's nodes here, or any virtual node
         tolerations = [dict(t) for t in flavor.tolerations]
-        if not req.offloadable:
-            node_selector = dict(flavor.node_labels)
-        else:
-            # Either this offering's nodes or an interLink virtual node (Kueue and the scheduler OR the terms).
-            local = [{"key": k, "operator": "In", "values": [v]} for k, v in flavor.node_labels.items()]
-            remote = [{"key": naming.VIRTUAL_NODE_LABEL, "operator": "Exists"}]
-            affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": local}, {"matchExpressions": remote}]}}}
+        affinity = job_affinity([local_term(offering_labels), remote_term()])
+    else:  # here only: the term excludes virtual nodes on every flavor (all carry the routing key)
+        tolerations = [dict(t) for t in flavor.tolerations]
+        node_selector = offering_labels
+        affinity = job_affinity([local_term()])
     if req.offloadable:
         tolerations.append({"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists"})
 

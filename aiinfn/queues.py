@@ -35,6 +35,60 @@ CPU_FLAVOR = "cpu-only"
 MAX_FLAVOR_LABELS = 8  # Kueue ResourceFlavor limits
 MAX_FLAVOR_TOLERATIONS = 8
 
+# --- Routing (docs/batch.md "How a job finds its flavor") -------------------------------------------
+# Kueue 0.19 compares a pod's nodeSelector/affinity with a ResourceFlavor only on the label keys that
+# flavor itself has (flavorassigner.go checkFlavorForPodSets/flavorSelector). So one key is on EVERY
+# flavor and every node: the pool role label, which every local node carries (aiinfn.nodes.pool_labels)
+# and every interLink virtual node gets through its NodeLabels as ``remote``. A job states on that key
+# whether it may run here, remotely, or both; no flavor can ignore it.
+ROUTING_KEY = cat.LABEL_ROLE
+REMOTE_ROLE = "remote"
+# A term every local node (and flavor) matches and no virtual node does; and the opposite term.
+LOCAL_TERM: tuple[dict[str, object], ...] = (
+    {"key": ROUTING_KEY, "operator": "NotIn", "values": [REMOTE_ROLE]},
+    {"key": naming.VIRTUAL_NODE_LABEL, "operator": "DoesNotExist"},
+)
+REMOTE_TERM: tuple[dict[str, object], ...] = (
+    {"key": ROUTING_KEY, "operator": "In", "values": [REMOTE_ROLE]},
+    {"key": naming.VIRTUAL_NODE_LABEL, "operator": "Exists"},
+)
+
+
+def local_term(node_labels: dict[str, str] | None = None) -> list[dict[str, object]]:
+    """matchExpressions of a node-affinity term for this site's own nodes (with an offering's labels)."""
+    extra = [{"key": k, "operator": "In", "values": [v]} for k, v in sorted((node_labels or {}).items())]
+    return [*extra, *(dict(e) for e in LOCAL_TERM)]
+
+
+def remote_term(site: str | None = None) -> list[dict[str, object]]:
+    """matchExpressions of a node-affinity term for interLink virtual nodes (of one remote site)."""
+    extra = [{"key": naming.LABEL_REMOTE_SITE, "operator": "In", "values": [site]}] if site else []
+    return [*(dict(e) for e in REMOTE_TERM), *extra]
+
+
+def job_affinity(terms: list[list[dict[str, object]]]) -> dict[str, object]:
+    """A pod's required node affinity from ORed terms."""
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": t} for t in terms]}}}
+
+
+def routing_settings(cfg: SiteConfig) -> dict[str, object]:
+    """What the job service needs to route a Job as aiinfn.batchjobs does (no secret, plain JSON)."""
+    from .config.offload import remote_quotas
+
+    sites = cfg.offload.active_sites if cfg.batch.enabled else []
+    return {
+        "routingKey": ROUTING_KEY,
+        "remoteRole": REMOTE_ROLE,
+        "localTerm": [dict(e) for e in LOCAL_TERM],
+        "remoteTerm": [dict(e) for e in REMOTE_TERM],
+        # jobs for one named remote site go to that site's own LocalQueue (same name as its ClusterQueue)
+        "siteQueues": {s.name: naming.offload_cluster_queue(s.name) for s in sites},
+        "siteGpus": {s.name: int(remote_quotas(s).get(cat.GPU_RESOURCE, 0)) for s in sites},
+        # offerings whose devices are time-sliced replicas: a pod may ask for one only
+        "timeSliced": sorted(o.key for o in site_offerings(cfg) if o.time_sliced),
+    }
+
 
 def flavor_name(offering_key: str) -> str:
     """ResourceFlavor name of an offering (its key; ``cpu`` is called ``cpu-only``)."""
@@ -161,7 +215,10 @@ def queue_topology(cfg: SiteConfig) -> QueueTopology:
     flavors = []
     for o in ordered:
         its_pools = pools_of.get(o.key, [])
-        labels = dict(o.node_labels) if o.key != "cpu" else {cat.LABEL_ROLE: "cpu"}
+        labels = dict(o.node_labels) if o.key != "cpu" else {}
+        roles = sorted({p.role for p in its_pools}) or (["cpu"] if o.key == "cpu" else ["gpu"])
+        # validated in aiinfn.config.batch: an offering's pools share one role
+        labels[ROUTING_KEY] = roles[0]
         flavors.append(FlavorQuota(
             name=flavor_name(o.key), offering=o, node_labels=labels,
             tolerations=_batch_tolerations(cfg, its_pools),
@@ -195,3 +252,29 @@ def notebook_wait_bound_seconds(cfg: SiteConfig) -> dict[str, int]:
     }
     terms["total"] = sum(terms.values())
     return terms
+
+
+# --- Admission fair sharing between projects (docs/batch.md "Fair sharing") -------------------------
+# Kueue sums a LocalQueue's decayed usage over resources, each quantity as a float times its weight
+# (default 1): memory would count in bytes. Weights per unit: a CPU core 1, a GiB of memory 1/4, one
+# accelerator device (whole GPU or FPGA board) DEVICE_WEIGHT, a MIG slice its share of the GPU's compute.
+DEVICE_WEIGHT = 64
+MEMORY_WEIGHT_PER_GIB = 0.25
+
+
+def fair_share_weights(topo: QueueTopology) -> dict[str, float]:
+    """admissionFairSharing.resourceWeights (resource name -> weight per unit Kueue counts: bytes, cores, devices)."""
+    weights: dict[str, float] = {"cpu": 1.0, "memory": MEMORY_WEIGHT_PER_GIB / 2**30}
+    for f in topo.flavors:
+        res, o = f.resource_name, f.offering
+        if not res or res in weights:
+            continue
+        share = 1.0
+        if o.kind == "mig" and o.model and o.profile:
+            model = cat.GPUS[o.model]
+            p = model.profile(o.profile)
+            if p is not None and model.compute_slices and res != cat.GPU_RESOURCE:
+                share = p.compute_slices / model.compute_slices
+        weights[res] = DEVICE_WEIGHT * share
+    weights.setdefault(cat.GPU_RESOURCE, float(DEVICE_WEIGHT))  # remote sites' GPUs
+    return weights

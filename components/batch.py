@@ -21,8 +21,16 @@ from typing import Any
 import pulumi
 
 from aiinfn import naming, yamlio
+from aiinfn.config.batch import effective_pods_ready_timeout
 from aiinfn.config.model import SiteConfig
-from aiinfn.queues import MAX_FLAVOR_LABELS, MAX_FLAVOR_TOLERATIONS, QueueTopology, notebook_wait_bound_seconds, queue_topology
+from aiinfn.queues import (
+    MAX_FLAVOR_LABELS,
+    MAX_FLAVOR_TOLERATIONS,
+    QueueTopology,
+    fair_share_weights,
+    notebook_wait_bound_seconds,
+    queue_topology,
+)
 
 from .context import SiteContext
 from .kube import HelmRelease, KubeObject
@@ -34,6 +42,19 @@ KUEUE_IMAGE = "registry.k8s.io/kueue/kueue"
 FRAMEWORKS = ["batch/job"]  # the job service creates batch/v1 Jobs only; notebooks are never gated
 RESOURCE_QUOTA_OBJECTS = "batch-objects"
 RESOURCE_QUOTA_PRIORITY = "batch-priority-only"
+EGRESS_POLICY = "batch-egress"
+# What a notebook reaches besides DNS (zero-to-jupyterhub 4.4.0 egressAllowRules.nonPrivateIPs, with
+# privateIPs and cloudMetadataServer off, as the hub layer sets them): every non-private IPv4 address.
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+CLOUD_METADATA = "169.254.169.254/32"
+
+
+def batch_egress_spec() -> dict[str, Any]:
+    """Egress of batch and Bunshin pods: like a notebook's (the internet, for pip and S3), never the cluster's
+    internal services (pod, service and node networks are private ranges) nor the cloud metadata server.
+    DNS comes from the platform's allow-dns policy of the namespace."""
+    return {"podSelector": {}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [*PRIVATE_RANGES, CLOUD_METADATA]}}]}]}
 
 
 class WorkloadPriorityClass(KubeObject):
@@ -75,11 +96,15 @@ def kueue_manager_config(cfg: SiteConfig) -> dict[str, Any]:
         "manageJobsWithoutQueueName": False,
         # Kueue manages work in project namespaces only (those carry the project label).
         "managedJobsNamespaceSelector": {"matchExpressions": [{"key": naming.LABEL_PROJECT, "operator": "Exists"}]},
+        # One timeout for every ClusterQueue (Kueue 0.19.2 has no per-queue setting): on a site with remote
+        # sites it covers a remote queue wait (aiinfn.config.batch.effective_pods_ready_timeout). After
+        # backoffLimitCount requeues the Job is deactivated instead of evicted again (docs/batch.md).
         "waitForPodsReady": {
-            "timeout": f"{b.pods_ready_timeout_seconds}s",
+            "timeout": f"{effective_pods_ready_timeout(cfg)}s",
             "recoveryTimeout": f"{b.recovery_timeout_seconds}s",
             "blockAdmission": False,
-            "requeuingStrategy": {"timestamp": "Eviction", "backoffBaseSeconds": b.requeue_backoff_base_seconds,
+            "requeuingStrategy": {"timestamp": "Eviction", "backoffLimitCount": b.requeue_backoff_limit_count,
+                                  "backoffBaseSeconds": b.requeue_backoff_base_seconds,
                                   "backoffMaxSeconds": b.requeue_backoff_max_seconds},
         },
         "integrations": {"frameworks": list(FRAMEWORKS),
@@ -87,7 +112,9 @@ def kueue_manager_config(cfg: SiteConfig) -> dict[str, Any]:
         # Preemption between ClusterQueues of the cohort (local and offload queues) follows fair shares.
         "fairSharing": {"preemptionStrategies": ["LessThanOrEqualToFinalShare", "LessThanInitialShare"]},
         # Between projects (LocalQueues of one ClusterQueue): admission ordered by decayed past usage.
-        "admissionFairSharing": {"usageHalfLifeTime": f"{b.usage_half_life_hours}h", "usageSamplingInterval": "5m"},
+        # Weights make devices dominate the ranking (memory would otherwise count in bytes).
+        "admissionFairSharing": {"usageHalfLifeTime": f"{b.usage_half_life_hours}h", "usageSamplingInterval": "5m",
+                                 "resourceWeights": fair_share_weights(queue_topology(cfg))},
         # Scratch requests are not a queue resource: Kueue ignores them instead of refusing the Job.
         "resources": {"excludeResourcePrefixes": ["ephemeral-storage"]},
     }
@@ -247,6 +274,11 @@ class Batch(pulumi.ComponentResource):
                                "count/jobs.batch": str(cfg.batch.max_jobs_per_project),
                                "services.loadbalancers": "0", "services.nodeports": "0"}},
                 opts=ctx.k8s_opts(self, depends_on=dep))
+            KubeObject(
+                f"netpol-{project.name}-egress", "networking.k8s.io/v1", "NetworkPolicy",
+                {"name": EGRESS_POLICY, "namespace": ns, "labels": plabels},
+                spec=batch_egress_spec(),
+                opts=ctx.k8s_opts(self, depends_on=dep))
             # No pod of a project namespace may run in any class but the batch ones (not the notebooks').
             KubeObject(
                 f"quota-{project.name}-priority", "v1", "ResourceQuota",
@@ -278,11 +310,19 @@ def summary_lines(cfg: SiteConfig, topo: QueueTopology) -> list[str]:
         lines.append(f"| {f.name} | {f.resource_name or '-'} | {f.devices} | {f.cpus} | {f.memory_gi} Gi | "
                      f"{', '.join(f.pools) or '-'} |")
     classes = ", ".join(f"{k} {v}" for k, v in batch_classes().items())
+    b = cfg.batch
+    timeout = effective_pods_ready_timeout(cfg)
+    backoff = sum(min(b.requeue_backoff_base_seconds * 2 ** (i - 1), b.requeue_backoff_max_seconds)
+                  for i in range(1, b.requeue_backoff_limit_count + 1))
+    worst = (b.requeue_backoff_limit_count + 1) * max(timeout, b.recovery_timeout_seconds) + backoff
     lines += ["",
               (f"- priority classes: {classes} (preemptionPolicy Never except {naming.BATCH_FIRE_CLASS}); "
               f"notebooks {naming.NOTEBOOK_PRIORITY_CLASS} {naming.NOTEBOOK_PRIORITY}"),
               (f"- notebook eviction bound: a notebook waits at most {bound['total']} s for a device held by batch "
               f"work (grace {bound['grace']} s + scheduling {bound['scheduling']} s + kubelet {bound['kubelet']} s "
               f"+ scheduler requeue {bound['requeue']} s + bind {bound['bind']} s); evictions do not count "
-              f"against backoffLimit {cfg.batch.backoff_limit}")]
+              f"against backoffLimit {cfg.batch.backoff_limit}"),
+              (f"- evict/re-admit bound: waitForPodsReady timeout {timeout} s (one for all queues), at most "
+               f"{b.requeue_backoff_limit_count} requeues, then the Job is deactivated: {worst} s at worst "
+               "(docs/batch.md)")]
     return lines

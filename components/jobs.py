@@ -23,6 +23,7 @@ from aiinfn.hubservices import HubServiceSpec
 from aiinfn.jobservice import service_sources
 from aiinfn.mig import gpu_slices
 from aiinfn.offerings import site_offerings
+from aiinfn.queues import routing_settings
 
 from .context import SiteContext
 from .hub.values import site_data as hub_site_data
@@ -157,6 +158,7 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
         "notebookContainer": "notebook",
         "notebookSelector": "component=singleuser-server",
         "limits": {"defaultTtlSeconds": getattr(b, "ttl_seconds_after_finished", 3600)},
+        "routing": routing_settings(cfg),
     }
 
 

@@ -26,7 +26,9 @@ import pulumi
 
 from aiinfn import catalogue, naming, yamlio
 from aiinfn.config.offload import RemoteSite, remote_quotas
+from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
 from aiinfn.secrets import REQUESTED, supplied_secret
+from aiinfn.virtualnodes import not_virtual_affinity
 
 from .batch import kueue_object
 from .context import SiteContext
@@ -61,6 +63,9 @@ def node_labels(site: RemoteSite) -> dict[str, str]:
     if len(models) == 1:  # one GPU model: jobs that select a model by label may land here
         labels[catalogue.LABEL_GPU_MODEL] = models[0]
     labels.update(site.node_labels)
+    # The routing key every flavor and node carries (aiinfn.queues.ROUTING_KEY): set last, so no
+    # nodeLabels entry can make a virtual node look local (config refuses the key as well).
+    labels[ROUTING_KEY] = REMOTE_ROLE
     return labels
 
 
@@ -71,8 +76,9 @@ def node_taints(site: RemoteSite) -> list[dict[str, str]]:
 
 
 def flavor_node_labels(site: RemoteSite) -> dict[str, str]:
-    """What the ResourceFlavor selects: the virtual-node type label and this remote's name."""
-    return {naming.VIRTUAL_NODE_LABEL: "virtual-kubelet", naming.LABEL_REMOTE_SITE: site.name}
+    """What the ResourceFlavor selects: the virtual-node type label, this remote's name and the routing key
+    (``aiinfn.infn.it/role: remote``), which local jobs exclude and which every local flavor also carries."""
+    return {naming.VIRTUAL_NODE_LABEL: "virtual-kubelet", naming.LABEL_REMOTE_SITE: site.name, ROUTING_KEY: REMOTE_ROLE}
 
 
 def vk_config(site: RemoteSite, namespace: str = naming.OFFLOAD_NAMESPACE) -> dict[str, Any]:
@@ -210,6 +216,28 @@ def _rbac_rules() -> list[dict[str, Any]]:
     ]
 
 
+CSR_APPROVER = "kubelet-serving-approver"
+CSR_APPROVER_IMAGE = "docker.io/library/python:3.12.8-slim"  # the approver uses the standard library only
+
+
+def csr_approver_rules() -> list[dict[str, Any]]:
+    """List CSRs and approve those of one signer (kubernetes.io/kubelet-serving); which ones is the code's choice."""
+    return [
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update"]},
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"],
+         "resourceNames": ["kubernetes.io/kubelet-serving"]},
+    ]
+
+
+def csr_approver_source() -> str:
+    from pathlib import Path
+
+    import aiinfn.csrapprover as mod
+
+    return Path(mod.__file__).read_text()
+
+
 _SECURE = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
            "seccompProfile": {"type": "RuntimeDefault"}}
 
@@ -233,6 +261,7 @@ class Offload(pulumi.ComponentResource):
             self._virtual_node(site)
             self._kueue(site)
             self.shipped_secrets[site.name] = self._ship_juicefs(site, juicefs_secret_data)
+        self.csr_approver = self._csr_approver() if self.sites else None
         self._summary(juicefs_secret_data is not None)
         self.register_outputs({"remote_sites": [s.name for s in self.sites]})
 
@@ -339,6 +368,50 @@ class Offload(pulumi.ComponentResource):
             opts=ctx.k8s_opts(self, depends_on=[sa, config, auth]),
         )
 
+    # --- the virtual kubelets' serving certificates ----------------------------------------------
+    def _csr_approver(self) -> KubeObject:
+        """A small controller (aiinfn/csrapprover.py) approving exactly the kubelet-serving CSRs of these
+        virtual nodes, requested by their own ServiceAccounts: without it ``kubectl logs`` of offloaded pods
+        fails (nothing approves kubelet-serving CSRs). RBAC: approve on that one signer only."""
+        ctx, ns = self.ctx, naming.OFFLOAD_NAMESPACE
+        labels = ctx.labels(LAYER, **{"app.kubernetes.io/name": CSR_APPROVER})
+        nodes = ",".join(f"{naming.virtual_node_name(s.name)}={ns}/{naming.virtual_node_name(s.name)}" for s in self.sites)
+        dep = [self.namespace]
+        sa = KubeObject("csr-approver-sa", "v1", "ServiceAccount", {"name": CSR_APPROVER, "namespace": ns, "labels": labels},
+                        automountServiceAccountToken=True, opts=ctx.k8s_opts(self, depends_on=dep))
+        role = KubeObject("csr-approver-role", "rbac.authorization.k8s.io/v1", "ClusterRole",
+                          {"name": f"aiinfn-{CSR_APPROVER}", "labels": labels}, rules=csr_approver_rules(),
+                          opts=ctx.k8s_opts(self))
+        KubeObject("csr-approver-binding", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+                   {"name": f"aiinfn-{CSR_APPROVER}", "labels": labels},
+                   roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"aiinfn-{CSR_APPROVER}"},
+                   subjects=[{"kind": "ServiceAccount", "name": CSR_APPROVER, "namespace": ns}],
+                   opts=ctx.k8s_opts(self, depends_on=[sa, role]))
+        code = KubeObject("csr-approver-code", "v1", "ConfigMap",
+                          {"name": CSR_APPROVER, "namespace": ns, "labels": labels},
+                          data={"csrapprover.py": csr_approver_source()}, opts=ctx.k8s_opts(self, depends_on=dep))
+        sel = {"app.kubernetes.io/name": CSR_APPROVER}
+        return KubeObject(
+            "csr-approver", "apps/v1", "Deployment", {"name": CSR_APPROVER, "namespace": ns, "labels": labels},
+            spec={"replicas": 1, "selector": {"matchLabels": sel}, "template": {
+                "metadata": {"labels": {**labels, **sel}},
+                "spec": {
+                    "serviceAccountName": CSR_APPROVER,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "affinity": not_virtual_affinity(),
+                    "containers": [{
+                        "name": "approver", "image": CSR_APPROVER_IMAGE,
+                        "command": ["python3", "/opt/aiinfn/csrapprover.py"],
+                        "env": [{"name": "AIINFN_CSR_NODES", "value": nodes}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+                        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}},
+                        "securityContext": {**_SECURE, "readOnlyRootFilesystem": True},
+                        "volumeMounts": [{"name": "code", "mountPath": "/opt/aiinfn", "readOnly": True}],
+                    }],
+                    "volumes": [{"name": "code", "configMap": {"name": CSR_APPROVER}}],
+                }}},
+            opts=ctx.k8s_opts(self, depends_on=[sa, code]))
+
     # --- Kueue ---------------------------------------------------------------------------------
     def _kueue(self, site: RemoteSite) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -348,12 +421,12 @@ class Offload(pulumi.ComponentResource):
         flavor = kueue_object(
             f"{site.name}-flavor", "ResourceFlavor",
             metadata={"name": flavor_name, "labels": labels},
+            # nodeTaints and no tolerations: Kueue checks the taint against the pod's own tolerations
+            # plus the flavor's (flavorassigner.go checkFlavorForPodSets), so only a Job that itself
+            # tolerates virtual nodes (an offloadable one) can be given this flavor; the routing key
+            # in nodeLabels is the second gate (docs/batch.md).
             spec={"nodeLabels": flavor_node_labels(site),
-                  "nodeTaints": [dict(VK_BUILTIN_TAINT)],
-                  # injected into pods admitted on this flavor (the policy pack requires it); with it
-                  # Kueue no longer gates on nodeTaints, so which workloads reach a remote flavor is
-                  # decided by the queues listing it (offload-<remote> LocalQueues, cohort borrowing).
-                  "tolerations": [{"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]},
+                  "nodeTaints": [dict(VK_BUILTIN_TAINT)]},
             opts=ctx.k8s_opts(self))
         quotas = remote_quotas(site)
         cq = kueue_object(
@@ -363,6 +436,10 @@ class Offload(pulumi.ComponentResource):
                 "cohortName": naming.cohort(cfg.site.name),
                 "namespaceSelector": {"matchExpressions": [{"key": naming.LABEL_PROJECT, "operator": "Exists"}]},
                 "queueingStrategy": "BestEffortFIFO",
+                # A job sent to this site takes back what the opportunistic queue borrowed of it: with fair
+                # sharing on, reclaimWithinCohort Any preempts borrowers that satisfy the preemption
+                # strategies (borrowWithinCohort is for classical preemption only; clusterqueue_types.go).
+                "preemption": {"reclaimWithinCohort": "Any", "withinClusterQueue": "LowerPriority"},
                 "resourceGroups": [{
                     "coveredResources": list(quotas),
                     "flavors": [{"name": flavor_name, "resources": [

@@ -191,12 +191,12 @@ def test_project_namespaces_refuse_pods_outside_batch_classes(stack: str) -> Non
 
 
 def test_offloadable_job_may_go_local_or_remote() -> None:
-    job = user_job("cnaf", offering="a100-80gb-1g.10gb", offloadable=True)
+    job = user_job("cnaf", offering="a100-80gb", offloadable=True)
     validate_object(job)
     pod = job["spec"]["template"]["spec"]
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     remote_flavors = [o for o in objects("cnaf") if o["kind"] == "ResourceFlavor" and o["metadata"]["name"].startswith("remote-")]
-    local = find("cnaf", "ResourceFlavor", "a100-80gb-1g.10gb")
+    local = find("cnaf", "ResourceFlavor", "a100-80gb")
     for fl in [local, *remote_flavors]:
         labels = fl["spec"]["nodeLabels"]
         assert any(selector_matches(t, labels) for t in terms), fl["metadata"]["name"]
@@ -204,6 +204,12 @@ def test_offloadable_job_may_go_local_or_remote() -> None:
         for taint in fl["spec"].get("nodeTaints", []):
             assert any(t["key"] == taint["key"] and t["operator"] == "Exists" for t in pod["tolerations"])
     assert "nodeSelector" not in pod
+
+
+def test_offloadable_mig_slice_is_refused() -> None:
+    """A MIG slice exists only on this site's nodes (virtual nodes advertise whole GPUs only)."""
+    with pytest.raises(BatchJobError, match="offering"):
+        user_job("cnaf", offering="a100-80gb-1g.10gb", offloadable=True)
 
 
 def test_offloadable_job_may_not_mount_site_storage() -> None:

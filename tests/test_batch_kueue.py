@@ -66,7 +66,10 @@ def test_manager_configuration_is_deliberate(stack: str) -> None:
     assert set(conf["integrations"]["frameworks"]) <= KNOWN_FRAMEWORKS
     wait = conf["waitForPodsReady"]
     assert set(wait) <= WAIT_FIELDS and set(wait["requeuingStrategy"]) <= REQUEUE_FIELDS
-    assert wait["timeout"] == f"{cfg.batch.pods_ready_timeout_seconds}s"
+    # one global timeout (Kueue 0.19.2 configuration_types.go:304 WaitForPodsReady; no ClusterQueue field):
+    # 600 s on a site without remote sites, the remote queue wait on one with remote sites
+    expected = cfg.batch.pods_ready_timeout_seconds or (cfg.offload.queue_wait_seconds if cfg.offload.active_sites else 600)
+    assert wait["timeout"] == f"{expected}s"
     assert wait["recoveryTimeout"] == f"{cfg.batch.recovery_timeout_seconds}s"
     assert wait["requeuingStrategy"]["timestamp"] in ("Eviction", "Creation")
     assert conf["fairSharing"]["preemptionStrategies"] == ["LessThanOrEqualToFinalShare", "LessThanInitialShare"]

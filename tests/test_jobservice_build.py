@@ -220,7 +220,9 @@ def test_offloaded_job_tolerates_virtual_nodes_and_may_use_them():
     pod = pod_of(job)
     assert {"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists"} in pod["tolerations"]
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert {"matchExpressions": [{"key": naming.VIRTUAL_NODE_LABEL, "operator": "Exists"}]} in terms
+    # the remote term states the routing key too (docs/batch.md); the full check is tests/test_batch_routing.py
+    assert {"matchExpressions": [{"key": "aiinfn.infn.it/role", "operator": "In", "values": ["remote"]},
+                                 {"key": naming.VIRTUAL_NODE_LABEL, "operator": "Exists"}]} in terms
     assert job["metadata"]["labels"][naming.LABEL_OFFLOADABLE] == "true"
     assert "nodeSelector" not in pod
     assert all(set(v) - {"name"} <= {"emptyDir", "configMap", "secret"} for v in pod["volumes"])
@@ -230,6 +232,7 @@ def test_offloaded_job_tolerates_virtual_nodes_and_may_use_them():
     validate_object(job)
     assert pod_of(job)["nodeSelector"] == {naming.LABEL_REMOTE_SITE: "leonardo"}
     assert pod_of(job)["tolerations"] == [{"key": naming.VIRTUAL_NODE_TAINT, "operator": "Exists"}]
+    assert job["metadata"]["labels"][naming.QUEUE_LABEL] == "offload-leonardo"  # the site's own LocalQueue
 
 
 @pytest.mark.parametrize("extra", [{"volumes": {"home": True}}, {"volumes": {"project": True}}, {"cvmfs": True},

@@ -122,7 +122,8 @@ NOTEBOOK = {  # as the hub spawns a GPU notebook: tolerates the GPU taint, prefe
 def test_cnaf_declares_the_four_reference_remote_sites(cnaf) -> None:
     assert {s.name: s.plugin for s in cnaf.cfg.offload.sites} == CNAF_REMOTES
     nodes = {d["metadata"]["name"] for d in docs(cnaf, "Deployment") if d["metadata"]["namespace"] == "interlink"}
-    assert nodes == {f"interlink-{r}-node" for r in CNAF_REMOTES}
+    # one virtual kubelet per remote site, plus the approver of their serving certificates
+    assert nodes == {f"interlink-{r}-node" for r in CNAF_REMOTES} | {"kubelet-serving-approver"}
 
 
 def test_virtual_kubelet_config_and_deployment(cnaf) -> None:
@@ -171,8 +172,11 @@ def test_rbac_and_namespace(cnaf) -> None:
 def test_kueue_flavor_and_cluster_queue(cnaf) -> None:
     f = flavor(cnaf, "padova-bubble")
     assert f["spec"]["nodeLabels"] == {"virtual-node.interlink/type": "virtual-kubelet",
-                                       "aiinfn.infn.it/remote-site": "padova-bubble"}
-    assert tolerates(f["spec"]["tolerations"], {"key": TAINT, "value": "true", "effect": "NoSchedule"})
+                                       "aiinfn.infn.it/remote-site": "padova-bubble", "aiinfn.infn.it/role": "remote"}
+    # the taint gates the flavor: no toleration of its own (Kueue would then ignore the taint,
+    # flavorassigner.go checkFlavorForPodSets appends the flavor's tolerations to the pod's)
+    assert "tolerations" not in f["spec"]
+    assert f["spec"]["nodeTaints"] == [{"key": TAINT, "value": "true", "effect": "NoSchedule"}]
     (cq,) = [d for d in docs(cnaf, "ClusterQueue") if d["metadata"]["name"] == "offload-padova-bubble"]
     assert cq["spec"]["cohortName"] == "aiinfn-cnaf"
     (group,) = cq["spec"]["resourceGroups"]

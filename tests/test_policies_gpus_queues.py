@@ -195,15 +195,78 @@ def test_offload_no_local_volumes():
     assert check_resource(p, *helm("jupyterhub", {"singleuser": {"extraTolerations": []}})) == []
 
 
+VK_TAINT = {"key": "virtual-node.interlink/no-schedule", "value": "true", "effect": "NoSchedule"}
+REMOTE_LABELS = {"virtual-node.interlink/type": "virtual-kubelet", "aiinfn.infn.it/role": "remote"}
+
+
 def test_offload_flavors_virtual_only():
     p = offload.offload_flavors
-    good = k8s(KQ, "ResourceFlavor", "remote-tier1", spec={"nodeLabels": {"virtual-node.interlink/type": "vk"},
-                                                           "tolerations": [VK_TOL]})
+    good = k8s(KQ, "ResourceFlavor", "remote-tier1", spec={"nodeLabels": REMOTE_LABELS, "nodeTaints": [VK_TAINT]})
     assert check_resource(p, *good) == []
+    # a remote flavor that tolerates its own taint: Kueue then ignores the taint (flavorassigner.go:1239)
+    tolerant = k8s(KQ, "ResourceFlavor", "remote-tier1", spec={"nodeLabels": REMOTE_LABELS, "nodeTaints": [VK_TAINT],
+                                                               "tolerations": [VK_TOL]})
+    assert any("tolerates" in m for m in check_resource(p, *tolerant))
+    untainted = k8s(KQ, "ResourceFlavor", "remote-tier1", spec={"nodeLabels": REMOTE_LABELS})
+    assert any("nodeTaint" in m for m in check_resource(p, *untainted))
+    no_key = k8s(KQ, "ResourceFlavor", "remote-tier1", spec={"nodeLabels": {"virtual-node.interlink/type": "vk"},
+                                                             "nodeTaints": [VK_TAINT]})
+    assert any("aiinfn.infn.it/role=remote" in m for m in check_resource(p, *no_key))
     assert check_resource(p, *k8s(KQ, "ResourceFlavor", "remote-tier1", spec={"nodeLabels": {"a": "b"}}))
-    assert check_resource(p, *k8s(KQ, "ResourceFlavor", "t4", spec={"tolerations": [VK_TOL]}))
-    local_cq = k8s(KQ, "ClusterQueue", "offload-tier1", spec={"resourceGroups": [{"flavors": [{"name": "t4"}]}]})
+    assert check_resource(p, *k8s(KQ, "ResourceFlavor", "t4", spec={"tolerations": [VK_TOL],
+                                                                    "nodeLabels": {"aiinfn.infn.it/role": "gpu"}}))
+    # a local flavor without the routing key: a Job's exclusion of virtual nodes is ignored on it
+    assert check_resource(p, *k8s(KQ, "ResourceFlavor", "t4", spec={"nodeLabels": {"aiinfn.infn.it/role": "gpu"}})) == []
+    assert any("routing" in m for m in check_resource(
+        p, *k8s(KQ, "ResourceFlavor", "t4", spec={"nodeLabels": {"aiinfn.infn.it/gpu-model": "t4"}})))
+    local_cq = k8s(KQ, "ClusterQueue", "offload-tier1", spec={"resourceGroups": [{"flavors": [{"name": "t4"}]}],
+                                                              "preemption": {"reclaimWithinCohort": "Any"}})
     assert check_resource(p, *local_cq)
+    reclaiming = k8s(KQ, "ClusterQueue", "offload-tier1", spec={"resourceGroups": [{"flavors": [{"name": "remote-tier1"}]}],
+                                                                "preemption": {"reclaimWithinCohort": "Any"}})
+    assert check_resource(p, *reclaiming) == []
+    never = k8s(KQ, "ClusterQueue", "offload-tier1", spec={"resourceGroups": [{"flavors": [{"name": "remote-tier1"}]}]})
+    assert any("reclaimWithinCohort" in m for m in check_resource(p, *never))
+
+
+def _kueue_release(conf: dict) -> list:
+    import yaml
+
+    from policies.testing import resource
+
+    return [resource(*helm("kueue", {"managerConfig": {"controllerManagerConfigYaml": yaml.safe_dump(conf)}},
+                           repo=None, namespace="kueue-system"))]
+
+
+def test_kueue_requeue_bounded():
+    p = queues.kueue_bounds
+    base = {"waitForPodsReady": {"timeout": "600s", "requeuingStrategy": {"backoffLimitCount": 3}}}
+    assert check_stack(p, _kueue_release(base)) == []
+    loop = {"waitForPodsReady": {"timeout": "600s", "requeuingStrategy": {"backoffBaseSeconds": 60}}}
+    assert any("backoffLimitCount" in m for m, _ in check_stack(p, _kueue_release(loop)))
+    assert check_stack(p, _kueue_release({}))  # no waitForPodsReady at all
+    remote = [resource_of(*k8s(KQ, "ResourceFlavor", "remote-x", spec={"nodeLabels": REMOTE_LABELS}))]
+    assert any("remote batch queue" in m for m, _ in check_stack(p, _kueue_release(base) + remote))
+    long = {"waitForPodsReady": {"timeout": "4h", "requeuingStrategy": {"backoffLimitCount": 3}}}
+    assert check_stack(p, _kueue_release(long) + remote) == []
+
+
+def resource_of(resource_type, props):
+    from policies.testing import resource
+
+    return resource(resource_type, props)
+
+
+def test_kueue_fair_share_weights():
+    p = queues.fair_share_weights
+    cq = [resource_of(*k8s(KQ, "ClusterQueue", "opportunistic", spec={"resourceGroups": [
+        {"coveredResources": ["cpu", "memory", "nvidia.com/gpu"], "flavors": []}]}))]
+    good = {"admissionFairSharing": {"usageHalfLifeTime": "168h",
+                                     "resourceWeights": {"cpu": 1, "memory": 0.25 / 2**30, "nvidia.com/gpu": 64}}}
+    assert check_stack(p, _kueue_release(good) + cq) == []
+    raw = {"admissionFairSharing": {"usageHalfLifeTime": "168h"}}  # every weight 1: bytes dominate
+    msgs = [m for m, _ in check_stack(p, _kueue_release(raw) + cq)]
+    assert any("memory" in m for m in msgs) and any("nvidia.com/gpu" in m for m in msgs)
 
 
 def test_user_jobs_from_the_job_service_pass_the_resource_rules(cnaf):
@@ -227,3 +290,67 @@ def test_user_jobs_from_the_job_service_pass_the_resource_rules(cnaf):
                 assert check_resource(policy, "kubernetes:batch/v1:Job", manifest) == [], policy.name
     grace = jobs[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace <= gpus.DEFAULT_MAX_GRACE_SECONDS
+
+
+def test_daemonsets_off_virtual_nodes():
+    from aiinfn.virtualnodes import not_virtual_affinity
+
+    p = offload.daemonsets_off_virtual_nodes
+    agent = {"containers": [{"name": "a", "image": "x:1"}], "tolerations": [{"operator": "Exists"}]}
+    ds = k8s("apps/v1", "DaemonSet", "agent", "kube-system", spec={"template": {"spec": agent}})
+    assert check_resource(p, *ds)  # tolerates everything, selects every node: reaches virtual nodes
+    kept = k8s("apps/v1", "DaemonSet", "agent", "kube-system",
+               spec={"template": {"spec": {**agent, "affinity": not_virtual_affinity()}}})
+    assert check_resource(p, *kept) == []
+    linux = k8s("apps/v1", "DaemonSet", "agent", "kube-system",
+                spec={"template": {"spec": {**agent, "nodeSelector": {"kubernetes.io/os": "linux"}}}})
+    assert check_resource(p, *linux) == []  # virtual nodes are kubernetes.io/os=virtual-kubelet
+    gpu_only = k8s("apps/v1", "DaemonSet", "agent", "kube-system", spec={"template": {"spec": {
+        "containers": [], "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}})
+    assert check_resource(p, *gpu_only) == []  # cannot tolerate the virtual-node taint
+    assert check_resource(p, *helm("csi-driver-nfs", {"node": {"tolerations": [{"operator": "Exists"}]}}))
+    assert check_resource(p, *helm("csi-driver-nfs", {"node": {"tolerations": [{"operator": "Exists"}],
+                                                               "affinity": not_virtual_affinity()}})) == []
+    assert check_resource(p, *helm("gpu-operator", {"daemonsets": {"tolerations": [{"operator": "Exists"}]}}))
+
+
+def _ns_and_pols(*egress_rules):
+    from policies.testing import resource
+
+    out = [resource(*k8s("v1", "Namespace", "project-x")),
+           resource(*k8s(KQ, "ClusterQueue", "opportunistic", spec={"resourceGroups": []})),
+           resource(*k8s("networking.k8s.io/v1", "NetworkPolicy", "allow-dns", "project-x", spec={
+               "podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": 53, "protocol": "UDP"}], "to": [
+                   {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]}]}))]
+    for i, rule in enumerate(egress_rules):
+        out.append(resource(*k8s("networking.k8s.io/v1", "NetworkPolicy", f"e{i}", "project-x", spec={
+            "podSelector": {}, "policyTypes": ["Egress"], "egress": [rule]})))
+    return out
+
+
+def test_batch_egress_like_notebooks():
+    p = queues.batch_egress
+    internet = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                                    "169.254.169.254/32"]}}]}
+    assert check_stack(p, _ns_and_pols(internet)) == []
+    assert any("no egress but DNS" in m for m, _ in check_stack(p, _ns_and_pols()))
+    everything = {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+    assert any("private networks" in m for m, _ in check_stack(p, _ns_and_pols(everything)))
+    hub = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hub"}}}]}
+    assert any("in-cluster" in m for m, _ in check_stack(p, _ns_and_pols(internet, hub)))
+
+
+def test_offload_kubelet_serving_approved():
+    from policies.testing import resource
+
+    p = offload.kubelet_serving_approved
+    vk = resource(*k8s("v1", "ConfigMap", "vk-config", "interlink", data={"InterLinkConfig.yaml": "NodeLabels: []"}))
+    narrow = resource(*k8s("rbac.authorization.k8s.io/v1", "ClusterRole", "approver", rules=[
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"],
+         "resourceNames": ["kubernetes.io/kubelet-serving"]}]))
+    broad = resource(*k8s("rbac.authorization.k8s.io/v1", "ClusterRole", "approver", rules=[
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"]}]))
+    assert check_stack(p, [vk, narrow]) == []
+    assert any("nothing approves" in m for m, _ in check_stack(p, [vk]))
+    assert any("any signer" in m for m, _ in check_stack(p, [vk, broad]))
+    assert check_stack(p, []) == []  # no virtual kubelet, nothing to approve

@@ -21,6 +21,15 @@ KUEUE_CHART_VERSION = "0.19.2"  # chart `kueue` from oci://registry.k8s.io/kueue
 # default spawn timeout (singleuser.startTimeout, 300 s). The config cap and the policy pack's
 # ``batch-pods-bounded-grace`` default (maxGraceSeconds) both read it from here.
 MAX_GRACE_SECONDS = 240
+LOCAL_PODS_READY_TIMEOUT = 600  # waitForPodsReady.timeout of a site without remote sites
+
+
+def effective_pods_ready_timeout(cfg: SiteConfig) -> int:
+    """Kueue's (global) waitForPodsReady.timeout for the site: covers a remote queue wait when it offloads."""
+    explicit = cfg.batch.pods_ready_timeout_seconds
+    if explicit is not None:
+        return explicit
+    return cfg.offload.queue_wait_seconds if cfg.offload.active_sites else LOCAL_PODS_READY_TIMEOUT
 
 
 @dataclass
@@ -44,10 +53,16 @@ class BatchConfig:
     # Kueue waitForPodsReady: an admitted job whose pods are not all running after podsReadyTimeout, or
     # whose pod was preempted by a notebook and could not come back within recoveryTimeout, is suspended
     # and requeued with exponential backoff (base .. max), freeing its quota for work that can run.
-    pods_ready_timeout_seconds: int = 600
+    # Kueue 0.19.2 has one waitForPodsReady timeout for every ClusterQueue (no per-queue setting), so on a
+    # site with remote sites it must also cover a remote batch system's queue: None means 600 s without
+    # remote sites, else aiinfn:offload.queueWaitSeconds (see effective_pods_ready_timeout).
+    pods_ready_timeout_seconds: int | None = None
     recovery_timeout_seconds: int = 300
     requeue_backoff_base_seconds: int = 60
     requeue_backoff_max_seconds: int = 3600
+    # How many times Kueue evicts and requeues one Job (podsReady or recovery timeout) before it
+    # deactivates it for good (requeuingStrategy.backoffLimitCount): bounds the evict/re-admit loop.
+    requeue_backoff_limit_count: int = 3
     # Fair sharing between projects (admission fair sharing over LocalQueues): usage half-life and
     # per-project weights (default 1; a project with weight 2 gets twice the share).
     usage_half_life_hours: int = 168
@@ -66,7 +81,8 @@ class BatchConfig:
             "ttlSecondsAfterFinished": (self.ttl_seconds_after_finished, 0, 30 * 86400),
             "reservedCpusPerNode": (self.reserved_cpus_per_node, 0, 64),
             "reservedMemoryGbPerNode": (self.reserved_memory_gb_per_node, 0, 512),
-            "podsReadyTimeoutSeconds": (self.pods_ready_timeout_seconds, 30, 86400),
+            "podsReadyTimeoutSeconds": (self.pods_ready_timeout_seconds or LOCAL_PODS_READY_TIMEOUT, 30, 7 * 86400),
+            "requeueBackoffLimitCount": (self.requeue_backoff_limit_count, 0, 20),
             "recoveryTimeoutSeconds": (self.recovery_timeout_seconds, 0, 86400),
             "requeueBackoffBaseSeconds": (self.requeue_backoff_base_seconds, 1, 86400),
             "requeueBackoffMaxSeconds": (self.requeue_backoff_max_seconds, 1, 7 * 86400),
@@ -105,6 +121,19 @@ def validate_site(cfg: SiteConfig) -> None:
             raise ConfigError(f"{path}.projectWeights.{name}", f"no project named {name!r} in aiinfn:projects")
     if not b.enabled:
         return
+    explicit = b.pods_ready_timeout_seconds
+    if explicit is not None and cfg.offload.active_sites and explicit < cfg.offload.queue_wait_seconds:
+        raise ConfigError(f"{path}.podsReadyTimeoutSeconds",
+                          f"{explicit} s is below aiinfn:offload.queueWaitSeconds ({cfg.offload.queue_wait_seconds}): "
+                          "Kueue 0.19.2 applies one waitForPodsReady timeout to every queue, so offloaded jobs "
+                          "waiting longer in a remote queue would be evicted and cancelled")
+    from ..offerings import site_offerings
+
+    for o in site_offerings(cfg):
+        roles = sorted({cfg.pool(p).role for p in o.pools})
+        if len(roles) > 1:
+            raise ConfigError("aiinfn:pools", f"offering {o.key} is on pools of roles {' and '.join(roles)}; its Kueue "
+                              "flavor selects one role (aiinfn.infn.it/role): give those pools one role")
     for i, pool in enumerate(cfg.pools):
         if pool.count == 0 or pool.role not in ("gpu", "cpu"):
             continue

@@ -179,6 +179,13 @@ class OffloadConfig:
 
     enabled: bool = True
     sites: list[RemoteSite] = field(default_factory=list)
+    # How long an offloaded job may wait in a remote batch system's queue (HTCondor, Slurm) before Kueue
+    # evicts it (and the virtual kubelet cancels the remote job): Kueue's waitForPodsReady timeout.
+    queue_wait_seconds: int = 14400
+
+    def __validate__(self, path: str) -> None:
+        if not 600 <= self.queue_wait_seconds <= 7 * 86400:
+            raise ConfigError(f"{path}.queueWaitSeconds", f"must be between 600 and {7 * 86400}, got {self.queue_wait_seconds}")
 
     @property
     def active_sites(self) -> list[RemoteSite]:
@@ -212,7 +219,8 @@ def validate_site(cfg: SiteConfig) -> None:
                 raise ConfigError(apath, f"model {acc.model!r} is listed twice; give one count")
             models.add(acc.model)
         for k in site.node_labels:
-            if k in (naming.VIRTUAL_NODE_LABEL, naming.LABEL_REMOTE_SITE, "kubernetes.io/hostname"):
+            if k in (naming.VIRTUAL_NODE_LABEL, naming.LABEL_REMOTE_SITE, "kubernetes.io/hostname",
+                     catalogue.LABEL_ROLE, "kubernetes.io/os"):
                 raise ConfigError(f"{path}.nodeLabels.{k}", "is set by the platform; choose another key")
 
 

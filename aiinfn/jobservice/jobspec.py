@@ -318,18 +318,62 @@ def usable_pools(offering: OfferingInfo, caller: Caller) -> list[PoolInfo]:
     return [p for p in offering.pools if p.reserved_for is None or p.reserved_for in caller.groups]
 
 
+def _routing_terms(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The node-affinity terms of "this site's nodes" and "any interLink virtual node" (routing key first)."""
+    r = settings.routing
+    names = settings.names
+    local = [dict(e) for e in r.get("localTerm", [])] or [{"key": names.virtual_node_label, "operator": "DoesNotExist"}]
+    remote = [dict(e) for e in r.get("remoteTerm", [])] or [{"key": names.virtual_node_label, "operator": "Exists"}]
+    return local, remote
+
+
+def _affinity(terms: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": t} for t in terms]}}}
+
+
+def queue_name(settings: Settings, req: JobRequest) -> str:
+    """The LocalQueue: a named remote site's own (offload-<site>), else the project's batch queue."""
+    if req.offload_site:
+        return str(settings.routing.get("siteQueues", {}).get(req.offload_site, f"offload-{req.offload_site}"))
+    return settings.names.local_queue
+
+
+def check_routing(settings: Settings, req: JobRequest) -> None:
+    """Refuse what Kueue or the device plugin would refuse later (one 400 line naming the field)."""
+    r = settings.routing
+    if req.accelerator in r.get("timeSliced", []) and req.accelerator_count > 1:
+        # NVIDIA device plugin, time-slicing with failRequestsGreaterThanOne: the pod fails admission,
+        # and each failure counts against backoffLimit
+        raise bad_request(f"acceleratorCount: {req.accelerator} is time-sliced on this site; a pod may ask for 1, "
+                          f"got {req.accelerator_count}")
+    if req.offload_site and settings.offerings[req.accelerator].resource_name:
+        gpus = int(r.get("siteGpus", {}).get(req.offload_site, 0))
+        if req.accelerator_count > gpus:
+            raise bad_request(f"offload.site: {req.offload_site} offers {gpus} GPUs, the job asks for "
+                              f"{req.accelerator_count}")
+
+
 def scheduling(settings: Settings, caller: Caller, req: JobRequest) -> dict[str, Any]:
-    """nodeSelector, tolerations and affinity for the request; refuses what no node could run."""
+    """nodeSelector, tolerations and affinity for the request; refuses what no node could run.
+
+    Every Job states on the routing key where it may run (docs/batch.md): Kueue compares it only with
+    each flavor's own label keys, and every flavor and node carries that key.
+    """
     offering = settings.offerings[req.accelerator]
     names = settings.names
     out: dict[str, Any] = {}
     if req.offload and offering.kind not in ("gpu", "cpu"):
         raise bad_request(f"offload: {req.accelerator} ({offering.kind}) exists only on this site's nodes; "
                           "offloaded jobs may ask for whole GPUs or CPU only")
+    check_routing(settings, req)
+    local_term, remote_term = _routing_terms(settings)
     virtual = {"key": names.virtual_node_taint, "operator": "Exists"}
-    if req.offload_site:  # only that remote site's virtual node
+    if req.offload_site:  # only that remote site's virtual node, through its own LocalQueue
         out["tolerations"] = [virtual]
         out["nodeSelector"] = {names.label_remote_site: req.offload_site}
+        out["affinity"] = _affinity([[*remote_term, {"key": names.label_remote_site, "operator": "In",
+                                                      "values": [req.offload_site]}]])
         return out
     pools = usable_pools(offering, caller)
     if offering.pools and not pools and not req.offload:
@@ -351,19 +395,16 @@ def scheduling(settings: Settings, caller: Caller, req: JobRequest) -> dict[str,
         for t in p.tolerations:
             if t not in tolerations:
                 tolerations.append(dict(t))
+    here = [*({"key": k, "operator": "In", "values": [v]} for k, v in sorted(offering.node_selector.items())),
+            *local_term]
     if req.offload:
         # Here or on any interLink virtual node: Kueue picks a local or a remote flavor of the cohort.
         tolerations.append(virtual)
-        if offering.node_selector and pools:
-            local = [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(offering.node_selector.items())]
-            remote = [{"key": names.virtual_node_label, "operator": "Exists"}]
-            out["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": local}, {"matchExpressions": remote}]}}}
-        elif offering.node_selector:
-            out["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": [{"key": names.virtual_node_label, "operator": "Exists"}]}]}}}
-    elif offering.node_selector:
-        out["nodeSelector"] = dict(offering.node_selector)
+        out["affinity"] = _affinity([here, remote_term] if (pools or not offering.resource_name) else [remote_term])
+    else:
+        if offering.node_selector:
+            out["nodeSelector"] = dict(offering.node_selector)
+        out["affinity"] = _affinity([list(local_term)])
     if tolerations:
         out["tolerations"] = tolerations
     return out
@@ -579,7 +620,7 @@ def build_job(settings: Settings, caller: Caller, project: ProjectInfo, req: Job
     job = {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job_name, "namespace": ns,
-                     "labels": {**identity, names.queue_label: names.local_queue,
+                     "labels": {**identity, names.queue_label: queue_name(settings, req),
                                                           names.priority_label: settings.priorities[req.priority]},
                      "annotations": annotations},
         "spec": spec,

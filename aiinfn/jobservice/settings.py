@@ -106,6 +106,8 @@ class Settings:
     notebook_container: str = "notebook"
     notebook_selector: str = "component=singleuser-server"
     limits: Limits = field(default_factory=Limits)
+    # aiinfn.queues.routing_settings: routing key terms, per-site LocalQueues and GPUs, time-sliced offerings
+    routing: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Settings:
@@ -161,6 +163,7 @@ class Settings:
             notebook_container=d.get("notebookContainer", "notebook"),
             notebook_selector=d.get("notebookSelector", "component=singleuser-server"),
             limits=limits,
+            routing=dict(d.get("routing", {})),
         )
 
     @classmethod

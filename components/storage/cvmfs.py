@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from aiinfn.config.model import SiteConfig
+from aiinfn.virtualnodes import not_virtual_affinity
 
 from ..context import SiteContext
 from ..kube import HelmRelease
@@ -51,7 +52,7 @@ class Cvmfs:
                     "alien": {"enabled": False},
                 },
                 # Notebooks run on tainted GPU nodes too: the node plugin must be everywhere.
-                "nodeplugin": {"tolerations": [{"operator": "Exists"}]},
+                "nodeplugin": {"tolerations": [{"operator": "Exists"}], "affinity": not_virtual_affinity()},  # not on virtual nodes
                 "automountStorageClass": {"create": False},
             },
             opts=ctx.k8s_opts(parent),

@@ -14,6 +14,7 @@ from aiinfn.config.model import SiteConfig
 from aiinfn.config.storage import REDIS_UID, bucket_name, juicefs_volume_name
 from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_JUICEFS
 from aiinfn.secrets import supplied_secret
+from aiinfn.virtualnodes import not_virtual_affinity
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject
@@ -199,7 +200,7 @@ class Juicefs:
                 "mountMode": "mountpod",
                 "storageClasses": [],  # ours is below, bound to the volume Secret
                 "controller": {"replicas": 1},
-                "node": {"tolerations": [{"operator": "Exists"}]},
+                "node": {"tolerations": [{"operator": "Exists"}], "affinity": not_virtual_affinity()},  # not on virtual nodes
             },
             opts=ctx.k8s_opts(parent),
         )

@@ -15,6 +15,7 @@ from aiinfn.config.model import SiteConfig
 from aiinfn.config.storage import REDIS_UID, env_maintainers_gid, project_gid, user_uid
 from aiinfn.naming import NFS_EXPORT_ROOT, NFS_SERVER_DNS, NFS_SERVICE, STORAGECLASS_NFS
 from aiinfn.nodes import tolerations_for
+from aiinfn.virtualnodes import not_virtual_affinity
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject
@@ -230,7 +231,8 @@ class Nfs:
                                "defaultOnDeletePolicy": "retain"},
                 # The node plugin mounts on every node (GPU nodes are tainted): resolve the Service name
                 # through cluster DNS although it runs on the host network.
-                "node": {"dnsPolicy": "ClusterFirstWithHostNet", "tolerations": [{"operator": "Exists"}]},
+                "node": {"dnsPolicy": "ClusterFirstWithHostNet", "tolerations": [{"operator": "Exists"}],
+                         "affinity": not_virtual_affinity()},  # never on an interLink virtual node
                 "storageClass": {"create": False},
                 "externalSnapshotter": {"enabled": False},
             },

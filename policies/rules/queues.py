@@ -10,7 +10,7 @@ from pulumi_policy import PolicyResource, ReportViolation, StackValidationArgs, 
 
 from aiinfn import naming
 
-from .common import MANDATORY, fix, obj_name, of_kind, quantity, site_json, site_record, where
+from .common import HELM_RELEASE, MANDATORY, chart_of, fix, obj_name, of_kind, quantity, site_json, site_record, values_of, where
 
 KUEUE_GROUP = "kueue.x-k8s.io/"
 
@@ -183,4 +183,141 @@ project_localqueues = StackValidationPolicy(
     validate=_project_localqueues,
 )
 
-POLICIES = [localqueue_targets, flavors_exist, quota_within_capacity, project_localqueues]
+def _kueue_config(resources: list[PolicyResource]) -> tuple[PolicyResource, Mapping[str, Any]] | None:
+    """The Kueue Helm release and its manager Configuration (managerConfig.controllerManagerConfigYaml)."""
+    import yaml
+
+    for r in resources:
+        if r.resource_type == HELM_RELEASE and chart_of(r.props).rstrip("/").endswith("kueue"):
+            text = ((values_of(r.props).get("managerConfig") or {}).get("controllerManagerConfigYaml") or "")
+            try:
+                conf = yaml.safe_load(text) if isinstance(text, str) else None
+            except yaml.YAMLError:
+                conf = None
+            return r, conf if isinstance(conf, Mapping) else {}
+    return None
+
+
+def _seconds(duration: Any) -> float | None:
+    import re
+
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?", str(duration or ""))
+    if not m or not any(m.groups()):
+        return None
+    h, mi, se = (int(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + se
+
+
+REMOTE_QUEUE_MIN_SECONDS = 3600  # the least remote batch-queue wait an offloading site must tolerate
+
+
+def _kueue_bounds(args: StackValidationArgs, report: ReportViolation) -> None:
+    found = _kueue_config(args.resources)
+    if found is None:
+        return
+    release, conf = found
+    wait = conf.get("waitForPodsReady") or {}
+    if not wait:
+        report(fix("Kueue runs without waitForPodsReady: a Job admitted on GPUs a notebook holds keeps its quota "
+                   "forever", "set waitForPodsReady with timeout, recoveryTimeout and requeuingStrategy"), release.urn)
+        return
+    count = (wait.get("requeuingStrategy") or {}).get("backoffLimitCount")
+    if count is None:
+        report(fix("Kueue requeues an evicted Job forever (waitForPodsReady.requeuingStrategy.backoffLimitCount "
+                   "is null): evict, re-admit, evict again while notebooks hold the devices",
+                   "set backoffLimitCount (aiinfn:batch.requeueBackoffLimitCount)"), release.urn)
+    remote = [r for r in _kueue(args.resources, "ResourceFlavor")
+              if obj_name(r.props, r.name).startswith(naming.offload_flavor(""))]
+    timeout = _seconds(wait.get("timeout"))
+    if remote and (timeout is None or timeout < REMOTE_QUEUE_MIN_SECONDS):
+        report(fix(f"waitForPodsReady.timeout {wait.get('timeout')} applies to every queue (Kueue 0.19.2 has no "
+                   "per-queue timeout), so offloaded Jobs waiting in a remote batch queue are evicted and cancelled",
+                   f"raise it to at least {REMOTE_QUEUE_MIN_SECONDS}s (aiinfn:offload.queueWaitSeconds)"), release.urn)
+
+
+kueue_bounds = StackValidationPolicy(
+    name="kueue-requeue-bounded",
+    description="Kueue's evict/re-admit cycle is bounded (requeuingStrategy.backoffLimitCount set) and, on a site "
+    "that offloads, the global waitForPodsReady timeout leaves room for a remote batch queue.",
+    enforcement_level=MANDATORY,
+    validate=_kueue_bounds,
+)
+
+
+def _fair_share_weights(args: StackValidationArgs, report: ReportViolation) -> None:
+    found = _kueue_config(args.resources)
+    if found is None or "admissionFairSharing" not in found[1]:
+        return
+    release, conf = found
+    weights = (conf.get("admissionFairSharing") or {}).get("resourceWeights") or {}
+    cpu = float(weights.get("cpu", 1))
+    memory_per_gib = float(weights.get("memory", 1)) * 2**30
+    if memory_per_gib > cpu:
+        report(fix(f"admission fair sharing counts a GiB of memory as {memory_per_gib:g} (a CPU core as {cpu:g}): "
+                   "projects are ranked by the bytes they used", "set resourceWeights.memory per byte "
+                   "(e.g. 0.25 / 2^30)"), release.urn)
+    covered = {str(res) for cq in _kueue(args.resources, "ClusterQueue")
+               for g in (cq.props.get("spec") or {}).get("resourceGroups") or [] for res in g.get("coveredResources") or []}
+    for res in sorted(covered - {"cpu", "memory"}):
+        if float(weights.get(res, 1)) < 4 * cpu:
+            report(fix(f"admission fair sharing weighs {res} {float(weights.get(res, 1)):g}, no more than a few CPU "
+                       "cores: a project holding every device ranks like one that used a little CPU",
+                       f"set resourceWeights[{res}] well above the CPU weight"), release.urn)
+
+
+fair_share_weights = StackValidationPolicy(
+    name="kueue-fair-share-weights",
+    description="Admission fair sharing weighs accelerators (GPUs, MIG slices, FPGAs) far above CPU, and memory "
+    "per byte so that a GiB counts no more than a CPU core.",
+    enforcement_level=MANDATORY,
+    validate=_fair_share_weights,
+)
+
+POLICIES = [localqueue_targets, flavors_exist, quota_within_capacity, project_localqueues, kueue_bounds,
+            fair_share_weights]
+
+
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+
+def _batch_egress(args: StackValidationArgs, report: ReportViolation) -> None:
+    if not _kueue(args.resources, "ClusterQueue"):
+        return
+    pols = of_kind(args.resources, "NetworkPolicy")
+    for ns in of_kind(args.resources, "Namespace"):
+        name = obj_name(ns.props, ns.name)
+        if not name.startswith(naming.project_namespace("")):
+            continue
+        mine = [p for p in pols if str((p.props.get("metadata") or {}).get("namespace")) == name]
+        internet = False
+        for p in mine:
+            for rule in (p.props.get("spec") or {}).get("egress") or []:
+                dns_only = bool(rule.get("ports")) and all(x.get("port") == 53 for x in rule["ports"])
+                for peer in rule.get("to") or []:
+                    block = peer.get("ipBlock") or {}
+                    if block.get("cidr") == "0.0.0.0/0":
+                        if set(PRIVATE_RANGES) <= set(block.get("except") or []):
+                            internet = True
+                        else:
+                            report(fix(f"NetworkPolicy {where(p.props, p.name)} lets batch pods reach the cluster's "
+                                       "private networks (pods, services, nodes)",
+                                       f"except {', '.join(PRIVATE_RANGES)} and the metadata server"), p.urn)
+                    elif (block.get("cidr") in PRIVATE_RANGES or "podSelector" in peer or "namespaceSelector" in peer) \
+                            and not dns_only:
+                        report(fix(f"NetworkPolicy {where(p.props, p.name)} lets batch pods reach in-cluster "
+                                   "services", "allow DNS and non-private addresses only"), p.urn)
+        if not internet:
+            report(fix(f"project namespace {name}: batch and Bunshin pods have no egress but DNS, while notebooks "
+                       "reach the internet (pip install, S3 reads fail)",
+                       "add a NetworkPolicy allowing 0.0.0.0/0 except the private ranges (components/batch.py)"), ns.urn)
+
+
+batch_egress = StackValidationPolicy(
+    name="batch-egress-like-notebooks",
+    description="Batch and Bunshin pods of every project namespace reach what a notebook reaches (non-private "
+    "addresses), never the cluster's private networks.",
+    enforcement_level=MANDATORY,
+    validate=_batch_egress,
+)
+
+POLICIES = [*POLICIES, batch_egress]
