@@ -2,16 +2,16 @@
 
 Oracles (Kueue v0.19.2 source):
 
-- ``pkg/util/admissionfairsharing/admission_fair_sharing.go`` ``CalculateUsage`` (lines 91-109): a
+- ``pkg/util/admissionfairsharing/admission_fair_sharing.go`` ``CalculateUsage`` (lines 86-102): a
   LocalQueue's usage is the sum over resources of ``weight * quantity.AsApproximateFloat64()`` (weight 1
   when a resource has none; memory counts in bytes), divided by the LocalQueue's fairSharing weight;
   ``ResourceWeights`` (lines 36-43) takes the weights from ``admissionFairSharing.resourceWeights`` for a
   ClusterQueue with ``admissionScope.admissionMode: UsageBasedAdmissionFairSharing``; workloads of the
   LocalQueue with the lower usage are ordered first (``pkg/cache/queue/cluster_queue.go`` 273-295).
-- ``pkg/controller/core/workload_controller.go`` ``triggerDeactivation`` (lines 1280-1294): once
+- ``pkg/controller/core/workload_controller.go`` ``triggerDeactivation`` (lines 1282-1296): once
   ``requeueState.count + 1 > backoffLimitCount`` the Workload is deactivated instead of evicted again;
   ``pkg/workload/workload.go`` ``UpdateRequeueState`` (lines 817-832): the n-th requeue waits
-  ``base * 2^(n-1)`` capped at ``backoffMaxSeconds``; ``admittedNotReadyWorkload`` (lines 1658-1682):
+  ``base * 2^(n-1)`` capped at ``backoffMaxSeconds``; ``admittedNotReadyWorkload`` (lines 1657-1682):
   ``timeout`` counts from admission, ``recoveryTimeout`` from the PodsReady=false transition.
 """
 
@@ -36,7 +36,7 @@ def manager_config(stack: str) -> dict:
 
 
 def kueue_usage(consumed: dict[str, float], weights: dict[str, float], lq_weight: float = 1.0) -> float:
-    """CalculateUsage (admission_fair_sharing.go:91-109) for quantities already as Kueue's float values."""
+    """CalculateUsage (admission_fair_sharing.go:86-102) for quantities already as Kueue's float values."""
     return sum(weights.get(r, 1.0) * v for r, v in sorted(consumed.items())) / lq_weight
 
 

@@ -225,3 +225,27 @@ def test_offload_queues_reclaim_what_the_opportunistic_queue_borrowed() -> None:
             assert cq["spec"]["preemption"]["reclaimWithinCohort"] in ("Any", "LowerPriority"), name
             assert "borrowWithinCohort" not in cq["spec"]["preemption"], name
             assert cq["spec"]["cohortName"] == cqs["opportunistic"]["spec"]["cohortName"]
+
+
+def test_admitted_pods_reach_the_flavors_nodes_and_local_pods_never_a_virtual_node() -> None:
+    """After admission Kueue adds the flavor's nodeLabels to the pod's nodeSelector and its tolerations
+    (resource_flavor.md lines 37-48). A pod admitted on ``remote-<site>`` must then fit that site's virtual
+    node as registered (interLink virtualkubelet.go:408-434: built-in labels + NodeLabels, its taint) and no
+    other; a local Job's pod fits no virtual node even before admission (its affinity excludes them)."""
+    from .test_daemonsets_virtual_nodes import lands_on, virtual_nodes
+
+    _, _, flavors = kueue("cnaf")
+    nodes = {n["labels"]["aiinfn.infn.it/remote-site"]: n for n in virtual_nodes("cnaf")}
+    for kind in ("offload-any cpu", "offload-any t4", "offload-site leonardo cpu"):
+        pod = service_job(kind)["spec"]["template"]["spec"]
+        for name in assigned(service_job(kind)) & REMOTE:
+            spec = flavors[name]["spec"]
+            admitted = {**pod, "nodeSelector": {**(pod.get("nodeSelector") or {}), **spec["nodeLabels"]},
+                        "tolerations": [*(pod.get("tolerations") or []), *(spec.get("tolerations") or [])]}
+            site = name.removeprefix("remote-")
+            assert lands_on(admitted, nodes[site]), f"{kind} admitted on {name} does not fit its virtual node"
+            assert not any(lands_on(admitted, n) for s, n in nodes.items() if s != site)
+    for kind in ("cpu", "gpu t4", "mig a100-80gb-1g.10gb", "fpga alveo-u250", "bunshin t4"):
+        pod = service_job(kind)["spec"]["template"]["spec"]
+        everything = {**pod, "tolerations": [{"operator": "Exists"}]}  # even if it tolerated every taint
+        assert not any(lands_on(everything, n) for n in nodes.values()), kind

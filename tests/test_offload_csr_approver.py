@@ -1,7 +1,7 @@
 """The kubelet-serving CSRs of the interLink virtual kubelets are approved, and only those.
 
 interLink 0.6.0 (``cmd/virtual-kubelet/main.go`` lines 263-269: signer ``kubernetes.io/kubelet-serving``;
-``pkg/virtualkubelet/cert-retriever.go`` lines 103-111: subject ``CN=system:node:<node>, O=system:nodes``,
+``pkg/virtualkubelet/cert-retriever.go`` lines 101-111: subject ``CN=system:node:<node>, O=system:nodes``,
 IP SAN only; lines 117-131: usages digital signature, key encipherment, server auth) asks for its
 serving certificate with the virtual kubelet's ServiceAccount. Kubernetes approves no kubelet-serving
 CSR by itself; the offload layer runs ``aiinfn/csrapprover.py``. CSRs here are made with
