@@ -1,13 +1,16 @@
-"""The contract between the hub layer and services that run inside the hub pod (e.g. the job service).
+"""The contract between the hub layer and the platform's JupyterHub services (e.g. the job service).
 
-A layer that wants a JupyterHub-managed service builds a ``HubServiceSpec``; the hub layer turns
-it into ``hub.services``, ``hub.loadRoles``, ``hub.extraFiles``/volumes and the environment of the
-hub container, so the service is authenticated by JupyterHub and no custom image is needed.
+A layer that wants a JupyterHub service builds a ``HubServiceSpec``; the hub layer turns it into
+``hub.services`` and ``hub.loadRoles``, so the service is authenticated by JupyterHub. A service
+without ``url`` is hub-managed and runs inside the hub pod (``hub.extraFiles``/volumes and the hub
+container's environment); one with ``url`` runs in its own pod, which the layer deploys: the hub only
+registers it (its URL and API token) and lets the proxy reach it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -31,3 +34,8 @@ class HubServiceSpec:
     # holds the subset of these that its owner has, so the user role must grant them too)
     server_scopes: list[str] = field(default_factory=lambda: ["access:services!service={name}"])
     service_scopes: list[str] = field(default_factory=lambda: ["read:users", "read:groups", "read:servers"])
+    # In its own pod: the URL the proxy routes /services/<name>/ to, the service's JupyterHub API token
+    # (a Pulumi secret, for hub.services.<name>.apiToken) and the labels of its pods (proxy egress).
+    url: str | None = None
+    api_token: Any = None
+    pod_labels: dict[str, str] = field(default_factory=dict)

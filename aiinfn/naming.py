@@ -99,6 +99,7 @@ STORAGECLASS_SCRATCH = "scratch-local"
 PVC_HOMES = "nfs-homes"  # mounted with subPath <username> (notebooks) or the job owner's name (jobs)
 PVC_PUBLIC = "nfs-public"
 PVC_ENVS = "nfs-envs"
+ENVS_JUPYTER_PATH = "/envs/share/jupyter"  # kernels of the managed environments (environments layer)
 PVC_CVMFS = "cvmfs"
 PVC_JUICEFS = "juicefs-shared"
 

@@ -1,25 +1,31 @@
-"""The job submission service, deployed without a custom image: a JupyterHub-managed service.
+"""The job submission service, deployed without a custom image, in its own pod apart from the hub.
 
-The service code (``aiinfn/jobservice/``, stdlib + jupyterhub + tornado + kubernetes_asyncio, all in
-the z2jh 4.4.0 hub image) is shipped by content into the hub pod through ``HubServiceSpec.files``,
-with a JSON settings file generated here from the site config. This component creates what the
-service needs in the cluster: its own ServiceAccount (the only Kubernetes credential a researcher's
-request ever goes through), a long-lived token Secret for it mounted into the hub pod, and Roles
-limited to Jobs, the pods and logs of Jobs, the sandbox ConfigMaps and Kueue Workloads in the
-project namespaces, plus read access to the notebook pods (Bunshin clones) in the hub namespace.
+The service code (``aiinfn/jobservice/``, stdlib + jupyterhub + tornado + kubernetes_asyncio +
+KubeSpawner's slugs, all in the z2jh 4.4.0 hub image) is shipped by content in a Secret volume with a
+JSON settings file generated here from the site config, and run by a Deployment of the hub image
+(``python3 -m aiinfn_jobservice``). It is still a JupyterHub service with the same API and OAuth
+scopes: ``hub.services.jobs`` has its URL (the Service here) and its API token (a Pulumi secret, also
+in the Secret the pod reads). This component creates what the service needs in the cluster: its own
+ServiceAccount (the only Kubernetes credential a researcher's request ever goes through) with a
+projected, expiring token (no legacy token Secret), Roles limited to Jobs, the pods and logs of Jobs,
+the sandbox ConfigMaps and Kueue Workloads in the project namespaces plus read access to the notebook
+pods (Bunshin clones) in the hub namespace, a ConfigMap quota per project namespace, and a
+NetworkPolicy (the proxy in; the hub API, the Kubernetes API and DNS out).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 import pulumi
+import pulumi_random as random
 
 from aiinfn import naming
 from aiinfn.catalogue import FPGAS, GPUS
 from aiinfn.config.model import NodePool, SiteConfig
-from aiinfn.hubservices import HubServiceSpec
+from aiinfn.hubservices import HubServiceSpec, SecretRef
 from aiinfn.jobservice import service_sources
 from aiinfn.mig import gpu_slices
 from aiinfn.offerings import site_offerings
@@ -36,8 +42,22 @@ PACKAGE = "aiinfn_jobservice"  # the name the package has inside the hub pod
 SETTINGS_PATH = f"{INSTALL_ROOT}/settings.json"
 TOKEN_DIR = "/var/run/secrets/aiinfn-jobs"
 SERVICE_ACCOUNT = "aiinfn-jobs"
-TOKEN_SECRET = "aiinfn-jobs-token"
 ROLE = "aiinfn-jobs"
+DEPLOYMENT = "aiinfn-jobs"  # also its Service and NetworkPolicy
+CODE_SECRET = "aiinfn-jobs-code"  # a Secret as z2jh's hub.extraFiles: code is not secret, but rules scan ConfigMaps
+API_TOKEN_SECRET = "aiinfn-jobs-hub-token"  # the service's JupyterHub API token
+API_TOKEN_KEY = "token"
+HUB_IMAGE = "quay.io/jupyterhub/k8s-hub:4.4.0"  # z2jh 4.4.0's hub image: jupyterhub, kubespawner, kubernetes_asyncio
+HUB_IMAGE_UID = 1000  # the hub image's user (jovyan)
+TOKEN_EXPIRATION_SECONDS = 3600  # the kubelet renews the projected token before it expires; the service re-reads it
+POD_LABELS = {"app.kubernetes.io/name": "aiinfn-jobservice", "app.kubernetes.io/component": "jobs",
+              "hub.jupyter.org/network-access-hub": "true"}  # z2jh's hub NetworkPolicy admits these to the hub API
+OBJECT_QUOTA = "aiinfn-jobs-objects"
+# etcd's default backend quota is 2 GiB (etcd docs, "System limits"); job sandboxes may take a quarter.
+ETCD_SANDBOX_BUDGET_BYTES = 512 * 1024**2
+MAX_SANDBOX_BYTES = 256 * 1024  # never more, whatever the budget allows
+MIN_SANDBOX_BYTES = 16 * 1024
+CONFIGMAP_HEADROOM = 16  # ConfigMaps of a project namespace that are not sandboxes (kube-root-ca.crt ...)
 FALLBACK_IMAGE = "quay.io/jupyter/scipy-notebook:2026-08-24"  # used only if the hub section lists no image
 
 # What the service may do in each project namespace, and nothing else.
@@ -93,6 +113,38 @@ def _eviction(cfg: SiteConfig) -> dict[str, Any]:
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
             "backoffLimit": getattr(b, "backoff_limit", 3),
         }
+
+
+def _remote_accelerators(site: Any) -> dict[str, int]:
+    """Offering key -> GPUs a remote site declares (whole GPUs only: MIG and FPGAs stay local)."""
+    out: dict[str, int] = {}
+    for a in site.resources.accelerators:
+        key = GPUS[a.model].key
+        out[key] = out.get(key, 0) + a.count
+    return out
+
+
+def _largest_node(cfg: SiteConfig, reserved_cpu: int, reserved_mem: int) -> dict[str, Any]:
+    """The largest worker node (cpu and gpu pools) less what each node keeps: the most one local pod gets."""
+    workers = [p for p in cfg.pools if p.role in ("cpu", "gpu") and p.count > 0 and not p.reserved_for]
+    return {"cpu": max([max(p.cpus - reserved_cpu, 1) for p in workers], default=1),
+            "memoryGi": max([max(p.memory_gb - reserved_mem, 1) for p in workers], default=1)}
+
+
+def configmap_cap(cfg: SiteConfig) -> int:
+    """ConfigMaps one project namespace may hold: one sandbox per Job the batch quota allows, plus headroom."""
+    return cfg.batch.max_jobs_per_project + CONFIGMAP_HEADROOM
+
+
+def sandbox_limit(cfg: SiteConfig) -> int:
+    """The largest sandbox: every project full of sandboxes stays within the etcd budget."""
+    per_sandbox = ETCD_SANDBOX_BUDGET_BYTES // max(1, len(cfg.projects) * configmap_cap(cfg))
+    return max(MIN_SANDBOX_BYTES, min(MAX_SANDBOX_BYTES, per_sandbox))
+
+
+def jobs_per_user(cfg: SiteConfig) -> int:
+    """Jobs one user may keep in one project: a fifth of the project's Job quota (at least 10)."""
+    return max(10, cfg.batch.max_jobs_per_project // 5)
 
 
 def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
@@ -151,19 +203,25 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
                    "juicefs": "/juicefs", "project": "/home/shared/{project}"},
         "images": images,
         "offloadSites": [s.name for s in getattr(cfg.offload, "sites", [])] if getattr(cfg.offload, "enabled", True) else [],
+        # what one pod may ask of each remote site (its declared virtual-node capacity) and of this site
+        "remoteSites": [{"name": s.name, "cpu": s.resources.cpu, "memoryGi": s.resources.memory_gb,
+                         "accelerators": _remote_accelerators(s)}
+                        for s in (cfg.offload.sites if getattr(cfg.offload, "enabled", True) else [])],
+        "largestNode": _largest_node(cfg, reserved_cpu, reserved_mem),
         # no fsGroup, as notebooks: the NFS shares keep their owners; runAsUser/runAsGroup/supplementalGroups
         # are the caller's (aiinfn/jobservice/identity.py)
         "podSecurityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "hubSite": {k: hub_site[k] for k in ("ids", "homes", "projects", "env_maintainer_groups")},
         "notebookContainer": "notebook",
         "notebookSelector": "component=singleuser-server",
-        "limits": {"defaultTtlSeconds": getattr(b, "ttl_seconds_after_finished", 3600)},
+        "limits": {"defaultTtlSeconds": getattr(b, "ttl_seconds_after_finished", 3600),
+                   "maxSandboxBytes": sandbox_limit(cfg), "maxJobsPerUser": jobs_per_user(cfg)},
         "routing": routing_settings(cfg),
     }
 
 
-def service_spec(cfg: SiteConfig) -> HubServiceSpec:
-    """The managed service the hub runs: code and settings by content, the SA token by Secret mount."""
+def service_spec(cfg: SiteConfig, api_token: Any = None) -> HubServiceSpec:
+    """The service as the hub registers it (URL, API token, scopes) and as its pod runs it (files, env)."""
     files = {f"{INSTALL_ROOT}/{PACKAGE}/{name}": text for name, text in service_sources().items()}
     files[SETTINGS_PATH] = json.dumps(job_service_settings(cfg), indent=1, sort_keys=True) + "\n"
     return HubServiceSpec(
@@ -174,12 +232,51 @@ def service_spec(cfg: SiteConfig) -> HubServiceSpec:
         env={"PYTHONPATH": INSTALL_ROOT, "AIINFN_JOBS_SETTINGS": SETTINGS_PATH, "AIINFN_JOBS_KUBE": "serviceaccount",
              "AIINFN_JOBS_TOKEN_DIR": TOKEN_DIR, "PYTHONUNBUFFERED": "1",
              "PYTHONDONTWRITEBYTECODE": "1"},  # the shipped files are read-only mounts
-        secret_volumes={TOKEN_DIR: TOKEN_SECRET},
+        secret_env={"JUPYTERHUB_API_TOKEN": SecretRef(API_TOKEN_SECRET, API_TOKEN_KEY)},
+        url=f"http://{DEPLOYMENT}:{SERVICE_PORT}",
+        api_token=api_token,
+        pod_labels={k: POD_LABELS[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/component")},
         oauth_client_allowed_scopes=[],  # the service only needs to identify its callers
         user_scopes=["access:services!service={name}"],
         # list:users + read:users: who the hub's users are and since when, for its uid ownership rule (identity.py)
         service_scopes=["list:users", "read:users", "read:users:name", "read:users:groups", "read:servers"],
     )
+
+
+HOMES_VAP = "aiinfn-job-homes"
+ANN_OWNER = "aiinfn.infn.it/owner"  # the service's owner annotation (aiinfn/jobservice/jobspec.py)
+
+
+def homes_policy_spec(homes_claim: str) -> dict[str, Any]:
+    """A ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1): a Job in a project namespace that mounts
+    the homes share mounts only its owner's home (subPath = its owner annotation); only the ``make-home``
+    init container sees the share's root, for the owner's name alone. Defence in depth: only the job
+    service creates Jobs there, and it builds them so (a bug or a compromise of it would not reach others'
+    homes)."""
+    pod = "object.spec.template.spec"
+    mount_ok = "(has(m.subPath) && m.subPath == variables.owner)"
+    return {
+        "failurePolicy": "Fail",
+        "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                "operations": ["CREATE", "UPDATE"], "resources": ["jobs"]}]},
+        "variables": [
+            {"name": "homes", "expression": f"has({pod}.volumes) ? {pod}.volumes.filter(v, has(v.persistentVolumeClaim) "
+                                            f"&& v.persistentVolumeClaim.claimName == '{homes_claim}').map(v, v.name) : []"},
+            {"name": "owner", "expression": f"has(object.metadata.annotations) && '{ANN_OWNER}' in "
+                                            f"object.metadata.annotations ? object.metadata.annotations['{ANN_OWNER}'] : ''"},
+        ],
+        "validations": [
+            {"expression": "variables.homes.size() == 0 || variables.owner != ''",
+             "message": f"a Job that mounts the homes share names its owner ({ANN_OWNER})"},
+            {"expression": f"{pod}.containers.all(c, !has(c.volumeMounts) || c.volumeMounts.all(m, "
+                           f"!(m.name in variables.homes) || {mount_ok}))",
+             "message": f"a Job's containers mount only its owner's home (subPath = {ANN_OWNER})"},
+            {"expression": f"!has({pod}.initContainers) || {pod}.initContainers.all(c, !has(c.volumeMounts) || "
+                           f"c.volumeMounts.all(m, !(m.name in variables.homes) || {mount_ok} || (c.name == 'make-home' "
+                           "&& has(c.command) && c.command.size() > 0 && c.command[c.command.size() - 1] == variables.owner)))",
+             "message": "only the make-home init container mounts the homes share's root, for the Job's owner"},
+        ],
+    }
 
 
 class Jobs(pulumi.ComponentResource):
@@ -196,14 +293,6 @@ class Jobs(pulumi.ComponentResource):
             object_meta(SERVICE_ACCOUNT, namespace=naming.HUB_NAMESPACE, labels=labels),
             automountServiceAccountToken=False,
             opts=ctx.k8s_opts(self, depends_on=hub_dep),
-        )
-        # A token Secret the control plane fills (token, ca.crt, namespace); the hub mounts it for the service.
-        self.token_secret = KubeObject(
-            "jobs-sa-token", "v1", "Secret",
-            object_meta(TOKEN_SECRET, namespace=naming.HUB_NAMESPACE, labels=labels,
-                        annotations={"kubernetes.io/service-account.name": SERVICE_ACCOUNT}),
-            type="kubernetes.io/service-account-token",
-            opts=ctx.k8s_opts(self, depends_on=[self.service_account]),
         )
         subject = [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": naming.HUB_NAMESPACE}]
         self.roles: dict[str, KubeObject] = {}
@@ -229,16 +318,151 @@ class Jobs(pulumi.ComponentResource):
                 opts=ctx.k8s_opts(self, depends_on=[role, self.service_account]),
             )
             self.roles[namespace] = role
-        self.service_spec = service_spec(cfg)
+            if key != "hub":  # etcd: sandboxes are ConfigMaps; the batch layer caps Jobs and pods
+                KubeObject(
+                    f"jobs-quota-{key}", "v1", "ResourceQuota",
+                    object_meta(OBJECT_QUOTA, namespace=namespace, labels=labels),
+                    spec={"hard": {"count/configmaps": str(configmap_cap(cfg))}},
+                    opts=ctx.k8s_opts(self, depends_on=deps),
+                )
+        # The service's JupyterHub API token: generated once, kept in the stack state, a secret end to end
+        # (hub.services.jobs.apiToken in the hub's values, and this Secret for the service's pod).
+        keep = pulumi.ResourceOptions(parent=self, protect=cfg.is_protected)
+        api_token = random.RandomBytes("jobs-api-token", length=32, opts=keep).hex
+        self.service_spec = service_spec(cfg, api_token)
+        self.api_token_secret = KubeObject(
+            "jobs-api-token", "v1", "Secret",
+            object_meta(API_TOKEN_SECRET, namespace=naming.HUB_NAMESPACE, labels=labels),
+            type="Opaque", stringData={API_TOKEN_KEY: api_token},
+            opts=ctx.k8s_opts(self, depends_on=hub_dep),
+        )
+        self.deployment = self._deployment(ctx, labels, hub_dep)
+        homes_policy = KubeObject(
+            "jobs-homes-policy", "admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy",
+            object_meta(HOMES_VAP, labels=labels), spec=homes_policy_spec(naming.PVC_HOMES),
+            opts=ctx.k8s_opts(self),
+        )
+        KubeObject(
+            "jobs-homes-policy-binding", "admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding",
+            object_meta(HOMES_VAP, labels=labels),
+            spec={"policyName": HOMES_VAP, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchExpressions": [
+                      {"key": naming.LABEL_PROJECT, "operator": "Exists"}]}}},
+            opts=ctx.k8s_opts(self, depends_on=[homes_policy]),
+        )
         settings = job_service_settings(cfg)
         ctx.add_summary("Job service", [
-            (f"- JupyterHub-managed service `/services/{SERVICE_NAME}/` in the hub pod (no custom image); "
-            f"callers authenticate with their JupyterHub token (scope `access:services!service={SERVICE_NAME}`)"),
+            (f"- JupyterHub service `/services/{SERVICE_NAME}/` in its own Deployment `{naming.HUB_NAMESPACE}/{DEPLOYMENT}` "
+             f"(the hub image, no custom image; URL `{self.service_spec.url}`); callers authenticate with their "
+             f"JupyterHub token (scope `access:services!service={SERVICE_NAME}`)"),
+            (f"- Kubernetes credential: a projected ServiceAccount token expiring after {TOKEN_EXPIRATION_SECONDS} s "
+             "(renewed by the kubelet, re-read by the service); no token Secret"),
             (f"- ServiceAccount `{naming.HUB_NAMESPACE}/{SERVICE_ACCOUNT}`: Jobs, their pods/logs, sandbox ConfigMaps and "
             f"Kueue Workloads in {len(cfg.projects)} project namespace(s); read-only notebook pods in `{naming.HUB_NAMESPACE}`"),
             f"- batch priorities: {', '.join(settings['priorities'])} (default {settings['defaultPriority']}; "
             f"{', '.join(settings['adminPriorities'])} for admins); accelerators: "
             + ", ".join(o["key"] for o in settings["offerings"]),
             "- Bunshin jobs clone the caller's running notebook (image, volumes, env) minus secrets and tokens",
+            (f"- etcd: at most {configmap_cap(cfg)} ConfigMaps per project namespace, sandboxes of at most "
+             f"{sandbox_limit(cfg) // 1024} KiB, {jobs_per_user(cfg)} Jobs per user and project"),
         ])
         self.register_outputs({"service_account": SERVICE_ACCOUNT})
+
+    def _deployment(self, ctx: SiteContext, labels: dict[str, str], deps: list[pulumi.Resource]) -> KubeObject:
+        """The service's pod: code and settings from a Secret volume (as z2jh ships hub.extraFiles), its API token from a Secret, an expiring
+        projected ServiceAccount token; restricted Pod Security; the proxy in, the hub and APIs out."""
+        ns = naming.HUB_NAMESPACE
+        spec = self.service_spec
+        keys = {path.removeprefix(INSTALL_ROOT + "/").replace("/", "__"): (path, text) for path, text in spec.files.items()}
+        code = KubeObject(
+            "jobs-code", "v1", "Secret", object_meta(CODE_SECRET, namespace=ns, labels=labels),
+            type="Opaque", stringData={k: text for k, (_, text) in sorted(keys.items())},
+            opts=ctx.k8s_opts(self, depends_on=deps),
+        )
+        env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.secret_name, "key": ref.key}}}
+                for var, ref in sorted(spec.secret_env.items())]
+        hub_env = {  # what JupyterHub gives a managed service, given here to an external one
+            "JUPYTERHUB_SERVICE_NAME": SERVICE_NAME, "JUPYTERHUB_API_URL": "http://hub:8081/hub/api",
+            "JUPYTERHUB_BASE_URL": "/", "JUPYTERHUB_SERVICE_PREFIX": f"/services/{SERVICE_NAME}/",
+            "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:{SERVICE_PORT}", "JUPYTERHUB_CLIENT_ID": f"service-{SERVICE_NAME}",
+            "JUPYTERHUB_OAUTH_CALLBACK_URL": f"/services/{SERVICE_NAME}/oauth_callback",
+            "JUPYTERHUB_OAUTH_ACCESS_SCOPES": json.dumps([f"access:services!service={SERVICE_NAME}"]),
+        }
+        env += [{"name": k, "value": v} for k, v in sorted(hub_env.items())]
+        pod_labels = {**labels, **POD_LABELS}
+        checksum = hashlib.sha256(json.dumps(sorted(spec.files.items())).encode()).hexdigest()[:16]
+        deployment = KubeObject(
+            "jobs-deployment", "apps/v1", "Deployment", object_meta(DEPLOYMENT, namespace=ns, labels=labels),
+            spec={
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": dict(spec.pod_labels)},
+                "template": {
+                    "metadata": {"labels": pod_labels, "annotations": {"aiinfn.infn.it/code-checksum": checksum}},
+                    "spec": {
+                        "serviceAccountName": SERVICE_ACCOUNT,
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "securityContext": {"runAsNonRoot": True, "runAsUser": HUB_IMAGE_UID,
+                                            "runAsGroup": HUB_IMAGE_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{
+                            "name": "jobs",
+                            "image": HUB_IMAGE,
+                            "command": list(spec.command),
+                            "workingDir": "/tmp",
+                            "env": env,
+                            "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
+                            "readinessProbe": {"httpGet": {"path": f"/services/{SERVICE_NAME}/health",
+                                                           "port": SERVICE_PORT}, "periodSeconds": 10},
+                            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                          "limits": {"cpu": "1", "memory": "512Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True},
+                            "volumeMounts": [{"name": "code", "mountPath": INSTALL_ROOT, "readOnly": True},
+                                             {"name": "sa-token", "mountPath": TOKEN_DIR, "readOnly": True},
+                                             {"name": "tmp", "mountPath": "/tmp"}],
+                        }],
+                        "volumes": [
+                            {"name": "code", "secret": {"secretName": CODE_SECRET, "items": [
+                                {"key": k, "path": path.removeprefix(INSTALL_ROOT + "/")}
+                                for k, (path, _) in sorted(keys.items())]}},
+                            # token, ca.crt, namespace: what the service reads (kube.py), the token expiring
+                            {"name": "sa-token", "projected": {"sources": [
+                                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
+                                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                                {"downwardAPI": {"items": [{"path": "namespace",
+                                                            "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                        ],
+                    },
+                },
+            },
+            opts=ctx.k8s_opts(self, depends_on=[*deps, code, self.api_token_secret, self.service_account]),
+        )
+        KubeObject(
+            "jobs-service", "v1", "Service", object_meta(DEPLOYMENT, namespace=ns, labels=labels),
+            spec={"type": "ClusterIP", "selector": dict(spec.pod_labels),
+                  "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": SERVICE_PORT, "protocol": "TCP"}]},
+            opts=ctx.k8s_opts(self, depends_on=deps),
+        )
+        KubeObject(
+            "jobs-network-policy", "networking.k8s.io/v1", "NetworkPolicy",
+            object_meta(DEPLOYMENT, namespace=ns, labels=labels),
+            spec={
+                "podSelector": {"matchLabels": dict(spec.pod_labels)},
+                "policyTypes": ["Ingress", "Egress"],
+                # callers come through the proxy (z2jh labels its pod component=proxy)
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}],
+                             "ports": [{"port": SERVICE_PORT, "protocol": "TCP"}]}],
+                "egress": [
+                    {"to": [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "hub"}}}],
+                     "ports": [{"port": 8081, "protocol": "TCP"}]},
+                    # the Kubernetes API (its endpoints are the control-plane nodes, on the site's private network)
+                    {"to": [{"ipBlock": {"cidr": cidr}} for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")],
+                     "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]},
+                ],
+            },
+            opts=ctx.k8s_opts(self, depends_on=deps),
+        )
+        return deployment

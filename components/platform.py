@@ -53,8 +53,9 @@ class PlatformBase(pulumi.ComponentResource):
         self.project_namespaces: dict[str, KubeObject] = {}
         for project in cfg.projects:
             ns = project_namespace(project)
+            # restricted: batch Jobs and Bunshin clones comply (tests/test_jobservice_pod_security.py)
             self.project_namespaces[project.name] = self._namespace(
-                f"ns-{ns}", ns, ctx, enforce="baseline", extra={LABEL_PROJECT: project.name})
+                f"ns-{ns}", ns, ctx, enforce="restricted", extra={LABEL_PROJECT: project.name})
         self.register_outputs({})
 
     def _namespace(self, resource_name: str, name: str, ctx: SiteContext, enforce: str,

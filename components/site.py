@@ -11,6 +11,7 @@ from .batch import Batch
 from .cluster import Cluster, ClusterArgs
 from .cluster_bootstrap import disk_summary
 from .context import SiteContext
+from .environments import Environments
 from .hub import Hub
 from .jobs import Jobs
 from .observability import Observability
@@ -48,6 +49,8 @@ class Site(pulumi.ComponentResource):
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
+        self.environments = Environments("environments", self.ctx,
+                                         opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.storage]))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

@@ -104,7 +104,8 @@ def test_notebook_pods_are_locked_down(any_stack: Rendered) -> None:
     assert su["cloudMetadata"]["blockWithIptables"] is False  # no privileged init container (Pod Security baseline)
     assert su["storage"]["type"] == "none"  # volumes come from the storage layer's PVCs, per user
     assert su["extraLabels"][naming.LABEL_WORKLOAD] == "notebook"
-    assert not su.get("extraEnv")
+    # no env of the hub's reaches notebooks; only the managed environments' kernel path (not a secret)
+    assert su.get("extraEnv", {}) == ({"JUPYTER_PATH": naming.ENVS_JUPYTER_PATH} if any_stack.cfg.environments else {})
     ksp = values_of(any_stack)["hub"]["config"]["KubeSpawner"]["container_security_context"]
     assert ksp["runAsNonRoot"] is True and ksp["capabilities"]["drop"] == ["ALL"]
     v = values_of(any_stack)

@@ -11,7 +11,8 @@ from aiinfn import naming
 from aiinfn.jobservice.bunshin import clone_notebook, find_notebook_pod
 from aiinfn.jobservice.errors import ApiError
 from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_volumes
-from tests.jobservice_fixtures import notebook_pod, site_settings
+from tests.jobservice_fixtures import hash_uid, notebook_pod, site_settings
+from policies.rules.pod_security import restricted_violations
 from tests.schemas import validate_object
 
 CALLER = Caller("mrossi", ("ai-infn/users", "ai-infn/cms-tracking", "ai-infn/atlas-anomaly"))
@@ -47,9 +48,13 @@ def test_clone_validates_and_keeps_the_notebook_environment():
     assert mounts["home"] == {"name": "home", "mountPath": "/home/mrossi", "subPath": "mrossi"}
     for name in ("public", "envs", "cvmfs", "dshm", "tmp", "scratch", "project-cms-tracking"):
         assert name in mounts, name
-    # the notebook's identity: pod-level supplemental groups, container-level uid/gid (as KubeSpawner sets them)
-    assert pod["securityContext"] == notebook_pod()["spec"]["securityContext"]
-    assert c["securityContext"] == nb["securityContext"]
+    # the notebook's identity (its uid/gid, its supplemental groups), in contexts rebuilt for the clone
+    uid = hash_uid("mrossi")
+    assert pod["securityContext"] == {"runAsUser": uid, "runAsGroup": uid, "runAsNonRoot": True,
+                                      "seccompProfile": {"type": "RuntimeDefault"},
+                                      "supplementalGroups": notebook_pod()["spec"]["securityContext"]["supplementalGroups"]}
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                    "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     labels = job["metadata"]["labels"]
     assert labels[naming.LABEL_WORKLOAD] == "bunshin" and labels[naming.QUEUE_LABEL] == naming.LOCAL_QUEUE
     assert job["metadata"]["annotations"]["aiinfn.infn.it/bunshin-source"] == "jupyter-mrossi"
@@ -172,3 +177,69 @@ def test_clone_of_the_volumes_the_hub_layer_gives_notebooks():
     if gpu_profile:
         assert "/scratch" in paths
     assert not any("secret" in v or "projected" in v for v in spec["volumes"])
+
+
+def test_a_widened_notebook_security_context_is_not_copied():
+    """Issue 17 item 7: privileges a hub configuration gave the notebook never reach its batch clones."""
+    pod = notebook_pod()
+    nb = pod["spec"]["containers"][0]
+    nb["securityContext"].update({"privileged": True, "allowPrivilegeEscalation": True, "procMount": "Unmasked",
+                                  "capabilities": {"add": ["SYS_ADMIN", "NET_RAW"]},
+                                  "seLinuxOptions": {"type": "spc_t"}, "seccompProfile": {"type": "Unconfined"},
+                                  "readOnlyRootFilesystem": True})
+    pod["spec"]["securityContext"].update({"fsGroup": 0, "sysctls": [{"name": "net.core.somaxconn", "value": "1024"}],
+                                           "supplementalGroups": [*pod["spec"]["securityContext"]["supplementalGroups"],
+                                                                  0, 4242],
+                                           "appArmorProfile": {"type": "Unconfined"}})
+    job, _, base = bunshin({}, pod)
+    validate_object(job)
+    spec = job["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    text = json.dumps(spec)
+    for word in ("privileged", "SYS_ADMIN", "NET_RAW", "Unmasked", "spc_t", "Unconfined", "sysctls", "fsGroup"):
+        assert word not in text, word
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True  # a tightening is kept
+    assert 0 not in spec["securityContext"]["supplementalGroups"] and 4242 not in spec["securityContext"]["supplementalGroups"]
+    assert any("supplementalGroups 4242" in d for d in base.dropped)
+    assert restricted_violations(spec) == []
+
+
+@pytest.mark.parametrize("value,shape", [
+    ("postgresql://analysis:s3cr3t@db.example.org:5432/events", "password"),
+    ("https://user:ghp_abcdefghij@github.com/org/repo.git", "password"),
+    ("https://bucket.s3.example.org/data.h5?X-Amz-Credential=AKIA/x&X-Amz-Signature=0ab1", "query"),
+    ("https://mlflow.example.org/api?token=0f9e8d7c6b5a", "query"),
+    ("eyJhbGciOiJSUzI1NiIsImtpZCI6InJzYTEifQ.eyJzdWIiOiJtcm9zc2kifQ.c2lnbmF0dXJl", "Web Token"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n", "private key"),
+    ("AKIAIOSFODNN7EXAMPLE", "AWS"),
+    ("Bearer 0123456789abcdefXYZ", "authorization"),
+])
+def test_env_values_shaped_like_credentials_are_dropped_whatever_the_name(value, shape):
+    pod = notebook_pod()
+    pod["spec"]["containers"][0]["env"].append({"name": "EXPERIMENT_INPUT", "value": value})
+    job, _, base = bunshin({}, pod)
+    assert value not in json.dumps(job)
+    [why] = [d for d in base.dropped if d.startswith("env EXPERIMENT_INPUT")]
+    assert shape in why, why
+
+
+def test_plain_urls_and_values_stay():
+    pod = notebook_pod()
+    keep = {"DATA_URL": "https://opendata.cern.ch/record/12345/files/a.root?version=2",
+            "XRD_PATH": "root://eospublic.cern.ch//eos/opendata/cms/file.root", "EPOCHS": "40",
+            "MODEL": "user@example.org"}
+    pod["spec"]["containers"][0]["env"] += [{"name": k, "value": v} for k, v in keep.items()]
+    job, _, _ = bunshin({}, pod)
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for k, v in keep.items():
+        assert env.get(k) == v, k
+
+
+def test_an_inline_nfs_volume_is_not_cloned():
+    """The restricted Pod Security profile of project namespaces allows no inline nfs volume."""
+    pod = notebook_pod()
+    pod["spec"]["volumes"].append({"name": "legacy", "nfs": {"server": "10.0.0.5", "path": "/data"}})
+    pod["spec"]["containers"][0]["volumeMounts"].append({"name": "legacy", "mountPath": "/legacy"})
+    job, _, base = bunshin({}, pod)
+    assert "legacy" not in json.dumps(job)
+    assert any(d.startswith("volume legacy") for d in base.dropped)

@@ -17,7 +17,19 @@ import pytest
 
 from aiinfn import naming
 from aiinfn.jobservice import PACKAGE_DIR, SERVICE_MODULES
-from components.jobs import INSTALL_ROOT, PACKAGE, SERVICE_ACCOUNT, SETTINGS_PATH, TOKEN_DIR, TOKEN_SECRET, service_spec
+from components.jobs import (
+    API_TOKEN_SECRET,
+    CODE_SECRET,
+    DEPLOYMENT,
+    HUB_IMAGE,
+    INSTALL_ROOT,
+    PACKAGE,
+    SERVICE_ACCOUNT,
+    SERVICE_PORT,
+    SETTINGS_PATH,
+    TOKEN_DIR,
+    service_spec,
+)
 from tests.conftest import rendered_stack
 from tests.schemas import validate_object
 
@@ -61,37 +73,83 @@ def test_rbac_is_namespaced_and_least_privilege(stack):
         validate_object(obj)
 
 
-def test_service_account_and_its_token_secret():
+def test_service_account_with_an_expiring_projected_token_and_no_token_secret():
+    """Issue 17 item 5: no legacy token Secret (kubernetes.io/service-account-token never expires); the pod
+    mounts a projected serviceAccountToken with expirationSeconds (Kubernetes 1.33 ProjectedVolumeSource)."""
     [sa] = manifests("cnaf", "ServiceAccount")
     assert sa["metadata"] == {**sa["metadata"], "name": SERVICE_ACCOUNT, "namespace": naming.HUB_NAMESPACE}
     assert sa["automountServiceAccountToken"] is False
-    [secret] = manifests("cnaf", "Secret")
-    assert secret["type"] == "kubernetes.io/service-account-token"
-    assert secret["metadata"]["name"] == TOKEN_SECRET and secret["metadata"]["namespace"] == naming.HUB_NAMESPACE
-    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == SERVICE_ACCOUNT
-    assert "data" not in secret and "stringData" not in secret  # the control plane fills it
-    validate_object(sa)
-    validate_object(secret)
+    every_secret = [r.inputs for r in rendered_stack("cnaf").resources if r.inputs.get("kind") == "Secret"]
+    assert not [s for s in every_secret if s.get("type") == "kubernetes.io/service-account-token"]
+    [dep] = manifests("cnaf", "Deployment")
+    validate_object(dep)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == SERVICE_ACCOUNT and pod["automountServiceAccountToken"] is False
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == TOKEN_DIR]
+    [vol] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    sources = vol["projected"]["sources"]
+    [token] = [x["serviceAccountToken"] for x in sources if "serviceAccountToken" in x]
+    assert token["path"] == "token" and 600 <= token["expirationSeconds"] <= 86400
+    assert any(x.get("configMap", {}).get("name") == "kube-root-ca.crt" for x in sources)  # ca.crt, as kube.py reads
 
 
-def test_the_hub_runs_the_service_with_the_token_mounted():
-    rel = [r for r in rendered_stack("cnaf").resources if r.type == "kubernetes:helm.sh/v3:Release"
+def test_the_service_runs_apart_from_the_hub_with_the_same_api_and_scopes():
+    """Issue 17 item 5: the hub pod runs no service and mounts no Kubernetes credential; hub.services.jobs has
+    the URL of the service's own Service and its API token; roles and scopes are those of the managed service."""
+    from policies.rules.pod_security import restricted_violations
+
+    rendered = rendered_stack("cnaf")
+    rel = [r for r in rendered.resources if r.type == "kubernetes:helm.sh/v3:Release"
            and r.inputs.get("chart") == "jupyterhub"]
     if not rel:
         pytest.skip("no hub layer in this checkout")
-    hub = rel[0].inputs["values"]["hub"]
+    values = rel[0].inputs["values"]
+    hub = values["hub"]
     svc = hub["services"]["jobs"]
-    assert svc["command"] == ["python3", "-m", PACKAGE]
-    assert svc["environment"]["AIINFN_JOBS_TOKEN_DIR"] == TOKEN_DIR
-    files = {f["mountPath"] for f in hub["extraFiles"].values()}
-    assert {f"{INSTALL_ROOT}/{PACKAGE}/{m}" for m in SERVICE_MODULES} | {SETTINGS_PATH} <= files
-    mounts = {m["mountPath"]: m["name"] for m in hub.get("extraVolumeMounts", [])}
-    vols = {v["name"]: v for v in hub.get("extraVolumes", [])}
-    assert vols[mounts[TOKEN_DIR]]["secret"]["secretName"] == TOKEN_SECRET
+    assert "command" not in svc and svc["url"] == f"http://{DEPLOYMENT}:{SERVICE_PORT}"
+    assert svc["apiToken"] not in (None, "")
+    mounted = {f["mountPath"] for f in hub["extraFiles"].values()}
+    assert not any(p.startswith(INSTALL_ROOT) for p in mounted)
+    assert not any(m["mountPath"] == TOKEN_DIR for m in hub.get("extraVolumeMounts", []))
+    assert not any("JUPYTERHUB_API_TOKEN" == e["name"] for e in hub.get("extraEnv", []))
     assert "access:services!service=jobs" in hub["loadRoles"]["user"]["scopes"]
-    # the notebook's own token (server role): JupyterHub's stock scopes plus the service
     assert hub["loadRoles"]["server"]["scopes"] == ["users:activity!user", "access:servers!server",
                                                     "access:services!service=jobs"]
+    assert hub["loadRoles"]["jobs-service"]["services"] == ["jobs"]
+    # the proxy may reach the service's pods on its port
+    [dep] = manifests("cnaf", "Deployment")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    rules = values["proxy"]["chp"]["networkPolicy"]["egress"]
+    assert any(r["ports"] == [{"port": SERVICE_PORT, "protocol": "TCP"}] and
+               all(pod_labels.get(k) == v for k, v in r["to"][0]["podSelector"]["matchLabels"].items()) for r in rules)
+    [service] = manifests("cnaf", "Service")
+    validate_object(service)
+    assert service["metadata"]["name"] == DEPLOYMENT and service["spec"]["ports"][0]["port"] == SERVICE_PORT
+    assert all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    [netpol] = manifests("cnaf", "NetworkPolicy")
+    validate_object(netpol)
+    assert netpol["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {"app": "jupyterhub",
+                                                                                       "component": "proxy"}}}]
+    pod = dep["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []  # the hub namespace warns at restricted: nothing to warn about
+    c = pod["containers"][0]
+    assert c["image"] == HUB_IMAGE and c["command"] == ["python3", "-m", PACKAGE]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": API_TOKEN_SECRET, "key": "token"}
+    assert env["AIINFN_JOBS_TOKEN_DIR"]["value"] == TOKEN_DIR
+    [token_secret] = [s for s in manifests("cnaf", "Secret") if s["metadata"]["name"] == API_TOKEN_SECRET]
+    assert token_secret["type"] == "Opaque"
+    # the code and settings, by content, from a Secret volume (as z2jh ships hub.extraFiles): the shipped
+    # modules at their import paths
+    [cm] = [m for m in manifests("cnaf", "Secret") if m["metadata"]["name"] == CODE_SECRET]
+    validate_object(cm)
+    [code] = [v for v in pod["volumes"] if v["name"] == "code"]
+    paths = {i["path"]: i["key"] for i in code["secret"]["items"]}
+    assert {f"{PACKAGE}/{m}" for m in SERVICE_MODULES} | {"settings.json"} == set(paths)
+    assert set(cm["stringData"]) == set(paths.values())  # (the engine shows Secret values redacted)
+    spec = service_spec(rendered.cfg)
+    assert spec.files[f"{INSTALL_ROOT}/{PACKAGE}/app.py"] == (PACKAGE_DIR / "app.py").read_text()
+    assert len(json.dumps(spec.files).encode()) < 1024 * 1024  # a Secret holds at most 1 MiB
 
 
 def test_every_module_is_shipped_and_imports_only_what_the_hub_image_has():
@@ -120,8 +178,9 @@ def test_shipped_settings_hold_no_secret_and_parse():
     spec = service_spec(cfg)
     text = spec.files[SETTINGS_PATH]
     Settings.from_dict(json.loads(text))
-    assert not spec.secret_env
-    assert spec.secret_volumes == {TOKEN_DIR: TOKEN_SECRET}
+    assert {k: (r.secret_name, r.key) for k, r in spec.secret_env.items()} == {
+        "JUPYTERHUB_API_TOKEN": (API_TOKEN_SECRET, "token")}
+    assert not spec.secret_volumes
     lowered = text.lower()
     for word in ("password", "secret", "token\"", "clientsecret", "BEGIN "):
         assert word.lower() not in lowered, word
@@ -229,6 +288,10 @@ def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
             assert (await client.list_workloads("project-a", "kueue.x-k8s.io/job-uid=u"))[0]["metadata"]["name"] == "job-x"
             assert await client.get_job("project-a", "missing") is None
             await client.delete_job("project-a", "j")
+            assert await client.count_jobs("project-a", "x=y", 5) == 1  # raw list page, no models decoded
+            # the kubelet renews a projected token in place: the client reads the new one
+            (tmp_path / "token").write_text("renewed-token\n")
+            client.TOKEN_REREAD_SECONDS = 0
             with pytest.raises(KubeError) as err:
                 await client.list_jobs("elsewhere", "")
             assert err.value.status == 403
@@ -259,9 +322,12 @@ def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
         ("GET", "/apis/batch/v1/namespaces/project-a/jobs/missing"),
         ("DELETE", "/apis/batch/v1/namespaces/project-a/jobs/j"),
     ]
-    assert all(auth == "Bearer sa-token-value" for *_, auth in seen), [a for *_, a in seen]
+    assert all(auth == "Bearer sa-token-value" for *_, auth in seen[:-1]), [a for *_, a in seen]
+    assert seen[-1][3] == "Bearer renewed-token"
     assert parse_qs(urlsplit(seen[2][1]).query) == {"labelSelector": ["batch.kubernetes.io/job-name=j"]}
     assert parse_qs(urlsplit(seen[3][1]).query) == {"container": ["job"], "limitBytes": ["1000"], "tailLines": ["5"]}
     assert seen[0][2]["metadata"]["name"] == "j"
     assert seen[6][2].get("propagationPolicy") == "Background"
+    assert seen[7][1].split("?")[0] == "/apis/batch/v1/namespaces/project-a/jobs"
+    assert parse_qs(urlsplit(seen[7][1]).query) == {"labelSelector": ["x=y"], "limit": ["5"]}
     assert Path(PACKAGE_DIR / "kube.py").read_text().count("class ") >= 3

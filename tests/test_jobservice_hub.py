@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from typing import Any
 import pytest
 
 from aiinfn.engine.run import load_config
-from aiinfn.jobservice.app import make_app
+from aiinfn.jobservice.app import make_app, read_hub_users
+from aiinfn.jobservice.hubusers import HubUsers
 from aiinfn.jobservice.kube import MemoryKubeClient
 from components.hub.values import SERVER_ROLE_DEFAULT_SCOPES, hub_values
 from components.jobs import INSTALL_ROOT, service_spec
@@ -182,6 +184,7 @@ class InProcessService:
 
         self.kube = MemoryKubeClient()
         self.site = site_settings("cnaf")
+        self.hub_api = hub_api
         self.port = port
         self.auth = HubOAuth(api_token=token, api_url=hub_api, oauth_client_id="service-jobs",
                              access_scopes={"access:services!service=jobs", "access:services"}, cache_max_age=0)
@@ -191,7 +194,8 @@ class InProcessService:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        app = make_app(self.site, self.kube, self.auth, "/services/jobs/")
+        self.hub_users = HubUsers(self.site.hub_site, lambda: read_hub_users(self.auth))
+        app = make_app(self.site, self.kube, self.auth, "/services/jobs/", self.hub_users)
         self.server = app.listen(self.port, address="127.0.0.1")
         self.ready.set()
         self.loop.run_forever()
@@ -199,6 +203,10 @@ class InProcessService:
     def start(self) -> None:
         self.thread.start()
         assert self.ready.wait(10)
+
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine on the service's loop (its HubUsers tasks live there)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.server.stop)
@@ -287,7 +295,7 @@ def hub():
 
         yield {"api": hub_api, "server_token": server_token, "svc": f"http://127.0.0.1:{svc_port}/services/jobs",
                "shipped": f"http://127.0.0.1:{shipped_port}/services/jobs-shipped", "service": service,
-               "token_for": token_for, "root": root}
+               "token_for": token_for, "root": root, "admin_token": admin_token}
     finally:
         service.stop()
         children = child_pids(proc.pid)
@@ -485,11 +493,13 @@ def test_a_uid_an_earlier_hub_user_holds_is_refused_to_later_users(hub, tokens):
     ids = hub["service"].site.hub_site["ids"]
     saved = copy.deepcopy(ids)
     ids.update(user_span=1, listed_users=[], uid_overrides={})
+    hub["service"].hub_users.snapshot = None  # the uid map of the last read was computed with the old range
     try:
         results = {u: call("POST", hub["svc"] + "/api/jobs", tokens[u], JOB) for u in ("mrossi", "arossi")}
     finally:
         ids.clear()
         ids.update(saved)
+        hub["service"].hub_users.snapshot = None
     refused = {u for u, (status, reply) in results.items()
                if status == 403 and "a user of this hub since before" in reply["error"]}
     assert refused and len(results) - len(refused) <= 1, results
@@ -552,3 +562,210 @@ def test_a_token_with_only_the_stock_server_scopes_gets_403(hub):
     status, reply = call("GET", hub["svc"] + "/api/info", stock)
     assert status == 403, reply
     assert "access:services" in reply["error"]
+
+
+# --- issue 24: the users snapshot, awaited token checks, label-selected Bunshin, concurrent lists ---------
+
+def colliding_names(prefix: str) -> tuple[str, str]:
+    """Two user names whose hash uids are equal under the cnaf range (a birthday search, ~1000 names)."""
+    seen: dict[int, str] = {}
+    i = 0
+    while True:
+        name = f"{prefix}{i}"
+        uid = hash_uid(name)
+        if uid in seen:
+            return seen[uid], name
+        seen[uid] = name
+        i += 1
+
+
+def admin_call(hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    return call(method, f"{hub['api']}{path}", hub["admin_token"], body)
+
+
+def new_member(hub, name: str) -> str:
+    """A hub user in the cms-tracking group, with a token for the service."""
+    status, reply = admin_call(hub, "POST", f"/users/{name}")
+    assert status in (201, 409), reply
+    for group in ("ai-infn/users", "ai-infn/cms-tracking"):
+        status, reply = admin_call(hub, "POST", f"/groups/{urllib.parse.quote(group, safe='')}/users", {"users": [name]})
+        assert status == 200, reply
+    return hub["token_for"](name, ["access:services!service=jobs"])
+
+
+PLAIN = {"name": "plain", "project": "cms-tracking", "command": ["true"]}
+
+
+def test_a_user_created_after_the_last_read_submits_at_once(hub):
+    service = hub["service"]
+    token = new_member(hub, "latecomer")
+    status, reply = call("POST", hub["svc"] + "/api/jobs", token, PLAIN)
+    assert status == 201, reply
+    assert "latecomer" in service.hub_users.snapshot.created
+
+
+def test_steady_state_submissions_read_no_hub_users(hub):
+    """Known token, caller in the snapshot, no collision: a submission costs the hub nothing but the token check."""
+    service = hub["service"]
+    token = new_member(hub, "steady")
+    for other in ("steady-later",):  # someone newer, so that steady is not the newest user
+        new_member(hub, other)
+    assert call("POST", hub["svc"] + "/api/jobs", token, PLAIN)[0] == 201
+    assert call("POST", hub["svc"] + "/api/jobs", token, PLAIN)[0] == 201
+    reads = service.hub_users.reads
+    for _ in range(5):
+        status, reply = call("POST", hub["svc"] + "/api/jobs", token, PLAIN)
+        assert status == 201, reply
+    assert service.hub_users.reads == reads
+
+
+def test_colliding_users_deleted_and_recreated_are_judged_as_a_fresh_read_would(hub):
+    """The hub's rule (aiinfn_hub.uid_conflict): the earliest hub user holds a uid. With the snapshot, a later
+    holder is refused; after the earlier one is deleted it may run jobs; a re-created name is a new, later
+    user and is refused (its new token forces a fresh read)."""
+    first, second = colliding_names("clash")
+    assert hash_uid(first) == hash_uid(second)
+    t_first = new_member(hub, first)
+    t_second = new_member(hub, second)
+    status, reply = call("POST", hub["svc"] + "/api/jobs", t_second, PLAIN)
+    assert status == 403 and f"already {first}'s" in reply["error"], reply
+    assert call("POST", hub["svc"] + "/api/jobs", t_first, PLAIN)[0] == 201
+    status, reply = admin_call(hub, "DELETE", f"/users/{first}")
+    assert status == 204, reply
+    status, reply = call("POST", hub["svc"] + "/api/jobs", t_second, PLAIN)
+    assert status == 201, reply  # the earlier holder is gone: the uid is second's now
+    t_again = new_member(hub, first)
+    status, reply = call("POST", hub["svc"] + "/api/jobs", t_again, PLAIN)
+    assert status == 403 and f"already {second}'s" in reply["error"], reply
+
+
+def test_a_clashing_job_name_is_drawn_again(hub, tokens, monkeypatch):
+    import aiinfn.jobservice.app as app_module
+
+    kube = hub["service"].kube
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"], {**PLAIN, "name": "clash"})
+    assert status == 201, reply
+    taken = reply["job"]["id"]
+    names = iter([taken, taken, "clash-fresh"])
+    monkeypatch.setattr(app_module, "new_job_name", lambda name: next(names))
+    before = len(kube.created)
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"], {**PLAIN, "name": "clash"})
+    assert status == 201, reply
+    assert reply["job"]["id"] == "clash-fresh"
+    assert [o["metadata"]["name"] for o in kube.created[before:]] == ["clash-fresh"]
+    monkeypatch.setattr(app_module, "new_job_name", lambda name: taken)  # every draw clashes: 409 in the end
+    status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"], {**PLAIN, "name": "clash"})
+    assert status == 409, reply
+
+
+def test_a_slow_token_check_does_not_stall_other_requests(hub, tokens):
+    """HubAuth's blocking path (``get_user(sync=True)``) would hold the event loop for the whole check."""
+    auth = hub["service"].auth
+    slow_token = hub["token_for"]("arossi", ["access:services!service=jobs"])
+    original = auth._api_request
+
+    async def slow(method: str, url: str, **kwargs: Any) -> Any:
+        if slow_token in str(kwargs.get("headers", {})) or slow_token in url:
+            await asyncio.sleep(2.0)
+        return await original(method, url, **kwargs)
+
+    auth._api_request = slow
+    try:
+        done: dict[str, float] = {}
+
+        def slow_call() -> None:
+            call("GET", hub["svc"] + "/api/info", slow_token)
+            done["slow"] = time.monotonic()
+
+        t = threading.Thread(target=slow_call)
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        status, _ = call("GET", hub["svc"] + "/api/info", tokens["mrossi"])
+        fast = time.monotonic() - t0
+        t.join(30)
+    finally:
+        del auth._api_request
+    assert status == 200
+    assert fast < 1.2, f"a normal request waited {fast:.2f} s behind a slow token check"
+    assert "slow" in done
+
+
+def test_bunshin_lists_only_the_callers_notebook_pods(hub, tokens):
+    """KubeSpawner 7.0.0 labels pods hub.jupyter.org/username and /servername with safe slugs
+    (kubespawner/spawner.py _build_common_labels, _build_pod_labels): the service selects by them."""
+    kube = hub["service"].kube
+    kube.add(notebook_pod("mrossi"))
+    for i in range(5):
+        kube.add(notebook_pod(f"someone{i}", projects=("cms-tracking",)))
+    seen: list[tuple[str, str]] = []
+    original = kube.list_pods
+
+    async def recording(namespace: str, selector: str) -> list[dict[str, Any]]:
+        found = await original(namespace, selector)
+        seen.append((selector, ",".join(p["metadata"]["name"] for p in found)))
+        return found
+
+    kube.list_pods = recording
+    try:
+        status, reply = call("POST", hub["svc"] + "/api/bunshin", tokens["mrossi"],
+                             {"name": "copy", "project": "cms-tracking", "command": ["true"]})
+    finally:
+        del kube.list_pods
+    assert status == 201, reply
+    [(selector, names)] = seen
+    assert selector == "component=singleuser-server,hub.jupyter.org/username=mrossi,hub.jupyter.org/servername="
+    assert names == "jupyter-mrossi"
+
+
+def test_listing_jobs_lists_the_project_namespaces_concurrently(hub, tokens):
+    kube = hub["service"].kube
+    original = kube.list_jobs
+    state = {"now": 0, "max": 0, "calls": 0}
+
+    async def slow(namespace: str, selector: str) -> list[dict[str, Any]]:
+        state["now"] += 1
+        state["calls"] += 1
+        state["max"] = max(state["max"], state["now"])
+        await asyncio.sleep(0.2)
+        state["now"] -= 1
+        return await original(namespace, selector)
+
+    kube.list_jobs = slow
+    try:
+        status, reply = call("GET", hub["svc"] + "/api/jobs", tokens["mrossi"])
+    finally:
+        del kube.list_jobs
+    assert status == 200, reply
+    assert state["calls"] == len(hub["service"].site.project_namespaces()) > 1
+    assert state["max"] > 1
+
+
+@pytest.mark.parametrize("field,value", [("cpu", float("nan")), ("cpu", float("inf")), ("cpu", float("-inf")),
+                                         ("memory", float("nan")), ("memory", float("inf"))])
+def test_non_finite_numbers_are_a_400_naming_the_field(hub, tokens, field, value):
+    """Python's json reads NaN and Infinity; they once reached cpu_quantity and gave 500 (issue 17 item 7)."""
+    body = json.dumps({**PLAIN, field: value})
+    assert "NaN" in body or "Infinity" in body
+    req = urllib.request.Request(hub["svc"] + "/api/jobs", data=body.encode(), method="POST",
+                                 headers={"Authorization": f"token {tokens['mrossi']}"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            status, reply = resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        status, reply = err.code, json.loads(err.read())
+    assert status == 400, reply
+    assert reply["error"].startswith(f"{field}:"), reply
+
+
+def test_a_user_has_at_most_the_per_user_cap_of_jobs_in_a_project(hub):
+    service = hub["service"]
+    token = new_member(hub, "capped")
+    saved = service.site.limits
+    object.__setattr__(service.site, "limits", dataclasses.replace(saved, max_jobs_per_user=3))  # frozen settings
+    try:
+        results = [call("POST", hub["svc"] + "/api/jobs", token, PLAIN) for _ in range(4)]
+    finally:
+        object.__setattr__(service.site, "limits", saved)
+    assert [status for status, _ in results] == [201, 201, 201, 429], results
+    assert "(3)" in results[-1][1]["error"]

@@ -149,9 +149,11 @@ def test_bunshin_keeps_the_notebooks_identity():
     validate_object(job)
     spec = pod_of(job)
     nb = pod["spec"]
-    assert spec["securityContext"] == nb["securityContext"]
-    assert spec["containers"][0]["securityContext"] == nb["containers"][0]["securityContext"]
-    assert spec["containers"][0]["securityContext"]["runAsUser"] == hash_uid("mrossi")
+    # the notebook's uid, gid and groups, in security contexts rebuilt for the clone (never copied verbatim)
+    sc = spec["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"]) == (hash_uid("mrossi"), hash_uid("mrossi"))
+    assert sc["supplementalGroups"] == nb["securityContext"]["supplementalGroups"]
+    assert "runAsUser" not in spec["containers"][0]["securityContext"]
     init = spec["initContainers"][0]
     assert init["name"] == "make-home" and init["securityContext"]["runAsUser"] == hash_uid("mrossi")
     # a notebook started before the user joined the job's project: its gid is added

@@ -16,11 +16,14 @@ def cm(data):
 def test_no_secrets_in_configmaps():
     p = sec.no_secrets_in_configmaps
     ok = {"iamClientId": "ai-infn-hub-cnaf", "secretName": "redis-auth", "passwordFile": "/etc/s/pw",
-          "script.sh": "export BORG_PASSPHRASE_FILE=/secrets/pass\nborg create ::x /data\n"}
+          "script.sh": "export BORG_PASSPHRASE_FILE=/secrets/pass\nborg create ::x /data\n",
+          # a hashed pip lock file: package names that contain 'token' or 'key' are pins, not settings
+          "env.lock": "asttokens==3.0.2 \\\n    --hash=sha256:" + "9d" * 32 + "\nkeyring==25.6.0 \\\n    --hash=sha256:" + "0a" * 32 + "\n"}
     assert check_resource(p, *cm(ok)) == []
     for bad in ({"password": "hunter2hunter2"}, {"metaurl": "redis://:s3cr3t@redis:6379/1"},
                 {"redisPassword": GENERATED}, {"token": PLACEHOLDER},
                 {"settings.env": "REDIS_URL=x\nACCESS_KEY=AKIAABCDEFGHIJKLMNOP\n"},
+                {"settings.env": "api_token=abcdef0123456789abcdef\n"}, {"app.yaml": "secret_key: abcdef0123456789abcdef\n"},
                 {"key.pem": "-----BEGIN RSA PRIVATE KEY-----\nabc\n"}):
         assert check_resource(p, *cm(bad)), bad
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from .accelerators import AcceleratorsConfig, MigLayout
 from .batch import BatchConfig
+from .environments import SoftwareEnvironment
 from .errors import ConfigError
 from .hub import HubConfig
 from .monitoring import MonitoringConfig
@@ -266,6 +267,7 @@ class SiteConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    environments: list[SoftwareEnvironment] = field(default_factory=list)
 
     @property
     def is_protected(self) -> bool:

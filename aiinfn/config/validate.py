@@ -13,7 +13,7 @@ from .. import catalogue
 from .errors import ConfigError
 from .model import SiteConfig, require_cidr
 
-LAYER_SECTIONS = ("accelerators", "storage", "hub", "batch", "offload", "monitoring")
+LAYER_SECTIONS = ("accelerators", "storage", "hub", "batch", "offload", "monitoring", "environments")
 
 
 def _duplicates(names: list[str]) -> list[str]:

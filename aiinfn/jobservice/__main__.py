@@ -1,12 +1,13 @@
-"""Entry point: ``python3 -m aiinfn_jobservice`` as a JupyterHub-managed service in the hub pod.
+"""Entry point: ``python3 -m aiinfn_jobservice``, a JupyterHub service in its own pod (or hub-managed).
 
-Environment (JupyterHub sets the JUPYTERHUB_* ones for a managed service):
+Environment (JupyterHub sets the JUPYTERHUB_* ones for a managed service; the Deployment of
+``components/jobs.py`` sets them for the service in its own pod):
 
 - ``JUPYTERHUB_SERVICE_URL``: where to listen (its port; a non-loopback host binds all interfaces)
 - ``JUPYTERHUB_SERVICE_PREFIX``: the URL prefix (``/services/jobs/``)
 - ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_API_URL``, ``JUPYTERHUB_CLIENT_ID``, ...: read by HubOAuth
 - ``AIINFN_JOBS_SETTINGS``: the JSON settings file the program ships
-- ``AIINFN_JOBS_KUBE``: ``serviceaccount`` (default: the token Secret mounted at ``AIINFN_JOBS_TOKEN_DIR``)
+- ``AIINFN_JOBS_KUBE``: ``serviceaccount`` (default: the projected token mounted at ``AIINFN_JOBS_TOKEN_DIR``)
   or ``memory`` (no cluster: objects kept in memory, for trials and tests only)
 """
 
@@ -57,10 +58,11 @@ async def serve() -> None:
                                                  site.site, address or "*", url.port, prefix)
     parent = os.getppid()
     try:
-        while os.getppid() == parent:  # the hub started us: stop when it is gone
+        while os.getppid() == parent:  # hub-managed: stop when the hub is gone (in a pod, PID 1's parent stays 0)
             await asyncio.sleep(2)
         logging.getLogger("aiinfn.jobservice").warning("the hub process is gone; stopping")
     finally:
+        await app.settings["hub_users"].close()
         await kube.close()
 
 

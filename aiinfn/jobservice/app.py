@@ -13,19 +13,21 @@ Routes, under the service prefix (``/services/jobs/``):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 from datetime import UTC, datetime
 from typing import Any
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from .bunshin import clone_notebook, find_notebook_pod
+from .bunshin import clone_notebook, find_notebook_pod, notebook_selector
 from .errors import ApiError, bad_request, not_found
-from .identity import check_uid_owner, user_identity
+from .hubusers import PAGE, HubUsers
+from .identity import user_identity
 from .jobspec import (
     ANN_OWNER,
     CONTAINER,
@@ -52,6 +54,8 @@ log = logging.getLogger("aiinfn.jobservice")
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+NAME_ATTEMPTS = 5
+LIST_CONCURRENCY = 8  # list calls in flight at once for GET api/jobs across project namespaces
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -67,6 +71,18 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def kube(self) -> KubeClient:
         return self.settings["kube"]
 
+    async def prepare(self) -> None:
+        """The token check, awaited: HubAuth's blocking path would stall every request behind a new token."""
+        model = await self.hub_auth.get_user(self, sync=False)
+        allowed = None
+        if model:
+            try:
+                allowed = self.check_hub_user(model)
+            except UserNotAllowed:
+                allowed = None
+        self._hub_auth_user_cache = allowed  # what HubAuthenticated.get_current_user returns from now on
+        self.current_user = allowed
+
     def caller(self) -> Caller:
         model = self.current_user
         if not model:
@@ -78,6 +94,20 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         if model.get("kind", "user") != "user":
             raise ApiError(403, "only users submit jobs")
         return Caller.from_model(model)
+
+    @property
+    def hub_users(self) -> HubUsers:
+        return self.settings["hub_users"]
+
+    async def check_uid(self, caller: Caller, uid: int) -> None:
+        """Refused (403) as the hub refuses a notebook when an earlier user holds the uid (``hubusers.py``)."""
+        try:
+            conflict = await self.hub_users.conflict(caller.name, uid, (self.current_user or {}).get("token_id"))
+        except (HTTPClientError, OSError, ValueError) as err:
+            log.warning("cannot list the hub's users: %s", err)
+            raise ApiError(503, "cannot read the hub's users to check that your uid is yours; try again later") from None
+        if conflict:
+            raise ApiError(403, conflict.replace("cannot start a notebook", "cannot run jobs"))
 
     def body_json(self) -> Any:
         try:
@@ -120,32 +150,15 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise not_found(f"project {name!r} does not exist on this site")
         return project
 
-    async def hub_users(self, me: str) -> tuple[Any, list[tuple[str, Any]]]:
-        """(the caller's creation time, [(name, created)] of the other hub users), read with ``read:users``."""
-        auth = self.hub_auth
-        client = AsyncHTTPClient()
-        created: Any = None
-        others: list[tuple[str, Any]] = []
-        offset = 0
-        while True:
-            try:
-                resp = await client.fetch(f"{auth.api_url.rstrip('/')}/users?offset={offset}&limit=200", headers={
-                    "Authorization": f"token {auth.api_token}", "Accept": "application/jupyterhub-pagination+json"})
-                page = json.loads(resp.body)
-            except (HTTPClientError, OSError, ValueError) as err:
-                log.warning("cannot list the hub's users: %s", err)
-                raise ApiError(503, "cannot read the hub's users to check that your uid is yours; try again later") \
-                    from None
-            for user in page.get("items", []):
-                when = _hub_time(user.get("created"))
-                if user.get("name") == me:
-                    created = when
-                else:
-                    others.append((user.get("name"), when))
-            nxt = (page.get("_pagination") or {}).get("next")
-            if not nxt:
-                return created, others
-            offset = int(nxt["offset"])
+    async def check_job_cap(self, caller: Caller, project: ProjectInfo) -> None:
+        """At most ``limits.maxJobsPerUser`` Jobs of one user in one project (finished ones count: they stay
+        in etcd until their TTL), so one user cannot take the whole project's ResourceQuota of Jobs."""
+        cap = self.site.limits.max_jobs_per_user
+        selector = f"app.kubernetes.io/managed-by={MANAGED_BY},{self.site.names.label_user}={label_value(caller.name)}"
+        mine = await self.kube.count_jobs(project.namespace, selector, cap)  # the label: the caller's (hashed) name
+        if mine >= cap:
+            raise ApiError(429, f"you have {mine} jobs in project {project.name}, the most one user may have "
+                                f"({cap}); delete finished ones (DELETE api/jobs/{project.name}/<id>) and submit again")
 
     async def owned_job(self, caller: Caller, project: ProjectInfo, job_id: str) -> dict[str, Any]:
         job = await self.kube.get_job(project.namespace, job_id)
@@ -217,9 +230,10 @@ class SubmitHandler(BaseHandler):
         project = check_permission(site, caller, req)
         # Jobs run as the caller's uid: refused, as the hub refuses a notebook, if an earlier user holds it.
         uid = user_identity(site, caller.name, caller.groups)[0]
-        check_uid_owner(site, caller.name, uid, *(await self.hub_users(caller.name)))
-        if self.bunshin:
-            pods = await self.kube.list_pods(site.hub_namespace, site.notebook_selector)
+        await self.check_uid(caller, uid)
+        if self.bunshin:  # only the caller's server's pods, by KubeSpawner's labels
+            pods = await self.kube.list_pods(site.hub_namespace,
+                                             notebook_selector(site.notebook_selector, caller.name, req.server_name))
             pod = find_notebook_pod(pods, caller.name, req.server_name)
             base = clone_notebook(pod, site, project, caller.name)
             if req.volumes is not None:
@@ -231,9 +245,19 @@ class SubmitHandler(BaseHandler):
                 base.mounts += mounts
         else:
             base = plain_base(site, caller, project, req)
-        job_id = new_job_name(req.name)
-        job, config_map = build_job(site, caller, project, req, base, job_id)
-        created = await self.kube.create_job(project.namespace, job)
+        await self.check_job_cap(caller, project)
+        created = None
+        for attempt in range(NAME_ATTEMPTS):  # a random suffix can clash with a job of the same name
+            job_id = new_job_name(req.name)
+            job, config_map = build_job(site, caller, project, req, base, job_id)
+            try:
+                created = await self.kube.create_job(project.namespace, job)
+                break
+            except KubeError as err:
+                if err.status != 409 or attempt == NAME_ATTEMPTS - 1:
+                    raise
+                log.info("job name %s/%s taken; drawing another", project.namespace, job_id)
+        assert created is not None
         if config_map is not None:
             try:
                 await self.kube.create_config_map(project.namespace, owned_by(config_map, created))
@@ -262,24 +286,26 @@ class JobsHandler(SubmitHandler):
         selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
         if not everyone:
             selector += f",{site.names.label_user}={label_value(caller.name)}"
-        jobs = []
-        for ns in namespaces:
-            found = await self.kube.list_jobs(ns, selector)
-            if not found:
-                continue
-            try:
-                workloads = await self.kube.list_workloads(ns, "")
-            except KubeError:
-                workloads = []
+        limit = asyncio.Semaphore(LIST_CONCURRENCY)
+
+        async def in_namespace(ns: str) -> list[dict[str, Any]]:
+            async with limit:
+                found = await self.kube.list_jobs(ns, selector)
+                if not found:
+                    return []
+                try:
+                    workloads = await self.kube.list_workloads(ns, "")
+                except KubeError:
+                    workloads = []
             by_uid: dict[str, list[dict[str, Any]]] = {}
             for wl in workloads:
                 uid = (wl.get("metadata", {}).get("labels") or {}).get(WORKLOAD_JOB_UID_LABEL)
                 if uid:
                     by_uid.setdefault(uid, []).append(wl)
-            for job in found:
-                if not everyone and (job["metadata"].get("annotations") or {}).get(ANN_OWNER) != caller.name:
-                    continue
-                jobs.append(summarize(job, site, by_uid.get(job["metadata"].get("uid", ""), [])))
+            return [summarize(job, site, by_uid.get(job["metadata"].get("uid", ""), [])) for job in found
+                    if everyone or (job["metadata"].get("annotations") or {}).get(ANN_OWNER) == caller.name]
+
+        jobs = [j for part in await asyncio.gather(*(in_namespace(ns) for ns in namespaces)) for j in part]
         jobs.sort(key=lambda j: (j.get("created") or "", j["id"] or ""), reverse=True)
         self.send(200, {"jobs": jobs})
 
@@ -344,10 +370,29 @@ class HealthHandler(web.RequestHandler):
         self.finish('{"ok": true}')
 
 
-def make_app(site: Settings, kube: KubeClient, hub_auth: HubOAuth, prefix: str) -> web.Application:
+async def read_hub_users(hub_auth: HubOAuth) -> list[tuple[str, Any]]:
+    """(name, created) of every hub user, page by page, with the service's own token (``list:users``)."""
+    client = AsyncHTTPClient()
+    out: list[tuple[str, Any]] = []
+    offset = 0
+    while True:
+        resp = await client.fetch(f"{hub_auth.api_url.rstrip('/')}/users?offset={offset}&limit={PAGE}", headers={
+            "Authorization": f"token {hub_auth.api_token}", "Accept": "application/jupyterhub-pagination+json"})
+        page = json.loads(resp.body)
+        out += [(u.get("name"), _hub_time(u.get("created"))) for u in page.get("items", [])]
+        nxt = (page.get("_pagination") or {}).get("next")
+        if not nxt:
+            return out
+        offset = int(nxt["offset"])
+
+
+def make_app(site: Settings, kube: KubeClient, hub_auth: HubOAuth, prefix: str,
+             hub_users: HubUsers | None = None) -> web.Application:
     """The tornado application; ``prefix`` is the service prefix (``/services/jobs/``)."""
     if not prefix.endswith("/"):
         prefix += "/"
+    if hub_users is None:
+        hub_users = HubUsers(site.hub_site, lambda: read_hub_users(hub_auth))
     seg = r"([a-z0-9][-a-z0-9]*)"
     return web.Application(
         [
@@ -361,6 +406,7 @@ def make_app(site: Settings, kube: KubeClient, hub_auth: HubOAuth, prefix: str) 
             (prefix + f"api/jobs/{seg}/{seg}/logs", LogsHandler),
         ],
         hub_auth=hub_auth,
+        hub_users=hub_users,
         site_settings=site,
         kube=kube,
         service_prefix=prefix,

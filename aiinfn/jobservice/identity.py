@@ -49,6 +49,13 @@ def check_uid_owner(settings: Settings, user: str, uid: int, created: Any, other
         raise ApiError(403, conflict.replace("cannot start a notebook", "cannot run jobs"))
 
 
+def assignable_gids(settings: Settings) -> set[int]:
+    """Every gid the hub's scheme may put in a pod's supplemental groups: projects, maintainers, the image's."""
+    site = settings.hub_site
+    ids = site["ids"]
+    return {int(p["gid"]) for p in site["projects"]} | {int(ids["env_maintainers_gid"]), int(ids["image_gid"])}
+
+
 def project_gid(settings: Settings, project: str) -> int:
     gid = next((p["gid"] for p in settings.hub_site["projects"] if p["name"] == project), None)
     if gid is None:

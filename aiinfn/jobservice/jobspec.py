@@ -7,6 +7,7 @@ through the HTTP API. The objects are Kubernetes wire format (camelCase), ready 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 from .errors import ApiError, bad_request, forbidden
 from .identity import home_volume, make_home_container, posix_name, user_identity
-from .settings import OfferingInfo, PoolInfo, ProjectInfo, Settings
+from .settings import Capacity, OfferingInfo, PoolInfo, ProjectInfo, Settings
 
 MANAGED_BY = "aiinfn-jobservice"
 ANN_OWNER = "aiinfn.infn.it/owner"  # the exact JupyterHub user name (label values cannot hold every name)
@@ -138,8 +139,8 @@ def parse_memory(value: Any) -> tuple[str, float]:
     if isinstance(value, bool):
         raise bad_request(f"memory: must be a quantity like '8Gi' or a number of GiB, got {value!r}")
     if isinstance(value, (int, float)):
-        if value <= 0:
-            raise bad_request(f"memory: must be positive, got {value}")
+        if not math.isfinite(value) or value <= 0:
+            raise bad_request(f"memory: must be a positive, finite number of GiB, got {value}")
         mib = round(value * 1024)
         return f"{mib}Mi", mib / 1024
     if not isinstance(value, str) or not (m := QUANTITY_RE.match(value)):
@@ -213,8 +214,8 @@ def parse_request(body: Any, settings: Settings, *, bunshin: bool) -> JobRequest
     assert completions is not None and parallelism is not None
 
     cpu = body.get("cpu", 1)
-    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0.1:
-        raise bad_request(f"cpu: must be a number of cores, at least 0.1, got {cpu!r}")
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not math.isfinite(cpu) or cpu < 0.1:
+        raise bad_request(f"cpu: must be a finite number of cores, at least 0.1, got {cpu!r}")
     memory, memory_gi = parse_memory(body.get("memory", "4Gi"))
 
     accelerator = body.get("accelerator", "cpu")
@@ -370,6 +371,7 @@ def scheduling(settings: Settings, caller: Caller, req: JobRequest) -> dict[str,
     local_term, remote_term = _routing_terms(settings)
     virtual = {"key": names.virtual_node_taint, "operator": "Exists"}
     if req.offload_site:  # only that remote site's virtual node, through its own LocalQueue
+        check_fits(req, offering, [(f"remote site {req.offload_site}", settings.remote_capacity.get(req.offload_site))])
         out["tolerations"] = [virtual]
         out["nodeSelector"] = {names.label_remote_site: req.offload_site}
         out["affinity"] = _affinity([[*remote_term, {"key": names.label_remote_site, "operator": "In",
@@ -379,17 +381,14 @@ def scheduling(settings: Settings, caller: Caller, req: JobRequest) -> dict[str,
     if offering.pools and not pools and not req.offload:
         groups = sorted({p.reserved_for for p in offering.pools if p.reserved_for})
         raise forbidden(f"accelerator {req.accelerator}: its nodes are reserved for {', '.join(groups)}")
-    if pools:
-        max_cpu = max(p.max_cpu for p in pools)
-        max_mem = max(p.max_memory_gi for p in pools)
-        if req.cpu > max_cpu:
-            raise bad_request(f"cpu: {req.cpu:g} cores is more than any node with {req.accelerator} has ({max_cpu:g})")
-        if req.memory_gi > max_mem:
-            raise bad_request(f"memory: {req.memory} is more than any node with {req.accelerator} has ({max_mem:g}Gi)")
-        per_node = max(p.per_node for p in pools)
-        if offering.resource_name and req.accelerator_count > per_node:
-            raise bad_request(f"acceleratorCount: {req.accelerator_count} is more than one node has of {req.accelerator} "
-                              f"({per_node})")
+    places: list[tuple[str, Capacity | None]] = [
+        (f"node with {req.accelerator}", Capacity(p.max_cpu, p.max_memory_gi, {req.accelerator: p.per_node}))
+        for p in pools]
+    if not pools and offering.resource_name is None and settings.largest_node is not None:
+        places.append(("node of this site", settings.largest_node))  # CPU only: any worker node
+    if req.offload:  # here or on any remote site: Kueue picks the flavor
+        places += [(f"remote site {name}", cap) for name, cap in sorted(settings.remote_capacity.items())]
+    check_fits(req, offering, places)
     tolerations: list[dict[str, str]] = []
     for p in pools:
         for t in p.tolerations:
@@ -408,6 +407,26 @@ def scheduling(settings: Settings, caller: Caller, req: JobRequest) -> dict[str,
     if tolerations:
         out["tolerations"] = tolerations
     return out
+
+
+def check_fits(req: JobRequest, offering: OfferingInfo, places: list[tuple[str, Capacity | None]]) -> None:
+    """Refuse (400, naming the field) a pod larger than every place that could run it.
+
+    ``places``: (what, capacity) of each node pool, the largest node (CPU-only work) and each remote
+    site the job may land on; a remote site with no declared capacity refuses everything.
+    """
+    if not places:
+        return
+    caps = [(what, cap or Capacity(0, 0)) for what, cap in places]
+    units = req.accelerator_count if offering.resource_name else 0
+    for field_name, shown, wanted, have in (
+            ("cpu", f"{req.cpu:g} cores", req.cpu, [c.cpu for _, c in caps]),
+            ("memory", req.memory, req.memory_gi, [c.memory_gi for _, c in caps]),
+            ("acceleratorCount", f"{units} x {req.accelerator}", units,
+             [c.accelerators.get(offering.key, 0) if offering.resource_name else 0 for _, c in caps])):
+        if wanted > max(have):
+            where = ", ".join(f"{what}: {h:g}" for (what, _), h in zip(caps, have))
+            raise bad_request(f"{field_name}: {shown} is more than any place that could run this job offers ({where})")
 
 
 def resources(req: JobRequest, offering: OfferingInfo) -> dict[str, Any]:

@@ -41,6 +41,10 @@ class KubeClient(abc.ABC):
     async def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
+    async def count_jobs(self, namespace: str, label_selector: str, at_most: int) -> int:
+        """How many Jobs match, counted up to ``at_most`` (more may exist): no object is decoded."""
+
+    @abc.abstractmethod
     async def delete_job(self, namespace: str, name: str) -> None: ...
 
     @abc.abstractmethod
@@ -78,6 +82,10 @@ class MemoryKubeClient(KubeClient):
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # (kind, namespace) and (kind, namespace, label, value) -> keys: lists are served from an index,
+        # as the API server's watch cache serves them, not by scanning every object
+        self._in_namespace: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
+        self._by_label: dict[tuple[str, str, str, str], set[tuple[str, str, str]]] = {}
         self.created: list[dict[str, Any]] = []
         self.deleted: list[tuple[str, str, str]] = []
         self.logs: dict[tuple[str, str], str] = {}
@@ -89,10 +97,35 @@ class MemoryKubeClient(KubeClient):
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        self._unindex(key)
         self.objects[key] = obj
+        self._in_namespace.setdefault(key[:2], set()).add(key)
+        for k, v in (meta.get("labels") or {}).items():
+            self._by_label.setdefault((*key[:2], k, str(v)), set()).add(key)
         if log is not None:
             self.logs[(meta.get("namespace", ""), meta["name"])] = log
         return copy.deepcopy(obj)
+
+    def _unindex(self, key: tuple[str, str, str]) -> None:
+        old = self.objects.get(key)
+        if old is None:
+            return
+        self._in_namespace.get(key[:2], set()).discard(key)
+        for k, v in (old["metadata"].get("labels") or {}).items():
+            self._by_label.get((*key[:2], k, str(v)), set()).discard(key)
+
+    def _pop(self, key: tuple[str, str, str]) -> dict[str, Any] | None:
+        self._unindex(key)
+        return self.objects.pop(key, None)
+
+    def _candidates(self, kind: str, namespace: str, selector: str) -> list[tuple[str, str, str]]:
+        """Keys that may match: the smallest index set of the selector's equality terms."""
+        sets = [self._in_namespace.get((kind, namespace), set())]
+        for term in filter(None, (t.strip() for t in selector.split(","))):
+            if "=" in term and "!=" not in term:
+                k, v = term.split("=", 1)
+                sets.append(self._by_label.get((kind, namespace, k.rstrip("="), v), set()))
+        return sorted(min(sets, key=len))
 
     def _create(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("kind") != kind or body.get("metadata", {}).get("namespace") != namespace:
@@ -104,8 +137,8 @@ class MemoryKubeClient(KubeClient):
         return self.add(body)
 
     def _list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (k, ns, _), o in sorted(self.objects.items())
-                if k == kind and ns == namespace and selector_matches(selector, o["metadata"].get("labels") or {})]
+        return [copy.deepcopy(o) for o in (self.objects[k] for k in self._candidates(kind, namespace, selector))
+                if selector_matches(selector, o["metadata"].get("labels") or {})]
 
     async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._create("Job", namespace, body)
@@ -120,15 +153,20 @@ class MemoryKubeClient(KubeClient):
     async def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         return self._list("Job", namespace, label_selector)
 
+    async def count_jobs(self, namespace: str, label_selector: str, at_most: int) -> int:
+        n = sum(1 for key in self._candidates("Job", namespace, label_selector)
+                if selector_matches(label_selector, self.objects[key]["metadata"].get("labels") or {}))
+        return min(n, at_most)
+
     async def delete_job(self, namespace: str, name: str) -> None:
-        job = self.objects.pop(("Job", namespace, name), None)
+        job = self._pop(("Job", namespace, name))
         if job is None:
             raise KubeError(404, f"job {namespace}/{name} not found")
         self.deleted.append(("Job", namespace, name))
         uid = job["metadata"]["uid"]
         for key, obj in list(self.objects.items()):  # the garbage collector's part: dependents go too
             if any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or []):
-                del self.objects[key]
+                self._pop(key)
                 self.deleted.append(key)
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
@@ -148,7 +186,7 @@ class MemoryKubeClient(KubeClient):
 
 
 class AsyncioKubeClient(KubeClient):
-    """kubernetes_asyncio with the service's own ServiceAccount token (a mounted token Secret)."""
+    """kubernetes_asyncio with the service's own ServiceAccount token (a projected, expiring token)."""
 
     def __init__(self, token_dir: str, host: str | None = None) -> None:
         from kubernetes_asyncio import client  # imported here: only the hub image needs it
@@ -163,15 +201,26 @@ class AsyncioKubeClient(KubeClient):
         conf = client.Configuration(host=host)
         conf.ssl_ca_cert = str(base / "ca.crt")
         self._token_file = base / "token"
-        token = self._token_file.read_text().strip()
-        # "BearerToken" is the auth setting of current clients; "authorization" that of older ones.
-        conf.api_key = {"BearerToken": token, "authorization": token}
+        self._conf = conf
+        self._token_read = 0.0
+        self._load_token()
         conf.api_key_prefix = {"BearerToken": "Bearer", "authorization": "Bearer"}
         self._client = client
         self._api = client.ApiClient(conf)
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
         self._custom = client.CustomObjectsApi(self._api)
+
+    TOKEN_REREAD_SECONDS = 60.0  # a projected token is renewed by the kubelet at 80 % of its lifetime
+
+    def _load_token(self) -> None:
+        """(Re-)read the ServiceAccount token: a projected token expires and the kubelet writes a new one."""
+        import time
+
+        token = self._token_file.read_text().strip()
+        # "BearerToken" is the auth setting of current clients; "authorization" that of older ones.
+        self._conf.api_key = {"BearerToken": token, "authorization": token}
+        self._token_read = time.monotonic()
 
     def _plain(self, obj: Any) -> Any:
         return obj if isinstance(obj, dict) else self._api.sanitize_for_serialization(obj)
@@ -180,6 +229,13 @@ class AsyncioKubeClient(KubeClient):
         import aiohttp  # kubernetes_asyncio's transport
         from kubernetes_asyncio.client.exceptions import ApiException
 
+        import time
+
+        if time.monotonic() - self._token_read > self.TOKEN_REREAD_SECONDS:
+            try:
+                self._load_token()
+            except OSError:  # keep the last token; the call will tell
+                pass
         try:
             return await coro
         except ApiException as err:
@@ -204,6 +260,18 @@ class AsyncioKubeClient(KubeClient):
     async def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         res = await self._call(self._batch.list_namespaced_job(namespace, label_selector=label_selector))
         return [self._plain(i) for i in res.items]
+
+    async def count_jobs(self, namespace: str, label_selector: str, at_most: int) -> int:
+        import json
+
+        resp = await self._call(self._batch.list_namespaced_job(
+            namespace, label_selector=label_selector, limit=max(1, at_most), _preload_content=False))
+        try:
+            page = json.loads(await resp.read())
+        finally:
+            resp.release()
+        remaining = (page.get("metadata") or {}).get("remainingItemCount") or 0
+        return min(len(page.get("items") or []) + int(remaining), at_most)
 
     async def delete_job(self, namespace: str, name: str) -> None:
         body = self._client.V1DeleteOptions(propagation_policy="Background")

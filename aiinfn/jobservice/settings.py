@@ -57,6 +57,15 @@ class OfferingInfo:
 
 
 @dataclass(frozen=True)
+class Capacity:
+    """What one place can run a single pod with: a remote (interLink) site, or the largest local node."""
+
+    cpu: float
+    memory_gi: float
+    accelerators: dict[str, int] = field(default_factory=dict)  # offering key -> units
+
+
+@dataclass(frozen=True)
 class Names:
     local_queue: str
     queue_label: str
@@ -78,7 +87,8 @@ class Limits:
     max_deadline_seconds: int = 14 * 86400
     default_ttl_seconds: int = 3600
     max_ttl_seconds: int = 30 * 86400
-    max_sandbox_bytes: int = 900_000  # a ConfigMap holds at most 1 MiB
+    max_sandbox_bytes: int = 256 * 1024  # a ConfigMap holds at most 1 MiB; etcd holds every sandbox (issue 17)
+    max_jobs_per_user: int = 100  # Jobs one user may have in one project namespace (finished ones count)
     max_retries: int = 10
     max_log_bytes: int = 1_000_000
 
@@ -103,6 +113,8 @@ class Settings:
     # The hub's own site data (its site.json keys ids, homes, projects, env_maintainer_groups): the uid
     # scheme and the make-home init container are computed from it by the hub's module (identity.py).
     hub_site: dict[str, Any] = field(default_factory=dict)
+    remote_capacity: dict[str, Capacity] = field(default_factory=dict)  # remote site -> its declared capacity
+    largest_node: Capacity | None = None  # the largest local worker node, less what each node keeps
     notebook_container: str = "notebook"
     notebook_selector: str = "component=singleuser-server"
     limits: Limits = field(default_factory=Limits)
@@ -160,6 +172,9 @@ class Settings:
             offload_sites=list(d.get("offloadSites", [])),
             pod_security_context=dict(d.get("podSecurityContext", {})),
             hub_site=_hub_site(_req(d, "hubSite", dict, w), f"{w}.hubSite"),
+            remote_capacity={r["name"]: _capacity(r, f"{w}.remoteSites[{i}]")
+                             for i, r in enumerate(d.get("remoteSites", []))},
+            largest_node=_capacity(d["largestNode"], f"{w}.largestNode") if "largestNode" in d else None,
             notebook_container=d.get("notebookContainer", "notebook"),
             notebook_selector=d.get("notebookSelector", "component=singleuser-server"),
             limits=limits,
@@ -196,6 +211,11 @@ def _hub_site(d: dict[str, Any], where: str) -> dict[str, Any]:
         for key, kind in (("name", str), ("group", str), ("gid", int)):
             _req(p, key, kind, f"{where}.projects[{i}]")
     return d
+
+
+def _capacity(d: dict[str, Any], where: str) -> Capacity:
+    return Capacity(_req(d, "cpu", float, where), _req(d, "memoryGi", float, where),
+                    {str(k): int(v) for k, v in dict(d.get("accelerators", {})).items()})
 
 
 def _snake(camel: str) -> str:

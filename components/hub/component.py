@@ -172,7 +172,8 @@ class Hub(pulumi.ComponentResource):
             (f"- notebooks: PriorityClass `{naming.NOTEBOOK_PRIORITY_CLASS}` ({naming.NOTEBOOK_PRIORITY}, preempts batch); "
              f"culled after {hub.cull_timeout_seconds} s idle; named servers {'on' if hub.named_servers else 'off'}; "
              f"collaborative mode {'on' if hub.collaborative else 'off'}"),
-            f"- services in the hub pod: {', '.join(s.name for s in services) or 'none'}",
+            f"- services in the hub pod: {', '.join(s.name for s in services if not s.url) or 'none'}; "
+            f"in their own pods: {', '.join(f'{s.name} ({s.url})' for s in services if s.url) or 'none'}",
         ])
         self.register_outputs({"host": host})
 

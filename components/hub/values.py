@@ -234,7 +234,19 @@ def _service_values(services: list[HubServiceSpec]) -> dict[str, Any]:
     egress: list[dict[str, Any]] = []
     user_scopes: list[str] = []
     server_scopes: list[str] = []
+    proxy_egress: list[dict[str, Any]] = []
     for s in services:
+        roles[f"{s.name}-service"] = {"description": f"what the {s.name} service may do",
+                                      "scopes": list(s.service_scopes), "services": [s.name]}
+        user_scopes += [sc.format(name=s.name) for sc in s.user_scopes]
+        server_scopes += [sc.format(name=s.name) for sc in s.server_scopes]
+        if s.url:  # in its own pod: registered here, reached by the proxy; nothing of it in the hub pod
+            svc[s.name] = {"name": s.name, "url": s.url, "apiToken": s.api_token,
+                           "oauth_client_allowed_scopes": list(s.oauth_client_allowed_scopes),
+                           "oauth_no_confirm": True}
+            proxy_egress.append({"to": [{"podSelector": {"matchLabels": dict(s.pod_labels)}}],
+                                 "ports": [{"port": s.port, "protocol": "TCP"}]})
+            continue
         svc[s.name] = {
             "name": s.name,
             # The proxy (another pod) reaches the service through the hub's Service on this port.
@@ -244,10 +256,6 @@ def _service_values(services: list[HubServiceSpec]) -> dict[str, Any]:
             "oauth_client_allowed_scopes": list(s.oauth_client_allowed_scopes),
             "oauth_no_confirm": True,
         }
-        roles[f"{s.name}-service"] = {"description": f"what the {s.name} service may do",
-                                      "scopes": list(s.service_scopes), "services": [s.name]}
-        user_scopes += [sc.format(name=s.name) for sc in s.user_scopes]
-        server_scopes += [sc.format(name=s.name) for sc in s.server_scopes]
         for i, (path, content) in enumerate(sorted(s.files.items())):
             files[f"svc-{s.name}-{i}"] = {"mountPath": path, "stringData": content}
         for i, (path, secret) in enumerate(sorted(s.secret_volumes.items())):
@@ -263,7 +271,7 @@ def _service_values(services: list[HubServiceSpec]) -> dict[str, Any]:
         egress.append({"to": [{"podSelector": {}}], "ports": [{"port": s.port, "protocol": "TCP"}]})
     return {"services": svc, "roles": roles, "files": files, "volumes": volumes, "mounts": mounts, "env": env,
             "ports": ports, "ingress": ingress, "egress": egress, "user_scopes": user_scopes,
-            "server_scopes": server_scopes}
+            "server_scopes": server_scopes, "proxy_egress": proxy_egress}
 
 
 def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServiceSpec] | None = None) -> dict[str, Any]:
@@ -359,7 +367,7 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
             "secretToken": secrets["proxy_token"],
             "service": {"type": "ClusterIP"},
             "https": {"enabled": False},
-            "chp": {"networkPolicy": {"enabled": True}},
+            "chp": {"networkPolicy": {"enabled": True, **({"egress": sv["proxy_egress"]} if sv["proxy_egress"] else {})}},
         },
         "singleuser": {
             "image": default_image,
@@ -380,6 +388,8 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
             "startTimeout": hub.start_timeout_seconds,
             "defaultUrl": "/lab",
             "cmd": "jupyterhub-singleuser",
+            # Managed environments register their kernels under /envs/share/jupyter (environments layer).
+            **({"extraEnv": {"JUPYTER_PATH": naming.ENVS_JUPYTER_PATH}} if cfg.environments else {}),
         },
         "scheduling": {
             "userScheduler": {"enabled": False},  # the default scheduler does priority preemption

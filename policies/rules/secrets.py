@@ -79,7 +79,9 @@ def _configmap_no_secrets(args: ResourceValidationArgs, report: ReportViolation)
 def _assignments(text: str):
     """KEY=value / key: value lines inside a config file kept in a ConfigMap."""
     for i, line in enumerate(text.splitlines()):
-        m = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*[:=]\s*['\"]?([^'\"#\s]+)", line)
+        # ``name==1.2`` is a pinned requirement (lock files), not an assignment: a package such as
+        # asttokens is not a token.
+        m = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*(?::|=(?!=))\s*['\"]?([^'\"#\s]+)", line)
         if m and not m.group(2).startswith(("$", "{", "/", "<")):
             yield i, m.group(1), m.group(2)
 

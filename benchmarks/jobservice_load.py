@@ -1,0 +1,372 @@
+"""Load on the job service behind a real JupyterHub: latency per endpoint and hub calls per request.
+
+Starts, as the tests do (``tests/test_jobservice_hub.py``), a real JupyterHub (PyPI jupyterhub 5.5,
+loopback, no proxy, DummyAuthenticator) and the job service in its own process as a hub service
+with its API token, OAuth scopes and roles as the program ships them, on the cnaf settings, with the
+in-memory Kubernetes client (seeded with one running notebook pod per active user and the notebook
+pods of other users). This process is the closed-loop load generator: N workers, each its own hub
+user with a real JupyterHub token, send requests back to back for a bounded time.
+
+Prints per endpoint and concurrency: requests/s, p50/p95/p99 (ms), errors, and hub API calls per
+request (from the hub's own ``jupyterhub_request_duration_seconds`` counts, scraped before and after
+each phase), and the CPU time the service and the hub spent per request (``/proc/<pid>/stat``: on a
+shared machine latencies follow the load, CPU time per request much less); then ``POST api/jobs``
+at 50, 200 and 1000 registered hub users.
+
+    python benchmarks/jobservice_load.py [--duration 5] [--concurrency 1 10 50] [--hub-users 50 200 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PROJECT_GROUP = "ai-infn/cms-tracking"
+PROJECT = "cms-tracking"
+OTHER_NOTEBOOKS = 150  # notebook pods of users who are not in the load (Bunshin's haystack)
+
+HUB_CONFIG = """
+from jupyterhub.auth import DummyAuthenticator
+from jupyterhub.proxy import Proxy
+
+
+class NoProxy(Proxy):
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def add_route(self, routespec, target, data):
+        pass
+
+    async def delete_route(self, routespec):
+        pass
+
+    async def get_all_routes(self):
+        return {{}}
+
+
+c = get_config()  # noqa: F821
+c.JupyterHub.proxy_class = NoProxy
+c.JupyterHub.bind_url = "http://127.0.0.1:{public_port}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
+c.JupyterHub.db_url = "sqlite:///{root}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{root}/cookie_secret"
+c.JupyterHub.pid_file = "{root}/hub.pid"
+c.JupyterHub.authenticator_class = DummyAuthenticator
+c.Authenticator.allow_all = True
+c.JupyterHub.load_groups = {groups}
+c.JupyterHub.services = {services}
+c.JupyterHub.load_roles = {roles}
+c.JupyterHub.log_level = "WARN"
+"""
+
+# The service process: the real app on the cnaf settings, in-memory Kubernetes seeded with notebook pods.
+SERVICE = """
+import asyncio, json, os, sys
+sys.path.insert(0, os.environ["BENCH_ROOT"])
+from jupyterhub.services.auth import HubOAuth
+from aiinfn.jobservice.app import make_app
+from aiinfn.jobservice.kube import MemoryKubeClient
+from aiinfn.jobservice.settings import Settings
+from tests.jobservice_fixtures import notebook_pod
+
+site = Settings.load(os.environ["BENCH_SETTINGS"])
+kube = MemoryKubeClient()
+for user in json.loads(os.environ["BENCH_NOTEBOOK_USERS"]):
+    kube.add(notebook_pod(user, projects=("cms-tracking",), gpu=False))
+auth = HubOAuth(api_token=os.environ["BENCH_TOKEN"], api_url=os.environ["BENCH_HUB_API"],
+                oauth_client_id="service-jobs", access_scopes={"access:services!service=jobs", "access:services"})
+
+
+async def main():
+    app = make_app(site, kube, auth, "/services/jobs/")
+    app.listen(int(os.environ["BENCH_PORT"]), address="127.0.0.1")
+    start = getattr(app, "aiinfn_start", None)  # background work of the service, where it has some
+    if start is not None:
+        await start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(method: str, url: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw or b"null")
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+def user_names(site: dict[str, Any], count: int, prefix: str, taken: set[int]) -> list[str]:
+    """``count`` names whose hash uids collide with nobody (else the uid rule would refuse some)."""
+    from aiinfn.jobservice import aiinfn_hub as hub
+
+    hub_site = site["hubSite"]
+    out: list[str] = []
+    i = 0
+    while len(out) < count:
+        name = f"{prefix}{i:05d}"
+        i += 1
+        uid = hub.user_ids(hub_site, name, set())[0]
+        if uid in taken:
+            continue
+        taken.add(uid)
+        out.append(name)
+    return out
+
+
+METRIC = re.compile(r'^jupyterhub_request_duration_seconds_count\{([^}]*)\}\s+([0-9.e+]+)$', re.MULTILINE)
+
+
+def hub_requests(hub_api: str, admin_token: str) -> float:
+    """Requests the hub has answered so far (all handlers but the metrics endpoint itself)."""
+    status, text = call("GET", hub_api.removesuffix("/api") + "/metrics", admin_token)
+    assert status == 200, text
+    return sum(float(v) for labels, v in METRIC.findall(text) if "MetricsHandler" not in labels)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: what a request costs it, whatever else the machine runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+BODIES = {
+    ("POST", "api/jobs"): {"name": "bench", "project": PROJECT, "command": ["python", "run.py"],
+                           "sandbox": {"run.py": "print('hello')\n"}, "cpu": 1, "memory": "2Gi",
+                           "volumes": {"home": True, "project": True}},
+    ("POST", "api/bunshin"): {"name": "clone", "project": PROJECT, "command": ["python", "run.py"], "cpu": 1,
+                              "memory": "2Gi"},
+    ("GET", "api/jobs"): None,
+}
+
+
+async def phase(svc: str, method: str, path: str, tokens: list[str], concurrency: int,
+                duration: float) -> dict[str, Any]:
+    body = BODIES[(method, path)]
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    sample: dict[int, str] = {}
+    deadline = time.monotonic() + duration
+    conn = aiohttp.TCPConnector(limit=concurrency + 1)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def worker(i: int) -> None:
+            headers = {"Authorization": f"token {tokens[i % len(tokens)]}"}
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                async with session.request(method, f"{svc}/{path}", json=body, headers=headers) as resp:
+                    text = await resp.read()
+                    status = resp.status
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if status >= 300:
+                    errors[status] = errors.get(status, 0) + 1
+                    sample.setdefault(status, text.decode(errors="replace")[:200])
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.monotonic() - t0
+    return {"n": len(latencies), "rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.5),
+            "p95": percentile(latencies, 0.95), "p99": percentile(latencies, 0.99), "errors": errors,
+            "error_sample": sample}
+
+
+PIDS: dict[str, int] = {}
+
+
+def measure(svc: str, hub_api: str, admin: str, method: str, path: str, tokens: list[str], c: int,
+            duration: float) -> dict[str, Any]:
+    before = hub_requests(hub_api, admin)
+    cpu = {k: cpu_seconds(pid) for k, pid in PIDS.items()}
+    out = asyncio.run(phase(svc, method, path, tokens, c, duration))
+    for k, pid in PIDS.items():
+        out[f"{k}_cpu_ms"] = (cpu_seconds(pid) - cpu[k]) * 1000 / max(out["n"], 1)
+    out["hub_calls"] = (hub_requests(hub_api, admin) - before) / max(out["n"], 1)
+    return out
+
+
+def row(method: str, path: str, c: int, r: dict[str, Any], users: int) -> str:
+    errs = ",".join(f"{k}x{v}" for k, v in sorted(r["errors"].items())) or "0"
+    return (f"| `{method} {path}` | {users} | {c} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | "
+            f"{r['p99']:.1f} | {r['hub_calls']:.3f} | {r['service_cpu_ms']:.1f} | {r['hub_cpu_ms']:.1f} | {errs} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--hub-users", type=int, nargs="+", default=[50, 200, 1000])
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+
+    from aiinfn.engine.run import load_config
+    from components.hub.values import hub_values
+    from components.jobs import job_service_settings, service_spec
+
+    _, cfg = load_config("cnaf")
+    spec = service_spec(cfg)
+    site = job_service_settings(cfg)
+    from aiinfn.jobservice.settings import Limits
+
+    if "max_jobs_per_user" in Limits.__dataclass_fields__:  # the benchmark piles jobs up: no per-user cap
+        site.setdefault("limits", {})["maxJobsPerUser"] = 1_000_000
+    from aiinfn.jobservice import aiinfn_hub as hub_mod
+
+    taken = {hub_mod.user_ids(site["hubSite"], n, set())[0]
+             for n in [*site["hubSite"]["ids"]["uid_overrides"], *site["hubSite"]["ids"]["listed_users"]]}
+    active_n = max(args.concurrency)
+    active = user_names(site, max(active_n, min(args.hub_users)), "bench", taken)
+    others = user_names(site, max(args.hub_users) + OTHER_NOTEBOOKS, "other", taken)
+
+    root = Path(tempfile.mkdtemp(prefix="jobservice-bench-"))
+    hub_port, public_port, svc_port = free_port(), free_port(), free_port()
+    jobs_token, admin_token = secrets.token_hex(16), secrets.token_hex(16)
+    services = [{"name": "jobs", "url": f"http://127.0.0.1:{svc_port}", "api_token": jobs_token,
+                 "oauth_no_confirm": True},
+                {"name": "bench-admin", "api_token": admin_token}]
+    values = hub_values(cfg, {"cookie_secret": "c", "proxy_token": "p", "crypt_key": "k"}, [spec])
+    roles = [{"name": name, **role} for name, role in values["hub"]["loadRoles"].items()]
+    roles.append({"name": "admin", "services": ["bench-admin"]})
+    groups = {"ai-infn/users": {"users": active}, PROJECT_GROUP: {"users": active}}
+    (root / "jupyterhub_config.py").write_text(HUB_CONFIG.format(
+        public_port=public_port, hub_port=hub_port, root=root, groups=repr(groups), services=repr(services),
+        roles=repr(roles)))
+    settings_file = root / "settings.json"
+    settings_file.write_text(json.dumps(site))
+    hub_api = f"http://127.0.0.1:{hub_port}/hub/api"
+    procs: list[subprocess.Popen[bytes]] = []
+    hub_log = open(root / "hub.log", "w")  # noqa: SIM115 - closed below
+    svc_log = open(root / "service.log", "w")  # noqa: SIM115
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(root / "jupyterhub_config.py")],
+                                      cwd=root, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if call("GET", f"{hub_api}/")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("jupyterhub did not start:\n" + (root / "hub.log").read_text()[-3000:])
+            time.sleep(0.3)
+        env = {**os.environ, "BENCH_ROOT": str(ROOT), "BENCH_SETTINGS": str(settings_file),
+               "BENCH_NOTEBOOK_USERS": json.dumps(active + others[-OTHER_NOTEBOOKS:]), "BENCH_TOKEN": jobs_token,
+               "BENCH_HUB_API": hub_api, "BENCH_PORT": str(svc_port), "PYTHONPATH": str(ROOT)}
+        procs.append(subprocess.Popen([sys.executable, "-c", SERVICE], env=env, stdout=svc_log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+        svc = f"http://127.0.0.1:{svc_port}/services/jobs"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if call("GET", f"{svc}/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if procs[1].poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the service did not start:\n" + (root / "service.log").read_text()[-3000:])
+            time.sleep(0.3)
+
+        tokens = []
+        for user in active[:active_n]:
+            status, reply = call("POST", f"{hub_api}/users/{user}/tokens", admin_token,
+                                 {"scopes": ["access:services!service=jobs"], "expires_in": 86400})
+            assert status == 201, reply
+            tokens.append(reply["token"])
+        for token in tokens:  # every token checked once: the load runs in the service's steady state
+            status, reply = call("GET", f"{svc}/api/info", token)
+            assert status == 200, reply
+
+        def grow_hub_to(n: int) -> None:
+            names = others[: max(0, n - len(active))]
+            for i in range(0, len(names), 100):
+                st, rep = call("POST", f"{hub_api}/users", admin_token, {"usernames": names[i:i + 100]})
+                assert st in (201, 409), rep
+
+        results: dict[str, Any] = {"load": os.getloadavg(), "cpus": os.cpu_count(), "phases": []}
+        grow_hub_to(min(args.hub_users))
+        time.sleep(1)
+        print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; {args.duration:g} s per phase")
+        PIDS.update(hub=procs[0].pid, service=procs[1].pid)
+        print("| endpoint | hub users | concurrency | req/s | p50 ms | p95 ms | p99 ms | hub calls/req "
+              "| service CPU ms/req | hub CPU ms/req | errors |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for method, path in BODIES:
+            for c in args.concurrency:
+                r = measure(svc, hub_api, admin_token, method, path, tokens, c, args.duration)
+                results["phases"].append({"endpoint": f"{method} {path}", "users": min(args.hub_users), "c": c, **r})
+                print(row(method, path, c, r, min(args.hub_users)), flush=True)
+                for status, text in r["error_sample"].items():
+                    print(f"    {status}: {text}")
+        for n in args.hub_users:
+            grow_hub_to(n)
+            time.sleep(1)
+            for c in (1, 10):
+                r = measure(svc, hub_api, admin_token, "POST", "api/jobs", tokens, c, args.duration)
+                results["phases"].append({"endpoint": "POST api/jobs", "users": n, "c": c, **r})
+                print(row("POST", "api/jobs", c, r, n), flush=True)
+        print(f"load average after: {os.getloadavg()}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return 0
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(5)
+        hub_log.close()
+        svc_log.close()
+        if os.environ.get("BENCH_KEEP"):
+            print(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
