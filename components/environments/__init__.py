@@ -70,7 +70,8 @@ class Environments(pulumi.ComponentResource):
             self.register_outputs({})
             return
         labels = ctx.labels(LAYER)
-        self.namespace = ctx.namespace(self, "ns-envs", NAMESPACE, LAYER, enforce="restricted")
+        self.namespace = ctx.namespace(self, "ns-envs", NAMESPACE, LAYER, enforce="restricted",
+                                       extra_labels={naming.LABEL_EGRESS_ISOLATED: "true"})  # egress: the policies below
         ns_opts = ctx.k8s_opts(self, depends_on=[self.namespace])
         self._network_policies(ctx, labels, ns_opts)
         self.claim = self._envs_claim(ctx, ns_opts)
