@@ -17,7 +17,7 @@ from aiinfn import mig, yamlio
 from aiinfn.naming import GPU_OPERATOR_NAMESPACE
 from aiinfn.nodes import RESERVED_TAINT_KEY, tolerations_for
 
-from .context import LABEL_SITE, SiteContext
+from .context import SiteContext
 from .kube import HelmRelease, KubeObject, object_meta
 
 GPU_OPERATOR_CHART = "gpu-operator"
@@ -86,10 +86,6 @@ def gpu_operator_values(cfg) -> dict[str, Any]:
         tolerations.append({"key": RESERVED_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
     toolkit: dict[str, Any] = {"enabled": acc.toolkit.enabled, "version": acc.toolkit.version}
     toolkit["env"] = ([] if cfg.cluster.existing else RKE2_TOOLKIT_ENV) + GPU_ISOLATION_TOOLKIT_ENV
-    monitor_labels = {LABEL_SITE: cfg.site.name, **acc.dcgm.service_monitor_labels}
-    # The observability layer ships its own DCGM ServiceMonitor (honorLabels, pod labels kept);
-    # the chart's is then off, or every DCGM series would be scraped twice (doubling accounting sums).
-    own_monitor = not (cfg.monitoring.enabled and cfg.monitoring.dcgm_service_monitor)
     return {
         "cdi": {"enabled": True},
         "mig": {"strategy": mig.mig_strategy(cfg)},
@@ -110,8 +106,9 @@ def gpu_operator_values(cfg) -> dict[str, Any]:
             # metrics carry the pod holding each GPU/slice and its accounting and Kueue labels only
             "enablePodLabels": True,
             "podLabelAllowlistRegex": [r"^aiinfn\.infn\.it/.*$", r"^kueue\.x-k8s\.io/.*$"],
-            "serviceMonitor": {"enabled": own_monitor, "interval": acc.dcgm.scrape_interval,
-                               "additionalLabels": monitor_labels},
+            # DCGM is scraped by the observability layer's own ServiceMonitor (honorLabels, pod labels kept);
+            # the chart's stays off, or every series would be scraped twice.
+            "serviceMonitor": {"enabled": False},
         },
         "daemonsets": {"tolerations": tolerations},
         "node-feature-discovery": {"worker": {"tolerations": [

@@ -47,7 +47,8 @@ class Site(pulumi.ComponentResource):
                                juicefs_secret_data=getattr(getattr(self, "storage", None), "juicefs_secret_data", None),
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
-                                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+                                           opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]),
+                                           storage_namespace=getattr(self.storage, "namespace", None))
         self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
         self.environments = Environments("environments", self.ctx,
                                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.storage]))

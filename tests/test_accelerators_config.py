@@ -98,8 +98,6 @@ BAD = [
      lambda: "aiinfn:accelerators.migStrategy", "unknown key"),
     ("fpga-name-unknown-board", lambda: _acc("cnaf", {"fpgaResourceNames": {"alveo-u280": "amd.com/xilinx_u280_gen3x16_xdma_base_1-0"}}),
      lambda: "aiinfn:accelerators.fpgaResourceNames.alveo-u280", "unknown FPGA board"),
-    ("dcgm-interval", lambda: _acc("cnaf", {"dcgm": {"scrapeInterval": "five seconds"}}),
-     lambda: "aiinfn:accelerators.dcgm.scrapeInterval", "not a Prometheus duration"),
 ]
 
 

@@ -171,13 +171,16 @@ def test_question2_used_or_idle_and_energy(aggregated):
     bob = pick(r["utilisation"], user_name="bob")
     assert bob["busy_device_hours"] == pytest.approx(0)
     assert bob["idle_device_hours"] == pytest.approx(INTERVALS * HOURS)  # held the whole time at 0%
-    assert bob["energy_kwh"] == pytest.approx(50 * W * INTERVALS / 3.6e6)
+    # A MIG slice is charged its share of the GPU's compute slices (DCGM's power is the whole device's):
+    # 1g.10gb is 1 of an A100's 7, 1g.6gb 1 of an A30's 4 (NVIDIA MIG User Guide, "Supported MIG Profiles").
+    assert bob["energy_kwh"] == pytest.approx(50 / 7 * W * INTERVALS / 3.6e6)
     erin = pick(r["utilisation"], user_name="erin", kind="mig")
     assert erin["busy_device_hours"] == pytest.approx(INTERVALS * HOURS)
+    assert erin["energy_kwh"] == pytest.approx(40 / 4 * W * INTERVALS / 3.6e6)
     assert not [x for x in r["utilisation"] if x["user_name"] in ("carol", "dave", "frank", "")]
-    # energy per slice: every attributed GPU watt (the unheld GPU's 30 W is not attributed)
+    # energy per slice: every attributed GPU watt (the unheld GPU's 30 W and the unheld slices' share are not)
     total = sum(x["energy_kwh"] for x in r["energy_per_slice"])
-    assert total == pytest.approx((180 + 220 + 50 + 40) * W * INTERVALS / 3.6e6)
+    assert total == pytest.approx((180 + 220 + 50 / 7 + 40 / 4) * W * INTERVALS / 3.6e6)
 
 
 def test_question3_cpu_and_memory_per_accelerator(aggregated):

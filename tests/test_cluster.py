@@ -109,6 +109,7 @@ def test_existing_cluster_uses_the_supplied_kubeconfig(tmp_path: Path) -> None:
     def existing(c):
         c["aiinfn:cluster"] = {"existing": True}
         c["aiinfn:kubeconfig"] = {"secure": "v1:AAAA"}
+        c["aiinfn:storage"]["block"] = {"storageClass": "csi-cinder-retain"}  # the cluster's own block class
     path = write_variant(tmp_path, "recas", existing, name="recas-existing")
     r = run_program(str(path))
     assert not r.of_type("openstack:")

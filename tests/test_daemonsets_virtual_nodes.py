@@ -59,6 +59,10 @@ CHART_DAEMONSETS: dict[str, dict[str, dict[str, list[str] | None]]] = {
                                     "tolerations": ["scheduling.userPods.tolerations", "singleuser.extraTolerations",
                                                     "prePuller.extraTolerations"]}},
 }
+# kubernetes/cloud-provider-openstack openstack-cinder-csi-2.33.1 templates/nodeplugin-daemonset.yaml lines 171-173.
+CHART_DAEMONSETS["openstack-cinder-csi"] = {"nodeplugin": {"nodeSelector": ["csi.plugin.nodePlugin.nodeSelector"],
+                                                           "affinity": ["csi.plugin.nodePlugin.affinity"],
+                                                           "tolerations": ["csi.plugin.nodePlugin.tolerations"]}}
 CHARTS_WITHOUT_DAEMONSETS = {"cert-manager", "kueue"}  # Deployments and Jobs only
 
 

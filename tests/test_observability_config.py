@@ -16,15 +16,21 @@ def base() -> dict:
     return {k.removeprefix("aiinfn:"): v for k, v in data.items()}
 
 
+def merged(base: dict, patch: dict) -> dict:
+    """The stack's own monitoring section with the patch laid over it (nested maps merged)."""
+    out = dict(base)
+    for k, v in patch.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def test_defaults_keep_a_year_on_a_volume():
     m = MonitoringConfig()
     assert m.retention == "365d" and m.retention_seconds == 365 * 86400
     assert m.prometheus_storage_gb >= 100 and m.accounting.enabled and m.grafana.enabled
     assert ":" in m.runtime_image and not m.runtime_image.endswith(":latest")
     assert is_secret_key(m.grafana.client_secret_key)
-    from aiinfn.naming import STORAGECLASS_NFS
-
-    assert m.storage_class == STORAGECLASS_NFS
+    assert m.grafana.client_id is None  # no default: Grafana's own client must be named (validate_site)
 
 
 @pytest.mark.parametrize("patch,key,words", [
@@ -39,6 +45,13 @@ def test_defaults_keep_a_year_on_a_volume():
     ({"grafana": {"storageGb": 0}}, "aiinfn:monitoring.grafana.storageGb", "at least 1"),
     ({"grafana": {"host": "not a host"}}, "aiinfn:monitoring.grafana.host", "not a DNS name"),
     ({"grafana": {"clientSecretKey": "grafanaPassword"}}, "aiinfn:monitoring.grafana.clientSecretKey", "not a secret key"),
+    ({"grafana": {"clientSecretKey": "iamClientSecret"}}, "aiinfn:monitoring.grafana.clientSecretKey", "own IAM client"),
+    ({"grafana": {"clientId": None}}, "aiinfn:monitoring.grafana.clientId", "is required"),
+    ({"grafana": {"clientId": "ai-infn-hackathon-padova-2026"}}, "aiinfn:monitoring.grafana.clientId", "the hub's client"),
+    ({"grafana": {"groupsClaim": "groups"}}, "aiinfn:monitoring.grafana.groupsClaim", "unknown key"),
+    ({"smtp": {"smarthost": "smtp.example.org"}}, "aiinfn:monitoring.smtp.smarthost", "host:port"),
+    ({"smtp": {"sender": "me"}}, "aiinfn:monitoring.smtp.sender", "not an e-mail"),
+    ({"smtp": {"username": " "}}, "aiinfn:monitoring.smtp.username", "must not be empty"),
     ({"grafana": {"adminGroups": ["nobody/knows"]}}, "aiinfn:monitoring.grafana.adminGroups[0]", "neither an IAM group"),
     ({"grafana": {"colour": "blue"}}, "aiinfn:monitoring.grafana.colour", "unknown key"),
     ({"alerts": {"nfsFullPercent": 100}}, "aiinfn:monitoring.alerts.nfsFullPercent", "between 50 and 99"),
@@ -53,11 +66,23 @@ def test_defaults_keep_a_year_on_a_volume():
 ])
 def test_mistakes_name_the_key(patch, key, words):
     data = base()
-    data["monitoring"] = patch
+    data["monitoring"] = merged(data["monitoring"], patch)
     with pytest.raises(ConfigError) as err:
         site_config_from_data(data)
     text = str(err.value)
     assert text.startswith(key + ":") and words in text and "\n" not in text
+
+
+def test_protected_site_must_mail_its_alerts():
+    data = yaml.safe_load(resolve("cnaf").read_text())["config"]
+    data = {k.removeprefix("aiinfn:"): v for k, v in data.items()}
+    del data["monitoring"]["smtp"]
+    with pytest.raises(ConfigError, match=r"^aiinfn:monitoring\.smtp\.smarthost: a production site must mail"):
+        site_config_from_data(data)
+    data = base()
+    del data["site"]["contactEmail"]
+    with pytest.raises(ConfigError, match=r"^aiinfn:site\.contactEmail: is required"):
+        site_config_from_data(data)
 
 
 def test_stack_values_are_read():

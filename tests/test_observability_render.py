@@ -127,17 +127,56 @@ def test_grafana_logs_in_through_iam_and_keeps_no_secret_in_values(stack):
         assert json.loads(body)["panels"]
 
 
-def test_grafana_role_from_iam_groups_with_real_jmespath():
-    cfg = rendered_stack("cnaf").cfg
-    path = release(rendered_stack("cnaf")).inputs["values"]["grafana"]["grafana.ini"]["auth.generic_oauth"][
-        "role_attribute_path"]
-    admin_group = cfg.iam.admin_groups[0]
-    assert jmespath.search(path, {"groups": ["ai-infn/users", admin_group]}) == "Admin"
-    assert jmespath.search(path, {"groups": ["ai-infn/users"]}) == "Viewer"
-    assert jmespath.search(path, {"groups": []}) == "Viewer"
-    tricky = grafana_role_path("groups", ["it's/admins"], ["editors"])
+def _userinfo(profile: str, groups: list[str]) -> dict:
+    """A userinfo document as INDIGO IAM v1.9.0 returns it for a client of each token profile.
+
+    IAM profile: ``groups`` with the names as in IAM (IamScopeClaimTranslationService.java:83 maps it to the
+    ``profile`` scope). WLCG profile: WLCGUserInfoAdapter.java:45 removes ``groups`` and :49-53 adds
+    ``wlcg.groups``, each name with a leading '/' (WLCGGroupHelper.java:48-49 prependSlashToGroupName),
+    only with the ``wlcg.groups`` scope (IamScopeClaimTranslationService.java:103).
+    """
+    base = {"sub": "u-1", "preferred_username": "alice", "name": "Alice", "email": "alice@infn.it"}
+    if profile == "iam":
+        return {**base, "groups": groups}
+    return {**base, "wlcg.groups": [f"/{g}" for g in groups]}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("profile", ["iam", "wlcg"])
+def test_grafana_admits_and_maps_roles_in_either_iam_profile(stack, profile):
+    """Grafana's groups/role paths are JMESPath over the ID token and userinfo (Grafana docs, generic OAuth:
+    https://grafana.com/docs/grafana/latest/setup-grafana/configure-security/configure-authentication/generic-oauth/
+    "Configure role mapping", "Configure group synchronization"); allowed_groups admits a user with any listed
+    group. Evaluated here with real JMESPath on userinfo shaped as IAM returns it."""
+    r = rendered_stack(stack)
+    cfg = r.cfg
+    oauth = release(r).inputs["values"]["grafana"]["grafana.ini"]["auth.generic_oauth"]
+    assert "wlcg.groups" in oauth["scopes"].split() and "profile" in oauth["scopes"].split()
+    allowed = set(oauth["allowed_groups"].split())
+
+    def login(groups: list[str]) -> str | None:
+        info = _userinfo(profile, groups)
+        mine = jmespath.search(oauth["groups_attribute_path"], info) or []
+        if not allowed & set(mine):
+            return None  # refused
+        return jmespath.search(oauth["role_attribute_path"], info)
+
+    stack_cfg = yaml.safe_load(resolve(stack).read_text())["config"]
+    iam = stack_cfg["aiinfn:iam"]
+    assert login([iam["userGroups"][0]]) == "Viewer"
+    assert login([iam["userGroups"][0], iam["adminGroups"][0]]) == "Admin"
+    assert login(["some/other-group"]) is None
+    for project in stack_cfg.get("aiinfn:projects", []):  # members of a project group only are admitted too
+        assert login([project["group"]]) == "Viewer"
+    # Grafana has its own client, never the hub's
+    assert oauth["client_id"] == stack_cfg["aiinfn:monitoring"]["grafana"]["clientId"] != cfg.iam.client_id
+
+
+def test_grafana_role_path_quotes_group_names():
+    tricky = grafana_role_path(["it's/admins"], ["editors"])
     assert jmespath.search(tricky, {"groups": ["it's/admins"]}) == "Admin"
-    assert jmespath.search(tricky, {"groups": ["editors"]}) == "Editor"
+    assert jmespath.search(tricky, {"wlcg.groups": ["/editors"]}) == "Editor"
+    assert jmespath.search(tricky, {"groups": []}) == "Viewer"
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -178,8 +217,14 @@ def test_accounting_database_persistent_protected_and_fenced(stack):
     cron = one(r, "CronJob", "accounting-aggregator")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]
     (rule,) = pol["spec"]["ingress"]
-    (peer,) = rule["from"]
+    peer, *others = rule["from"]
     assert all(pod["metadata"]["labels"].get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+    # and, where backups run, the backup job's pods in the storage namespace (pg_dump before borg create)
+    backup = [o for o in others if o.get("namespaceSelector")]
+    assert len(others) == len(backup) == (1 if r.cfg.storage.backup.enabled and r.cfg.storage.backup.repository else 0)
+    for o in backup:
+        assert o["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "storage"}
+        assert o["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nfs-backup"}
     grafana_like = {"app.kubernetes.io/name": "grafana"}
     assert not all(grafana_like.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
     svc = one(r, "Service", "accounting-db")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.config.model import IamConfig, SiteConfig, SiteIdentity
+from aiinfn.config.model import GpuSpec, IamConfig, NodePool, SiteConfig, SiteIdentity
 from components.observability.promrules import DASHBOARDS_DIR, RULES_DIR, fill, rendered_rule_texts, rule_params
 
 from .conftest import STACKS, rendered_stack
@@ -22,7 +22,9 @@ PROMTOOL_TESTS = Path(__file__).parent / "observability_promtool"
 
 
 def default_cfg() -> SiteConfig:
-    return SiteConfig(site=SiteIdentity(name="t", domain="t.example.org", kind="production"),
+    # one A100 80GB pool: the site's MIG slice shares (aiinfn:mig_slice_share:ratio) are those of that model
+    pool = NodePool(name="a100", flavor="f", count=1, role="gpu", cpus=8, memory_gb=64, gpus=GpuSpec(model="a100-80gb", count=1))
+    return SiteConfig(site=SiteIdentity(name="t", domain="t.example.org", kind="production"), pools=[pool],
                       iam=IamConfig(issuer="https://iam.example.org/", client_id="c", user_groups=["u"], admin_groups=["a"]))
 
 

@@ -21,7 +21,7 @@ def base(stack: str = "hackathon-padova") -> dict:
 
 def with_storage(data: dict, storage: dict) -> dict:
     data = copy.deepcopy(data)
-    data["storage"] = storage
+    data["storage"] = {"block": data.get("storage", {}).get("block", {}), **storage}  # the stack's Keystone kept
     return data
 
 
@@ -94,6 +94,11 @@ def test_gid_collision_between_projects_is_refused():
     ({"nfz": {}}, "aiinfn:storage.nfz"),
     ({"nfs": {"clientCidrs": ["10.0.0.0/33"]}}, "aiinfn:storage.nfs.clientCidrs[0]"),
     ({"nfs": {"clientCidrs": ["0.0.0.0/0"]}}, "aiinfn:storage.nfs.clientCidrs[0]"),
+    ({"block": {}}, "aiinfn:storage.block.authUrl"),  # the Cinder CSI plugin is deployed: it needs Keystone
+    ({"block": {"authUrl": "http://keystone:5000/v3"}}, "aiinfn:storage.block.authUrl"),
+    ({"block": {"storageClass": "nfs-csi"}}, "aiinfn:storage.block.storageClass"),
+    ({"block": {"storageClass": "Fast SSD"}}, "aiinfn:storage.block.storageClass"),
+    ({"block": {"csiChartVersion": "latest"}}, "aiinfn:storage.block.csiChartVersion"),
 ])
 def test_bad_storage_config_names_the_key(storage, key):
     with pytest.raises(ConfigError) as err:
@@ -111,7 +116,7 @@ def test_production_requires_a_backup_repository():
 
 def test_minimal_stack_without_storage_section_renders_defaults():
     data = base()
-    data.pop("storage", None)
+    data["storage"] = {"block": data["storage"]["block"]}  # only the cloud's Keystone URL (no default possible)
     cfg = site_config_from_data(data)
     assert cfg.storage.cvmfs.repositories == ["cms.cern.ch", "sft.cern.ch", "atlas.cern.ch"]
     assert (cfg.storage.backup.keep_daily, cfg.storage.backup.keep_weekly, cfg.storage.backup.keep_monthly) == (7, 4, 6)
@@ -138,6 +143,10 @@ def test_existing_cluster_needs_the_node_network_for_nfs():
     with pytest.raises(ConfigError, match=r"^aiinfn:storage\.nfs\.clientCidrs"):
         site_config_from_data(data)
     data["storage"]["nfs"] = {"clientCidrs": ["192.168.10.0/24"]}
+    # Nor can it guess a block class: the stateful services' volumes never go on NFS.
+    with pytest.raises(ConfigError, match=r"^aiinfn:storage\.block\.storageClass: on an existing cluster"):
+        site_config_from_data(data)
+    data["storage"]["block"] = {"storageClass": "csi-rbd-retain"}
     cfg = site_config_from_data(data)
     from components.storage.nfs import exports_text
     assert "192.168.10.0/24(rw" in exports_text(cfg)

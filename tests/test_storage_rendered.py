@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from aiinfn.engine.output import helm_releases, manifest, manifests
+from aiinfn.engine.stackfile import resolve
 from aiinfn.naming import (
     HUB_NAMESPACE,
     NFS_SERVER_DNS,
@@ -105,9 +107,14 @@ def test_redis_reachable_only_by_juicefs_clients(stack):
     pols = [d for d in objects(stack, "NetworkPolicy") if d["metadata"]["namespace"] == STORAGE_NAMESPACE]
     redis = next(d for d in pols if d["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "juicefs-redis")
     (rule,) = redis["spec"]["ingress"]
-    (peer,) = rule["from"]
+    peer, *others = rule["from"]
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
     assert peer["podSelector"]["matchExpressions"][0]["values"] == ["juicefs-csi-driver", "juicefs-mount"]
+    # where backups run, also the backup job's pods of this namespace (its RDB snapshot before borg create)
+    backup = yaml.safe_load(resolve(stack).read_text())["config"]["aiinfn:storage"].get("backup", {})
+    expected = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nfs-backup"}}}] \
+        if backup.get("enabled", True) and backup.get("repository") else []
+    assert others == expected
     assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
     assert any(d["spec"]["podSelector"] == {} and d["spec"]["policyTypes"] == ["Ingress"] for d in pols)
     redis_dep = next(d for d in objects(stack, "Deployment") if d["metadata"]["name"] == "juicefs-redis")
@@ -119,7 +126,14 @@ def test_redis_reachable_only_by_juicefs_clients(stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_juicefs_volume_secret_has_the_csi_keys(stack):
     sec = next(d for d in objects(stack, "Secret") if d["metadata"]["name"] == "juicefs-volume")
-    assert set(sec["stringData"]) == {"name", "metaurl", "storage", "bucket", "access-key", "secret-key"}
+    assert set(sec["stringData"]) == {"name", "metaurl", "storage", "bucket", "access-key", "secret-key", "format-options"}
+    # JuiceFS keeps deleted objects in its trash as long as the metadata dumps are kept (CSI driver docs,
+    # https://juicefs.com/docs/csi/guide/pv/ "format-options"; juicefs format --trash-days)
+    keep = yaml.safe_load(resolve(stack).read_text())["config"]["aiinfn:storage"].get("backup", {})
+    days = keep.get("keepDaily", 7) if keep.get("enabled", True) and keep.get("repository") else 1
+    from components.storage.juicefs import trash_days
+
+    assert trash_days(rendered_stack(stack).cfg) == days  # the Secret's values are all Pulumi secrets (placeholders)
     sc = next(d for d in objects(stack, "StorageClass") if d["metadata"]["name"] == "juicefs")
     assert sc["parameters"]["csi.storage.k8s.io/node-publish-secret-name"] == "juicefs-volume"
     assert sc["reclaimPolicy"] == "Retain"

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from .shares import charged_share
+
 ENTITY = ("project", "user", "workload", "kind", "model", "profile")
 DEVICE = ("kind", "model", "profile")
 DSN_ENV = "AIINFN_ACCOUNTING_DSN"
@@ -72,7 +74,8 @@ def queries(s: Settings) -> dict[str, tuple[str, tuple[str, ...]]]:
         "devices_avg": (INFO, ENTITY),
         "busy_devices_avg": (f"({INFO}) * on (namespace, pod) group_left () ({UTIL} / 100)", ENTITY),
         "idle_devices_avg": (f"({INFO}) * on (namespace, pod) group_left () ({UTIL} < bool {s.idle_util_percent:g})", ENTITY),
-        "energy_watts": (f"(({INFO}) > bool 0) * on (namespace, pod) group_left () {POWER}", ENTITY),
+        # a MIG slice is charged its share of the GPU's power (aiinfn.accounting.shares)
+        "energy_watts": (f"{charged_share(f'({INFO}) > bool 0')} * on (namespace, pod) group_left () {POWER}", ENTITY),
         "pods_avg": (POD_KEY, ENTITY),
         "cpu_used_cores_avg": (f"({POD_KEY}) * on (namespace, pod) group_left () {cpu}", ENTITY),
         "cpu_requested_cores_avg": (f"({POD_KEY}) * on (namespace, pod) group_left () {CPU_REQ}", ENTITY),

@@ -130,17 +130,6 @@ class TimeSlicing:
 
 
 @dataclass
-class DcgmConfig:
-    """DCGM exporter (GPU metrics), scraped through the ServiceMonitor the GPU operator creates."""
-
-    scrape_interval: str = "5s"
-    service_monitor_labels: dict[str, str] = field(default_factory=dict)
-
-    def __validate__(self, path: str) -> None:
-        if not re.match(r"^([0-9]+(ms|s|m|h))+$", self.scrape_interval):
-            raise ConfigError(f"{path}.scrapeInterval", f"{self.scrape_interval!r} is not a Prometheus duration (like 5s)")
-
-
 @dataclass
 class XrtConfig:
     """XRT (AMD's runtime and its xocl/xclmgmt drivers) installed at first boot on FPGA pools, from a
@@ -167,7 +156,6 @@ class AcceleratorsConfig:
     enabled: bool = True
     driver: DriverConfig = field(default_factory=DriverConfig)
     toolkit: ToolkitConfig = field(default_factory=ToolkitConfig)
-    dcgm: DcgmConfig = field(default_factory=DcgmConfig)
     time_slicing: list[TimeSlicing] = field(default_factory=list)
     # The site must be able to run at least this many GPU sessions at once (0: no requirement).
     min_gpu_sessions: int = 0

@@ -86,7 +86,7 @@ class HubConfig:
     shm_gb: int = 8  # memory-backed /dev/shm limit
     tmp_gb: int = 20  # /tmp emptyDir limit
     db_size_gb: int = 5
-    db_storage_class: str | None = None  # default: the storage layer's nfs-csi class
+    db_storage_class: str | None = None  # default: the site's block class (aiinfn:storage.block)
     image_gid: int = 100  # group of the images' writable paths (docker-stacks: users), added to every notebook
 
     def __validate__(self, path: str) -> None:

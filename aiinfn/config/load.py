@@ -22,6 +22,9 @@ SECRET_KEYS: dict[str, str] = {
     "iamClientSecret": "the INDIGO IAM client secret of this site's hub client",
     "kubeconfig": "kubeconfig of an existing cluster (only with aiinfn:cluster.existing: true)",
     "grafanaClientSecret": "the INDIGO IAM client secret of Grafana's login (aiinfn:monitoring.grafana.clientId)",
+    "secretCinderCredentialId": "id of the OpenStack application credential of the Cinder CSI plugin",
+    "secretCinderCredentialSecret": "secret of the OpenStack application credential of the Cinder CSI plugin",
+    "secretAlertmanagerSmtpPassword": "password of aiinfn:monitoring.smtp.username at the mail relay",
 }
 SECRET_PREFIXES = ("offloadToken",)  # one per remote site: offloadToken<Name>
 

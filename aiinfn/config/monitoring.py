@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import __version__
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,8 +22,10 @@ _SIZE = re.compile(r"^[1-9][0-9]*(B|KB|MB|GB|TB|PB|EB)$")
 _CRON = re.compile(r"^(\S+\s+){4}\S+$")
 _IMAGE = re.compile(r"^[a-z0-9]([a-z0-9._/:-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$")
 
-# The platform's runtime image (exporters, accounting aggregator): built from this repository.
-DEFAULT_RUNTIME_IMAGE = "ghcr.io/ai-infn/aiinfn-platform:0.1.0"
+# The platform's runtime image (exporters, accounting aggregator): built from this repository by
+# scripts/build-image.sh (images/runtime/Dockerfile), tagged with the project's version.
+RUNTIME_REGISTRY = "ghcr.io/ai-infn"
+DEFAULT_RUNTIME_IMAGE = f"{RUNTIME_REGISTRY}/aiinfn-platform:{__version__}"
 
 
 def _seconds(duration: str) -> float:
@@ -41,12 +44,13 @@ class GrafanaConfig:
     enabled: bool = True
     host: str | None = None  # default grafana.<site domain>
     storage_gb: int = 10
-    client_id: str | None = None  # IAM client for Grafana; default: the site's hub client (aiinfn:iam.clientId)
+    # Grafana's own IAM client (required while Grafana is on): the hub's client may use the WLCG profile,
+    # and its secret must not be shared with another service.
+    client_id: str | None = None
     # Supplied secret holding that client's secret (declared in SECRET_KEYS).
     client_secret_key: str = "grafanaClientSecret"
     admin_groups: list[str] = field(default_factory=list)  # default: aiinfn:iam.adminGroups -> Grafana Admin
     editor_groups: list[str] = field(default_factory=list)  # -> Grafana Editor; everyone else allowed is Viewer
-    groups_claim: str = "groups"  # the userinfo claim listing IAM groups
     ingress_class: str = "nginx"
     cluster_issuer: str | None = None  # cert-manager ClusterIssuer for TLS; default: the hub's ACME issuer when it has one
 
@@ -55,11 +59,12 @@ class GrafanaConfig:
             raise ConfigError(f"{path}.storageGb", f"must be at least 1, got {self.storage_gb}")
         if self.host is not None and not re.match(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,}$", self.host):
             raise ConfigError(f"{path}.host", f"{self.host!r} is not a DNS name")
-        if self.client_secret_key not in ("iamClientSecret", "grafanaClientSecret") and not self.client_secret_key.startswith("secret"):
+        if self.client_secret_key == "iamClientSecret":
+            raise ConfigError(f"{path}.clientSecretKey", "Grafana has its own IAM client: its secret is not the hub's "
+                                                         "(use grafanaClientSecret or a secret... key)")
+        if self.client_secret_key != "grafanaClientSecret" and not self.client_secret_key.startswith("secret"):
             raise ConfigError(f"{path}.clientSecretKey",
-                              f"{self.client_secret_key!r} is not a secret key (use grafanaClientSecret, iamClientSecret or secret...)")
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", self.groups_claim):
-            raise ConfigError(f"{path}.groupsClaim", f"{self.groups_claim!r} is not a claim name")
+                              f"{self.client_secret_key!r} is not a secret key (use grafanaClientSecret or secret...)")
 
 
 @dataclass
@@ -83,6 +88,28 @@ class AlertsConfig:
                                  ("admissionWaitP90Minutes", self.admission_wait_p90_minutes, 1, 7 * 24 * 60)):
             if not lo <= val <= hi:
                 raise ConfigError(f"{path}.{key}", f"must be between {lo} and {hi}, got {val}")
+
+
+@dataclass
+class SmtpConfig:
+    """How Alertmanager sends its e-mail to the site's contact (aiinfn:site.contactEmail).
+
+    The password, when the relay needs one, is the supplied secret ``aiinfn:secretAlertmanagerSmtpPassword``:
+    Alertmanager reads it from a mounted Secret file (``smtp_auth_password_file``), never from its config.
+    """
+
+    smarthost: str | None = None  # host:port of the mail relay; null: alerts are routed nowhere (refused on protected sites)
+    sender: str | None = None  # the From address; default alertmanager@<site domain>
+    username: str | None = None  # SMTP AUTH user; with it the password secret is required
+    require_tls: bool = True  # STARTTLS before authenticating
+
+    def __validate__(self, path: str) -> None:
+        if self.smarthost is not None and not re.match(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$", self.smarthost):
+            raise ConfigError(f"{path}.smarthost", f"{self.smarthost!r} must be host:port (like smtp.example.org:587)")
+        if self.sender is not None and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", self.sender):
+            raise ConfigError(f"{path}.sender", f"{self.sender!r} is not an e-mail address")
+        if self.username is not None and not self.username.strip():
+            raise ConfigError(f"{path}.username", "must not be empty (leave it out for a relay without authentication)")
 
 
 @dataclass
@@ -126,18 +153,12 @@ class MonitoringConfig:
     retention: str = "365d"  # how long Prometheus keeps samples (persistent volume)
     retention_size: str | None = None  # optional size cap ("180GB"); default: 90% of the volume
     prometheus_storage_gb: int = 200
-    # StorageClass of the Prometheus, Grafana and accounting volumes. The platform's clusters have no default
-    # class: the storage layer's nfs-csi (aiinfn.naming.STORAGECLASS_NFS) puts them on the protected, backed-up
-    # NFS volume. null: the cluster's default class.
-    storage_class: str | None = "nfs-csi"
     scrape_interval: str = "30s"
     dcgm_scrape_interval: str = "5s"
-    # Our ServiceMonitor for the GPU operator's DCGM exporter (honorLabels, pod labels kept). Turn the
-    # GPU operator chart's own dcgmExporter.serviceMonitor off, or DCGM is scraped twice.
-    dcgm_service_monitor: bool = True
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     grafana: GrafanaConfig = field(default_factory=GrafanaConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     storage_exporter: StorageExporterConfig = field(default_factory=StorageExporterConfig)
 
@@ -175,6 +196,16 @@ def validate_site(cfg: SiteConfig) -> None:
             if g not in known:
                 raise ConfigError(f"{path}.grafana.{key}[{i}]", f"group {g!r} is neither an IAM group nor a project group")
     g = mon.grafana
+    if mon.enabled and g.enabled and not g.client_id:
+        raise ConfigError(f"{path}.grafana.clientId", "is required: Grafana logs in with its own INDIGO IAM client "
+                                                      "(register one; its secret is aiinfn:" + g.client_secret_key + ")")
+    if mon.enabled and g.enabled and g.client_id == cfg.iam.client_id:
+        raise ConfigError(f"{path}.grafana.clientId", f"{g.client_id!r} is the hub's client (aiinfn:iam.clientId): "
+                                                      "give Grafana its own")
+    if mon.enabled and mon.smtp.smarthost is None and cfg.is_protected:
+        raise ConfigError(f"{path}.smtp.smarthost", f"a {cfg.site.kind} site must mail its alerts: give the relay (host:port)")
+    if mon.enabled and mon.smtp.smarthost is not None and not cfg.site.contact_email:
+        raise ConfigError("aiinfn:site.contactEmail", "is required: Alertmanager mails the alerts to it")
     if mon.enabled and g.enabled and g.cluster_issuer is None and cfg.hub.tls == "acme" and not cfg.hub.enabled:
         raise ConfigError(f"{path}.grafana.clusterIssuer",
                           "is required when aiinfn:hub is disabled (the ACME ClusterIssuer comes with the hub layer); "

@@ -212,6 +212,33 @@ class BackupConfig:
 
 
 @dataclass
+class BlockConfig:
+    """Block volumes for every stateful service but the NFS user files (Prometheus, Grafana, the hub's
+    database, the accounting PostgreSQL, JuiceFS' Redis): Cinder through the OpenStack Cinder CSI plugin.
+
+    On an OpenStack tenancy the storage layer deploys the plugin's Helm chart and a StorageClass with
+    ``reclaimPolicy: Retain``; ``storageClass`` names an existing class instead (required on an existing
+    cluster, where the program cannot know the cloud). The plugin authenticates with an application
+    credential, the supplied secrets ``aiinfn:secretCinderCredentialId`` / ``aiinfn:secretCinderCredentialSecret``.
+    """
+
+    storage_class: str | None = None  # an existing block StorageClass; null: ours on Cinder (OpenStack tenancy)
+    csi_chart_version: str = "2.33.1"  # kubernetes/cloud-provider-openstack chart openstack-cinder-csi (plugin v1.33.1)
+    auth_url: str | None = None  # Keystone v3 endpoint of the cloud (required when the plugin is deployed)
+    region: str | None = None  # the cloud's region, if it has several
+
+    def __validate__(self, path: str) -> None:
+        if self.storage_class is not None and not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", self.storage_class):
+            raise ConfigError(f"{path}.storageClass", f"{self.storage_class!r} is not a StorageClass name")
+        if not re.match(r"^\d+\.\d+\.\d+$", self.csi_chart_version):
+            raise ConfigError(f"{path}.csiChartVersion", f"{self.csi_chart_version!r} must be a pinned chart version")
+        if self.auth_url is not None and not re.match(r"^https://[^\s/]+(/[^\s]*)?$", self.auth_url):
+            raise ConfigError(f"{path}.authUrl", f"{self.auth_url!r} must be the https URL of Keystone (like https://keystone.example.org:5000/v3)")
+        if self.region is not None and not re.match(r"^[A-Za-z0-9_.-]+$", self.region):
+            raise ConfigError(f"{path}.region", f"{self.region!r} is not a region name")
+
+
+@dataclass
 class StorageConfig:
     """Settings of the storage layer. Every field has a safe default so a minimal stack renders."""
 
@@ -226,6 +253,7 @@ class StorageConfig:
     cvmfs: CvmfsConfig = field(default_factory=CvmfsConfig)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    block: BlockConfig = field(default_factory=BlockConfig)
 
     def __validate__(self, path: str) -> None:
         for i, u in enumerate(self.users):
@@ -282,6 +310,20 @@ def backup_repository(cfg: SiteConfig) -> str:
     return cfg.storage.backup.repository
 
 
+STORAGECLASS_CINDER = "cinder-retain"
+NOT_BLOCK_CLASSES = ("nfs-csi", "juicefs", "scratch-local")  # aiinfn.naming's NFS, JuiceFS and scratch classes  # the block class the storage layer creates on an OpenStack tenancy
+
+
+def deploys_cinder(cfg: SiteConfig) -> bool:
+    """The storage layer deploys the Cinder CSI plugin: an OpenStack tenancy and no existing class named."""
+    return cfg.openstack is not None and not cfg.cluster.existing and cfg.storage.block.storage_class is None
+
+
+def block_storage_class(cfg: SiteConfig) -> str:
+    """The StorageClass of every stateful service's volume (never the NFS class)."""
+    return cfg.storage.block.storage_class or STORAGECLASS_CINDER
+
+
 def backups_active(cfg: SiteConfig) -> bool:
     return cfg.storage.enabled and cfg.storage.backup.enabled and bool(cfg.storage.backup.repository)
 
@@ -331,6 +373,17 @@ def validate_site(cfg: SiteConfig) -> None:
                                                      "the CSI node plugins mount NFS from the host network")
     if st.nfs.host_path.rstrip("/") == st.scratch.host_path.rstrip("/"):
         raise ConfigError(f"{path}.scratch.hostPath", "must differ from the NFS data path")
+    blk = st.block
+    if blk.storage_class is None and (cfg.openstack is None or cfg.cluster.existing):
+        raise ConfigError(f"{path}.block.storageClass", "on an existing cluster, name its block-volume StorageClass "
+                                                        "(Prometheus, Grafana and the databases never go on NFS)")
+    if blk.storage_class is not None and blk.storage_class in NOT_BLOCK_CLASSES:
+        raise ConfigError(f"{path}.block.storageClass", f"{blk.storage_class!r} is not a block-volume class")
+    if deploys_cinder(cfg) and blk.auth_url is None:
+        raise ConfigError(f"{path}.block.authUrl", "the Cinder CSI plugin needs the cloud's Keystone URL (https://.../v3)")
+    if cfg.hub.db_storage_class in NOT_BLOCK_CLASSES:
+        raise ConfigError("aiinfn:hub.dbStorageClass", f"{cfg.hub.db_storage_class!r} is not a block-volume class "
+                                                       "(SQLite's locking is unreliable on NFS)")
 
 
 def isolation_problems(configs: list[SiteConfig]) -> list[str]:

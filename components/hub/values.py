@@ -12,7 +12,7 @@ from typing import Any
 from aiinfn import catalogue as cat
 from aiinfn import naming
 from aiinfn.config.model import NodePool, SiteConfig
-from aiinfn.config.storage import USER_ID_MIN, USER_ID_SPAN, env_maintainers_gid, project_gid
+from aiinfn.config.storage import USER_ID_MIN, USER_ID_SPAN, block_storage_class, env_maintainers_gid, project_gid
 from aiinfn.hubservices import HubServiceSpec
 from aiinfn.nodes import pool_labels, tolerations_for
 from aiinfn.offerings import site_offerings
@@ -312,10 +312,10 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
     }
     default_image = _image_ref(hub.images[0].image)
     annotations, tls = ingress_tls(cfg, host, TLS_SECRET_NAME)
-    # The cluster has no default StorageClass: the database goes on the storage layer's NFS class
-    # (retained on delete, inside the backed-up export) unless the stack names another.
+    # SQLite on a block volume (never NFS: its locking is unreliable there), the site's retained block class
+    # unless the stack names another; the backup job copies it with SQLite's online backup.
     db_pvc: dict[str, Any] = {"storage": f"{hub.db_size_gb}Gi", "accessModes": ["ReadWriteOnce"],
-                              "storageClassName": hub.db_storage_class or naming.STORAGECLASS_NFS}
+                              "storageClassName": hub.db_storage_class or block_storage_class(cfg)}
     if cfg.is_protected:
         db_pvc["annotations"] = {"helm.sh/resource-policy": "keep"}
     return {

@@ -17,6 +17,7 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn import catalogue as cat
+from aiinfn.config.storage import backups_active, block_storage_class
 from aiinfn.naming import (
     GPU_OPERATOR_NAMESPACE,
     KUEUE_NAMESPACE,
@@ -26,6 +27,7 @@ from aiinfn.naming import (
     MONITORING_NAMESPACE,
     PRIORITY_LABEL,
     QUEUE_LABEL,
+    STORAGE_NAMESPACE,
     VIRTUAL_NODE_LABEL,
 )
 from aiinfn.secrets import supplied_secret
@@ -36,6 +38,8 @@ from ..kube import HelmRelease, KubeObject, object_meta
 from .promrules import dashboards, rule_files
 
 LAYER = "observability"
+BACKUP_PG_SECRET = "accounting-db-backup"  # components.storage.backup.PG_SECRET
+BACKUP_CRONJOB = "nfs-backup"  # components.storage.backup.CRONJOB
 CHART = "kube-prometheus-stack"
 CHART_VERSION = "88.5.3"  # prometheus-operator v0.93.1 (the CRD schemas in ../shared/schemas match it)
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
@@ -80,11 +84,75 @@ def _jmes_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def grafana_role_path(groups_claim: str, admins: list[str], editors: list[str]) -> str:
-    """JMESPath Grafana evaluates on the userinfo: Admin for admin groups, Editor for editors, else Viewer."""
-    parts = [f"contains({groups_claim}[*], {_jmes_quote(g)}) && 'Admin'" for g in admins]
-    parts += [f"contains({groups_claim}[*], {_jmes_quote(g)}) && 'Editor'" for g in editors]
+# INDIGO IAM names a user's groups in one of two claims, by the client's token profile: the IAM profile puts
+# `groups` (names as in IAM) in the userinfo; the WLCG profile removes `groups` and adds `wlcg.groups`, each
+# name with a leading '/' (indigo-iam/iam v1.9.0 WLCGUserInfoAdapter.java, WLCGGroupHelper.java). Grafana reads
+# both, so the same configuration works whichever profile the client has.
+GROUPS_PATH = '[groups[], "wlcg.groups"[]][]'
+
+
+def group_forms(group: str) -> list[str]:
+    """A group as the IAM profile names it and as the WLCG profile does ('/' first)."""
+    bare = group.lstrip("/")
+    return [bare, f"/{bare}"]
+
+
+def grafana_role_path(admins: list[str], editors: list[str]) -> str:
+    """JMESPath Grafana evaluates on the ID token and userinfo: Admin for admin groups, Editor for editors,
+    else Viewer; a group matches in either profile's form."""
+    def member(g: str) -> str:
+        return "(" + " || ".join(f"contains({GROUPS_PATH}, {_jmes_quote(f)})" for f in group_forms(g)) + ")"
+    parts = [f"{member(g)} && 'Admin'" for g in admins]
+    parts += [f"{member(g)} && 'Editor'" for g in editors]
     return " || ".join([*parts, "'Viewer'"])
+
+
+SMTP_SECRET = "alertmanager-smtp"
+SMTP_PASSWORD_KEY = "secretAlertmanagerSmtpPassword"
+SMTP_SECRET_DIR = "/etc/alertmanager/smtp"  # our Secret mounted in the alertmanager container (alertmanagerSpec.volumes)
+SMTP_PASSWORD_FILE = f"{SMTP_SECRET_DIR}/password"
+
+
+def alertmanager_config(cfg) -> dict:
+    """The whole Alertmanager configuration: every alert but the Watchdog heartbeat mailed to the site's contact.
+
+    Complete on its own (global, route, receivers, inhibitions, templates), so the chart's defaults merged
+    under it change nothing; checked with the real ``amtool check-config`` and ``amtool config routes test``.
+    """
+    smtp = cfg.monitoring.smtp
+    inhibit = [
+        {"source_matchers": ["severity = critical"], "target_matchers": ["severity =~ warning|info"],
+         "equal": ["namespace", "alertname"]},
+        {"source_matchers": ["severity = warning"], "target_matchers": ["severity = info"],
+         "equal": ["namespace", "alertname"]},
+        {"source_matchers": ["alertname = InfoInhibitor"], "target_matchers": ["severity = info"], "equal": ["namespace"]},
+        {"target_matchers": ["alertname = InfoInhibitor"]},
+    ]
+    conf: dict = {
+        "global": {"resolve_timeout": "5m"},
+        "inhibit_rules": inhibit,
+        "templates": ["/etc/alertmanager/config/*.tmpl"],
+        "receivers": [{"name": "null"}],
+    }
+    route: dict = {"group_by": ["namespace", "alertname"], "group_wait": "30s", "group_interval": "5m",
+                   "repeat_interval": "12h", "receiver": "null",
+                   "routes": [{"receiver": "null", "matchers": ['alertname = "Watchdog"']},
+                              {"receiver": "null", "matchers": ['alertname = "InfoInhibitor"']}]}
+    if smtp.smarthost is not None and cfg.site.contact_email:
+        g = conf["global"]
+        g["smtp_smarthost"] = smtp.smarthost
+        g["smtp_from"] = smtp.sender or f"alertmanager@{cfg.site.domain}"
+        g["smtp_require_tls"] = smtp.require_tls
+        g["smtp_hello"] = f"alertmanager.{cfg.site.domain}"
+        if smtp.username is not None:
+            g["smtp_auth_username"] = smtp.username
+            g["smtp_auth_password_file"] = SMTP_PASSWORD_FILE
+        conf["receivers"].append({"name": "site-contact", "email_configs": [
+            {"to": cfg.site.contact_email, "send_resolved": True,
+             "headers": {"Subject": f"[{cfg.site.name}] " + '{{ .Status | toUpper }} {{ .CommonLabels.alertname }}'}}]})
+        route["receiver"] = "site-contact"
+    conf["route"] = route
+    return conf
 
 
 def helm_values(ctx: SiteContext) -> dict:
@@ -94,10 +162,12 @@ def helm_values(ctx: SiteContext) -> dict:
     host = g.host or f"grafana.{cfg.site.domain}"
     issuer = cfg.iam.issuer_url
     admins = g.admin_groups or cfg.iam.admin_groups
-    allowed = sorted(set(cfg.iam.user_groups) | set(cfg.iam.admin_groups) | set(admins) | set(g.editor_groups))
-    pvc: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{mon.prometheus_storage_gb}Gi"}}}
-    if mon.storage_class:
-        pvc["storageClassName"] = mon.storage_class
+    # Everyone the hub admits (user, admin and project groups) may sign in, in either profile's group form.
+    allowed = sorted({form for grp in (*cfg.iam.user_groups, *cfg.iam.admin_groups, *(p.group for p in cfg.projects),
+                                       *admins, *g.editor_groups) for form in group_forms(grp)})
+    block = block_storage_class(cfg)
+    pvc: dict = {"accessModes": ["ReadWriteOnce"], "storageClassName": block,
+                 "resources": {"requests": {"storage": f"{mon.prometheus_storage_gb}Gi"}}}
     retention_size = mon.retention_size or f"{int(mon.prometheus_storage_gb * 0.9)}GB"
     not_virtual = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchExpressions": [{"key": VIRTUAL_NODE_LABEL, "operator": "DoesNotExist"}]}]}}}
@@ -107,9 +177,8 @@ def helm_values(ctx: SiteContext) -> dict:
         # The site's TLS choice (aiinfn:hub.tls): the hub's ACME issuer unless the stack names another
         # (config validation refuses acme without the hub layer), or a site proxy upstream.
         ingress["annotations"], ingress["tls"] = ingress_tls(cfg, host, "grafana-tls", g.cluster_issuer)
-        persistence: dict = {"enabled": True, "size": f"{g.storage_gb}Gi", "accessModes": ["ReadWriteOnce"]}
-        if mon.storage_class:
-            persistence["storageClassName"] = mon.storage_class
+        persistence: dict = {"enabled": True, "size": f"{g.storage_gb}Gi", "accessModes": ["ReadWriteOnce"],
+                             "storageClassName": block}
         grafana.update({
             # the chart's default keys (admin-user, admin-password) in a Secret with a generated password
             "admin": {"existingSecret": GRAFANA_ADMIN_SECRET},
@@ -126,8 +195,9 @@ def helm_values(ctx: SiteContext) -> dict:
                     "enabled": True,
                     "name": "INDIGO IAM",
                     "allow_sign_up": True,
-                    "client_id": g.client_id or cfg.iam.client_id,
-                    "scopes": "openid profile email",
+                    "client_id": g.client_id,
+                    # profile: `groups` (IAM profile); wlcg.groups: `wlcg.groups` (WLCG profile)
+                    "scopes": "openid profile email wlcg.groups",
                     "auth_url": f"{issuer}/authorize",
                     "token_url": f"{issuer}/token",
                     "api_url": f"{issuer}/userinfo",
@@ -135,9 +205,9 @@ def helm_values(ctx: SiteContext) -> dict:
                     "login_attribute_path": "preferred_username",
                     "name_attribute_path": "name",
                     "email_attribute_path": "email",
-                    "groups_attribute_path": f"{g.groups_claim}[*]",
+                    "groups_attribute_path": GROUPS_PATH,
                     "allowed_groups": " ".join(allowed),
-                    "role_attribute_path": grafana_role_path(g.groups_claim, admins, g.editor_groups),
+                    "role_attribute_path": grafana_role_path(admins, g.editor_groups),
                     "role_attribute_strict": False,
                 },
                 "users": {"auto_assign_org_role": "Viewer"},
@@ -165,7 +235,19 @@ def helm_values(ctx: SiteContext) -> dict:
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "affinity": not_virtual,
         }},
-        "alertmanager": {"alertmanagerSpec": {"affinity": not_virtual}},
+        "alertmanager": {
+            "config": alertmanager_config(cfg),
+            "alertmanagerSpec": {
+                "affinity": not_virtual,
+                # the SMTP password as a file from our Secret (never in the configuration)
+                **({"volumes": [{"name": "smtp", "secret": {"secretName": SMTP_SECRET, "defaultMode": 0o440}}],
+                    "volumeMounts": [{"name": "smtp", "mountPath": SMTP_SECRET_DIR, "readOnly": True}]}
+                   if mon.smtp.username is not None else {}),
+                "storage": {"volumeClaimTemplate": {"spec": {
+                    "accessModes": ["ReadWriteOnce"], "storageClassName": block,
+                    "resources": {"requests": {"storage": "2Gi"}}}}},  # silences and notification log
+            },
+        },
         "grafana": grafana,
         "kube-state-metrics": {
             "metricLabelsAllowlist": [f"pods=[{','.join(POD_LABELS)}]", f"nodes=[{','.join(NODE_LABELS)}]"],
@@ -179,8 +261,11 @@ def helm_values(ctx: SiteContext) -> dict:
 
 
 class Observability(pulumi.ComponentResource):
-    def __init__(self, name: str, ctx: SiteContext, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, ctx: SiteContext, opts: pulumi.ResourceOptions | None = None, *,
+                 storage_namespace: pulumi.Resource | None = None) -> None:
+        """``storage_namespace``: where the backup job runs (it gets the accounting credentials for pg_dump)."""
         super().__init__("aiinfn:observability:Observability", name, None, opts)
+        self.storage_namespace = storage_namespace
         cfg = ctx.cfg
         mon = cfg.monitoring
         self.ctx = ctx
@@ -197,6 +282,13 @@ class Observability(pulumi.ComponentResource):
                                        enforce="privileged", warn="baseline")
         ns_opts = ctx.k8s_opts(self, depends_on=[self.namespace])
         secret_deps: list[pulumi.Resource] = []
+        if mon.smtp.username is not None:
+            secret_deps.append(KubeObject(
+                "alertmanager-smtp", "v1", "Secret",
+                self._meta(SMTP_SECRET, "alertmanager"),
+                stringData={"password": supplied_secret(SMTP_PASSWORD_KEY)},
+                opts=ns_opts,
+            ))
         if mon.grafana.enabled:
             admin_password = random.RandomPassword("grafana-admin-password", length=32, special=False,
                                                    opts=pulumi.ResourceOptions(parent=self))
@@ -224,7 +316,7 @@ class Observability(pulumi.ComponentResource):
             opts=ctx.stateful_opts(self, depends_on=[self.namespace, *secret_deps]),
         )
         crd_opts = ctx.k8s_opts(self, depends_on=[self.release])
-        if mon.dcgm_service_monitor:
+        if cfg.accelerators.enabled:
             self.dcgm_monitor = self._custom("ServiceMonitor", "dcgm-exporter", "nvidia-dcgm-exporter", "gpu", {
                 "jobLabel": "app",
                 "namespaceSelector": {"matchNames": [GPU_OPERATOR_NAMESPACE]},
@@ -384,10 +476,20 @@ class Observability(pulumi.ComponentResource):
         )
         db_sel = {"app.kubernetes.io/name": DB_NAME}
         agg_sel = {"app.kubernetes.io/name": AGGREGATOR}
+        backups = backups_active(cfg) and self.storage_namespace is not None
+        if backups:
+            # The backup job dumps the database with pg_dump before borg create: the same credentials, as a
+            # Secret in its own namespace (a pod reads Secrets of its namespace only).
+            KubeObject(
+                "accounting-db-backup", "v1", "Secret",
+                object_meta(BACKUP_PG_SECRET, namespace=STORAGE_NAMESPACE,
+                            labels=ctx.labels(LAYER, **{"app.kubernetes.io/component": "accounting"})),
+                stringData={"username": DB_USER, "password": password.result, "database": DB_DATABASE},
+                opts=ctx.k8s_opts(self, depends_on=[self.storage_namespace]),
+            )
         secret_env = lambda key: {"secretKeyRef": {"name": DB_SECRET, "key": key}}
-        pvc_spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": f"{acc.storage_gb}Gi"}}}
-        if cfg.monitoring.storage_class:
-            pvc_spec["storageClassName"] = cfg.monitoring.storage_class
+        pvc_spec: dict = {"accessModes": ["ReadWriteOnce"], "storageClassName": block_storage_class(cfg),
+                          "resources": {"requests": {"storage": f"{acc.storage_gb}Gi"}}}
         self.database = KubeObject(
             "accounting-db", "apps/v1", "StatefulSet",
             self._meta(DB_NAME, "accounting"),
@@ -440,7 +542,11 @@ class Observability(pulumi.ComponentResource):
             "accounting-db-ingress", "networking.k8s.io/v1", "NetworkPolicy",
             self._meta("accounting-db-ingress", "accounting"),
             spec={"podSelector": {"matchLabels": db_sel}, "policyTypes": ["Ingress"],
-                  "ingress": [{"from": [{"podSelector": {"matchLabels": agg_sel}}],
+                  "ingress": [{"from": [{"podSelector": {"matchLabels": agg_sel}},
+                                        *([{"namespaceSelector": {"matchLabels": {
+                                                "kubernetes.io/metadata.name": STORAGE_NAMESPACE}},
+                                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": BACKUP_CRONJOB}}}]
+                                          if backups else [])],
                                "ports": [{"protocol": "TCP", "port": 5432}]}]},
             opts=ns_opts,
         )
@@ -501,13 +607,19 @@ class Observability(pulumi.ComponentResource):
         ]
         if g.enabled:
             lines.append(f"- Grafana `https://{g.host or 'grafana.' + cfg.site.domain}`: IAM login (client "
-                         f"`{g.client_id or cfg.iam.client_id}`, secret `aiinfn:{g.client_secret_key}`), admins "
+                         f"`{g.client_id}`, secret `aiinfn:{g.client_secret_key}`), admins "
                          f"{', '.join(g.admin_groups or cfg.iam.admin_groups)}; {g.storage_gb} GiB volume; "
                          f"dashboards: {', '.join(self.dashboards)}")
         a = mon.alerts
         lines.append(f"- alerts: GPU idle < {a.gpu_idle_util_percent}% for {a.gpu_idle_hours} h, NFS > {a.nfs_full_percent}% full, "
                      f"backup in `{a.backup_namespace}` failed or older than {a.backup_max_age_hours} h, MIG layout not applied, "
                      f"batch queue starved {a.queue_starved_minutes} min")
+        smtp = mon.smtp
+        if smtp.smarthost is not None and cfg.site.contact_email:
+            auth = f", SMTP user `{smtp.username}` (secret `aiinfn:{SMTP_PASSWORD_KEY}`)" if smtp.username else ""
+            lines.append(f"- Alertmanager mails every alert to `{cfg.site.contact_email}` via `{smtp.smarthost}`{auth}")
+        else:
+            lines.append("- Alertmanager: no mail relay (aiinfn:monitoring.smtp.smarthost): alerts are shown, not sent")
         if mon.accounting.enabled:
             acc = mon.accounting
             prot = "protected" if cfg.is_protected else "not protected (hackathon)"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiinfn import yamlio
+from aiinfn.accounting.shares import charged_share, share_vector
 from aiinfn.config.model import SiteConfig
 from aiinfn.naming import MONITORING_NAMESPACE
 
@@ -25,6 +26,7 @@ _PLACEHOLDER = re.compile(r"\$\{([a-z][a-z0-9_]*)\}")
 
 def rule_params(cfg: SiteConfig) -> dict[str, str]:
     a = cfg.monitoring.alerts
+    site_models = {p.gpus.model for p in cfg.pools if p.gpus is not None}
     return {
         "idle_util_percent": str(a.gpu_idle_util_percent),
         "idle_hours": str(a.gpu_idle_hours),
@@ -35,6 +37,10 @@ def rule_params(cfg: SiteConfig) -> dict[str, str]:
         "admission_wait_p90_minutes": str(a.admission_wait_p90_minutes),
         "scan_seconds": str(cfg.monitoring.storage_exporter.scan_minutes * 60),
         "monitoring_namespace": MONITORING_NAMESPACE,
+        # the site's MIG-capable models only (each term costs an evaluation per step); 0 when there are none
+        "mig_slice_shares": share_vector(site_models) or "vector(0) < 0",
+        "charged_share": charged_share('aiinfn:pod_accelerator:info{kind=~"gpu|mig"} > bool 0',
+                                       shares="aiinfn:mig_slice_share:ratio"),
     }
 
 

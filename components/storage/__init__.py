@@ -11,7 +11,15 @@ from __future__ import annotations
 import pulumi
 
 from aiinfn.config.model import Project
-from aiinfn.config.storage import backups_active, bucket_name, env_maintainers_gid, project_gid, user_uid
+from aiinfn.config.storage import (
+    backups_active,
+    block_storage_class,
+    bucket_name,
+    deploys_cinder,
+    env_maintainers_gid,
+    project_gid,
+    user_uid,
+)
 from aiinfn.naming import (
     HUB_NAMESPACE,
     NFS_SERVER_DNS,
@@ -31,6 +39,7 @@ from aiinfn.naming import (
 from ..context import SiteContext
 from ..kube import KubeObject
 from .backup import CRONJOB, Backup
+from .cinder import Cinder
 from .common import LAYER, meta
 from .cvmfs import Cvmfs, cvmfs_pv_spec
 from .juicefs import Juicefs, juicefs_pv_spec
@@ -47,6 +56,8 @@ class Storage(pulumi.ComponentResource):
         self.claims: dict[str, dict[str, KubeObject]] = {}
         self.juicefs = self.cvmfs = self.backup = self.scratch = None
         self.juicefs_secret_data: dict[str, pulumi.Input[str]] | None = None  # read by the offload layer
+        # Block volumes for the stateful services of every layer (monitoring and hub too): even without NFS.
+        self.cinder = Cinder(self, ctx) if deploys_cinder(cfg) else None
         if not st.enabled:
             self.register_outputs({})
             return
@@ -61,14 +72,14 @@ class Storage(pulumi.ComponentResource):
         self.nfs = Nfs(self, ctx, self.namespace)
         nfs_ready = [self.nfs.csi, self.nfs.service]
         if st.juicefs.enabled:
-            self.juicefs = Juicefs(self, ctx, self.namespace, nfs_ready)
+            self.juicefs = Juicefs(self, ctx, self.namespace, [self.cinder.storage_class] if self.cinder else [])
             self.juicefs_secret_data = self.juicefs.secret_data
         if st.cvmfs.enabled:
             self.cvmfs = Cvmfs(self, ctx)
         if st.scratch.enabled:
             self.scratch = Scratch(self, ctx, self.namespace)
         if backups_active(cfg):
-            self.backup = Backup(self, ctx, self.namespace)
+            self.backup = Backup(self, ctx, self.namespace, platform.hub_namespace, nfs_ready)
 
         # Claims in every namespace where notebooks (hub) and jobs (project-*) run.
         self._claims_for(HUB_NAMESPACE, platform.hub_namespace, cfg.projects, nfs_ready)
@@ -124,7 +135,17 @@ class Storage(pulumi.ComponentResource):
     def _summary(self) -> None:
         cfg = self.ctx.cfg
         st = cfg.storage
+        blk = st.block
+        block = (f"- block volumes (Prometheus, Grafana, hub database, accounting, JuiceFS Redis): StorageClass "
+                 f"`{block_storage_class(cfg)}`")
+        if self.cinder is not None:
+            block += (f" (Cinder CSI chart {blk.csi_chart_version}, reclaimPolicy Retain, Keystone {blk.auth_url}"
+                      f"{', region ' + blk.region if blk.region else ''}; application credential "
+                      "`aiinfn:secretCinderCredentialId` / `aiinfn:secretCinderCredentialSecret`)")
+        else:
+            block += " (an existing class of the cluster)"
         lines = [
+            block,
             (f"- NFS: server `{NFS_SERVER_DNS}` on the storage node, data at `{st.nfs.host_path}`; "
              f"claims `{PVC_HOMES}` (subPath <user>), `{PVC_PUBLIC}`, `{PVC_ENVS}` and `nfs-project-<name>` "
              f"in `{HUB_NAMESPACE}` and each project namespace"),

@@ -11,7 +11,7 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn.config.model import SiteConfig
-from aiinfn.config.storage import REDIS_UID, bucket_name, juicefs_volume_name
+from aiinfn.config.storage import REDIS_UID, backups_active, block_storage_class, bucket_name, juicefs_volume_name
 from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_JUICEFS
 from aiinfn.secrets import supplied_secret
 from aiinfn.virtualnodes import not_virtual_affinity
@@ -19,7 +19,7 @@ from aiinfn.virtualnodes import not_virtual_affinity
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject
 from .common import CSI_NAMESPACE, meta, restricted_container_security
-from .nfs import REDIS_DIR, nfs_pv_spec, node_placement
+from .nfs import node_placement
 from .s3_bucket import S3Bucket
 
 JUICEFS_DRIVER = "csi.juicefs.com"
@@ -34,6 +34,7 @@ REDIS_PVC = "juicefs-redis-data"
 SHARED_SUBDIR = "/shared"
 # Labels of the pods that may talk to Redis: the JuiceFS CSI driver and the mount pods it starts.
 CLIENT_POD_NAMES = ["juicefs-csi-driver", "juicefs-mount"]
+BACKUP_POD_NAME = "nfs-backup"  # components.storage.backup.CRONJOB (in this namespace)
 S3_ACCESS_KEY = "secretS3AccessKey"
 S3_SECRET_KEY = "secretS3SecretKey"
 
@@ -67,13 +68,18 @@ def metaurl(password: pulumi.Input[str]) -> pulumi.Output[str]:
     return pulumi.Output.secret(pulumi.Output.concat("redis://:", password, f"@{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"))
 
 
+def trash_days(cfg: SiteConfig) -> int:
+    """JuiceFS trash retention: the daily metadata dumps' age (backup keepDaily), JuiceFS' default 1 without backups."""
+    return max(1, cfg.storage.backup.keep_daily) if backups_active(cfg) else 1
+
+
 def bucket_url(cfg: SiteConfig) -> str:
     return f"{cfg.storage.juicefs.s3_endpoint.rstrip('/')}/{bucket_name(cfg)}"
 
 
 class Juicefs:
     def __init__(self, parent: pulumi.Resource, ctx: SiteContext, namespace: KubeObject,
-                 nfs_ready: list[pulumi.Resource]) -> None:
+                 block_ready: list[pulumi.Resource]) -> None:
         cfg = ctx.cfg
         jfs = cfg.storage.juicefs
         opts = ctx.k8s_opts(parent, depends_on=[namespace])
@@ -90,20 +96,14 @@ class Juicefs:
                          "password": self.redis_password.result},
             opts=opts,
         )
-        # Redis data lives on the NFS volume (the protected OpenStack volume, covered by Borg backups).
-        self.redis_pv = KubeObject(
-            "pv-juicefs-redis", "v1", "PersistentVolume",
-            meta(ctx, f"{STORAGE_NAMESPACE}-{REDIS_PVC}", namespace=None, component=REDIS_NAME),
-            spec=nfs_pv_spec(f"{STORAGE_NAMESPACE}-{REDIS_PVC}", REDIS_DIR, jfs.redis_storage_gi, STORAGE_NAMESPACE, REDIS_PVC),
-            opts=ctx.stateful_opts(parent, depends_on=nfs_ready),
-        )
+        # Redis data lives on a block volume (never NFS: Redis fsyncs its AOF every second); a consistent copy
+        # of it (BGSAVE snapshot through redis-cli --rdb) goes into every Borg backup.
         self.redis_pvc = KubeObject(
             "pvc-juicefs-redis", "v1", "PersistentVolumeClaim",
             meta(ctx, REDIS_PVC, component=REDIS_NAME),
-            spec={"accessModes": ["ReadWriteMany"], "storageClassName": "nfs-csi",
-                  "volumeName": f"{STORAGE_NAMESPACE}-{REDIS_PVC}",
+            spec={"accessModes": ["ReadWriteOnce"], "storageClassName": block_storage_class(cfg),
                   "resources": {"requests": {"storage": f"{jfs.redis_storage_gi}Gi"}}},
-            opts=ctx.stateful_opts(parent, depends_on=[namespace, self.redis_pv]),
+            opts=ctx.stateful_opts(parent, depends_on=[namespace, *block_ready]),
         )
         labels = {"app.kubernetes.io/name": REDIS_NAME, "app.kubernetes.io/component": REDIS_NAME}
         self.redis = KubeObject(
@@ -151,6 +151,9 @@ class Juicefs:
                   "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": REDIS_PORT, "protocol": "TCP"}]},
             opts=opts,
         )
+        # the backup job's RDB snapshot (redis-cli --rdb) of the metadata, before borg create
+        backup_peer = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": BACKUP_POD_NAME}}}] \
+            if backups_active(cfg) else []
         self.redis_policy = KubeObject(
             "juicefs-redis-netpol", "networking.k8s.io/v1", "NetworkPolicy",
             meta(ctx, "juicefs-redis-clients", component=REDIS_NAME),
@@ -159,7 +162,7 @@ class Juicefs:
                       "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": CSI_NAMESPACE}},
                       "podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
                                                             "values": CLIENT_POD_NAMES}]},
-                  }], "ports": [{"protocol": "TCP", "port": REDIS_PORT}]}]},
+                  }, *backup_peer], "ports": [{"protocol": "TCP", "port": REDIS_PORT}]}]},
             opts=opts,
         )
 
@@ -181,6 +184,9 @@ class Juicefs:
             "bucket": bucket_url(cfg),
             "access-key": access_key,
             "secret-key": secret_key,
+            # Deleted and compacted objects stay in JuiceFS' trash as long as the daily metadata dumps are
+            # kept, so a restored dump never points at objects JuiceFS has already removed from the bucket.
+            "format-options": f"trash-days={trash_days(cfg)}",
         }
         self.volume_secret = KubeObject(
             "juicefs-volume-secret", "v1", "Secret",

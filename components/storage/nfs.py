@@ -12,7 +12,7 @@ import pulumi
 
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import SiteConfig
-from aiinfn.config.storage import REDIS_UID, env_maintainers_gid, project_gid, user_uid
+from aiinfn.config.storage import env_maintainers_gid, project_gid, user_uid
 from aiinfn.naming import NFS_EXPORT_ROOT, NFS_SERVER_DNS, NFS_SERVICE, STORAGECLASS_NFS
 from aiinfn.nodes import tolerations_for
 from aiinfn.virtualnodes import not_virtual_affinity
@@ -32,7 +32,7 @@ PROJECTS = "projects"
 PUBLIC = "public"
 ENVS = "envs"
 SYSTEM = ".system"
-REDIS_DIR = f"{SYSTEM}/juicefs-redis"
+HUB_DUMP_UID = 1000  # the hub pod's user (components.storage.backup.HUB_UID)
 DYNAMIC = "dynamic"  # subdirectories made by the nfs-csi StorageClass (dynamic volumes)
 
 
@@ -63,7 +63,9 @@ def layout(cfg: SiteConfig) -> list[tuple[str, int, int, str]]:
         ("1777", 0, 0, PUBLIC),
         ("2775", 0, env_maintainers_gid(cfg), ENVS),
         ("0711", 0, 0, SYSTEM),
-        ("0700", REDIS_UID, REDIS_UID, REDIS_DIR),
+        # database dumps waiting for the backup job (the hub's SQLite copy, written by uid 1000)
+        ("0711", 0, 0, f"{SYSTEM}/dumps"),
+        ("0700", HUB_DUMP_UID, HUB_DUMP_UID, f"{SYSTEM}/dumps/hub"),
         ("0711", 0, 0, DYNAMIC),
     ]
     for u in st.users:
