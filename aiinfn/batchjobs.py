@@ -45,6 +45,7 @@ from typing import Any
 
 from . import naming
 from .config.model import SiteConfig
+from .jobservice.jobspec import hide_gpus
 from .queues import job_affinity, local_term, queue_topology, remote_term, routing_settings
 
 OFFLOAD_SAFE_VOLUMES = ("secret", "configMap", "emptyDir")
@@ -221,6 +222,7 @@ def batch_job(cfg: SiteConfig, req: BatchJobRequest) -> dict[str, Any]:
         "enableServiceLinks": False,
         "containers": [container],
     }
+    hide_gpus(pod_spec)  # NVIDIA_VISIBLE_DEVICES=void without an NVIDIA device, no user NVIDIA_* (as the job service)
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if affinity:

@@ -62,7 +62,9 @@ def _opts(r: Recorded) -> PolicyResourceOptions:
 
 
 def policy_resources(rendered: Rendered) -> list[PolicyResource]:
-    return [PolicyResource(r.type, r.inputs, r.urn, r.name, _opts(r), None, None, [], {}) for r in rendered.resources]
+    """Every resource the program registers, plus the objects of expanded Helm charts (``--charts``)."""
+    return [PolicyResource(r.type, r.inputs, r.urn, r.name, _opts(r), None, None, [], {})
+            for r in [*rendered.resources, *rendered.chart_objects]]
 
 
 def level_name(policy: ResourceValidationPolicy | StackValidationPolicy) -> str:
@@ -75,7 +77,8 @@ def run_policies(rendered: Rendered, policies: list | None = None) -> list[Viola
         from policies.rules import ALL_POLICIES as policies
     from policies.rules import common
 
-    by_urn = {r.urn: r for r in rendered.resources}
+    everything = [*rendered.resources, *rendered.chart_objects]
+    by_urn = {r.urn: r for r in everything}
     found: list[Violation] = []
     stack_resources = None
     common.OFFLINE["on"] = True
@@ -97,7 +100,7 @@ def run_policies(rendered: Rendered, policies: list | None = None) -> list[Viola
                 policy.validate(StackValidationArgs(stack_resources, config), report)
                 continue
             validators = policy.validate if isinstance(policy.validate, list) else [policy.validate]
-            for r in rendered.resources:
+            for r in everything:
                 args = ResourceValidationArgs(r.type, r.inputs, r.urn, r.name, _opts(r), None, config)
 
                 def report(message: str, urn: str | None = None, _p=policy, _l=level, _r=r) -> None:

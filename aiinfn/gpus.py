@@ -207,9 +207,13 @@ def run(args: argparse.Namespace, nvml: Any = None) -> int:
     try:
         report = read_gpus(nvml if nvml is not None else _load_nvml())
     except NoDriver as err:
+        if getattr(args, "json", False):  # scripts read stdout: JSON in every case
+            print(json.dumps({"driver": None, "gpus": [], "pools": [], "error": str(err)}, indent=2))
         print(f"aiinfn gpus: {err}; run it on a GPU node with the NVIDIA driver installed", file=sys.stderr)
         return 1
     if not report["gpus"]:
+        if getattr(args, "json", False):
+            print(json.dumps({**report, "pools": [], "error": "the NVIDIA driver is loaded but sees no GPU"}, indent=2))
         print("aiinfn gpus: the NVIDIA driver is loaded but sees no GPU", file=sys.stderr)
         return 1
     snippets = pool_snippets(report, getattr(args, "pool", None), getattr(args, "flavor", None))

@@ -25,6 +25,7 @@ KUEUE_NAMESPACE = "kueue-system"
 STORAGE_NAMESPACE = "storage"
 MONITORING_NAMESPACE = "monitoring"
 OFFLOAD_NAMESPACE = "interlink"
+NODE_LEASE_NAMESPACE = "kube-node-lease"  # where kubelets (and virtual kubelets) renew their leases
 
 
 def project_namespace(project: Project | str) -> str:
@@ -107,3 +108,12 @@ PVC_JUICEFS = "juicefs-shared"
 def pvc_project(project: Project | str) -> str:
     name = project if isinstance(project, str) else project.name
     return f"nfs-project-{name}"
+
+
+def chart_name(chart: str) -> str:
+    """The chart a Helm release installs: ``oci://registry.k8s.io/kueue/charts/kueue``, ``repo/kueue`` and
+    ``https://.../kueue-0.19.2.tgz`` are all ``kueue``."""
+    last = chart.rstrip("/").rsplit("/", 1)[-1]
+    if last.endswith(".tgz"):
+        last = last.removesuffix(".tgz").rsplit("-", 1)[0]
+    return last

@@ -10,6 +10,7 @@ from . import catalogue as cat
 from .config.model import NodePool, SiteConfig, Taint
 
 RESERVED_TAINT_KEY = "aiinfn.infn.it/reserved"
+STORAGE_TAINT_KEY = "aiinfn.infn.it/storage"  # PreferNoSchedule: platform services go to services/cpu pools
 
 
 def mig_config_name(pool: NodePool) -> str:
@@ -50,6 +51,8 @@ def pool_taints(site: SiteConfig, pool: NodePool) -> list[Taint]:
         taints.append(Taint(cat.FPGA_TAINT_KEY, "NoSchedule", "present"))
     if pool.reserved_for and RESERVED_TAINT_KEY not in keys:
         taints.append(Taint(RESERVED_TAINT_KEY, "NoSchedule", pool.reserved_for))
+    if pool.role == "storage" and STORAGE_TAINT_KEY not in keys:
+        taints.append(Taint(STORAGE_TAINT_KEY, "PreferNoSchedule", "true"))
     if pool.role == "control" and "node-role.kubernetes.io/control-plane" not in keys and len(site.pools) > 2:
         # Keep user work off the control plane once the site has worker pools.
         taints.append(Taint("node-role.kubernetes.io/control-plane", "NoSchedule", "true"))

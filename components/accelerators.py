@@ -21,6 +21,7 @@ from .context import SiteContext
 from .kube import HelmRelease, KubeObject, object_meta
 
 GPU_OPERATOR_CHART = "gpu-operator"
+# renovate: datasource=helm depName=gpu-operator registryUrl=https://helm.ngc.nvidia.com/nvidia
 GPU_OPERATOR_VERSION = "v26.7.0"
 GPU_OPERATOR_REPO = "https://helm.ngc.nvidia.com/nvidia"
 MIG_CONFIGMAP = "aiinfn-mig-parted-config"
@@ -183,7 +184,7 @@ class Accelerators(pulumi.ComponentResource):
                 version=GPU_OPERATOR_VERSION,
                 namespace=GPU_OPERATOR_NAMESPACE,
                 repository=GPU_OPERATOR_REPO,
-                values=gpu_operator_values(cfg),
+                limits=True, values=gpu_operator_values(cfg),
                 opts=ctx.k8s_opts(self, depends_on=[self.namespace, self.mig_config, self.device_plugin_config]),
             )
         fpga_pools = [p for p in cfg.pools if p.fpgas and p.count > 0]

@@ -209,7 +209,7 @@ class Batch(pulumi.ComponentResource):
             chart=KUEUE_CHART,
             version=cfg.batch.kueue_version,
             namespace=naming.KUEUE_NAMESPACE,
-            values=kueue_values(cfg),
+            limits=True, values=kueue_values(cfg),
             atomic=True,
             timeout=600,
             opts=ctx.k8s_opts(self, depends_on=[self.namespace]))

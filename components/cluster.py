@@ -151,7 +151,12 @@ class Cluster(pulumi.ComponentResource):
         self.api_address = self.tenancy.api_address
 
         ca_b64 = self.ca_certs["server-ca"].cert_pem.apply(lambda pem: base64.b64encode((pem or "").encode()).decode())
+        def b64(pem: str | None) -> str:
+            return base64.b64encode((pem or "").encode()).decode()
+
         self.ready = ApiServerReady("api-ready", host=self.api_address, port=API_PORT, ca_b64=ca_b64,
+                                    client_cert_b64=admin_cert.cert_pem.apply(b64),
+                                    client_key_b64=pulumi.Output.secret(admin_key.private_key_pem.apply(b64)),
                                     timeout_seconds=cfg.cluster.api_wait_seconds,
                                     opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.tenancy.instances.values())))
         kubeconfig = pulumi.Output.secret(pulumi.Output.all(

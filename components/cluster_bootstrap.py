@@ -24,6 +24,9 @@ from aiinfn.config.model import RKE2_INSTALLER_SHA256, NodePool, SiteConfig
 from aiinfn.naming import NFS_VOLUME_MARK
 from aiinfn.nodes import pool_labels, pool_taints
 
+from .cluster_rejoin import first_server_rejoin
+from .patching.node_updates import os_update_files, os_update_packages
+
 RKE2_TLS_DIR = "/var/lib/rancher/rke2/server/tls"
 RKE2_CONFIG = "/etc/rancher/rke2/config.yaml"
 SUPERVISOR_PORT = 9345
@@ -33,6 +36,7 @@ SCRATCH_LABEL = "aiinfn-scratch"
 # cloud-init's mounts module mounts the ephemeral disk here first; the bootstrap script takes it over.
 SCRATCH_STAGING = "/var/lib/aiinfn/ephemeral"
 MOUNTS_DROP_IN = "10-aiinfn-mounts.conf"
+
 
 def installer_url(version: str) -> str:
     """install.sh as published in the release tag's tree (not the moving get.rke2.io)."""
@@ -210,6 +214,9 @@ def _script_text(cfg: SiteConfig, pool: NodePool, index: int, *, data_volume_id:
         # an assignment, so that `set -e` stops the script when no server answers
         steps += [f"server=$(join_address {SUPERVISOR_PORT} {' '.join(join_ips)})",
                   f'echo "server: $server" >> {RKE2_CONFIG}']
+    else:  # the first server: a replacement joins the surviving servers (components/cluster_rejoin.py)
+        steps += [cmd[-1] for cmd in first_server_rejoin(cfg, pool, None, tls_dir=RKE2_TLS_DIR,
+                                                         port=SUPERVISOR_PORT, config_file=RKE2_CONFIG)]
     steps += [
         f"install_package {installer_url(cfg.cluster.rke2_version)} {installer_sha256(cfg)} rke2-install.sh",
         (f"INSTALL_RKE2_VERSION='{cfg.cluster.rke2_version}' INSTALL_RKE2_TYPE={kind} INSTALL_RKE2_METHOD=tar "
@@ -263,7 +270,8 @@ def cloud_init(cfg: SiteConfig, pool: NodePool, index: int = 0, *, secrets: Node
     files.append({"path": BOOTSTRAP_SCRIPT, "permissions": "0700", "owner": "root:root",
                   "content": _script_text(cfg, pool, index, data_volume_id=data_volume_id,
                                           join_ips=join_servers(cfg, pool, index, control_ips))})
-    doc: dict = {"packages": ["curl", "nfs-common", "xfsprogs"], "write_files": files}
+    files += os_update_files(cfg)  # unattended-upgrades (patching layer); kured reboots
+    doc: dict = {"packages": ["curl", "nfs-common", "xfsprogs", *os_update_packages(cfg)], "write_files": files}
     if pool.scratch_gb > 0 and pool.scratch_device.startswith("ephemeral"):
         doc["mounts"] = [[pool.scratch_device, SCRATCH_STAGING]]
     doc["runcmd"] = [[BOOTSTRAP_SCRIPT]]

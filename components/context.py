@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pulumi
 
 from aiinfn.config.model import SiteConfig
+from aiinfn.naming import LABEL_EGRESS_ISOLATED
 
 from .kube import KubeObject, object_meta
 
@@ -58,12 +59,19 @@ class SiteContext:
     def namespace(self, parent: pulumi.Resource, resource_name: str, name: str, layer: str, *, enforce: str,
                   warn: str | None = None, extra_labels: dict[str, str] | None = None) -> KubeObject:
         """A namespace with the Pod Security level its pods need (``enforce``) and, when the level is
-        looser than wanted, the stricter one warned and audited."""
-        return KubeObject(
+        looser than wanted, the stricter one warned and audited; its pods start from deny-all (ingress
+        and egress) plus DNS (components/netpol.py), and the layer adds what they use."""
+        from .netpol import baseline  # netpol builds on this module
+
+        ns = KubeObject(
             resource_name, "v1", "Namespace",
-            object_meta(name, labels={**self.labels(layer), **(extra_labels or {}), **pod_security_labels(enforce, warn)}),
+            # egress-isolated: baseline's deny-all egress holds; the metadata guard leaves it to it
+            object_meta(name, labels={**self.labels(layer), **(extra_labels or {}), LABEL_EGRESS_ISOLATED: "true",
+                                      **pod_security_labels(enforce, warn)}),
             opts=self.k8s_opts(parent),
         )
+        baseline(self, parent, resource_name, name, layer, [ns])
+        return ns
 
     def add_summary(self, layer: str, lines: list[str]) -> None:
         self.summary.setdefault(layer, []).extend(lines)

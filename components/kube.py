@@ -23,6 +23,8 @@ from pulumi_kubernetes import _utilities
 
 from aiinfn.naming import HELM_RELEASE_TYPE
 
+from .chart_limits import with_limits
+
 KUBERNETES_SDK_VERSION = _utilities.get_version()
 # Fields the provider reports back in clear unless told otherwise (as pulumi_kubernetes' Secret does).
 SECRET_FIELDS = ("data", "stringData")
@@ -80,15 +82,17 @@ class HelmRelease(pulumi.CustomResource):
 
     def __init__(self, resource_name: str, *, name: str, namespace: str, chart: str, version: str,
                  values: Mapping[str, Any], repository: str | None = None,
-                 opts: pulumi.ResourceOptions | None = None, **settings: Any) -> None:
-        """``repository`` is left out for a chart given as an OCI reference. ``settings`` are further
+                 opts: pulumi.ResourceOptions | None = None, limits: bool = False, **settings: Any) -> None:
+        """``repository`` is left out for a chart given as an OCI reference or an archive URL; ``limits``
+        fills in CPU/memory limits for the chart's containers (components/chart_limits.py). ``settings`` are further
         Release inputs under their provider names (``createNamespace``, ``timeout``, ``atomic``...)."""
         props: dict[str, Any] = {
             "name": name,
             "namespace": namespace,
             "chart": chart,
             "version": version,
-            "values": values,
+            # limits: CPU/memory limits for the chart's containers where the values set none (chart_limits.py)
+            "values": with_limits(chart, values) if limits else values,
             # Sent by pulumi_kubernetes' own Release class: the provider's marker of a current client.
             "compat": "true",
             **settings,

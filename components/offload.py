@@ -13,8 +13,8 @@ For each remote site of ``aiinfn:offload``:
 - a ClusterQueue in the site's cohort whose nominal quota is the remote capacity, lent to the
   cohort (the local queue borrows it when local capacity is exhausted), and a LocalQueue of the
   same name in every project namespace for jobs sent to one remote site explicitly;
-- the JuiceFS mount Secret, copied into each project namespace under a per-remote name for the
-  remote sites with ``allowSecrets: true`` only.
+- no credential of the platform: the JuiceFS volume Secret stays in the storage namespace, read by the
+  JuiceFS CSI driver only (``allowSecrets: true`` is refused by the config).
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ if TYPE_CHECKING:
     from aiinfn.config.model import SiteConfig
 
 CHART_NAME = "interlink"  # interlink-hq/interlink-helm-chart, mirrored here as typed objects
+# renovate: datasource=helm depName=interlink registryUrl=https://interlink-hq.github.io/interlink-helm-chart/
 CHART_VERSION = "0.6.0"
 CHART_REPO = "https://interlink-hq.github.io/interlink-helm-chart/"
+# renovate: datasource=docker depName=ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw
 INTERLINK_VERSION = "0.6.0"
 VK_IMAGE = f"ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw:{INTERLINK_VERSION}"
 REFRESH_IMAGE = f"ghcr.io/interlink-hq/interlink/virtual-kubelet-inttw-refresh:{INTERLINK_VERSION}"
@@ -107,6 +109,9 @@ def vk_config(site: RemoteSite, namespace: str = naming.OFFLOAD_NAMESPACE) -> di
         "NodeLabels": [f"{k}={v}" for k, v in node_labels(site).items()],
         "NodeTaints": [],  # the no-schedule taint is added by the kubelet itself (VK_BUILTIN_TAINT)
         "Network": {"EnableTunnel": False},
+        # env references resolved by interLink with namespaced Gets (execute.go:932) instead of the
+        # kubelet library's cluster-wide Secret/ConfigMap informer cache, which this kubelet may not list
+        "SkipDownwardAPIResolution": True,
     }
 
 
@@ -198,21 +203,44 @@ def chart_values(site_cfg: SiteConfig, remote: RemoteSite) -> dict[str, Any]:
     }
 
 
-def _rbac_rules() -> list[dict[str, Any]]:
-    """What the virtual kubelet needs (the chart 0.6.0 ClusterRole, without its unused Deployment
-    and Ingress rights: the wstunnel feature is off)."""
+# What the 0.6.0 virtual kubelet calls (interLink 0.6.0 with its virtual-kubelet fork
+# superfly/virtual-kubelet@339b787d1205; the wstunnel feature, which also creates Deployments,
+# Services, Ingresses and namespaces, is off). Nothing here reads a Secret or mints a token
+# cluster-wide: those are granted per project namespace, where offloaded pods live.
+def cluster_rules() -> list[dict[str, Any]]:
+    """Cluster-scoped: its node, the pods bound to it (informer filtered by spec.nodeName) and its certificate."""
     return [
+        # node/node.go:320 Create, :572 Get, :585 Patch(status)
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["create", "get"]},
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+        # cmd/virtual-kubelet/main.go:386 pod informer (list/watch, all namespaces); execute.go:686 Get;
+        # virtualkubelet.go:1941/1948 GetPods lists namespaces, then pods per namespace
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+        # main.go:506 Service informer (service links); Services hold no credential
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+        # cert-retriever.go:32 List, :67 Delete of its stale CSRs; client-go's certificate manager creates and watches
         {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
-         "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-         "verbs": ["create", "get", "list", "watch", "update", "patch"]},
-        {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "serviceaccounts", "namespaces"],
-         "verbs": ["get", "list", "watch"]},
+         "verbs": ["create", "get", "list", "watch", "delete"]},
+    ]
+
+
+def lease_rules() -> list[dict[str, Any]]:
+    """kube-node-lease only: node/lease_controller_v1.go:204 Get, :214 Create, :239 Update."""
+    return [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
+
+
+def project_rules() -> list[dict[str, Any]]:
+    """Per project namespace (where offloaded pods run): what it reads and writes for those pods."""
+    return [
+        # execute.go:626/703 ConfigMaps Get, :738 Secrets Get (volumes), :827/:844 env references
+        # (SkipDownwardAPIResolution: true, so the cluster-wide informer cache is never consulted)
+        {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get"]},
+        # execute.go:598 CreateToken for projected service-account volumes
         {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"]},
-        {"apiGroups": [""], "resources": ["pods/status", "nodes/status"], "verbs": ["update", "patch"]},
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["create", "get", "list", "watch", "delete"]},
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+        # node/pod.go:250/:411 Delete; mesh.go:277 Patch (annotations); node/pod.go:188/:261 UpdateStatus
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete", "patch"]},
+        {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["update"]},
     ]
 
 
@@ -260,7 +288,7 @@ class Offload(pulumi.ComponentResource):
         for site in self.sites:
             self._virtual_node(site)
             self._kueue(site)
-            self.shipped_secrets[site.name] = self._ship_juicefs(site, juicefs_secret_data)
+            self.shipped_secrets[site.name] = []
         self.csr_approver = self._csr_approver() if self.sites else None
         self._summary(juicefs_secret_data is not None)
         self.register_outputs({"remote_sites": [s.name for s in self.sites]})
@@ -274,13 +302,19 @@ class Offload(pulumi.ComponentResource):
         sa = KubeObject(f"{site.name}-sa", "v1", "ServiceAccount", {"name": node, "namespace": ns, "labels": labels},
                         opts=ctx.k8s_opts(self, depends_on=dep))
         role = KubeObject(f"{site.name}-role", "rbac.authorization.k8s.io/v1", "ClusterRole",
-                          {"name": f"{node}-vk", "labels": labels}, rules=_rbac_rules(), opts=ctx.k8s_opts(self))
+                          {"name": f"{node}-vk", "labels": labels}, rules=cluster_rules(), opts=ctx.k8s_opts(self))
         KubeObject(
             f"{site.name}-rolebinding", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
             {"name": f"{node}-vk", "labels": labels},
             roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{node}-vk"},
             subjects=[{"kind": "ServiceAccount", "name": node, "namespace": ns}],
             opts=ctx.k8s_opts(self, depends_on=[sa, role]))
+        subject = [{"kind": "ServiceAccount", "name": node, "namespace": ns}]
+        self._namespaced_grant(f"{site.name}-lease", f"{node}-vk", naming.NODE_LEASE_NAMESPACE, lease_rules(),
+                               subject, labels, [sa])
+        for project in ctx.cfg.projects:
+            self._namespaced_grant(f"{site.name}-project-{project.name}", f"{node}-vk",
+                                   naming.project_namespace(project), project_rules(), subject, labels, [sa])
         config = KubeObject(
             f"{site.name}-config", "v1", "ConfigMap",
             {"name": f"{node}-virtual-kubelet-config", "namespace": ns, "labels": labels},
@@ -367,6 +401,16 @@ class Offload(pulumi.ComponentResource):
             },
             opts=ctx.k8s_opts(self, depends_on=[sa, config, auth]),
         )
+
+    def _namespaced_grant(self, resource_name: str, name: str, namespace: str, rules: list[dict[str, Any]],
+                          subjects: list[dict[str, str]], labels: dict[str, str], deps: list[pulumi.Resource]) -> None:
+        ctx = self.ctx
+        role = KubeObject(f"{resource_name}-role", "rbac.authorization.k8s.io/v1", "Role",
+                          {"name": name, "namespace": namespace, "labels": labels}, rules=rules, opts=ctx.k8s_opts(self))
+        KubeObject(f"{resource_name}-rolebinding", "rbac.authorization.k8s.io/v1", "RoleBinding",
+                   {"name": name, "namespace": namespace, "labels": labels},
+                   roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                   subjects=subjects, opts=ctx.k8s_opts(self, depends_on=[role, *deps]))
 
     # --- the virtual kubelets' serving certificates ----------------------------------------------
     def _csr_approver(self) -> KubeObject:
@@ -459,23 +503,6 @@ class Offload(pulumi.ComponentResource):
                 spec={"clusterQueue": cq_name},
                 opts=ctx.k8s_opts(self, depends_on=[cq]))
 
-    # --- what may leave the site ---------------------------------------------------------------
-    def _ship_juicefs(self, site: RemoteSite, data: Mapping[str, pulumi.Input[str]] | None) -> list[KubeObject]:
-        """The JuiceFS mount secret, per project namespace, for a remote that allows secrets; else nothing."""
-        if not site.allow_secrets or data is None:
-            return []
-        out = []
-        for project in self.ctx.cfg.projects:
-            ns = naming.project_namespace(project)
-            out.append(KubeObject(
-                f"{site.name}-juicefs-{project.name}", "v1", "Secret",
-                {"name": naming.offload_juicefs_secret(site.name), "namespace": ns,
-                 "labels": self.ctx.labels(LAYER, **{naming.LABEL_REMOTE_SITE: site.name,
-                                                     naming.LABEL_PROJECT: project.name})},
-                type="Opaque", stringData=dict(data),
-                opts=self.ctx.k8s_opts(self)))
-        return out
-
     def _summary(self, juicefs_available: bool) -> None:
         lines: list[str] = []
         if not self.sites:
@@ -483,10 +510,7 @@ class Offload(pulumi.ComponentResource):
         for s in self.sites:
             r = s.resources
             accel = ", ".join(f"{a.count}× {catalogue.GPUS[a.model].display}" for a in r.accelerators) or "no GPUs"
-            if s.allow_secrets:
-                ship = "JuiceFS secret shipped" if juicefs_available else "JuiceFS secret allowed (none available yet)"
-            else:
-                ship = "no secrets shipped"
+            ship = "no secrets shipped"
             lines.append(f"- **{s.name}** ({s.plugin}) {s.endpoint}:{s.port}, node `{naming.virtual_node_name(s.name)}`, "
                          f"queue `{naming.offload_cluster_queue(s.name)}`: {r.cpu} CPU, {r.memory_gb} GiB, "
                          f"{r.pods} pods, {accel}; auth {s.auth.mode}; {ship}")

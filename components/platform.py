@@ -9,7 +9,9 @@ import pulumi
 from aiinfn.naming import HUB_NAMESPACE, LABEL_EGRESS_ISOLATED, LABEL_PROJECT, project_namespace
 from aiinfn.offerings import site_offerings
 
+from . import netpol
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
+from .ingress import IngressPlacement
 from .kube import KubeObject, object_meta
 
 
@@ -21,10 +23,12 @@ class PlatformBase(pulumi.ComponentResource):
             "ns-platform", "v1", "Namespace",
             object_meta(PLATFORM_NAMESPACE, labels={
                 **ctx.labels("platform"), LABEL_SITE_KIND: cfg.site.kind,
+                LABEL_EGRESS_ISOLATED: "true",  # netpol.baseline: egress is deny-all plus what layers allow
                 "pod-security.kubernetes.io/enforce": "restricted",
                 "pod-security.kubernetes.io/enforce-version": "latest"}),
             opts=ctx.k8s_opts(self),
         )
+        netpol.baseline(ctx, self, "ns-platform", PLATFORM_NAMESPACE, "platform", [self.namespace])
         # Non-secret facts about the site, for operators (kubectl) and policy rules.
         self.site_info = KubeObject(
             "site-info", "v1", "ConfigMap",
@@ -41,6 +45,13 @@ class PlatformBase(pulumi.ComponentResource):
                 "offerings": json.dumps([{"key": o.key, "kind": o.kind, "resource": o.resource_name, "count": o.count,
                                           "nodeLabels": o.node_labels, "pools": list(o.pools)}
                                          for o in site_offerings(cfg)], sort_keys=True),
+                # Who is who on the network (policy rules: NFS reachable from the nodes only, default deny).
+                "networks": json.dumps({"nodes": netpol.node_cidrs(cfg), "pods": cfg.cluster.cluster_cidr,
+                                        "services": cfg.cluster.service_cidr}, sort_keys=True),
+                # What new nodes install and the networks RKE2 is started with (cloud-init holds them too).
+                "cluster": json.dumps({} if cfg.cluster.existing else {
+                    "rke2Version": cfg.cluster.rke2_version, "clusterCidr": cfg.cluster.cluster_cidr,
+                    "serviceCidr": cfg.cluster.service_cidr}, sort_keys=True),
                 "workerCapacity": json.dumps({
                     "cpu": sum(p.cpus * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
                     "memoryGb": sum(p.memory_gb * p.count for p in cfg.pools if p.role in ("cpu", "gpu")),
@@ -48,6 +59,7 @@ class PlatformBase(pulumi.ComponentResource):
             },
             opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
         )
+        self.ingress = IngressPlacement("ingress", ctx, opts=pulumi.ResourceOptions(parent=self))
         # Namespaces every layer uses: the hub's (notebooks run there) and one per project (batch work).
         self.hub_namespace = self._namespace("ns-hub", HUB_NAMESPACE, ctx, enforce="baseline")
         self.project_namespaces: dict[str, KubeObject] = {}
@@ -60,31 +72,10 @@ class PlatformBase(pulumi.ComponentResource):
 
     def _namespace(self, resource_name: str, name: str, ctx: SiteContext, enforce: str,
                    extra: dict[str, str] | None = None) -> KubeObject:
-        """A user-facing namespace: Pod Security labels and a default-deny NetworkPolicy.
+        """A user-facing namespace: Pod Security labels, default-deny and DNS (SiteContext.namespace).
 
         The baseline level is enforced (notebook images need to set their user) and restricted is
         warned and audited; layers add the NetworkPolicies their traffic needs.
         """
-        # egress-isolated: the cluster-wide metadata block leaves these pods' egress to their policies
-        ns = ctx.namespace(self, resource_name, name, "platform", enforce=enforce, warn="restricted",
-                           extra_labels={**(extra or {}), LABEL_EGRESS_ISOLATED: "true"})
-        KubeObject(
-            f"{resource_name}-default-deny", "networking.k8s.io/v1", "NetworkPolicy",
-            object_meta("default-deny", namespace=name, labels=ctx.labels("platform")),
-            spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
-            opts=ctx.k8s_opts(self, depends_on=[ns]),
-        )
-        KubeObject(
-            f"{resource_name}-allow-dns", "networking.k8s.io/v1", "NetworkPolicy",
-            object_meta("allow-dns", namespace=name, labels=ctx.labels("platform")),
-            spec={
-                "podSelector": {},
-                "policyTypes": ["Egress"],
-                "egress": [{
-                    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
-                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                }],
-            },
-            opts=ctx.k8s_opts(self, depends_on=[ns]),
-        )
+        ns = ctx.namespace(self, resource_name, name, "platform", enforce=enforce, warn="restricted", extra_labels=extra)
         return ns

@@ -14,8 +14,10 @@ from .context import SiteContext
 from .environments import Environments
 from .hub import Hub
 from .jobs import Jobs
+from .network import Network
 from .observability import Observability
 from .offload import Offload
+from .patching import Patching
 from .platform import PlatformBase
 from .storage import Storage
 
@@ -52,6 +54,12 @@ class Site(pulumi.ComponentResource):
         self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
         self.environments = Environments("environments", self.ctx,
                                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.storage]))
+        self.patching = Patching("patching", self.ctx,
+                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.observability]))
+        self.network = Network("network", self.ctx, [self.platform, self.accelerators, self.storage, self.batch,
+                                                     self.hub, self.offload, self.observability,
+                                                     self.patching],
+                               opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"api_address": self.cluster.api_address})
 
     def summary_sections(self) -> dict[str, list[str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# The reference files beside the checkout (as CI has them); AIINFN_SHARED points elsewhere (the test
+# of the skip-when-absent behaviour uses it). Tests that read them skip when the folder is absent,
+# and fail in CI (tests/conftest.py).
+SHARED = Path(os.environ.get("AIINFN_SHARED") or ROOT.parent / "shared")
 SCHEMAS = SHARED / "schemas"
 K8S_VERSION = "1.33.0"
 
@@ -58,7 +62,25 @@ def crd_index() -> dict[tuple[str, str, str], dict]:
                 schema = version.get("schema", {}).get("openAPIV3Schema")
                 if schema:
                     index[(spec["group"], version["name"], spec["names"]["kind"])] = close_objects(schema)
+    index.setdefault(("helm.cattle.io", "v1", "HelmChartConfig"), close_objects(HELM_CHART_CONFIG))
     return index
+
+
+# RKE2's helm-controller CRD, written from its Go types (k3s-io/helm-controller v0.16.13, the version in
+# rke2 v1.33.5+rke2r1 go.mod line 80; pkg/apis/helm.cattle.io/v1/types.go lines 123-175): the spec has
+# valuesContent (a YAML string), valuesSecrets and failurePolicy (reinstall | abort).
+HELM_CHART_CONFIG = {
+    "type": "object",
+    "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+        "spec": {"type": "object", "properties": {
+            "valuesContent": {"type": "string"},
+            "valuesSecrets": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "keys": {"type": "array", "items": {"type": "string"}},
+                "ignoreUpdates": {"type": "boolean"}}}},
+            "failurePolicy": {"type": "string", "enum": ["reinstall", "abort"]}}},
+    },
+}
 
 
 def split_api_version(api_version: str) -> tuple[str, str]:

@@ -9,7 +9,6 @@ ClusterPolicy CRD schema of the pinned operator.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -21,10 +20,10 @@ from aiinfn.engine.output import helm_releases, manifest, manifests
 from components.cluster_bootstrap import NodeSecrets, rke2_config
 
 from .conftest import STACKS, rendered_stack
-from .schemas import close_objects, deep_merge
+from .schemas import SCHEMAS, close_objects, deep_merge
 from .test_catalogue_mig_parted import default_fits, default_profiles
 
-GPU_OP = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "gpu-operator-v26.7.0"
+GPU_OP = SCHEMAS / "gpu-operator-v26.7.0"
 
 
 def objects(stack: str, kind: str) -> list[dict]:

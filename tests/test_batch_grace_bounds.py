@@ -7,7 +7,6 @@ values file), the policy pack's configured default, and the wait-bound terms of 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,9 +15,10 @@ from aiinfn.config import ConfigError, site_config_from_data
 from aiinfn.queues import notebook_wait_bound_seconds
 from components.hub.values import hub_values
 from policies.rules.gpus import batch_pods_bounded_grace
+from tests.schemas import SCHEMAS
 from tests.stackdata import stack_doc
 
-Z2JH_DEFAULTS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "zero-to-jupyterhub" / "values.4.4.0.yaml"
+Z2JH_DEFAULTS = SCHEMAS / "zero-to-jupyterhub" / "values.4.4.0.yaml"
 SECRETS = {"cookie_secret": "c", "proxy_token": "p", "crypt_key": "k"}
 
 

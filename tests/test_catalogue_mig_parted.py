@@ -13,14 +13,14 @@ from __future__ import annotations
 import functools
 import math
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
 from aiinfn import catalogue as cat
+from tests.schemas import SCHEMAS
 
-DEFAULT_FILE = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "gpu-operator-v26.7.0" / "default-mig-parted-config.yaml"
+DEFAULT_FILE = SCHEMAS / "gpu-operator-v26.7.0" / "default-mig-parted-config.yaml"
 
 # How NVIDIA's comments name our models (the file's own spelling, typed from the file, not the catalogue).
 COMMENT_NAMES = {

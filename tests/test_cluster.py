@@ -92,8 +92,10 @@ def test_first_control_node_initialises_and_carries_the_cas() -> None:
     assert "server" not in conf
     assert conf["tls-san"] == ["1.2.3.4"]
     assert conf["secrets-encryption"] is True
-    assert "/var/lib/rancher/rke2/server/tls/server-ca.key" in files
     assert files["/var/lib/rancher/rke2/server/tls/server-ca.key"]["permissions"] == "0600"
+    # what RKE2 reads (token, CA keys) is root-only; apt's update settings are ordinary config files
+    assert all(f["permissions"] == "0600" for f in doc["write_files"] if f["path"].startswith(("/etc/rancher", "/var/lib/rancher")))
+    assert all(f["permissions"] == "0644" for f in doc["write_files"] if f["path"].startswith("/etc/apt/"))
     script = files["/usr/local/sbin/aiinfn-bootstrap.sh"]["content"]
     assert "INSTALL_RKE2_TYPE=server" in script and "join_address 9345" not in script
 

@@ -57,7 +57,7 @@ CASES = {
     "unknown-fpga": ("cnaf", _pool("fpga-v70", fpgas=[{"model": "versal-v80", "count": 2}]),
                      "aiinfn:pools[10].fpgas[0].model", "unknown FPGA board"),
     "duplicate-pool": ("cnaf", _append_pool({"name": "t4", "role": "cpu", "count": 1, "flavor": "x", "cpus": 4,
-                                             "memoryGb": 8}), "aiinfn:pools[11].name", "used twice"),
+                                             "memoryGb": 64}), "aiinfn:pools[12].name", "used twice"),
     "hackathon-without-expiry": ("hackathon-padova", _del(["aiinfn:site", "expires"]), "aiinfn:site.expires",
                                  "must say when it expires"),
     "bad-expiry-date": ("hackathon-padova", _set(["aiinfn:site", "expires"], "next friday"), "aiinfn:site.expires",

@@ -55,6 +55,8 @@ CHART_DAEMONSETS: dict[str, dict[str, dict[str, list[str] | None]]] = {
                                     "tolerations": ["node-feature-discovery.worker.tolerations"]}},
     # z2jh 4.4.0 templates/image-puller/_helpers-daemonset.tpl lines 68-82: nodeSelector from
     # singleuser.nodeSelector, tolerations = concat of these three lists, affinity from the user-node affinity.
+    # kubereboot/charts kured-6.1.0 templates/daemonset.yaml: .Values.nodeSelector, .affinity, .tolerations.
+    "kured": {"kured": {"nodeSelector": ["nodeSelector"], "affinity": ["affinity"], "tolerations": ["tolerations"]}},
     "jupyterhub": {"image-puller": {"nodeSelector": ["singleuser.nodeSelector"], "affinity": None,
                                     "tolerations": ["scheduling.userPods.tolerations", "singleuser.extraTolerations",
                                                     "prePuller.extraTolerations"]}},
@@ -63,7 +65,7 @@ CHART_DAEMONSETS: dict[str, dict[str, dict[str, list[str] | None]]] = {
 CHART_DAEMONSETS["openstack-cinder-csi"] = {"nodeplugin": {"nodeSelector": ["csi.plugin.nodePlugin.nodeSelector"],
                                                            "affinity": ["csi.plugin.nodePlugin.affinity"],
                                                            "tolerations": ["csi.plugin.nodePlugin.tolerations"]}}
-CHARTS_WITHOUT_DAEMONSETS = {"cert-manager", "kueue"}  # Deployments and Jobs only
+CHARTS_WITHOUT_DAEMONSETS = {"cert-manager", "kueue", "trivy-operator"}  # Deployments and Jobs only
 
 
 @functools.cache
@@ -133,7 +135,7 @@ def test_rendered_daemonsets_never_land_on_a_virtual_node(stack: str) -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_chart_daemonset_avoids_virtual_nodes(stack: str) -> None:
     for rel in helm_releases(rendered_stack(stack)):
-        chart = str(rel.inputs.get("chart", "")).rstrip("/").rsplit("/", 1)[-1]
+        chart = naming.chart_name(str(rel.inputs.get("chart", "")))  # a name, an OCI ref or a released archive URL
         if chart in CHARTS_WITHOUT_DAEMONSETS:
             continue
         assert chart in CHART_DAEMONSETS, (f"{stack}: chart {chart} is new here; list the values paths of its "

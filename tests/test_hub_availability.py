@@ -23,7 +23,7 @@ import pytest
 
 from components.hub.values import HUBCONF_DIR, site_data
 
-from .availability_fixtures import CNAF_FIGURES, HACKATHON_FIGURES, cnaf_cluster, hackathon_cluster, pod
+from .availability_fixtures import CNAF_FIGURES, HACKATHON_FIGURES, cnaf_cluster, hackathon_cluster, node, pod
 from .test_hub_values import _with_reserved, config_of
 
 
@@ -57,6 +57,26 @@ def test_hackathon_time_sliced_slices_match_the_hand_count() -> None:
     nodes, pods = hackathon_cluster()
     figures = av.site_figures(site_data(config_of("hackathon-padova")), nodes, pods)
     assert {slug: as_tuple(f) for slug, f in figures.items()} == HACKATHON_FIGURES
+
+
+def test_a_free_device_on_a_node_without_cpu_room_starts_nothing() -> None:
+    """Two free A100s, but the node's CPUs are all requested (1 CPU guarantee per notebook): room 0, refused."""
+    site = cnaf_site()
+    nodes = [node("a100-0", {"aiinfn.infn.it/pool": "a100", "aiinfn.infn.it/gpu-model": "a100-80gb"},
+                  {"cpu": "47", "memory": "390Gi", "nvidia.com/gpu": "2"},
+                  [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}])]
+    pods = [pod("storage", "rsync-0", "a100-0", {"cpu": "46500m", "memory": "8Gi"})]
+    f = av.site_figures(site, nodes, pods)["a100-80gb"]
+    assert (f.total, f.free, f.batch, f.room) == (2, 2, 0, 0)  # 0.5 CPU left < 1 CPU guarantee
+    assert av.describe(f) == "2 free of 2, but no CPU or memory is left beside them for a notebook; full now"
+    assert 'data-state="full"' in av.badge(f)
+    profile = next(p for p in site["profiles"] if p["slug"] == "a100-80gb")
+    assert av.refusal(profile, f, []).startswith("GPU: NVIDIA A100 80GB is full now: its 2 free or preemptible are on "
+                                                 "nodes with no CPU or memory left for one more notebook.")
+    pods.append(pod("project-km3net", "prep-0", "a100-0", {"cpu": "4", "memory": "8Gi"}, priority_class="batch-lowest"))
+    pods[0]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "42500m"
+    f = av.site_figures(site, nodes, pods)["a100-80gb"]
+    assert (f.free, f.room) == (2, 2)  # 0.5 free + 4 held by a batch pod: two notebooks fit
 
 
 def test_each_skipped_node_is_skipped_for_its_own_reason() -> None:

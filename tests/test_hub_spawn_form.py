@@ -48,7 +48,12 @@ from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, running_hub
 pytest.importorskip("kubespawner", reason="jupyterhub-kubespawner (the z2jh hub's spawner) is not installed")
 
 TOKEN = "standin-sa-token"
-MEMBER, OUTSIDER = "curie", "fermi"  # in the reserved pool's group (ai-infn/medphys), and not
+MEMBER, OUTSIDER, LATE = "curie", "fermi", "bohr"  # medphys member, not a member, one who loses a race
+# What kube-scheduler v1.33 writes in PodScheduled (pkg/scheduler/schedule_one.go, FitError.Error)
+UNSCHEDULABLE = ("0/11 nodes are available: 1 Insufficient nvidia.com/gpu, 1 node(s) had untolerated taint "
+                 "{virtual-node.interlink/no-schedule: true}, 1 node(s) were unschedulable, 8 node(s) didn't match "
+                 "Pod's node affinity/selector. preemption: 0/11 nodes are available: 1 No preemption victims found "
+                 "for incoming pod, 10 Preemption is not helpful for scheduling.")  # in the reserved pool's group (ai-infn/medphys), and not
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SCREENSHOT = DOCS / "hub-spawn-form.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -81,6 +86,14 @@ class KubeApiStandin(BaseHTTPRequestHandler):
             items = [p for p in self.pods if p["status"].get("phase") not in excluded]
             return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
                                     "items": items})
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)", url.path)
+        if m:  # a notebook pod the scheduler could not place (the race the form's figures cannot close)
+            return self._send(200, {"apiVersion": "v1", "kind": "Pod",
+                                    "metadata": {"namespace": m.group(1), "name": m.group(2)},
+                                    "spec": {"containers": [{"name": "notebook", "image": "img:1"}]},
+                                    "status": {"phase": "Pending", "conditions": [{
+                                        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                        "message": UNSCHEDULABLE}]}})
         return self._send(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
 
     def _send(self, code: int, body: dict[str, Any]) -> None:
@@ -116,7 +129,9 @@ def form_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "hub", "namespace": "hub"}}]}))
     USERS[MEMBER] = {"sub": "mc", "preferred_username": MEMBER, "groups": ["ai-infn/users", "ai-infn/medphys"]}
     USERS[OUTSIDER] = {"sub": "ef", "preferred_username": OUTSIDER, "wlcg.groups": ["/ai-infn/users"]}
-    env = {"HUB_SPAWNER_CLASS": "aiinfn_recording_kubespawner.RecordingKubeSpawner", "KUBECONFIG": str(kubeconfig)}
+    USERS[LATE] = {"sub": "nb", "preferred_username": LATE, "groups": ["ai-infn/users"]}
+    env = {"HUB_SPAWNER_CLASS": "aiinfn_recording_kubespawner.RecordingKubeSpawner", "KUBECONFIG": str(kubeconfig),
+           "STANDIN_UNSCHEDULABLE": "a100-80gb"}
     try:
         (work / "hub").mkdir()
         with running_hub(values, rendered, work / "hub", extra_env=env) as h:
@@ -353,7 +368,9 @@ def test_a_browser_logs_in_and_reads_the_figures(form_hub: dict[str, Any], brows
                "document.getElementById('sign-in').click(); true")
     browser.wait_for("location.pathname.startsWith('/hub/') && document.readyState === 'complete'")
     browser.call("Page.navigate", url=f"{base}/hub/spawn")
-    browser.wait_for("document.querySelectorAll('.aiinfn-availability').length > 0")
+    # the whole form, not its first part: a long page is still being parsed when the first figures appear
+    browser.wait_for("document.readyState === 'complete' && "
+                     f"document.querySelectorAll('.aiinfn-availability').length >= {len(CNAF_FIGURES)}", timeout=60)
     shown = json.loads(browser.js(READ_FIGURES))
     assert {f["offering"] for f in shown} == set(CNAF_FIGURES)  # the member sees the reserved pool too
     for f in shown:

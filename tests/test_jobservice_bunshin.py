@@ -11,8 +11,8 @@ from aiinfn import naming
 from aiinfn.jobservice.bunshin import clone_notebook, find_notebook_pod
 from aiinfn.jobservice.errors import ApiError
 from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_volumes
-from tests.jobservice_fixtures import hash_uid, notebook_pod, site_settings
 from policies.rules.pod_security import restricted_violations
+from tests.jobservice_fixtures import hash_uid, notebook_pod, site_settings
 from tests.schemas import validate_object
 
 CALLER = Caller("mrossi", ("ai-infn/users", "ai-infn/cms-tracking", "ai-infn/atlas-anomaly"))

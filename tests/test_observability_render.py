@@ -9,6 +9,7 @@ import jmespath
 import pytest
 import yaml
 
+from aiinfn.config.storage import backups_active
 from aiinfn.engine.output import helm_releases, manifest, manifests
 from aiinfn.engine.run import run_program
 from aiinfn.engine.stackfile import resolve
@@ -221,7 +222,7 @@ def test_accounting_database_persistent_protected_and_fenced(stack):
     assert all(pod["metadata"]["labels"].get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
     # and, where backups run, the backup job's pods in the storage namespace (pg_dump before borg create)
     backup = [o for o in others if o.get("namespaceSelector")]
-    assert len(others) == len(backup) == (1 if r.cfg.storage.backup.enabled and r.cfg.storage.backup.repository else 0)
+    assert len(others) == len(backup) == (1 if backups_active(r.cfg) else 0)  # enabled unset: on with a repository
     for o in backup:
         assert o["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "storage"}
         assert o["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nfs-backup"}

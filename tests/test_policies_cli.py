@@ -18,7 +18,7 @@ def test_the_pack_covers_every_theme_with_named_described_rules():
     names = [p.name for p in ALL_POLICIES]
     assert len(set(names)) == len(names)
     assert set(THEMES) == {"exposure", "secrets", "supply_chain", "gpus", "queues", "offload", "data_safety",
-                           "hackathon", "namespaces", "pod_security"}
+                           "hackathon", "namespaces", "pod_security", "hardening"}
     assert all(THEMES.values())
     for p in ALL_POLICIES:
         assert p.description and len(p.description) > 30, p.name

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from aiinfn.config.storage import backups_active
 from components.storage.juicefs import redis_conf
 
 from .obs_servers import PG_BIN, need_binary, start_postgres
@@ -321,7 +322,7 @@ def test_hub_database_job_runs_beside_the_hub_on_its_claim(stack):
     r = rendered_stack(stack)
     docs = [manifest(x) for x in manifests(r)]
     jobs = [d for d in docs if d["kind"] == "CronJob" and d["metadata"]["name"] == "hub-db-backup"]
-    if not (r.cfg.storage.backup.enabled and r.cfg.storage.backup.repository):
+    if not backups_active(r.cfg):  # enabled unset means on with a repository
         assert not jobs  # no backups on this stack, no copy either
         return
     (job,) = jobs

@@ -92,10 +92,10 @@ def test_keeper_refuses_a_missing_root(tmp_path: Path):
     assert proc.returncode != 0 and "is the data volume mounted" in proc.stderr
 
 
-def test_exports_squash_root_and_admit_only_cluster_networks():
+def test_exports_squash_root_and_admit_only_the_nodes():
     _, cfg = load_config("cnaf")
     lines = exports_text(cfg).splitlines()
     main = next(ln for ln in lines if ln.startswith("/exports "))
     assert "root_squash" in main and "no_root_squash" not in main
     assert "*(" not in main  # never exported to the world
-    assert f"{cfg.openstack.internal_cidr}(" in main and f"{cfg.cluster.cluster_cidr}(" in main
+    assert f"{cfg.openstack.internal_cidr}(" in main and f"{cfg.cluster.cluster_cidr}(" not in main  # never the pods

@@ -116,7 +116,8 @@ def test_redis_reachable_only_by_juicefs_clients(stack):
         if backup.get("enabled", True) and backup.get("repository") else []
     assert others == expected
     assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
-    assert any(d["spec"]["podSelector"] == {} and d["spec"]["policyTypes"] == ["Ingress"] for d in pols)
+    assert any(d["spec"]["podSelector"] == {} and d["spec"]["policyTypes"] == ["Ingress", "Egress"] and
+               not d["spec"].get("ingress") for d in pols)  # deny-all in the namespace (issue 17)
     redis_dep = next(d for d in objects(stack, "Deployment") if d["metadata"]["name"] == "juicefs-redis")
     c = redis_dep["spec"]["template"]["spec"]["containers"][0]
     assert ":" in c["image"] and not c["image"].endswith(":latest")
@@ -162,8 +163,8 @@ def test_helm_releases_pinned(stack):
     rel = {r.inputs["name"]: r.inputs for r in helm_releases(rendered_stack(stack))}
     for name in ("csi-driver-nfs", "juicefs-csi-driver", "cvmfs-csi"):
         assert rel[name]["version"] and rel[name]["version"][0].isdigit()
-    for name in ("csi-driver-nfs", "juicefs-csi-driver"):
-        assert rel[name]["repositoryOpts"]["repo"].startswith("https://")
+        source = (rel[name].get("repositoryOpts") or {}).get("repo") or rel[name]["chart"]  # csi-driver-nfs: its archive
+        assert source.startswith("https://")
     assert rel["cvmfs-csi"]["version"].startswith("2.")
     local = rel["cvmfs-csi"]["values"]["extraConfigMaps"]["cvmfs-csi-default-local"]["default.local"]
     cfg = rendered_stack(stack).cfg

@@ -50,7 +50,7 @@ def test_internal_rules_only_admit_the_tenancy_itself(cnaf) -> None:
 
 def test_only_the_ingress_vm_is_in_the_ingress_group(cnaf) -> None:
     ports = [r for r in cnaf.of_type(PORT) if "<deploy-time: id of sg-ingress>" in r.inputs["securityGroupIds"]]
-    assert [p.name for p in ports] == ["port-control-0"]  # cnaf has no cpu pool: the first control VM
+    assert [p.name for p in ports] == ["port-services-0"]  # cnaf has no cpu pool: its services pool carries the ingress
 
 
 def test_one_vm_per_pool_member_with_its_flavor(cnaf) -> None:

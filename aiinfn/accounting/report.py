@@ -7,6 +7,9 @@
 The period is [--from, --to) in UTC (dates or ISO datetimes; default: the last 365 days). The database
 comes from --dsn, else $AIINFN_ACCOUNTING_DSN, else libpq's PG* variables (e.g. through
 ``kubectl -n monitoring port-forward svc/accounting-db 5432``).
+
+Exit codes: 0 the report was printed; 1 the database could not be reached or queried; 2 a bad option
+(the option is named) or the runtime extra is not installed (``pip install 'ai-infn-platform[runtime]'``).
 """
 
 from __future__ import annotations
@@ -77,7 +80,12 @@ SECTIONS = (
 
 
 def _when(text: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(text)
+    """argparse names the option in its message (``argument --from: ...``)."""
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date or an ISO datetime "
+                                         "(YYYY-MM-DD or YYYY-MM-DDTHH:MM, UTC unless an offset is given)") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
@@ -129,12 +137,22 @@ def run(args: argparse.Namespace) -> int:
         print("error: --from must be before --to", file=sys.stderr)
         return 2
     try:
+        import psycopg  # noqa: F401 - the runtime extra's database driver
+    except ImportError:
+        print("error: aiinfn report needs the runtime extra (the psycopg driver): "
+              "pip install 'ai-infn-platform[runtime]'", file=sys.stderr)
+        return 2
+    try:
         conn = connect(args.dsn)
     except Exception as err:  # noqa: BLE001 - one clear line, no traceback
         print(f"error: cannot connect to the accounting database: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 1
-    with conn:
-        data = fetch(conn, start, end, args.slice)
+    try:
+        with conn:
+            data = fetch(conn, start, end, args.slice)
+    except Exception as err:  # noqa: BLE001 - one clear line (e.g. the views are missing), no traceback
+        print(f"error: the accounting query failed: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
     if args.format == "json":
         json.dump({"from": start.isoformat(), "to": end.isoformat(), **data}, sys.stdout, default=str, indent=1)
         print()

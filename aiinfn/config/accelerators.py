@@ -96,6 +96,7 @@ class DriverConfig:
     """The NVIDIA driver the GPU operator installs (disable where the image already has one)."""
 
     enabled: bool = True
+    # renovate: datasource=docker depName=nvcr.io/nvidia/driver versioning=loose
     version: str = "595.91.07"  # the chart's default driver of v26.7.0, pinned here
     kernel_module_type: Literal["auto", "open", "proprietary"] = "auto"
     use_precompiled: bool = False
@@ -110,6 +111,7 @@ class ToolkitConfig:
     """The NVIDIA container toolkit; on RKE2 it is pointed at RKE2's containerd automatically."""
 
     enabled: bool = True
+    # renovate: datasource=docker depName=nvcr.io/nvidia/k8s/container-toolkit
     version: str = "v1.20.0"
 
     def __validate__(self, path: str) -> None:

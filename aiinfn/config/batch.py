@@ -15,6 +15,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SiteConfig
 
+# renovate: datasource=docker depName=kueue packageName=registry.k8s.io/kueue/charts/kueue
 KUEUE_CHART_VERSION = "0.19.2"  # chart `kueue` from oci://registry.k8s.io/kueue/charts, app v0.19.2
 # The most terminationGracePeriodSeconds batch pods may have: a notebook that preempts batch work waits
 # grace + 16 s (aiinfn.queues.notebook_wait_bound_seconds), and 240 + 16 s stays under zero-to-jupyterhub's

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .errors import ConfigError
+from .errors import Collector
 from .model import SiteConfig
 from .schema import camel, parse, type_hints
 from .validate import validate_site
@@ -35,18 +35,20 @@ def is_secret_key(key: str) -> bool:
 
 def site_config_from_data(data: dict[str, Any]) -> SiteConfig:
     """``data`` maps keys without namespace ('site', 'pools', ...) to plain YAML values."""
+    found = Collector()
     for key in data:
         if key not in SECTION_KEYS and not is_secret_key(key):
-            raise ConfigError(f"{NAMESPACE}:{key}", f"unknown key (expected one of: {', '.join(SECTION_KEYS)})")
+            found.add(f"{NAMESPACE}:{key}", f"unknown key (expected one of: {', '.join(SECTION_KEYS)})")
     hints = type_hints(SiteConfig)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(SiteConfig):
         key = camel(f.name)
         path = f"{NAMESPACE}:{key}"
         if key in data:
-            kwargs[f.name] = parse(hints[f.name], data[key], path)
+            kwargs[f.name] = found.run(parse, hints[f.name], data[key], path)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(path, "is required")
+            found.add(path, "is required")
+    found.raise_if_any()  # the cross-key rules need every section parsed
     cfg = SiteConfig(**kwargs)
     validate_site(cfg)
     return cfg

@@ -12,22 +12,44 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .. import catalogue
 from .accelerators import AcceleratorsConfig, MigLayout
 from .batch import BatchConfig
 from .environments import SoftwareEnvironment
-from .errors import ConfigError
+from .errors import Collector, ConfigError
 from .hub import HubConfig
 from .monitoring import MonitoringConfig
 from .offload import OffloadConfig
+from .patching import PatchingConfig
 from .storage import StorageConfig
 
 SiteKind = Literal["production", "replica", "hackathon"]
-PoolRole = Literal["control", "cpu", "gpu", "storage"]
+PoolRole = Literal["control", "cpu", "gpu", "storage", "services"]  # services: platform services and the ingress
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# IAM group names as INDIGO IAM writes them in wlcg.groups (ai-infn/users): no spaces, not empty.
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/-]*$")
+
+# Node labels and taints the platform sets itself (aiinfn/nodes.py); a pool may not override them:
+# a different value would break the hub's affinities, mig-parted's layout or the GPU/FPGA isolation.
+PLATFORM_PREFIXES = ("aiinfn.infn.it/",)
+PLATFORM_LABEL_KEYS = (catalogue.LABEL_MIG_CONFIG, catalogue.LABEL_DEVICE_PLUGIN_CONFIG)
+PLATFORM_TAINT_KEYS = (catalogue.GPU_TAINT_KEY, catalogue.FPGA_TAINT_KEY)
+PLATFORM_TAINT_PREFIXES = ("virtual-node.interlink/",)  # the offload virtual nodes' taint
+MAX_VMS_PER_POOL = 256
+MAX_ACCELERATORS_PER_VM = 16
+
+
+def require_group(value: str, path: str) -> None:
+    if not GROUP_NAME.match(value):
+        raise ConfigError(path, f"{value!r} is not an IAM group name (like ai-infn/users)")
+
+
+def platform_owned(key: str, keys: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> bool:
+    return key in keys or key.startswith(PLATFORM_PREFIXES + prefixes)
 
 
 def require_dns_label(value: str, path: str, max_len: int = 40) -> None:
@@ -51,18 +73,20 @@ class SiteIdentity:
     contact_email: str | None = None  # ACME registration and alerts
 
     def __validate__(self, path: str) -> None:
-        require_dns_label(self.name, f"{path}.name", 30)
+        found = Collector()
+        found.run(require_dns_label, self.name, f"{path}.name", 30)
         if not re.match(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]{2,}$", self.domain):
-            raise ConfigError(f"{path}.domain", f"{self.domain!r} is not a DNS domain")
+            found.add(f"{path}.domain", f"{self.domain!r} is not a DNS domain")
         if self.expires is not None:
             try:
                 dt.date.fromisoformat(self.expires)
             except ValueError:
-                raise ConfigError(f"{path}.expires", f"{self.expires!r} is not a date (YYYY-MM-DD)") from None
+                found.add(f"{path}.expires", f"{self.expires!r} is not a date (YYYY-MM-DD)")
         if self.kind == "hackathon" and self.expires is None:
-            raise ConfigError(f"{path}.expires", "a hackathon stack must say when it expires (YYYY-MM-DD)")
+            found.add(f"{path}.expires", "a hackathon stack must say when it expires (YYYY-MM-DD)")
         if self.contact_email is not None and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", self.contact_email):
-            raise ConfigError(f"{path}.contactEmail", f"{self.contact_email!r} is not an e-mail address")
+            found.add(f"{path}.contactEmail", f"{self.contact_email!r} is not an e-mail address")
+        found.raise_if_any()
 
     @property
     def expiry_date(self) -> dt.date | None:
@@ -82,17 +106,26 @@ class OpenStackConfig:
     volume_type: str | None = None
 
     def __validate__(self, path: str) -> None:
+        found = Collector()
         if not self.admin_cidrs:
-            raise ConfigError(f"{path}.adminCidrs", "list at least one network from which operators reach SSH and the API")
+            found.add(f"{path}.adminCidrs", "list at least one network from which operators reach SSH and the API")
         for i, c in enumerate(self.admin_cidrs):
-            net = require_cidr(c, f"{path}.adminCidrs[{i}]")
-            if net.prefixlen == 0:
-                raise ConfigError(f"{path}.adminCidrs[{i}]", f"{c} opens SSH and the Kubernetes API to the whole internet")
-        internal = require_cidr(self.internal_cidr, f"{path}.internalCidr")
-        if internal.version != 4 or internal.prefixlen > 25:
-            raise ConfigError(f"{path}.internalCidr", f"{self.internal_cidr} must be an IPv4 network of /25 or larger")
+            net = found.run(require_cidr, c, f"{path}.adminCidrs[{i}]")
+            if net is not None and net.prefixlen == 0:
+                found.add(f"{path}.adminCidrs[{i}]", f"{c} opens SSH and the Kubernetes API to the whole internet")
+        internal = found.run(require_cidr, self.internal_cidr, f"{path}.internalCidr")
+        if internal is not None and (internal.version != 4 or internal.prefixlen > 25):
+            found.add(f"{path}.internalCidr", f"{self.internal_cidr} must be an IPv4 network of /25 or larger")
         if not re.match(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$", self.public_key):
-            raise ConfigError(f"{path}.publicKey", "is not an OpenSSH public key (ssh-ed25519 AAAA... comment)")
+            found.add(f"{path}.publicKey", "is not an OpenSSH public key (ssh-ed25519 AAAA... comment)")
+        if not self.dns_nameservers:
+            found.add(f"{path}.dnsNameservers", "list at least one DNS server's IP address for the subnet")
+        for i, ns in enumerate(self.dns_nameservers):
+            try:
+                ipaddress.ip_address(ns)
+            except ValueError:
+                found.add(f"{path}.dnsNameservers[{i}]", f"{ns!r} is not an IP address (the subnet's DNS servers are given by address)")
+        found.raise_if_any()
 
 
 @dataclass
@@ -102,10 +135,15 @@ class Taint:
     value: str = ""
 
     def __validate__(self, path: str) -> None:
+        found = Collector()
         if not LABEL_KEY.match(self.key):
-            raise ConfigError(f"{path}.key", f"{self.key!r} is not a valid Kubernetes taint key")
+            found.add(f"{path}.key", f"{self.key!r} is not a valid Kubernetes taint key")
+        elif platform_owned(self.key, PLATFORM_TAINT_KEYS, PLATFORM_TAINT_PREFIXES):
+            found.add(f"{path}.key", f"{self.key!r} is a taint the platform sets itself (GPU, FPGA, reserved and "
+                                     "virtual-node taints come from the pool's gpus, fpgas and reservedFor); choose another key")
         if not LABEL_VALUE.match(self.value) or len(self.value) > 63:
-            raise ConfigError(f"{path}.value", f"{self.value!r} is not a valid Kubernetes taint value")
+            found.add(f"{path}.value", f"{self.value!r} is not a valid Kubernetes taint value")
+        found.raise_if_any()
 
     def render(self) -> str:
         return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
@@ -148,34 +186,43 @@ class NodePool:
     image: str | None = None
 
     def __validate__(self, path: str) -> None:
-        require_dns_label(self.name, f"{path}.name", 30)
+        found = Collector()
+        found.run(require_dns_label, self.name, f"{path}.name", 30)
         for key, val, lo in (("count", self.count, 0), ("cpus", self.cpus, 1), ("memoryGb", self.memory_gb, 1),
                              ("bootVolumeGb", self.boot_volume_gb, 20), ("scratchGb", self.scratch_gb, 0)):
             if val < lo:
-                raise ConfigError(f"{path}.{key}", f"must be at least {lo}, got {val}")
+                found.add(f"{path}.{key}", f"must be at least {lo}, got {val}")
+        if self.count > MAX_VMS_PER_POOL:
+            found.add(f"{path}.count", f"{self.count} VMs in one pool; at most {MAX_VMS_PER_POOL}")
         if not re.match(r"^(ephemeral[0-9]|/dev/[A-Za-z0-9/_.-]+)$", self.scratch_device):
-            raise ConfigError(f"{path}.scratchDevice", f"{self.scratch_device!r} is neither a cloud-init ephemeral disk "
-                                                      "name (ephemeral0) nor a block device path under /dev")
+            found.add(f"{path}.scratchDevice", f"{self.scratch_device!r} is neither a cloud-init ephemeral disk "
+                                               "name (ephemeral0) nor a block device path under /dev")
         if self.image is not None and not self.image.strip():
-            raise ConfigError(f"{path}.image", "is empty; leave it out to boot from aiinfn:openstack.image")
+            found.add(f"{path}.image", "is empty; leave it out to boot from aiinfn:openstack.image")
         if self.role == "storage" and self.data_volume_gb < 100:
-            raise ConfigError(f"{path}.dataVolumeGb", "the storage pool needs a data volume of at least 100 GB for NFS")
+            found.add(f"{path}.dataVolumeGb", "the storage pool needs a data volume of at least 100 GB for NFS")
         if self.role != "storage" and self.data_volume_gb:
-            raise ConfigError(f"{path}.dataVolumeGb", "only the storage pool carries the persistent data volume")
-        if self.gpus is not None and self.gpus.count < 1:
-            raise ConfigError(f"{path}.gpus.count", f"must be at least 1, got {self.gpus.count}")
+            found.add(f"{path}.dataVolumeGb", "only the storage pool carries the persistent data volume")
+        if self.gpus is not None and not 1 <= self.gpus.count <= MAX_ACCELERATORS_PER_VM:
+            found.add(f"{path}.gpus.count", f"must be between 1 and {MAX_ACCELERATORS_PER_VM} GPUs per VM, got {self.gpus.count}")
         for i, f in enumerate(self.fpgas):
-            if f.count < 1:
-                raise ConfigError(f"{path}.fpgas[{i}].count", f"must be at least 1, got {f.count}")
+            if not 1 <= f.count <= MAX_ACCELERATORS_PER_VM:
+                found.add(f"{path}.fpgas[{i}].count", f"must be between 1 and {MAX_ACCELERATORS_PER_VM} boards per VM, got {f.count}")
         if self.role == "gpu" and self.gpus is None and not self.fpgas:
-            raise ConfigError(f"{path}.gpus", "a pool with role gpu must declare its GPUs or FPGAs")
-        if self.role in ("control", "storage") and (self.gpus is not None or self.fpgas):
-            raise ConfigError(f"{path}.role", f"a {self.role} pool cannot carry accelerators; use role gpu")
+            found.add(f"{path}.gpus", "a pool with role gpu must declare its GPUs or FPGAs")
+        if self.role in ("control", "storage", "services") and (self.gpus is not None or self.fpgas):
+            found.add(f"{path}.role", f"a {self.role} pool cannot carry accelerators; use role gpu")
         for k, v in self.labels.items():
             if not LABEL_KEY.match(k):
-                raise ConfigError(f"{path}.labels.{k}", "is not a valid Kubernetes label key")
+                found.add(f"{path}.labels.{k}", "is not a valid Kubernetes label key")
+            elif platform_owned(k, PLATFORM_LABEL_KEYS):
+                found.add(f"{path}.labels.{k}", "is a label the platform sets on every node itself (aiinfn/nodes.py); "
+                                                "choose a key outside aiinfn.infn.it/ and the NVIDIA operator's")
             if not LABEL_VALUE.match(v) or len(v) > 63:
-                raise ConfigError(f"{path}.labels.{k}", f"{v!r} is not a valid Kubernetes label value")
+                found.add(f"{path}.labels.{k}", f"{v!r} is not a valid Kubernetes label value")
+        if self.reserved_for is not None:
+            found.run(require_group, self.reserved_for, f"{path}.reservedFor")
+        found.raise_if_any()
 
     def vm_names(self) -> list[str]:
         """Stable names: growing a pool appends, shrinking drops the highest index."""
@@ -195,6 +242,7 @@ RKE2_INSTALLER_SHA256 = {
 
 @dataclass
 class ClusterConfig:
+    # renovate: datasource=github-releases depName=rancher/rke2 versioning=regex:^v(?<major>\d+)\.(?<minor>\d+)\.(?<patch>\d+)\+rke2r(?<build>\d+)$
     rke2_version: str = "v1.33.5+rke2r1"
     existing: bool = False  # target an existing cluster through the aiinfn:kubeconfig secret
     cluster_cidr: str = "10.44.0.0/16"
@@ -205,19 +253,21 @@ class ClusterConfig:
     installer_sha256: str | None = None
 
     def __validate__(self, path: str) -> None:
+        found = Collector()
         if self.installer_sha256 is not None and not re.match(r"^[0-9a-f]{64}$", self.installer_sha256):
-            raise ConfigError(f"{path}.installerSha256", "must be the 64 hex digits of a sha256 sum")
+            found.add(f"{path}.installerSha256", "must be the 64 hex digits of a sha256 sum")
         if not re.match(r"^v1\.\d+\.\d+\+rke2r\d+$", self.rke2_version):
-            raise ConfigError(f"{path}.rke2Version", f"{self.rke2_version!r} is not a pinned RKE2 release (like v1.33.5+rke2r1)")
-        if not self.existing and self.installer_sha256 is None and self.rke2_version not in RKE2_INSTALLER_SHA256:
-            raise ConfigError(f"{path}.installerSha256", f"RKE2 {self.rke2_version} is installed by its release's "
-                                                         "install.sh: give that script's sha256 (known: "
-                                                         f"{', '.join(RKE2_INSTALLER_SHA256)})")
-        minor = int(self.rke2_version.split(".")[1])
-        if minor < 28:
-            raise ConfigError(f"{path}.rke2Version", "JupyterHub 5 and Kueue need Kubernetes 1.28 or newer")
-        require_cidr(self.cluster_cidr, f"{path}.clusterCidr")
-        require_cidr(self.service_cidr, f"{path}.serviceCidr")
+            found.add(f"{path}.rke2Version", f"{self.rke2_version!r} is not a pinned RKE2 release (like v1.33.5+rke2r1)")
+        else:
+            if not self.existing and self.installer_sha256 is None and self.rke2_version not in RKE2_INSTALLER_SHA256:
+                found.add(f"{path}.installerSha256", f"RKE2 {self.rke2_version} is installed by its release's "
+                                                     "install.sh: give that script's sha256 (known: "
+                                                     f"{', '.join(RKE2_INSTALLER_SHA256)})")
+            if int(self.rke2_version.split(".")[1]) < 28:
+                found.add(f"{path}.rke2Version", "JupyterHub 5 and Kueue need Kubernetes 1.28 or newer")
+        found.run(require_cidr, self.cluster_cidr, f"{path}.clusterCidr")
+        found.run(require_cidr, self.service_cidr, f"{path}.serviceCidr")
+        found.raise_if_any()
 
 
 @dataclass
@@ -228,12 +278,19 @@ class IamConfig:
     admin_groups: list[str]
 
     def __validate__(self, path: str) -> None:
+        found = Collector()
         if not re.match(r"^https://[^\s/]+(/[^\s]*)?$", self.issuer):
-            raise ConfigError(f"{path}.issuer", f"{self.issuer!r} must be an https URL")
+            found.add(f"{path}.issuer", f"{self.issuer!r} must be an https URL")
+        if not self.client_id.strip():
+            found.add(f"{path}.clientId", "is empty; give the site's own IAM client id")
         if not self.user_groups:
-            raise ConfigError(f"{path}.userGroups", "list at least one IAM group allowed to log in")
+            found.add(f"{path}.userGroups", "list at least one IAM group allowed to log in")
         if not self.admin_groups:
-            raise ConfigError(f"{path}.adminGroups", "list at least one IAM group of hub administrators")
+            found.add(f"{path}.adminGroups", "list at least one IAM group of hub administrators")
+        for key, groups in (("userGroups", self.user_groups), ("adminGroups", self.admin_groups)):
+            for i, g in enumerate(groups):
+                found.run(require_group, g, f"{path}.{key}[{i}]")
+        found.raise_if_any()
 
     @property
     def issuer_url(self) -> str:
@@ -250,7 +307,12 @@ class Project:
     storage_gb: int = 500
 
     def __validate__(self, path: str) -> None:
-        require_dns_label(self.name, f"{path}.name", 40)
+        found = Collector()
+        found.run(require_dns_label, self.name, f"{path}.name", 40)
+        found.run(require_group, self.group, f"{path}.group")
+        if self.storage_gb < 1:
+            found.add(f"{path}.storageGb", f"must be at least 1 GB, got {self.storage_gb}")
+        found.raise_if_any()
 
 
 @dataclass
@@ -268,6 +330,7 @@ class SiteConfig:
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     environments: list[SoftwareEnvironment] = field(default_factory=list)
+    patching: PatchingConfig = field(default_factory=PatchingConfig)
 
     @property
     def is_protected(self) -> bool:

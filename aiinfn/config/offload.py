@@ -18,7 +18,7 @@ aiinfn:offload:
       #                    refreshTokenKey: offloadTokenLeonardoRefresh, clientSecretKey: offloadTokenLeonardoClient}}
       resources: {cpu: 256, memoryGb: 1024, pods: 100, accelerators: [{model: a100-40gb, count: 8}]}
       nodeLabels: {aiinfn.infn.it/remote-kind: hpc}
-      allowSecrets: false                 # may the JuiceFS mount secret be shipped there?
+      allowSecrets: false                 # must stay false: no platform credential leaves the site
 ```
 """
 
@@ -160,6 +160,12 @@ class RemoteSite:
 
         if self.token is not None:
             raise ConfigError(f"{path}.token", f"token not a secret: {_SECRET_HINT}")
+        if self.allow_secrets:
+            # The only secret there was to ship, the JuiceFS volume Secret, holds the metadata URL with the Redis
+            # password (Redis is not reachable off-site) and the site's unscoped S3 keys: no remote gets it.
+            raise ConfigError(f"{path}.allowSecrets", "remote sites receive no platform credential (the JuiceFS "
+                                                      "secret's Redis password and S3 keys are not scoped); give the "
+                                                      "remote site its own scoped S3 user at the object store")
         require_dns_label(self.name, f"{path}.name", 30)
         _require_url(self.endpoint, f"{path}.endpoint")
         if urlsplit(self.endpoint).port is not None:
@@ -198,6 +204,8 @@ def _require_url(value: str, path: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(path, f"{value!r} is not an http(s) URL")
+    if parts.scheme != "https":
+        raise ConfigError(path, f"{value!r} is plain http: the site's token would travel in clear; use https")
 
 
 def validate_site(cfg: SiteConfig) -> None:

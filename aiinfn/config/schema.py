@@ -15,7 +15,11 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from .errors import ConfigError
+from .errors import Collector, ConfigError
+
+# No list of a stack file needs more entries; a typo such as a pasted user list is refused early
+# instead of rendering for minutes (pool sizes have their own, tighter bounds).
+MAX_LIST_ITEMS = 1000
 
 T = TypeVar("T")
 
@@ -120,16 +124,26 @@ def parse(tp: Any, value: Any, path: str) -> Any:
         (item,) = get_args(tp)
         if not isinstance(value, list):
             raise ConfigError(path, f"expected a list, got {_describe(value)}")
-        return [parse(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if len(value) > MAX_LIST_ITEMS:
+            raise ConfigError(path, f"{len(value)} entries; at most {MAX_LIST_ITEMS}")
+        found = Collector()
+        items = [found.run(parse, item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        found.raise_if_any()
+        return items
     if origin is dict:
         _key_tp, val_tp = get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(path, f"expected a mapping, got {_describe(value)}")
+        if len(value) > MAX_LIST_ITEMS:
+            raise ConfigError(path, f"{len(value)} entries; at most {MAX_LIST_ITEMS}")
         out = {}
+        found = Collector()
         for k, v in value.items():
             if not isinstance(k, str):
-                raise ConfigError(path, f"key {k!r} must be a string")
-            out[k] = parse(val_tp, v, f"{path}.{k}")
+                found.add(path, f"key {k!r} must be a string")
+                continue
+            out[k] = found.run(parse, val_tp, v, f"{path}.{k}")
+        found.raise_if_any()
         return out
     if dataclasses.is_dataclass(tp):
         return parse_dataclass(tp, value, path)
@@ -154,19 +168,18 @@ def parse_dataclass(cls: type[T], value: Any, path: str) -> T:
         raise ConfigError(path, f"expected a mapping, got {_describe(value)}")
     hints = type_hints(cls)
     fields = _fields_by_key(cls)
-    unknown = [k for k in value if k not in fields]
-    if unknown:
-        raise ConfigError(
-            f"{path}.{unknown[0]}" if path else unknown[0],
-            f"unknown key (expected one of: {', '.join(sorted(fields))})",
-        )
+    found = Collector()
+    for k in value:
+        if k not in fields:
+            found.add(f"{path}.{k}" if path else str(k), f"unknown key (expected one of: {', '.join(sorted(fields))})")
     kwargs = {}
     for key, f in fields.items():
         sub = f"{path}.{key}" if path else key
         if key in value:
-            kwargs[f.name] = parse(hints[f.name], value[key], sub)
+            kwargs[f.name] = found.run(parse, hints[f.name], value[key], sub)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise ConfigError(sub, "is required")
+            found.add(sub, "is required")
+    found.raise_if_any()  # a field in error leaves the object unbuilt: its own checks cannot run
     obj = cls(**kwargs)
     check = getattr(obj, "__validate__", None)
     if check is not None:

@@ -81,10 +81,12 @@ def _default_lifecycle() -> list[LifecycleRule]:
 
 @dataclass
 class NfsConfig:
-    # erichough/nfs-server: kernel nfsd in a privileged pod, NFSv4 only (one TCP port).
-    image: str = "docker.io/erichough/nfs-server:2.2.1"
+    # Ours (images/nfs-server: Debian 12 nfs-kernel-server, NFSv4 only, one TCP port): the community
+    # image used before (erichough/nfs-server 2.2.1) has had no release since 2020.
+    image: str = "ghcr.io/ai-infn/nfs-server:2.6.2-bookworm"
     helper_image: str = "docker.io/library/busybox:1.37.0"
     host_path: str = "/srv/aiinfn-nfs"  # where the storage node mounts the tenancy's data volume
+    # renovate: datasource=github-releases depName=csi-driver-nfs packageName=kubernetes-csi/csi-driver-nfs
     csi_chart_version: str = "4.12.1"
     env_maintainers_group: str = "ai-infn/env-maintainers"  # IAM group that may write /envs
     reconcile_seconds: int = 60  # the directory keeper re-applies the layout this often
@@ -123,6 +125,7 @@ class JuicefsConfig:
     tags: dict[str, str] = field(default_factory=dict)
     redis_image: str = "docker.io/library/redis:7.4.2"
     redis_storage_gi: int = 10
+    # renovate: datasource=helm depName=juicefs-csi-driver registryUrl=https://juicedata.github.io/charts/
     csi_chart_version: str = "0.32.1"
 
     def __validate__(self, path: str) -> None:
@@ -152,6 +155,7 @@ class CvmfsConfig:
     repositories: list[str] = field(default_factory=lambda: ["cms.cern.ch", "sft.cern.ch", "atlas.cern.ch"])
     http_proxy: str = "DIRECT"  # e.g. "http://squid.cnaf.infn.it:3128"; DIRECT only for small sites
     cache_quota_mb: int = 20000
+    # renovate: datasource=helm depName=cvmfs-csi registryUrl=https://registry.cern.ch/chartrepo/cern
     chart_version: str = "2.3.2"
 
     def __validate__(self, path: str) -> None:
@@ -183,7 +187,7 @@ class ScratchConfig:
 
 @dataclass
 class BackupConfig:
-    enabled: bool = True
+    enabled: bool | None = None  # unset: on when a repository is given; true without one is refused
     # borg repository on the remote target, e.g. ssh://borg@backup.cnaf.infn.it:22/./aiinfn-cnaf
     repository: str = ""
     known_hosts: str = ""  # the remote's SSH host key line(s): the job checks the host strictly
@@ -207,6 +211,8 @@ class BackupConfig:
             raise ConfigError(f"{path}.keepDaily", "a retention that keeps nothing would prune every archive")
         if not re.match(r"^(none|lz4|zstd(,\d{1,2})?|zlib(,\d)?|lzma(,\d)?)$", self.compression):
             raise ConfigError(f"{path}.compression", f"{self.compression!r} is not a borg compression spec")
+        if self.enabled is True and not self.repository:
+            raise ConfigError(f"{path}.repository", "is required when backups are enabled (enabled: true)")
         if self.repository.startswith("ssh://") and not self.known_hosts.strip():
             raise ConfigError(f"{path}.knownHosts", "give the backup server's SSH host key (ssh-keyscan output) for an ssh:// repository")
 
@@ -223,6 +229,7 @@ class BlockConfig:
     """
 
     storage_class: str | None = None  # an existing block StorageClass; null: ours on Cinder (OpenStack tenancy)
+    # renovate: datasource=helm depName=openstack-cinder-csi registryUrl=https://kubernetes.github.io/cloud-provider-openstack
     csi_chart_version: str = "2.33.1"  # kubernetes/cloud-provider-openstack chart openstack-cinder-csi (plugin v1.33.1)
     auth_url: str | None = None  # Keystone v3 endpoint of the cloud (required when the plugin is deployed)
     region: str | None = None  # the cloud's region, if it has several
@@ -325,7 +332,7 @@ def block_storage_class(cfg: SiteConfig) -> str:
 
 
 def backups_active(cfg: SiteConfig) -> bool:
-    return cfg.storage.enabled and cfg.storage.backup.enabled and bool(cfg.storage.backup.repository)
+    return cfg.storage.enabled and cfg.storage.backup.enabled is not False and bool(cfg.storage.backup.repository)
 
 
 # --- cross-key rules --------------------------------------------------------------------------------
@@ -365,12 +372,19 @@ def validate_site(cfg: SiteConfig) -> None:
     if st.backup.repository and cfg.site.name not in st.backup.repository:
         raise ConfigError(f"{path}.backup.repository", f"{st.backup.repository!r} must contain the site name "
                                                        f"{cfg.site.name!r} (one borg repository per site)")
-    if st.enabled and st.backup.enabled and not st.backup.repository and cfg.is_protected:
+    if st.enabled and st.backup.enabled is not False and not st.backup.repository and cfg.is_protected:
         raise ConfigError(f"{path}.backup.repository", f"a {cfg.site.kind} site must back up its NFS data: "
                                                        "give the borg repository (ssh://user@host/path)")
     if st.enabled and cfg.openstack is None and not st.nfs.client_cidrs:
         raise ConfigError(f"{path}.nfs.clientCidrs", "on an existing cluster, list the nodes' network(s): "
                                                      "the CSI node plugins mount NFS from the host network")
+    import ipaddress
+
+    pods = ipaddress.ip_network(cfg.cluster.cluster_cidr, strict=False)
+    for i, c in enumerate(st.nfs.client_cidrs):
+        if ipaddress.ip_network(c, strict=False).overlaps(pods):
+            raise ConfigError(f"{path}.nfs.clientCidrs[{i}]", f"{c} overlaps the pod network {pods}: NFS (AUTH_SYS) "
+                                                             "may be mounted from the nodes only")
     if st.nfs.host_path.rstrip("/") == st.scratch.host_path.rstrip("/"):
         raise ConfigError(f"{path}.scratch.hostPath", "must differ from the NFS data path")
     blk = st.block

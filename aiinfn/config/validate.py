@@ -10,10 +10,13 @@ import importlib
 from collections import Counter
 
 from .. import catalogue
-from .errors import ConfigError
+from .errors import Collector
 from .model import SiteConfig, require_cidr
 
-LAYER_SECTIONS = ("accelerators", "storage", "hub", "batch", "offload", "monitoring", "environments")
+LAYER_SECTIONS = ("accelerators", "storage", "hub", "batch", "offload", "monitoring", "environments", "patching")
+# A render takes about 0.1 s per VM: beyond this a typo (count: 100000) is far likelier than a real site.
+MAX_VMS = 512
+MAX_PROJECTS = 256  # each is a namespace, a queue, quotas and claims: about 0.08 s of render each
 
 
 def _duplicates(names: list[str]) -> list[str]:
@@ -21,38 +24,53 @@ def _duplicates(names: list[str]) -> list[str]:
 
 
 def validate_site(cfg: SiteConfig) -> None:
+    """The core cross-key rules (every mistake reported), then each layer's in order (its mistakes, once
+    the core and the earlier layers are sound: their rules assume a valid site)."""
+    found = Collector()
+    found.run(_core_rules, cfg, found)
+    found.raise_if_any()  # the layers' rules read the pools, models and projects: only once they are sound
+    for section in LAYER_SECTIONS:
+        module = importlib.import_module(f"{__package__}.{section}")
+        hook = getattr(module, "validate_site", None)
+        if hook is not None:
+            found.run(hook, cfg)
+            found.raise_if_any()  # a later layer may build on an earlier one (batch quotas on MIG layouts)
+
+
+def _core_rules(cfg: SiteConfig, found: Collector) -> None:
     names = [p.name for p in cfg.pools]
     for dup in _duplicates(names):
         i = len(names) - 1 - names[::-1].index(dup)
-        raise ConfigError(f"aiinfn:pools[{i}].name", f"pool name {dup!r} is used twice")
+        found.add(f"aiinfn:pools[{i}].name", f"pool name {dup!r} is used twice")
+    groups = cfg.iam.user_groups + cfg.iam.admin_groups + [p.group for p in cfg.projects]
     for i, pool in enumerate(cfg.pools):
         path = f"aiinfn:pools[{i}]"
         if pool.gpus is not None and pool.gpus.model not in catalogue.GPUS:
-            raise ConfigError(
-                f"{path}.gpus.model",
-                f"unknown GPU model {pool.gpus.model!r} (catalogue: {', '.join(catalogue.GPUS)})",
-            )
+            found.add(f"{path}.gpus.model", f"unknown GPU model {pool.gpus.model!r} (catalogue: {', '.join(catalogue.GPUS)})")
         for j, f in enumerate(pool.fpgas):
             if f.model not in catalogue.FPGAS:
-                raise ConfigError(
-                    f"{path}.fpgas[{j}].model", f"unknown FPGA board {f.model!r} (catalogue: {', '.join(catalogue.FPGAS)})"
-                )
-        if pool.reserved_for is not None and pool.reserved_for not in cfg.iam.user_groups + cfg.iam.admin_groups + [
-            p.group for p in cfg.projects
-        ]:
-            raise ConfigError(f"{path}.reservedFor", f"group {pool.reserved_for!r} is neither an IAM user group nor a project group")
+                found.add(f"{path}.fpgas[{j}].model", f"unknown FPGA board {f.model!r} (catalogue: {', '.join(catalogue.FPGAS)})")
+        if pool.reserved_for is not None and pool.reserved_for not in groups:
+            found.add(f"{path}.reservedFor", f"group {pool.reserved_for!r} is neither an IAM user group nor a project group")
+    total_vms = sum(p.count for p in cfg.pools)
+    if total_vms > MAX_VMS:
+        found.add("aiinfn:pools", f"{total_vms} VMs in all; at most {MAX_VMS} (split the site into several stacks)")
 
     if not cfg.cluster.existing:
         if cfg.openstack is None:
-            raise ConfigError("aiinfn:openstack", "is required unless aiinfn:cluster.existing is true")
+            found.add("aiinfn:openstack", "is required unless aiinfn:cluster.existing is true")
+            return
         control = sum(p.count for p in cfg.pools_by_role("control"))
         if control == 0:
-            raise ConfigError("aiinfn:pools", "declare a pool with role control and count 1 or 3")
-        if control % 2 == 0:
-            raise ConfigError("aiinfn:pools", f"{control} control VMs cannot keep an etcd quorum; use an odd count (1, 3 or 5)")
+            found.add("aiinfn:pools", "declare a pool with role control and count 1 or 3")
+        elif control % 2 == 0:
+            found.add("aiinfn:pools", f"{control} control VMs cannot keep an etcd quorum; use an odd count (1, 3 or 5)")
+        if cfg.site.kind == "production" and not any(p.count for p in cfg.pools if p.role in ("services", "cpu")):
+            found.add("aiinfn:pools", "a production site needs a pool with role services (or cpu) for the "
+                      "public ingress: the internet-facing node must not be an etcd/API server")
         storage = sum(p.count for p in cfg.pools_by_role("storage"))
         if storage != 1:
-            raise ConfigError("aiinfn:pools", f"exactly one VM with role storage carries the NFS volume, found {storage}")
+            found.add("aiinfn:pools", f"exactly one VM with role storage carries the NFS volume, found {storage}")
         nets = [("aiinfn:openstack.internalCidr", cfg.openstack.internal_cidr),
                 ("aiinfn:cluster.clusterCidr", cfg.cluster.cluster_cidr),
                 ("aiinfn:cluster.serviceCidr", cfg.cluster.service_cidr)]
@@ -60,14 +78,15 @@ def validate_site(cfg: SiteConfig) -> None:
         for a in range(len(parsed)):
             for b in range(a + 1, len(parsed)):
                 if parsed[a][1].overlaps(parsed[b][1]):
-                    raise ConfigError(parsed[b][0], f"{parsed[b][1]} overlaps {parsed[a][0]} ({parsed[a][1]})")
+                    found.add(parsed[b][0], f"{parsed[b][1]} overlaps {parsed[a][0]} ({parsed[a][1]})")
+        nfs_gb = sum(p.data_volume_gb for p in cfg.pools_by_role("storage") if p.count > 0)
+        for i, project in enumerate(cfg.projects):
+            if nfs_gb and project.storage_gb > nfs_gb:
+                found.add(f"aiinfn:projects[{i}].storageGb",
+                          f"{project.storage_gb} GB is more than the whole NFS volume ({nfs_gb} GB, the storage pool's dataVolumeGb)")
 
+    if len(cfg.projects) > MAX_PROJECTS:
+        found.add("aiinfn:projects", f"{len(cfg.projects)} projects; at most {MAX_PROJECTS} on one site")
     pnames = [p.name for p in cfg.projects]
     for dup in _duplicates(pnames):
-        raise ConfigError("aiinfn:projects", f"project name {dup!r} is used twice")
-
-    for section in LAYER_SECTIONS:
-        module = importlib.import_module(f"{__package__}.{section}")
-        hook = getattr(module, "validate_site", None)
-        if hook is not None:
-            hook(cfg)
+        found.add("aiinfn:projects", f"project name {dup!r} is used twice")

@@ -43,6 +43,18 @@ class Recorded:
     retain_on_delete: bool = False
     provider: str = ""
     ignore_changes: list[str] = field(default_factory=list)
+    replace_on_changes: list[str] = field(default_factory=list)
+    delete_before_replace: bool = False
+    dependencies: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecordedInvoke:
+    """A data-source call (get_network, get_image...) and the provider reference it was sent to."""
+
+    token: str
+    args: dict[str, Any]
+    provider: str = ""
 
 
 def _outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +80,8 @@ def _outputs(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         out["certRequestPem"] = generated(f"certificate request {name}")
     elif typ == "openstack:networking/floatingIp:FloatingIp":
         out["address"] = deploy_time(f"floating IP {name}")
+    elif typ == "openstack:blockstorage/volume:Volume":
+        out["availabilityZone"] = inputs.get("availabilityZone") or deploy_time(f"availability zone of {name}")
     elif typ == "openstack:networking/secGroup:SecGroup":
         out["name"] = inputs.get("name", name)
     elif typ == "pulumi-python:dynamic:Resource":
@@ -82,6 +96,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
+        self.invokes: list[RecordedInvoke] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         return deploy_time(f"id of {args.name}"), _outputs(args.typ, args.name, args.inputs)
@@ -111,7 +126,9 @@ class RecordingMonitor(MockMonitor):
         self.mocks.resources.append(Recorded(
             type=request.type, name=request.name, inputs=inputs, custom=bool(request.custom), urn=urn,
             parent=request.parent, protect=bool(request.protect), retain_on_delete=bool(request.retainOnDelete),
-            provider=request.provider, ignore_changes=list(request.ignoreChanges)))
+            provider=request.provider, ignore_changes=list(request.ignoreChanges),
+            replace_on_changes=list(request.replaceOnChanges), delete_before_replace=bool(request.deleteBeforeReplace),
+            dependencies=list(request.dependencies)))
         resource_id = deploy_time(f"id of {request.name}")
         outputs = struct_pb2.Struct()
         outputs.update(_outputs(request.type, request.name, inputs))
@@ -122,6 +139,7 @@ class RecordingMonitor(MockMonitor):
         """Data-source calls (the external network, the image), answered like registrations: in
         place, with no trip through the event loop (the monitor runs on the loop's own thread)."""
         args = json_format.MessageToDict(request.args)
+        self.mocks.invokes.append(RecordedInvoke(token=request.tok, args=args, provider=request.provider))
         ret = struct_pb2.Struct()
         ret.update(self.mocks.call(pulumi.runtime.MockCallArgs(token=request.tok, args=args, provider=request.provider)))
         return resource_pb2.ResourceInvokeResponse(failures=None, **{"return": ret})

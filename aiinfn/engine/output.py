@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import yaml
 from .. import yamlio
 from ..naming import HELM_RELEASE_TYPE
 from .mocks import Recorded
+from .outdir import check_target, replace_files
 from .run import Rendered
 
 HELM_RELEASE = HELM_RELEASE_TYPE
@@ -55,9 +55,18 @@ def helm_releases(rendered: Rendered) -> list[Recorded]:
     return _in_stable_order([r for r in rendered.resources if r.type == HELM_RELEASE])
 
 
+OPENSTACK_PROVIDER = "pulumi:providers:openstack"
+DYNAMIC_PROVIDER_INPUT = "__provider"  # the pickled provider code of a dynamic resource: not a setting
+
+
+def is_openstack(r: Recorded) -> bool:
+    return r.type.startswith("openstack:") or r.type == OPENSTACK_PROVIDER
+
+
 def openstack_resources(rendered: Rendered) -> list[dict[str, Any]]:
+    """OpenStack resources and the provider they go through (its clouds.yaml cloud)."""
     return [{"type": r.type, "name": r.name, "inputs": r.inputs}
-            for r in _in_stable_order([r for r in rendered.resources if r.type.startswith("openstack:")])]
+            for r in _in_stable_order([r for r in rendered.resources if is_openstack(r)])]
 
 
 def release_entry(r: Recorded) -> dict[str, Any]:
@@ -72,48 +81,122 @@ def release_entry(r: Recorded) -> dict[str, Any]:
     }
 
 
-# libyaml's emitter when PyYAML has it: the pure-Python one dominates render time on large sites.
-_Dumper = yamlio.SafeDumper
+def other_resources(rendered: Rendered) -> list[dict[str, Any]]:
+    """Every resource that is neither a Kubernetes object nor an OpenStack one (random, tls, the S3
+    bucket and the API wait of the dynamic providers, the Kubernetes provider): its settings, and
+    placeholders where a value exists only at deploy time or is a secret. The dynamic provider's
+    serialized code (``__provider``) is left out: it is the provider, not a setting."""
+    out = []
+    for r in _in_stable_order(rendered.resources):
+        if not r.custom or is_openstack(r) or is_manifest(r) or r.type == HELM_RELEASE:
+            continue
+        entry: dict[str, Any] = {"type": r.type, "name": r.name,
+                                 "inputs": {k: v for k, v in r.inputs.items() if k != DYNAMIC_PROVIDER_INPUT}}
+        if r.protect:
+            entry["protect"] = True
+        if r.retain_on_delete:
+            entry["retainOnDelete"] = True
+        out.append(entry)
+    return out
+
+
+class ReviewDumper(yamlio.SafeDumper):  # type: ignore[misc,valid-type]
+    """Multi-line strings (scripts, the hub's Python, config files) as YAML block scalars (``|``),
+    so a reviewer reads them as text. The emitter itself falls back to a quoted scalar where a block
+    cannot hold the string exactly (trailing spaces on a line, some control characters): the value
+    read back is the same either way."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+ReviewDumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=ReviewDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def _dump_all(docs: list[dict[str, Any]]) -> str:
-    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(docs, Dumper=ReviewDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def write(rendered: Rendered, out: Path) -> dict[str, int]:
-    if out.exists():
-        for sub in ("manifests", "helm", "cloud-init"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    (out / "manifests").mkdir(parents=True, exist_ok=True)
-    (out / "helm").mkdir(parents=True, exist_ok=True)
+def endpoints_json(rendered: Rendered) -> str:
+    """What the world can reach, for central vulnerability scans: host, ports, what answers."""
+    from .summary import endpoints
 
+    out = [{"host": host, "ports": [{"port": 443, "protocol": "tcp", "service": "https"},
+                                    {"port": 80, "protocol": "tcp", "service": "http (redirect and ACME http-01)"}],
+            "served_by": what, "address": "the ingress floating IP (summary.md, DNS records)"}
+           for host, what in endpoints(rendered)]
+    return json.dumps(out, indent=2) + "\n"
+
+
+def render_files(rendered: Rendered) -> dict[str, str]:
+    """Every file of a render: relative path -> text."""
+    files: dict[str, str] = {}
     by_urn = {r.urn: r for r in rendered.resources}
     by_layer: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in manifests(rendered):
         by_layer[layer_of(r, by_urn)].append(manifest(r))
     for layer, docs in by_layer.items():
-        (out / "manifests" / f"{layer}.yaml").write_text(_dump_all(docs))
-
+        files[f"manifests/{layer}.yaml"] = _dump_all(docs)
     entries = []
     for r in helm_releases(rendered):
         entry = release_entry(r)
         entries.append(entry)
-        (out / "helm" / entry["values_file"]).write_text(yaml.dump(r.inputs.get("values") or {}, Dumper=_Dumper, sort_keys=False))
-    (out / "helm" / "releases.json").write_text(json.dumps(entries, indent=2) + "\n")
+        files[f"helm/{entry['values_file']}"] = dump_yaml(r.inputs.get("values") or {})
+    files["helm/releases.json"] = json.dumps(entries, indent=2) + "\n"
+    files["openstack.json"] = json.dumps(openstack_resources(rendered), indent=2) + "\n"
+    files["resources.json"] = json.dumps(other_resources(rendered), indent=2) + "\n"
+    files["summary.md"] = summary_markdown(rendered)
+    files["endpoints.json"] = endpoints_json(rendered)
+    if rendered.chart_objects:  # --charts: what each Helm release makes, one file per release
+        by_release: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in _in_stable_order(rendered.chart_objects):
+            by_release[r.name.split(":", 1)[0]].append(r.inputs)
+        for release, docs in by_release.items():
+            files[f"charts/{release}.yaml"] = _dump_all(docs)
+    for vm, text in sorted(rendered.cloud_init.items()):  # each VM's user data, named placeholders for secrets
+        files[f"cloud-init/{vm}.yaml"] = text
+    return files
 
-    if rendered.cloud_init:  # each VM's user data with named placeholders for its secrets
-        (out / "cloud-init").mkdir(exist_ok=True)
-        for vm, text in sorted(rendered.cloud_init.items()):
-            (out / "cloud-init" / f"{vm}.yaml").write_text(text)
-    os_res = openstack_resources(rendered)
-    (out / "openstack.json").write_text(json.dumps(os_res, indent=2) + "\n")
-    (out / "summary.md").write_text(summary_markdown(rendered))
-    return {"manifests": sum(len(d) for d in by_layer.values()), "helm_releases": len(entries), "openstack": len(os_res)}
+
+def write(rendered: Rendered, out: Path, force: bool = False) -> dict[str, int]:
+    """Write the render into ``out`` (see ``outdir``: only an earlier render's files are replaced)."""
+    out = check_target(out, force)
+    files = render_files(rendered)
+    replace_files(out, files)
+    return {"manifests": len(manifests(rendered)), "helm_releases": len(helm_releases(rendered)),
+            "openstack": len(openstack_resources(rendered)), "other": len(other_resources(rendered)),
+            "chart_objects": len(rendered.chart_objects)}
+
+
+def hardening_lines(rendered: Rendered) -> list[str]:
+    """What the hardening rules count on the rendered objects (policies/rules/hardening.py): 0 is hardened."""
+    from policies.rules.hardening import FIGURE_LINES, figures, images_by_registry
+
+    from ..checks import policy_resources
+
+    resources = policy_resources(rendered)
+    got = figures(resources)
+    lines = ["## Hardening", "", *(f"- {text}: {got[key]}" for key, text in FIGURE_LINES.items()), ""]
+    by_registry = images_by_registry(resources)
+    lines += ["## Images", "", (f"{sum(len(v) for v in by_registry.values())} images named by the program and the "
+              "Helm values (a chart's own default images appear with `--charts`):"), ""]
+    for registry in sorted(by_registry):
+        lines.append(f"- {registry}: {', '.join(f'`{i}`' for i in sorted(by_registry[registry]))}")
+    return [*lines, ""]
 
 
 def summary_markdown(rendered: Rendered) -> str:
+    from . import summary
+
     cfg = rendered.cfg
-    lines = [f"# Site `{cfg.site.name}` ({cfg.site.kind})", ""]
+    lines = [f"# Site `{cfg.site.name}` ({cfg.site.kind})", "", *summary.expired_banner(rendered)]
     lines.append(f"- domain: `{cfg.site.domain}`")
     if cfg.site.expires:
         lines.append(f"- expires: {cfg.site.expires} (hackathon clone: destroy after this date)")
@@ -133,12 +216,15 @@ def summary_markdown(rendered: Rendered) -> str:
     gpus = sum(p.gpus_total for p in cfg.pools)
     fpgas = sum(p.count * x.count for p in cfg.pools for x in p.fpgas)
     lines += ["", f"Total: {vms} VMs, {gpus} GPUs, {fpgas} FPGAs, {len(cfg.projects)} projects.", ""]
+    lines += summary.quota_lines(rendered) + summary.endpoint_lines(rendered) + summary.project_lines(rendered)
     for layer, body in rendered.summary.items():
         lines += [f"## {layer}", "", *body, ""]
+    lines += hardening_lines(rendered)
     lines += ["## Resources", "",
               f"- Kubernetes objects: {len(manifests(rendered))}",
               f"- Helm releases: {', '.join(release_entry(r)['name'] + ' ' + str(release_entry(r)['version']) for r in helm_releases(rendered)) or 'none'}",
-              f"- OpenStack resources: {len(openstack_resources(rendered))}", ""]
+              f"- OpenStack resources: {len(openstack_resources(rendered))}",
+              f"- other resources (random, tls, dynamic providers; settings only): {len(other_resources(rendered))}", ""]
     missing = [k for k, present in rendered.secrets_requested.items() if not present]
     if rendered.secrets_requested:
         lines += ["## Secrets", ""]

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import SiteConfig, site_config_from_data
+from ..config.errors import Collector, ConfigError, ConfigErrors
 from . import stackfile
-from .mocks import Recorded, RecordingMocks, RecordingMonitor, is_secret, secret
+from .mocks import Recorded, RecordedInvoke, RecordingMocks, RecordingMonitor, is_secret, secret
 
 PROJECT = "ai-infn-platform"
 SECRET_REDACTED = "<secret: derived from a Pulumi secret>"
@@ -22,6 +23,8 @@ class Rendered:
     resources: list[Recorded]
     summary: dict[str, list[str]] = field(default_factory=dict)
     secrets_requested: dict[str, bool] = field(default_factory=dict)
+    chart_objects: list[Recorded] = field(default_factory=list)  # what Helm releases make (--charts only)
+    invokes: list[RecordedInvoke] = field(default_factory=list)
     cloud_init: dict[str, str] = field(default_factory=dict)  # VM -> its cloud-init, placeholders for secrets
 
     def of_type(self, prefix: str) -> list[Recorded]:
@@ -29,8 +32,21 @@ class Rendered:
 
 
 def load_config(stack: str, secret_values: dict[str, str] | None = None) -> tuple[stackfile.StackFile, SiteConfig]:
-    sf = stackfile.load(stack, secret_values)
-    return sf, site_config_from_data(sf.values)
+    """The stack file and its config, or every mistake of the file at once (one line each)."""
+    found = Collector()
+    sf = stackfile.load(stack, secret_values, found)
+    cfg = found.run(site_config_from_data, sf.values)
+    found.raise_if_any()
+    assert cfg is not None
+    return sf, cfg
+
+
+def unread_secrets(sf: stackfile.StackFile, requested: dict[str, bool]) -> list[ConfigError]:
+    """Secrets the stack file sets that the program never read: a typo of a key name (the real secret
+    stays unset) or a leftover; each is refused, naming the secrets the program does read."""
+    known = ", ".join(f"aiinfn:{k}" for k in sorted(requested)) or "none"
+    return [ConfigError(f"aiinfn:{key}", f"is set but nothing in this stack reads it (secrets read: {known})")
+            for key in sf.declared_secrets if key not in requested]
 
 
 def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rendered:
@@ -69,8 +85,12 @@ def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rend
     finally:
         secrets.OFFLINE = False
     site = holder["site"]
+    unread = unread_secrets(sf, dict(secrets.REQUESTED))
+    if unread:
+        raise unread[0] if len(unread) == 1 else ConfigErrors(unread)
     return Rendered(cfg=cfg, stack=sf.stack, resources=[_clean_record(r) for r in mocks.resources],
                     summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED),
+                    invokes=list(mocks.invokes),
                     cloud_init=dict(getattr(site.cluster, "cloud_init_review", {})))
 
 

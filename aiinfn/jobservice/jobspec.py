@@ -40,6 +40,25 @@ UNIT_BYTES = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
 
 VOLUME_KEYS = ("home", "public", "envs", "project", "juicefs")
 
+# GPU visibility is the device plugin's business alone. The NVIDIA container runtime hands a container
+# the GPUs its NVIDIA_VISIBLE_DEVICES names (CUDA images set "all"); "void" makes the runtime leave the
+# container untouched (nvidia-container-toolkit v1.20.0 internal/config/image/devices.go:44). A user's
+# NVIDIA_* variable would override the device plugin's (container env is applied after it), so none is kept.
+NVIDIA_ENV_PREFIX = "NVIDIA_"
+NO_GPU_ENV = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
+NVIDIA_RESOURCE_PREFIX = "nvidia.com/"
+
+
+def hide_gpus(pod_spec: dict[str, Any]) -> None:
+    """Drop every NVIDIA_* variable, and mark each container that requests no NVIDIA device ``void``."""
+    for key in ("initContainers", "containers"):
+        for c in pod_spec.get(key) or []:
+            env = [e for e in c.get("env") or [] if not str(e.get("name", "")).startswith(NVIDIA_ENV_PREFIX)]
+            limits = (c.get("resources") or {}).get("limits") or {}
+            if not any(str(r).startswith(NVIDIA_RESOURCE_PREFIX) for r in limits):
+                env.append(dict(NO_GPU_ENV))
+            c["env"] = env
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -620,6 +639,7 @@ def build_job(settings: Settings, caller: Caller, project: ProjectInfo, req: Job
         init_containers.insert(0, make_home_container(settings, caller.name, base.run_as, home_vol))
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    hide_gpus(pod_spec)
     if base.pod_security_context:
         pod_spec["securityContext"] = dict(base.pod_security_context)
 

@@ -226,10 +226,10 @@ class AsyncioKubeClient(KubeClient):
         return obj if isinstance(obj, dict) else self._api.sanitize_for_serialization(obj)
 
     async def _call(self, coro: Any) -> Any:
+        import time
+
         import aiohttp  # kubernetes_asyncio's transport
         from kubernetes_asyncio.client.exceptions import ApiException
-
-        import time
 
         if time.monotonic() - self._token_read > self.TOKEN_REREAD_SECONDS:
             try:

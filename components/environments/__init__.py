@@ -70,8 +70,7 @@ class Environments(pulumi.ComponentResource):
             self.register_outputs({})
             return
         labels = ctx.labels(LAYER)
-        self.namespace = ctx.namespace(self, "ns-envs", NAMESPACE, LAYER, enforce="restricted",
-                                       extra_labels={naming.LABEL_EGRESS_ISOLATED: "true"})  # egress: the policies below
+        self.namespace = ctx.namespace(self, "ns-envs", NAMESPACE, LAYER, enforce="restricted")
         ns_opts = ctx.k8s_opts(self, depends_on=[self.namespace])
         self._network_policies(ctx, labels, ns_opts)
         self.claim = self._envs_claim(ctx, ns_opts)
@@ -90,15 +89,10 @@ class Environments(pulumi.ComponentResource):
     # -- objects -----------------------------------------------------------------------------------
 
     def _network_policies(self, ctx: SiteContext, labels: dict, opts: pulumi.ResourceOptions) -> None:
-        KubeObject("envs-default-deny", "networking.k8s.io/v1", "NetworkPolicy",
-                   object_meta("default-deny", namespace=NAMESPACE, labels=labels),
-                   spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}, opts=opts)
+        # default-deny and DNS come with the namespace (SiteContext.namespace); builds also reach package indexes
         KubeObject("envs-build-egress", "networking.k8s.io/v1", "NetworkPolicy",
                    object_meta("build-egress", namespace=NAMESPACE, labels=labels),
                    spec={"podSelector": {}, "policyTypes": ["Egress"], "egress": [
-                       {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
                        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}],
                         "ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]},
                    ]}, opts=opts)

@@ -26,6 +26,7 @@ from .values import (
     hub_values,
 )
 
+# renovate: datasource=helm depName=cert-manager registryUrl=https://charts.jetstack.io
 CERT_MANAGER_CHART_VERSION = "v1.21.1"
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
 CERT_MANAGER_NAMESPACE = "cert-manager"
@@ -86,16 +87,17 @@ class Hub(pulumi.ComponentResource):
         if hub.tls == "acme":
             issuer_deps: list[pulumi.Resource] = []
             if hub.install_cert_manager:
+                # our namespace, so that it starts from deny-all like every other (components/network.py)
+                cm_ns = ctx.namespace(self, "ns-cert-manager", CERT_MANAGER_NAMESPACE, "hub", enforce="restricted")
                 self.cert_manager = HelmRelease(
                     "cert-manager",
                     name="cert-manager",
                     chart="cert-manager",
                     version=CERT_MANAGER_CHART_VERSION,
                     namespace=CERT_MANAGER_NAMESPACE,
-                    createNamespace=True,
                     repository=CERT_MANAGER_REPO,
-                    values={"crds": {"enabled": True}},
-                    opts=ctx.k8s_opts(self),
+                    limits=True, values={"crds": {"enabled": True}},
+                    opts=ctx.k8s_opts(self, depends_on=[cm_ns]),
                 )
                 issuer_deps.append(self.cert_manager)
             self.issuer = KubeObject(
@@ -120,7 +122,10 @@ class Hub(pulumi.ComponentResource):
                 spec={
                     "podSelector": {"matchLabels": {"acme.cert-manager.io/http01-solver": "true"}},
                     "policyTypes": ["Ingress"],
-                    "ingress": [{"ports": [{"protocol": "TCP", "port": 8089}]}],
+                    # from the ingress controller (kube-system), which forwards the ACME server's request
+                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": "kube-system"}}}],
+                                 "ports": [{"protocol": "TCP", "port": 8089}]}],
                 },
                 opts=ctx.k8s_opts(self, depends_on=deps),
             )
@@ -149,7 +154,7 @@ class Hub(pulumi.ComponentResource):
             version=HUB_CHART_VERSION,
             namespace=ns,
             repository=HUB_REPO,
-            values=self.values,
+            limits=True, values=self.values,
             timeout=900,
             opts=ctx.k8s_opts(self, depends_on=release_deps),
         )

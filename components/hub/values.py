@@ -17,10 +17,13 @@ from aiinfn.hubservices import HubServiceSpec
 from aiinfn.nodes import pool_labels, tolerations_for
 from aiinfn.offerings import site_offerings
 
+from ..netpol import api_server_egress
+from ..patching.announce import reboot_announcement
 from ..storage.common import script as storage_script
 from ..storage.scratch import slot_gi
 
 HUB_CHART = "jupyterhub"
+# renovate: datasource=helm depName=jupyterhub registryUrl=https://hub.jupyter.org/helm-chart/
 HUB_CHART_VERSION = "4.4.0"
 HUB_REPO = "https://hub.jupyter.org/helm-chart/"
 HUBCONF_DIR = Path(__file__).resolve().parent / "hubconf"
@@ -67,6 +70,12 @@ def hubconf_source(name: str) -> str:
     return (HUBCONF_DIR / name).read_text(encoding="utf-8")
 
 
+# zero-to-jupyterhub 4.4.0 egressAllowRules switches we turn off for the hub and the proxy (values.yaml
+# defaults: all true): the cloud metadata server, DNS to it and to private IPs, and every private IP.
+Z2JH_EGRESS_CLOSED = {"cloudMetadataServer": False, "dnsPortsCloudMetadataServer": False,
+                      "dnsPortsPrivateIPs": False, "privateIPs": False}
+
+
 def _dedup(items: list[dict[str, str]]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     for i in items:
@@ -98,6 +107,9 @@ def _profile(cfg: SiteConfig, slug: str, display: str, description: str, resourc
         "max_cpus": min(p.cpus for p in pools),
         "max_memory_gb": min(p.memory_gb for p in pools),
         "scratch_gb": scratch,
+        # The NVIDIA runtime gives a container the GPUs its NVIDIA_VISIBLE_DEVICES names (CUDA images say
+        # "all"); "void" leaves it untouched. GPU profiles get theirs from the device plugin alone.
+        "environment": {} if (resource or "").startswith("nvidia.com/") else {"NVIDIA_VISIBLE_DEVICES": "void"},
     }
 
 
@@ -321,7 +333,7 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
     return {
         "hub": {
             "config": {
-                "JupyterHub": {"authenticator_class": "generic-oauth"},
+                "JupyterHub": {"authenticator_class": "generic-oauth", **reboot_announcement(cfg)},
                 # Groups are re-read from IAM before every spawn (and hourly): someone removed from a
                 # project's IAM group loses its folder at the next start, not at the next login.
                 "Authenticator": {"enable_auth_state": True, "refresh_pre_spawn": True, "auth_refresh_age": 3600},
@@ -360,14 +372,20 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
             "allowNamedServers": hub.named_servers,
             "namedServerLimitPerUser": hub.named_server_limit,
             "db": {"type": "sqlite-pvc", "pvc": db_pvc},
-            "networkPolicy": {"enabled": True, "ingress": ingress_rules},
+            # No metadata server (node user data holds the cluster join token) and no private address but the
+            # API server: the chart's defaults (privateIPs, cloudMetadataServer: true) would open the nodes'
+            # every port, NFS's 2049 included. The chart's own rules keep hub <-> proxy <-> notebooks.
+            "networkPolicy": {"enabled": True, "ingress": ingress_rules,
+                              "egressAllowRules": dict(Z2JH_EGRESS_CLOSED),
+                              "egress": [api_server_egress(cfg)]},
             "service": {"extraPorts": sv["ports"]},
         },
         "proxy": {
             "secretToken": secrets["proxy_token"],
             "service": {"type": "ClusterIP"},
             "https": {"enabled": False},
-            "chp": {"networkPolicy": {"enabled": True, **({"egress": sv["proxy_egress"]} if sv["proxy_egress"] else {})}},
+            "chp": {"networkPolicy": {"enabled": True, "egressAllowRules": dict(Z2JH_EGRESS_CLOSED),
+                                      **({"egress": sv["proxy_egress"]} if sv["proxy_egress"] else {})}},
         },
         "singleuser": {
             "image": default_image,

@@ -41,6 +41,7 @@ LAYER = "observability"
 BACKUP_PG_SECRET = "accounting-db-backup"  # components.storage.backup.PG_SECRET
 BACKUP_CRONJOB = "nfs-backup"  # components.storage.backup.CRONJOB
 CHART = "kube-prometheus-stack"
+# renovate: datasource=helm depName=kube-prometheus-stack registryUrl=https://prometheus-community.github.io/helm-charts
 CHART_VERSION = "88.5.3"  # prometheus-operator v0.93.1 (the CRD schemas in ../shared/schemas match it)
 CHART_REPO = "https://prometheus-community.github.io/helm-charts"
 RELEASE = "kube-prometheus-stack"
@@ -213,6 +214,8 @@ def helm_values(ctx: SiteContext) -> dict:
                 "users": {"auto_assign_org_role": "Viewer"},
                 "analytics": {"reporting_enabled": False, "check_for_updates": False},
             },
+            # The dashboard sidecar searches only this namespace: a Role, not a ClusterRole reading every Secret.
+            "rbac": {"namespaced": True},
             "sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1",
                                        "searchNamespace": MONITORING_NAMESPACE, "folderAnnotation": "grafana_folder",
                                        "provider": {"foldersFromFilesStructure": True}}},
@@ -312,7 +315,7 @@ class Observability(pulumi.ComponentResource):
             version=CHART_VERSION,
             namespace=MONITORING_NAMESPACE,
             repository=CHART_REPO,
-            values=helm_values(ctx),
+            limits=True, values=helm_values(ctx),
             opts=ctx.stateful_opts(self, depends_on=[self.namespace, *secret_deps]),
         )
         crd_opts = ctx.k8s_opts(self, depends_on=[self.release])

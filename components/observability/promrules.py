@@ -41,6 +41,7 @@ def rule_params(cfg: SiteConfig) -> dict[str, str]:
         "mig_slice_shares": share_vector(site_models) or "vector(0) < 0",
         "charged_share": charged_share('aiinfn:pod_accelerator:info{kind=~"gpu|mig"} > bool 0',
                                        shares="aiinfn:mig_slice_share:ratio"),
+        "critical_alert_minutes": str(cfg.patching.scan.critical_alert_minutes),
     }
 
 

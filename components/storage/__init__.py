@@ -63,12 +63,6 @@ class Storage(pulumi.ComponentResource):
             return
         # Privileged: the kernel NFS server, the backup job and the scratch helper use host paths.
         self.namespace = ctx.namespace(self, "ns-storage", STORAGE_NAMESPACE, LAYER, enforce="privileged", warn="baseline")
-        KubeObject(
-            "storage-default-deny", "networking.k8s.io/v1", "NetworkPolicy",
-            metadata=meta(ctx, "default-deny-ingress"),
-            spec={"podSelector": {}, "policyTypes": ["Ingress"]},
-            opts=ctx.k8s_opts(self, depends_on=[self.namespace]),
-        )
         self.nfs = Nfs(self, ctx, self.namespace)
         nfs_ready = [self.nfs.csi, self.nfs.service]
         if st.juicefs.enabled:

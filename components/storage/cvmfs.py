@@ -39,6 +39,7 @@ class Cvmfs:
             "cvmfs-csi",
             name="cvmfs-csi",
             chart=CVMFS_CHART,
+            limits=True,
             version=cv.chart_version,
             namespace=CSI_NAMESPACE,
             values={

@@ -199,6 +199,7 @@ class Juicefs:
             "juicefs-csi-driver",
             name="juicefs-csi-driver",
             chart="juicefs-csi-driver",
+            limits=True,
             version=jfs.csi_chart_version,
             namespace=CSI_NAMESPACE,
             repository=JUICEFS_REPO,
@@ -207,6 +208,9 @@ class Juicefs:
                 "storageClasses": [],  # ours is below, bound to the volume Secret
                 "controller": {"replicas": 1},
                 "node": {"tolerations": [{"operator": "Exists"}], "affinity": not_virtual_affinity()},  # not on virtual nodes
+                # the chart's dashboard is on by default without login (juicefs-csi-driver 0.32.1 values.yaml:326,
+                # :335) and its ClusterRole reads every Secret and may exec into pods (templates/serviceaccount.yaml:338-435)
+                "dashboard": {"enabled": False},
             },
             opts=ctx.k8s_opts(parent),
         )

@@ -22,9 +22,16 @@ from ..kube import HelmRelease, KubeObject
 from .common import CSI_NAMESPACE, meta, script
 
 CSI_NFS_DRIVER = "nfs.csi.k8s.io"
-CSI_NFS_REPO = "https://raw.githubusercontent.com/kubernetes-csi/csi-driver-nfs/master/charts"
+# The released chart archive at its release tag (immutable), not the repository index on the master
+# branch: kubernetes-csi/csi-driver-nfs tag v4.12.1 charts/v4.12.1/csi-driver-nfs-4.12.1.tgz, the file
+# charts/index.yaml lists for 4.12.1 (sha256 4925f3d4...e843).
+CSI_NFS_CHART_URL = ("https://raw.githubusercontent.com/kubernetes-csi/csi-driver-nfs/v{v}/charts/v{v}/"
+                     "csi-driver-nfs-{v}.tgz")
 NFS_MOUNT_OPTIONS = ["nfsvers=4.2", "hard", "noatime"]
 NFS_PORT = 2049
+NOBODY = 65534  # the anonymous uid/gid a squashed root becomes (exports(5) anonuid default)
+# csi-driver-nfs StorageClass parameter: the driver chmods each new volume directory (its owner is nobody)
+DYNAMIC_VOLUME_MODE = "0777"
 
 # Export subpaths (relative to NFS_EXPORT_ROOT)
 HOMES = "homes"
@@ -66,7 +73,7 @@ def layout(cfg: SiteConfig) -> list[tuple[str, int, int, str]]:
         # database dumps waiting for the backup job (the hub's SQLite copy, written by uid 1000)
         ("0711", 0, 0, f"{SYSTEM}/dumps"),
         ("0700", HUB_DUMP_UID, HUB_DUMP_UID, f"{SYSTEM}/dumps/hub"),
-        ("0711", 0, 0, DYNAMIC),
+        ("0700", NOBODY, NOBODY, DYNAMIC),  # the squashed root of csi-driver-nfs makes volumes here
     ]
     for u in st.users:
         uid = user_uid(st, u)
@@ -89,21 +96,26 @@ def layout_text(cfg: SiteConfig) -> str:
 
 
 def client_networks(cfg: SiteConfig) -> list[str]:
-    """Who may mount: the nodes (CSI node plugins mount from the host network) and the pod network."""
+    """Who may mount: the nodes only (the CSI node plugins mount from the host network), never the pod
+    network. AUTH_SYS trusts the client's word for its uid, so only the kubelets' hosts are clients."""
     nets = []
     if cfg.openstack is not None:
         nets.append(cfg.openstack.internal_cidr)
-    nets.append(cfg.cluster.cluster_cidr)
     nets += [c for c in cfg.storage.nfs.client_cidrs if c not in nets]
     return nets
 
 
 def exports_text(cfg: SiteConfig) -> str:
-    """/etc/exports: root squashed everywhere (a root container cannot bypass the modes above),
-    except the dynamic/ tree where csi-driver-nfs (root) creates per-volume subdirectories."""
+    """/etc/exports: root squashed on every export of the filesystem that holds the homes.
+
+    The root export is the whole filesystem (no subtree to check). dynamic/ is a subtree of the same
+    filesystem, so it is exported with subtree_check (a file handle forged outside dynamic/ is refused);
+    csi-driver-nfs creates its per-volume directories there as the squashed root, so dynamic/ is owned
+    by nobody (65534, see layout) and the StorageClass asks the driver to chmod each new volume.
+    """
     nets = client_networks(cfg)
     main = " ".join(f"{n}(rw,sync,no_subtree_check,root_squash,crossmnt)" for n in nets)
-    dyn = " ".join(f"{n}(rw,sync,no_subtree_check,no_root_squash)" for n in nets)
+    dyn = " ".join(f"{n}(rw,sync,subtree_check,root_squash)" for n in nets)
     return f"{NFS_EXPORT_ROOT} {main}\n{share(DYNAMIC)} {dyn}\n"
 
 
@@ -155,6 +167,12 @@ class Nfs:
                     "metadata": {"labels": {**ctx.labels("storage"), **labels}},
                     "spec": {
                         **node_placement(cfg),
+                        # On the storage node's own address: clients are the nodes' CSI plugins, and a
+                        # pod's packets to it leave through its namespace's egress policy, which never
+                        # allows 2049 (components/network.py). A pod-network server would see remote
+                        # nodes' mounts from their tunnel addresses, inside the pod CIDR.
+                        "hostNetwork": True,
+                        "dnsPolicy": "ClusterFirstWithHostNet",
                         "priorityClassName": "system-cluster-critical",
                         "automountServiceAccountToken": False,
                         "initContainers": [{
@@ -170,8 +188,7 @@ class Nfs:
                                 "image": nfs.image,
                                 # kernel nfsd: the server needs the host's nfsd module and privileges.
                                 "securityContext": {"privileged": True},
-                                "env": [{"name": "NFS_DISABLE_VERSION_3", "value": "1"},
-                                        {"name": "NFS_LOG_LEVEL", "value": "DEBUG"}],
+                                # images/nfs-server: NFSv4 only over TCP, versions and threads in its nfs.conf
                                 "ports": [{"name": "nfs", "containerPort": NFS_PORT, "protocol": "TCP"}],
                                 "readinessProbe": {"tcpSocket": {"port": NFS_PORT}, "periodSeconds": 10},
                                 "livenessProbe": {"tcpSocket": {"port": NFS_PORT}, "periodSeconds": 20,
@@ -211,21 +228,13 @@ class Nfs:
                   "ports": [{"name": "nfs", "port": NFS_PORT, "targetPort": NFS_PORT, "protocol": "TCP"}]},
             opts=opts,
         )
-        self.network_policy = KubeObject(
-            "nfs-netpol", "networking.k8s.io/v1", "NetworkPolicy",
-            meta(ctx, "nfs-server-clients", component="nfs-server"),
-            spec={"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"],
-                  "ingress": [{"from": [{"ipBlock": {"cidr": n}} for n in client_networks(cfg)],
-                               "ports": [{"protocol": "TCP", "port": NFS_PORT}]}]},
-            opts=opts,
-        )
         self.csi = HelmRelease(
             "csi-driver-nfs",
             name="csi-driver-nfs",
-            chart="csi-driver-nfs",
+            chart=CSI_NFS_CHART_URL.format(v=nfs.csi_chart_version.removeprefix("v")),
+            limits=True,
             version=nfs.csi_chart_version,
             namespace=CSI_NAMESPACE,
-            repository=CSI_NFS_REPO,
             values={
                 # mountPermissions 0: the driver never chmods a share (the modes set by the keeper stay).
                 "driver": {"name": CSI_NFS_DRIVER, "mountPermissions": 0},
@@ -244,7 +253,7 @@ class Nfs:
             "sc-nfs", "storage.k8s.io/v1", "StorageClass",
             meta(ctx, STORAGECLASS_NFS, namespace=None),
             provisioner=CSI_NFS_DRIVER,
-            parameters={"server": NFS_SERVER_DNS, "share": share(DYNAMIC)},
+            parameters={"server": NFS_SERVER_DNS, "share": share(DYNAMIC), "mountPermissions": DYNAMIC_VOLUME_MODE},
             reclaimPolicy="Retain",
             volumeBindingMode="Immediate",
             allowVolumeExpansion=False,

@@ -233,7 +233,7 @@ def env_entries(env: Any) -> Iterator[tuple[str, Any]]:
 # ---------------------------------------------------------------- Helm values
 
 def chart_of(props: Mapping[str, Any]) -> str:
-    return str(props.get("chart") or "").rsplit("/", 1)[-1]
+    return naming.chart_name(str(props.get("chart") or ""))
 
 
 def values_of(props: Mapping[str, Any]) -> Mapping[str, Any]:

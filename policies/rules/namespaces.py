@@ -85,28 +85,54 @@ def _allows_dns(np: Mapping[str, Any]) -> bool:
     return False
 
 
-def _default_deny(args: StackValidationArgs, report: ReportViolation) -> None:
+# kube-system holds the cluster's own agents (CNI, DNS, ingress controller, CSI node plugins), most on
+# the host network, where NetworkPolicies do not apply; every other namespace starts from deny-all.
+UNFENCED_NAMESPACES = ("kube-system",)
+
+
+def namespaces_without_default_deny(resources) -> list[tuple[str, Any, str]]:
+    """(namespace, resource to blame, what is missing) for every namespace outside kube-system that has no
+    default-deny NetworkPolicy (ingress and egress) or no DNS allowance; Helm releases count their namespace."""
     policies: dict[str, list[Mapping[str, Any]]] = {}
-    for np in of_kind(args.resources, "NetworkPolicy"):
+    for np in of_kind(resources, "NetworkPolicy"):
         policies.setdefault(obj_namespace(np.props), []).append(np.props)
-    for ns in of_kind(args.resources, "Namespace"):
-        name = obj_name(ns.props, ns.name)
-        if not is_user_namespace(name, labels_of(meta(ns.props))):
+    declared = {obj_name(ns.props, ns.name): ns for ns in of_kind(resources, "Namespace")}
+    out: list[tuple[str, Any, str]] = []
+    for r in resources:
+        ns_name = str(r.props.get("namespace") or "default") if r.resource_type == HELM_RELEASE else ""
+        if ns_name and ns_name not in declared and ns_name not in UNFENCED_NAMESPACES:
+            out.append((ns_name, r, ("a Helm release's namespace that the stack does not declare (created by Helm, "
+                                    "so without NetworkPolicies)")))
+    for name, ns in declared.items():
+        if name in UNFENCED_NAMESPACES:
             continue
         mine = policies.get(name, [])
         if not any(_is_default_deny(p) for p in mine):
+            out.append((name, ns, "no default-deny NetworkPolicy"))
+        if not any(_allows_dns(p) for p in mine):
+            out.append((name, ns, "no DNS allowance"))
+    return out
+
+
+def _default_deny(args: StackValidationArgs, report: ReportViolation) -> None:
+    for name, res, problem in namespaces_without_default_deny(args.resources):
+        if problem == "no DNS allowance":
+            report(fix(f"Namespace {name} denies DNS to its pods",
+                       "add an egress NetworkPolicy for every pod to kube-system on port 53 (UDP and TCP)"), res.urn)
+        elif problem.startswith("a Helm release"):
+            report(fix(f"Namespace {name} is {problem}",
+                       "declare the namespace with SiteContext.namespace (deny-all plus DNS) and drop createNamespace"),
+                   res.urn)
+        else:
             report(fix(f"Namespace {name} has no default-deny NetworkPolicy",
                        "add a NetworkPolicy with podSelector {} and policyTypes [Ingress, Egress] and no rules, "
-                       "then allow only the traffic the layer needs"), ns.urn)
-        if not any(_allows_dns(p) for p in mine):
-            report(fix(f"Namespace {name} denies DNS to its pods",
-                       "add an egress NetworkPolicy for every pod to kube-system on port 53 (UDP and TCP)"), ns.urn)
+                       "then allow only the traffic the layer needs"), res.urn)
 
 
 namespace_default_deny = StackValidationPolicy(
     name="namespace-default-deny",
-    description="Every hub and project namespace has a default-deny NetworkPolicy (ingress and egress) and an "
-    "egress allowance for DNS.",
+    description="Every namespace outside kube-system (Helm releases' included) has a default-deny NetworkPolicy "
+    "(ingress and egress) and an egress allowance for DNS.",
     enforcement_level=MANDATORY,
     validate=_default_deny,
 )

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from kubespawner import KubeSpawner
@@ -26,8 +27,25 @@ class _Ok(web.RequestHandler):
 class RecordingKubeSpawner(KubeSpawner):
     _http: httpserver.HTTPServer | None = None
 
+    async def _unschedulable(self) -> None:
+        """What KubeSpawner ends with when the scheduler places no pod: the pod, as its reflector holds it
+        (read from the API stand-in), and "pod ... did not start in N seconds!" (kubespawner/spawner.py _start)."""
+        from kubernetes_asyncio import client, config
+
+        conf = client.Configuration()
+        await config.load_kube_config(client_configuration=conf)
+        async with client.ApiClient(conf) as api_client:
+            resp = await client.CoreV1Api(api_client).read_namespaced_pod(self.pod_name, self.namespace,
+                                                                          _preload_content=False)
+            pod = json.loads(await resp.read())
+        key = f"{self.namespace}/{self.pod_name}"
+        self.__class__.reflectors[self._get_reflector_key("pods")] = SimpleNamespace(pods={key: pod})
+        raise TimeoutError(f"pod {key} did not start in {self.start_timeout} seconds!")
+
     async def start(self):
         await self.load_user_options()
+        if (self.user_options or {}).get("profile") in os.environ.get("STANDIN_UNSCHEDULABLE", "").split(","):
+            await self._unschedulable()
         record = {"user": self.user.name, "server": self.name, "profile": (self.user_options or {}).get("profile"),
                   "extra_resource_limits": self.extra_resource_limits,
                   "node_affinity_required": self.node_affinity_required}

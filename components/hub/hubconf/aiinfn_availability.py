@@ -176,33 +176,34 @@ def offering_figures(profile: Obj, nodes: list[Obj], pods_by_node: dict[str, lis
         if not taints_tolerated(node, tolerations):
             continue
         alloc = {k: parse_quantity(v) for k, v in ((node.get("status") or {}).get("allocatable") or {}).items()}
-        keys = [resource] if resource else ["cpu", "memory"]
+        keys = [*([resource] if resource else []), "cpu", "memory"]
         held = dict.fromkeys(keys, 0.0)
         by_batch = dict.fromkeys(keys, 0.0)
         for pod in pods_by_node.get(meta.get("name", ""), []):
             req = pod_requests(pod)
+            batch_pod = is_batch(pod, rules)
             for k in keys:
                 held[k] += req.get(k, 0.0)
-                if is_batch(pod, rules):
+                if batch_pod:
                     by_batch[k] += req.get(k, 0.0)
         if resource and alloc.get(resource, 0.0) <= 0:
             continue
         used_nodes += 1
+        # notebooks of the guarantee (cpuGuarantee, memoryGuaranteeGb) that fit in what is free or preemptible
+        cpu_free = max(0.0, alloc.get("cpu", 0.0) - held["cpu"])
+        cpu_batch = min(by_batch["cpu"], alloc.get("cpu", 0.0) - cpu_free)
+        mem_room = max(0.0, alloc.get("memory", 0.0) - held["memory"]) + by_batch["memory"]
+        fits = min(math.floor((cpu_free + cpu_batch) / cpu_guarantee + 1e-9) if cpu_guarantee > 0 else 10**6,
+                   math.floor(mem_room / mem_guarantee + 1e-9) if mem_guarantee > 0 else 10**6)
         if resource:
             a = alloc[resource]
             f = max(0.0, a - held[resource])
             b = min(by_batch[resource], a - f)
             total, free, batch = total + a, free + f, batch + b
-            room += int(f + b)
+            room += max(0, min(int(f + b), fits))  # a free device on a node without CPU room starts nothing
         else:
-            a = alloc.get("cpu", 0.0)
-            f = max(0.0, a - held["cpu"])
-            b = min(by_batch["cpu"], a - f)
-            total, free, batch = total + a, free + f, batch + b
-            mem_room = max(0.0, alloc.get("memory", 0.0) - held["memory"]) + by_batch["memory"]
-            fits = [math.floor((f + b) / cpu_guarantee + 1e-9) if cpu_guarantee > 0 else 10**6,
-                    math.floor(mem_room / mem_guarantee + 1e-9) if mem_guarantee > 0 else 10**6]
-            room += max(0, min(fits))
+            total, free, batch = total + alloc.get("cpu", 0.0), free + cpu_free, batch + cpu_batch
+            room += max(0, fits)
     return Figures(profile["slug"], resource, total, free, batch, room, used_nodes)
 
 
@@ -236,7 +237,11 @@ def describe(fig: Figures) -> str:
     text = f"{_n(fig.free)} free of {_n(fig.total)}"
     if fig.batch:
         text += f" + {_n(fig.batch)} held by batch jobs, freed for you at once"
-    return text if fig.room else text + "; full now"
+    if fig.room:
+        return text
+    if fig.free + fig.batch >= 1:
+        return text + ", but no CPU or memory is left beside them for a notebook; full now"
+    return text + "; full now"
 
 
 _COLOURS = {"free": "#1a7f37", "batch": "#9a6700", "full": "#cf222e"}  # green, amber, red
@@ -247,7 +252,7 @@ def badge(fig: Figures | None) -> str:
     if fig is None:
         return ('<br><span class="aiinfn-availability" data-state="unknown">'
                 "Availability unknown right now: the cluster did not answer.</span>")
-    state = "free" if fig.free >= 1 or (fig.resource is None and fig.room) else "batch" if fig.room else "full"
+    state = "full" if not fig.room else "free" if fig.free >= 1 or fig.resource is None else "batch"
     return (f'<br><span class="aiinfn-availability" style="font-weight:600;color:{_COLOURS[state]}" '
             f'data-offering="{fig.slug}" data-state="{state}" '
             f'data-free="{_n(fig.free)}" data-total="{_n(fig.total)}" data-batch="{_n(fig.batch)}" '
@@ -262,6 +267,9 @@ def refusal(profile: Obj, fig: Figures, others: list[tuple[Obj, Figures]]) -> st
     elif fig.resource is None:
         what = (f"{name} is full now: its nodes have {_n(fig.free)} of {_n(fig.total)} CPUs free, not enough "
                 "for one more notebook, and no batch job to preempt")
+    elif fig.free + fig.batch >= 1:
+        what = (f"{name} is full now: its {_n(fig.free + fig.batch)} free or preemptible are on nodes with no CPU "
+                "or memory left for one more notebook")
     else:
         what = (f"{name} is full now: all {_n(fig.total)} are in use by notebooks and other services "
                 "(none held by batch jobs)")

@@ -311,6 +311,18 @@ def hub_users(spawner: Any) -> tuple[Any, list[tuple[str, Any]]]:
     return orm_user.created, [(n, c) for n, c in rows]
 
 
+NVIDIA_ENV_PREFIX = "NVIDIA_"  # as aiinfn/jobservice/jobspec.py: this module is loaded by the hub alone
+
+
+def chosen_profile_env(site: dict[str, Any], groups: set[str], slug: str | None) -> dict[str, str]:
+    """The environment of the profile the user picked (KubeSpawner's default, the first, when none)."""
+    if slug is None:
+        offered = profiles_for(site, groups)
+        slug = offered[0]["slug"] if offered else None
+    chosen = next((p for p in site["profiles"] if p["slug"] == slug), None)
+    return dict((chosen or {}).get("environment") or {})
+
+
 def home_init_container(site: dict[str, Any], username: str, uid: int) -> dict[str, Any]:
     """The init container that makes the user's home on first spawn (storage layer's make-home.sh).
 
@@ -322,6 +334,7 @@ def home_init_container(site: dict[str, Any], username: str, uid: int) -> dict[s
         "name": MAKE_HOME,
         "image": homes["image"],
         "command": ["sh", "-c", homes["script"], MAKE_HOME, HOME_ROOT, username],
+        "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}],
         "securityContext": {"runAsUser": uid, "runAsGroup": uid, "runAsNonRoot": True,
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -366,7 +379,9 @@ def pre_spawn_hook(site: dict[str, Any]):
         spawner.extra_labels = {**spawner.extra_labels, **extra}
         spawner.working_dir = f"/home/{username}"
         spawner.notebook_dir = f"/home/{username}"
-        spawner.environment = {**spawner.environment, "HOME": f"/home/{username}",
+        # GPU visibility: only the device plugin's; a profile without an NVIDIA device says "void".
+        env = {k: v for k, v in spawner.environment.items() if not k.startswith(NVIDIA_ENV_PREFIX)}
+        spawner.environment = {**env, **chosen_profile_env(site, groups, slug), "HOME": f"/home/{username}",
                                "AIINFN_PROJECTS": ",".join(p["name"] for p in projects)}
         # Real-time collaboration (jupyter-collaboration in the image) only where the stack asks for it.
         rtc = "--YDocExtension.disable_rtc=" + ("False" if site["collaborative"] else "True")
