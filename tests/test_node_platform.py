@@ -147,7 +147,8 @@ def test_fpga_pools_boot_an_xrt_image_or_install_pinned_xrt(tmp_path: Path) -> N
         c["aiinfn:accelerators"]["xrt"] = {"packageUrl": "https://example.org/xrt_202510.2.19.194_24.04-amd64-xrt.deb",
                                            "sha256": "ab" * 32}
     r = run_program(str(write_variant(tmp_path, "cnaf", with_xrt, name="cnaf")))
-    script = yaml.safe_load(r.cloud_init["fpga-u250-0"].split("\n", 1)[1])["write_files"][-1]["content"]
+    files = yaml.safe_load(r.cloud_init["fpga-u250-0"].split("\n", 1)[1])["write_files"]
+    script = next(f["content"] for f in files if f["path"] == "/usr/local/sbin/aiinfn-bootstrap.sh")
     assert "install_package https://example.org/xrt_202510.2.19.194_24.04-amd64-xrt.deb " + "ab" * 32 in script
     assert "apt-get install -y /var/tmp/xrt.deb" in script
     assert "xrt.deb" not in r.cloud_init["t4-0"]
