@@ -18,12 +18,10 @@ from aiinfn.engine.run import run_program
 from aiinfn.naming import LABEL_EGRESS_ISOLATED, NFS_VOLUME_MARK
 
 from .conftest import STACKS, rendered_stack
-from .schemas import SCHEMAS
+from .schemas import CALICO_GNP_FIELDS, SCHEMAS, crd_fields, validate_object
 from .stackdata import pool, stack_doc, write_variant
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts"
-# Field facts of the CRD that rke2-canal ships at the chart RKE2 v1.33.5+rke2r1 pins (a list, not the CRD).
-CANAL_GNP_FIELDS = Path(__file__).resolve().parent / "data" / "crd-fields" / "calico-globalnetworkpolicy-v3.30.3.txt"
 
 
 def _values(stack: str, chart: str) -> dict:
@@ -225,32 +223,16 @@ def test_pods_are_denied_the_metadata_service(stack: str) -> None:
     allow = gnps["default.aiinfn-allow-egress-unisolated"]["spec"]
     assert allow["order"] > 1000 > deny["order"]  # Kubernetes NetworkPolicies sit at order 1000
     assert allow["namespaceSelector"] == f"!has({LABEL_EGRESS_ISOLATED})"
-    fields = _crd_fields(CANAL_GNP_FIELDS)
     for obj in gnps.values():
-        for path, value in _paths(obj["spec"], "spec"):
-            assert path in fields, f"{obj['metadata']['name']}: {path} is not a GlobalNetworkPolicy field"
-            assert isinstance(value, _JSON_TYPES[fields[path]]), f"{path}: {fields[path]} expected"
-    assert "spec.tier" not in fields
+        validate_object(obj)  # closed schema from the CRD's field list (tests/data/crd-fields)
+    assert "spec.tier" not in crd_fields(CALICO_GNP_FIELDS)
+    tiered = {**deny_obj(gnps), "spec": {**deny, "tier": "security"}}
+    with pytest.raises(AssertionError, match="tier"):
+        validate_object(tiered)
 
 
-_JSON_TYPES = {"string": str, "boolean": bool, "number": (int, float), "integer": int, "array": list, "object": dict}
-
-
-def _crd_fields(path: Path) -> dict[str, str]:
-    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
-    return dict(ln.split(": ", 1) for ln in lines)
-
-
-def _paths(value, path: str):
-    """(field path, value) of every field of a spec, list items as ``path[]``."""
-    yield path, value
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for v in value:
-            if isinstance(v, dict | list):
-                yield from _paths(v, f"{path}[]")
+def deny_obj(gnps: dict[str, dict]) -> dict:
+    return gnps["default.aiinfn-deny-cloud-metadata"]
 
 
 @pytest.mark.parametrize("stack", STACKS)
