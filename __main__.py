@@ -10,8 +10,9 @@ from components.site import build_site
 try:
     site_cfg = site_config_from_pulumi()
 except ConfigError as err:
-    # One line naming the key, before any resource is registered: nothing is half-applied.
-    print(f"error: {err}", file=sys.stderr)
+    # One line per mistake, each naming its key, before any resource is registered: nothing is half-applied.
+    for line in err.lines():
+        print(f"error: {line}", file=sys.stderr)
     raise SystemExit(2) from None
 
 site = build_site(site_cfg)

@@ -19,6 +19,7 @@ from .observability import Observability
 from .offload import Offload
 from .patching import Patching
 from .platform import PlatformBase
+from .s3access import S3Access
 from .storage import Storage
 
 
@@ -41,7 +42,9 @@ class Site(pulumi.ComponentResource):
         self.jobs = Jobs("jobs", self.ctx, project_namespaces=self.platform.project_namespaces,
                          hub_namespace=self.platform.hub_namespace,
                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
-        self.hub_services = [self.jobs.service_spec]
+        self.s3_access = S3Access("s3-access", self.ctx, hub_namespace=self.platform.hub_namespace,
+                                  opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.hub_services = [self.jobs.service_spec, *([self.s3_access.service_spec] if self.s3_access.service_spec else [])]
         self.hub = Hub("hub", self.ctx, namespace=self.platform.hub_namespace,
                        extra_services=getattr(self, "hub_services", []),
                        opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))

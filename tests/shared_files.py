@@ -13,7 +13,7 @@ from pathlib import Path
 from .schemas import SCHEMAS, SHARED
 
 REASON = (f"needs the reference schemas in {SHARED}/schemas (not part of this repository; absent beside "
-          "this checkout: see README, Tests)")
+          "this checkout: see the README, under its test command)")
 
 
 def in_ci() -> bool:

@@ -199,7 +199,8 @@ def hackathon_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
 
 @contextlib.contextmanager
 def running_hub(hub_values: dict[str, Any], rendered: Rendered, work: Path,
-                extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+                extra_env: dict[str, str] | None = None,
+                iam_handler: type[BaseHTTPRequestHandler] | None = None) -> Iterator[dict[str, Any]]:
     etc = work / "etc"
     records = work / "records"
     etc.mkdir()
@@ -212,7 +213,7 @@ def running_hub(hub_values: dict[str, Any], rendered: Rendered, work: Path,
     (work / "values.json").write_text(json.dumps(hub_values))
     (work / "jupyterhub_config.py").write_text(HUB_CONFIG)
 
-    iam = ThreadingHTTPServer(("127.0.0.1", 0), FakeIam)
+    iam = ThreadingHTTPServer(("127.0.0.1", 0), iam_handler or FakeIam)
     threading.Thread(target=iam.serve_forever, daemon=True).start()
     port = free_port()
     env_from_values = {e["name"]: e.get("value") for e in hub_values["hub"]["extraEnv"]}

@@ -114,7 +114,8 @@ def test_the_service_runs_apart_from_the_hub_with_the_same_api_and_scopes():
     assert not any("JUPYTERHUB_API_TOKEN" == e["name"] for e in hub.get("extraEnv", []))
     assert "access:services!service=jobs" in hub["loadRoles"]["user"]["scopes"]
     assert hub["loadRoles"]["server"]["scopes"] == ["users:activity!user", "access:servers!server",
-                                                    "access:services!service=jobs"]
+                                                    "access:services!service=jobs",
+                                                    "access:services!service=s3"]  # cnaf's S3 credential service
     assert hub["loadRoles"]["jobs-service"]["services"] == ["jobs"]
     # the proxy may reach the service's pods on its port
     [dep] = manifests("cnaf", "Deployment")

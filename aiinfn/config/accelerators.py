@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigError
+from .errors import Collector, ConfigError, collecting
 
 if TYPE_CHECKING:
     from .model import SiteConfig
@@ -141,10 +141,12 @@ class XrtConfig:
     sha256: str
 
     def __validate__(self, path: str) -> None:
+        found = Collector()
         if not re.match(r"^https://\S+\.deb$", self.package_url):
-            raise ConfigError(f"{path}.packageUrl", f"{self.package_url!r} must be an https URL of a .deb package")
+            found.add(f"{path}.packageUrl", f"{self.package_url!r} must be an https URL of a .deb package")
         if not re.match(r"^[0-9a-f]{64}$", self.sha256):
-            raise ConfigError(f"{path}.sha256", "must be the 64 hex digits of the package's sha256 sum")
+            found.add(f"{path}.sha256", "must be the 64 hex digits of the package's sha256 sum")
+        found.raise_if_any()
 
 
 # What the AMD/Xilinx device plugin registers: "amd.com/" + the shell's VBNV + "-" + its timestamp.
@@ -167,13 +169,15 @@ class AcceleratorsConfig:
     xrt: XrtConfig | None = None
 
     def __validate__(self, path: str) -> None:
+        found = Collector()
         if self.min_gpu_sessions < 0:
-            raise ConfigError(f"{path}.minGpuSessions", f"must be 0 or more, got {self.min_gpu_sessions}")
+            found.add(f"{path}.minGpuSessions", f"must be 0 or more, got {self.min_gpu_sessions}")
         for board, name in self.fpga_resource_names.items():
             if not FPGA_RESOURCE_RE.match(name) or len(name.split("/", 1)[1]) > 63:
-                raise ConfigError(f"{path}.fpgaResourceNames.{board}",
-                                  f"{name!r} is not what the AMD device plugin registers: amd.com/<shell VBNV>-<timestamp> "
-                                  "(see `kubectl describe node`)")
+                found.add(f"{path}.fpgaResourceNames.{board}",
+                          f"{name!r} is not what the AMD device plugin registers: amd.com/<shell VBNV>-<timestamp> "
+                          "(see `kubectl describe node`)")
+        found.raise_if_any()
 
     def replicas_for(self, pool_name: str) -> int:
         return next((t.replicas for t in self.time_slicing if t.pool == pool_name), 1)
@@ -197,66 +201,72 @@ def _check_slices(model: Any, slices: dict[str, int], path: str) -> None:
         raise ConfigError(path, f"{desc} needs {memory} memory slices; one {model.key} has {model.memory_slices}")
 
 
-def validate_site(cfg: SiteConfig) -> None:
+@collecting
+def validate_site(cfg: SiteConfig, found: Collector) -> None:
     """Accelerator rules that need the catalogue or span several keys (called by config.validate)."""
     from .. import catalogue as cat
 
+    acc = cfg.accelerators
+    for board in acc.fpga_resource_names:
+        if board not in cat.FPGAS:
+            found.add(f"aiinfn:accelerators.fpgaResourceNames.{board}",
+                      f"unknown FPGA board (catalogue: {', '.join(cat.FPGAS)})")
+    layouts_sound = True
     for i, pool in enumerate(cfg.pools):
         if pool.gpus is None or pool.gpus.mig is None or pool.gpus.mig.is_whole:
             continue
         path = f"aiinfn:pools[{i}].gpus.mig"
         layout = pool.gpus.mig
-        model = cat.GPUS[pool.gpus.model]
+        model = cat.GPUS.get(pool.gpus.model)
+        if model is None:  # reported by the core rules (unknown GPU model)
+            layouts_sound = False
+            continue
+        before = len(found.errors)
         if not model.supports_mig:
             mig_models = ", ".join(k for k, g in cat.GPUS.items() if g.supports_mig)
-            raise ConfigError(path, f"{model.key} ({model.display}) has no MIG; remove mig to use whole GPUs "
-                                    f"(MIG models: {mig_models})")
-        if layout.uniform is not None:
+            found.add(path, f"{model.key} ({model.display}) has no MIG; remove mig to use whole GPUs "
+                            f"(MIG models: {mig_models})")
+        elif layout.uniform is not None:
             if model.profile(layout.uniform) is None:
-                raise ConfigError(path, f"{layout.uniform} is not a MIG profile of {model.key} "
-                                        f"(its profiles: {', '.join(p.name for p in model.mig_profiles)})")
-            continue
-        assert layout.per_gpu is not None
-        if len(layout.per_gpu) != pool.gpus.count:
-            raise ConfigError(path, f"lists {len(layout.per_gpu)} GPUs but gpus.count is {pool.gpus.count}; "
-                                    f"give one entry per GPU ({WHOLE!r} for a GPU used whole)")
-        for g, slices in enumerate(layout.per_gpu):
-            if slices:
-                _check_slices(model, slices, f"{path}[{g}]")
+                found.add(path, f"{layout.uniform} is not a MIG profile of {model.key} "
+                                f"(its profiles: {', '.join(p.name for p in model.mig_profiles)})")
+        elif layout.per_gpu is not None and len(layout.per_gpu) != pool.gpus.count:
+            found.add(path, f"lists {len(layout.per_gpu)} GPUs but gpus.count is {pool.gpus.count}; "
+                            f"give one entry per GPU ({WHOLE!r} for a GPU used whole)")
+        else:
+            for g, slices in enumerate(layout.per_gpu or []):
+                if slices:
+                    found.run(_check_slices, model, slices, f"{path}[{g}]")
+        layouts_sound = layouts_sound and len(found.errors) == before
 
-    acc = cfg.accelerators
     seen: set[str] = set()
     for i, ts in enumerate(acc.time_slicing):
         path = f"aiinfn:accelerators.timeSlicing[{i}].pool"
         pool = next((p for p in cfg.pools if p.name == ts.pool), None)
         if pool is None:
-            raise ConfigError(path, f"no pool named {ts.pool!r} (pools: {', '.join(p.name for p in cfg.pools)})")
-        if pool.gpus is None:
-            raise ConfigError(path, f"pool {ts.pool!r} has no GPUs to share")
-        if ts.pool in seen:
-            raise ConfigError(path, f"pool {ts.pool!r} is listed twice")
+            found.add(path, f"no pool named {ts.pool!r} (pools: {', '.join(p.name for p in cfg.pools)})")
+        elif pool.gpus is None:
+            found.add(path, f"pool {ts.pool!r} has no GPUs to share")
+        elif ts.pool in seen:
+            found.add(path, f"pool {ts.pool!r} is listed twice")
         seen.add(ts.pool)
-    for board in acc.fpga_resource_names:
-        if board not in cat.FPGAS:
-            raise ConfigError(f"aiinfn:accelerators.fpgaResourceNames.{board}",
-                              f"unknown FPGA board (catalogue: {', '.join(cat.FPGAS)})")
     for i, pool in enumerate(cfg.pools):
         if not pool.fpgas or pool.count == 0:
             continue
         for f in pool.fpgas:
             if f.model not in acc.fpga_resource_names:
-                raise ConfigError(f"aiinfn:accelerators.fpgaResourceNames.{f.model}",
-                                  f"pool {pool.name!r} carries {f.model}: give the resource the AMD device plugin registers "
-                                  "for its shell, amd.com/<VBNV>-<timestamp> (`kubectl describe node` on that node)")
+                found.add(f"aiinfn:accelerators.fpgaResourceNames.{f.model}",
+                          f"pool {pool.name!r} carries {f.model}: give the resource the AMD device plugin registers "
+                          "for its shell, amd.com/<VBNV>-<timestamp> (`kubectl describe node` on that node)")
         if pool.image is None and acc.xrt is None and not cfg.cluster.existing:
-            raise ConfigError(f"aiinfn:pools[{i}].image",
-                              f"FPGA pool {pool.name!r} needs XRT's drivers: boot it from an image that has them, "
-                              "or set aiinfn:accelerators.xrt to install a pinned package")
-    if acc.min_gpu_sessions:
+            found.add(f"aiinfn:pools[{i}].image",
+                      f"FPGA pool {pool.name!r} needs XRT's drivers: boot it from an image that has them, "
+                      "or set aiinfn:accelerators.xrt to install a pinned package")
+    if acc.min_gpu_sessions and layouts_sound:  # sessions are counted on the layouts: only sound ones
         from ..mig import site_gpu_sessions
 
         sessions = site_gpu_sessions(cfg)
         if sessions < acc.min_gpu_sessions:
-            raise ConfigError("aiinfn:accelerators.minGpuSessions",
-                              f"the pools run {sessions} GPU sessions at once, fewer than {acc.min_gpu_sessions}; "
-                              "add GPUs, smaller MIG slices or timeSlicing replicas")
+            found.add("aiinfn:accelerators.minGpuSessions",
+                      f"the pools run {sessions} GPU sessions at once, fewer than {acc.min_gpu_sessions}; "
+                      "add GPUs, smaller MIG slices or timeSlicing replicas")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .errors import Collector
+from .errors import Collector, Unparsed
 from .model import SiteConfig
 from .schema import camel, parse, type_hints
 from .validate import validate_site
@@ -34,7 +34,10 @@ def is_secret_key(key: str) -> bool:
 
 
 def site_config_from_data(data: dict[str, Any]) -> SiteConfig:
-    """``data`` maps keys without namespace ('site', 'pools', ...) to plain YAML values."""
+    """``data`` maps keys without namespace ('site', 'pools', ...) to plain YAML values.
+
+    Every mistake is reported: each section's own, then the cross-key rules run on the sections that
+    parsed (a refused or missing section stands in as ``Unparsed``, and a rule reading it is skipped)."""
     found = Collector()
     for key in data:
         if key not in SECTION_KEYS and not is_secret_key(key):
@@ -45,23 +48,55 @@ def site_config_from_data(data: dict[str, Any]) -> SiteConfig:
         key = camel(f.name)
         path = f"{NAMESPACE}:{key}"
         if key in data:
-            kwargs[f.name] = found.run(parse, hints[f.name], data[key], path)
+            before = len(found.errors)
+            value = found.run(parse, hints[f.name], data[key], path)
+            kwargs[f.name] = Unparsed(path) if len(found.errors) > before else value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             found.add(path, "is required")
-    found.raise_if_any()  # the cross-key rules need every section parsed
+            kwargs[f.name] = Unparsed(path)
     cfg = SiteConfig(**kwargs)
-    validate_site(cfg)
+    validate_site(cfg, found)
+    found.raise_if_any()
     return cfg
 
 
+def _pulumi_config_keys() -> dict[str, bool]:
+    """Every ``aiinfn:*`` key of the running stack (without namespace) -> whether it is a secret."""
+    from pulumi.runtime import config as runtime_config
+
+    keys: dict[str, bool] = {}
+    for full in {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}:
+        ns, _, key = str(full).partition(":")
+        if ns == NAMESPACE and key:
+            key = key.removeprefix("config:")  # the older namespace:config:key form
+            keys[key] = runtime_config.is_config_secret(f"{NAMESPACE}:{key}") or runtime_config.is_config_secret(full)
+    return keys
+
+
 def site_config_from_pulumi() -> SiteConfig:
-    """Inside a Pulumi program: read the structured config of the current stack."""
+    """Inside a Pulumi program: read the structured config of the current stack.
+
+    Every ``aiinfn:*`` key is read, so an unknown key and a secret stored in clear are refused here,
+    with the other mistakes, before any resource is registered (nothing is half-applied)."""
     import pulumi
 
     conf = pulumi.Config(NAMESPACE)
+    keys = _pulumi_config_keys()
+    found = Collector()
     data: dict[str, Any] = {}
-    for key in SECTION_KEYS:
-        value = conf.get_object(key)
+    for key in sorted(set(SECTION_KEYS) | set(keys)):
+        if is_secret_key(key):
+            if key in keys and not keys[key]:
+                found.add(f"{NAMESPACE}:{key}", f"is stored in clear; store it with "
+                                                f"`pulumi config set --secret {NAMESPACE}:{key}`")
+            continue
+        try:
+            value = conf.get_object(key)
+        except pulumi.ConfigTypeError:  # not JSON: a plain string (the parser says what was expected)
+            value = conf.get(key)
         if value is not None:
             data[key] = value
-    return site_config_from_data(data)
+    cfg = found.run(site_config_from_data, data)
+    found.raise_if_any()
+    assert cfg is not None
+    return cfg

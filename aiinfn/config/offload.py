@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import Collector, ConfigError, collecting
 
 if TYPE_CHECKING:
     from .model import SiteConfig
@@ -208,7 +208,8 @@ def _require_url(value: str, path: str) -> None:
         raise ConfigError(path, f"{value!r} is plain http: the site's token would travel in clear; use https")
 
 
-def validate_site(cfg: SiteConfig) -> None:
+@collecting
+def validate_site(cfg: SiteConfig, found: Collector) -> None:
     """Cross-key rules: unique remote names, catalogue accelerators, names the platform reserves."""
     from .. import catalogue, naming
 
@@ -216,20 +217,20 @@ def validate_site(cfg: SiteConfig) -> None:
     for i, site in enumerate(cfg.offload.sites):
         path = f"aiinfn:offload.sites[{i}]"
         if site.name in seen:
-            raise ConfigError(f"{path}.name", f"remote site name {site.name!r} is used twice (also sites[{seen[site.name]}])")
+            found.add(f"{path}.name", f"remote site name {site.name!r} is used twice (also sites[{seen[site.name]}])")
         seen[site.name] = i
         models: set[str] = set()
         for j, acc in enumerate(site.resources.accelerators):
             apath = f"{path}.resources.accelerators[{j}].model"
             if acc.model not in catalogue.GPUS:
-                raise ConfigError(apath, f"unknown accelerator model {acc.model!r} (catalogue: {', '.join(catalogue.GPUS)})")
+                found.add(apath, f"unknown accelerator model {acc.model!r} (catalogue: {', '.join(catalogue.GPUS)})")
             if acc.model in models:
-                raise ConfigError(apath, f"model {acc.model!r} is listed twice; give one count")
+                found.add(apath, f"model {acc.model!r} is listed twice; give one count")
             models.add(acc.model)
         for k in site.node_labels:
             if k in (naming.VIRTUAL_NODE_LABEL, naming.LABEL_REMOTE_SITE, "kubernetes.io/hostname",
                      catalogue.LABEL_ROLE, "kubernetes.io/os"):
-                raise ConfigError(f"{path}.nodeLabels.{k}", "is set by the platform; choose another key")
+                found.add(f"{path}.nodeLabels.{k}", "is set by the platform; choose another key")
 
 
 def remote_quotas(site: RemoteSite) -> dict[str, str]:

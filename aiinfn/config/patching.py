@@ -14,7 +14,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from .errors import Collector, ConfigError, collecting
 
 if TYPE_CHECKING:
     from .model import SiteConfig
@@ -83,9 +83,10 @@ class PatchingConfig:
     reboots: RebootConfig = field(default_factory=RebootConfig)
 
 
-def validate_site(cfg: SiteConfig) -> None:
+@collecting
+def validate_site(cfg: SiteConfig, found: Collector) -> None:
     r = cfg.patching.reboots
     if r.enabled and cfg.hub.enabled and r.notebook_grace_hours * 3600 < cfg.hub.cull_timeout_seconds:
-        raise ConfigError("aiinfn:patching.reboots.notebookGraceHours",
-                          f"{r.notebook_grace_hours} h is shorter than the hub's idle cull ({cfg.hub.cull_timeout_seconds} s): "
-                          "idle notebooks are culled anyway, give active ones at least as long")
+        found.add("aiinfn:patching.reboots.notebookGraceHours",
+                  f"{r.notebook_grace_hours} h is shorter than the hub's idle cull ({cfg.hub.cull_timeout_seconds} s): "
+                  "idle notebooks are culled anyway, give active ones at least as long")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from .errors import Collector, ConfigError, collecting
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import Project, SiteConfig
@@ -245,6 +246,73 @@ class BlockConfig:
             raise ConfigError(f"{path}.region", f"{self.region!r} is not a region name")
 
 
+S3_PLACEHOLDERS = {"userBucket": ("user", "site"), "projectBucket": ("project", "site")}
+# RGW role ARNs: arn:aws:iam::<tenant or account, may be empty>:role/<path and name>
+ROLE_ARN = re.compile(r"^arn:aws:iam::[A-Za-z0-9_-]{0,64}:role/[A-Za-z0-9+=,.@_/-]{1,128}$")
+STS_MIN_SECONDS, STS_MAX_SECONDS = 900, 43200  # the DurationSeconds STS accepts (AWS and Ceph RGW)
+
+
+@dataclass
+class S3AccessConfig:
+    """Researchers' own buckets on the site's Ceph RGW, reached with their IAM identity (docs/storage.md).
+
+    The hub keeps each user's IAM tokens (auth state, refreshed before expiry); the hub service ``s3``
+    exchanges the user's current access token for short-lived S3 credentials with STS
+    ``AssumeRoleWithWebIdentity`` (``roleArn``, or the project's in ``projectRoles``); notebooks get
+    them through an AWS profile whose ``credential_process`` asks the service with their own
+    JupyterHub token. No key, IAM token or refresh token is ever in a pod spec.
+    """
+
+    enabled: bool = False  # with the hub only (it keeps the IAM tokens): off when aiinfn:hub.enabled is false
+    endpoint: str = "https://rgw.cloud.infn.it"  # the RGW S3 endpoint notebooks use
+    sts_endpoint: str | None = None  # RGW's STS endpoint (default: endpoint)
+    region: str = "us-east-1"
+    role_arn: str = ""  # the role every user assumes (required when enabled)
+    project_roles: dict[str, str] = field(default_factory=dict)  # project name -> role ARN (api/credentials?project=P)
+    user_bucket: str = "aiinfn-{site}-{user}"  # placeholders {user}, {site}
+    project_bucket: str = "aiinfn-{site}-{project}"  # placeholders {project}, {site}
+    credential_seconds: int = 3600  # STS DurationSeconds of each credential set
+
+    def __validate__(self, path: str) -> None:
+        found = Collector()
+        for key, url in (("endpoint", self.endpoint), ("stsEndpoint", self.sts_endpoint)):
+            if url is not None and not re.match(r"^https://[^\s/]+(/[^\s]*)?$", url):
+                found.add(f"{path}.{key}", f"{url!r} must be an https URL (credentials and tokens cross it)")
+        if not re.match(r"^[a-z0-9-]{1,40}$", self.region):
+            found.add(f"{path}.region", f"{self.region!r} is not a region name (like us-east-1)")
+        if self.role_arn and not ROLE_ARN.match(self.role_arn):
+            found.add(f"{path}.roleArn", f"{self.role_arn!r} is not a role ARN (arn:aws:iam::<tenant>:role/<name>)")
+        for project, arn in self.project_roles.items():
+            if not ROLE_ARN.match(arn):
+                found.add(f"{path}.projectRoles.{project}", f"{arn!r} is not a role ARN (arn:aws:iam::<tenant>:role/<name>)")
+        for key, template in (("userBucket", self.user_bucket), ("projectBucket", self.project_bucket)):
+            allowed = S3_PLACEHOLDERS[key]
+            try:
+                names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            except ValueError as err:
+                found.add(f"{path}.{key}", f"{template!r} is not a template ({err})")
+                continue
+            unknown = sorted(names - set(allowed))
+            if unknown:
+                found.add(f"{path}.{key}", f"{template!r} uses {{{unknown[0]}}}; known placeholders: "
+                                           + ", ".join(f"{{{a}}}" for a in allowed))
+            elif allowed[0] not in names:
+                found.add(f"{path}.{key}", f"{template!r} must contain {{{allowed[0]}}}: one bucket per {allowed[0]}")
+            elif not re.match(r"^[a-z0-9.{}-]+$", template):
+                found.add(f"{path}.{key}", f"{template!r} may hold only lower-case letters, digits, '.', '-' "
+                                           "and placeholders (an S3 bucket name)")
+        if not STS_MIN_SECONDS <= self.credential_seconds <= STS_MAX_SECONDS:
+            found.add(f"{path}.credentialSeconds", f"must be between {STS_MIN_SECONDS} and {STS_MAX_SECONDS} "
+                                                   f"(what STS accepts as DurationSeconds), got {self.credential_seconds}")
+        if self.enabled and not self.role_arn:
+            found.add(f"{path}.roleArn", "is required when S3 access is enabled: the RGW role users assume")
+        found.raise_if_any()
+
+    @property
+    def sts_url(self) -> str:
+        return self.sts_endpoint or self.endpoint
+
+
 @dataclass
 class StorageConfig:
     """Settings of the storage layer. Every field has a safe default so a minimal stack renders."""
@@ -261,6 +329,7 @@ class StorageConfig:
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     block: BlockConfig = field(default_factory=BlockConfig)
+    s3: S3AccessConfig = field(default_factory=S3AccessConfig)
 
     def __validate__(self, path: str) -> None:
         for i, u in enumerate(self.users):
@@ -337,7 +406,8 @@ def backups_active(cfg: SiteConfig) -> bool:
 
 # --- cross-key rules --------------------------------------------------------------------------------
 
-def validate_site(cfg: SiteConfig) -> None:
+@collecting
+def validate_site(cfg: SiteConfig, found: Collector) -> None:
     st = cfg.storage
     path = "aiinfn:storage"
     # uids: collisions among the users this stack knows (listed ones and pinned ones). Users who are
@@ -348,8 +418,8 @@ def validate_site(cfg: SiteConfig) -> None:
     for key, u in named:
         uid = user_uid(st, u)
         if uid in seen:
-            raise ConfigError(key, f"uid {uid} of {u!r} collides with {seen[uid]!r}; "
-                                   f"pin one in {path}.uidOverrides")
+            found.add(key, f"uid {uid} of {u!r} collides with {seen[uid]!r}; "
+                           f"pin one in {path}.uidOverrides")
         seen[uid] = u
     # gids: project groups and the env-maintainers group
     groups: list[tuple[str, str]] = [(f"aiinfn:projects[{i}].group", p.group) for i, p in enumerate(cfg.projects)]
@@ -358,46 +428,50 @@ def validate_site(cfg: SiteConfig) -> None:
     for key, g in groups:
         gid = group_gid(st, g)
         if gid in gseen and gseen[gid] != g:
-            raise ConfigError(key, f"gid {gid} of group {g!r} collides with {gseen[gid]!r}; pin one in {path}.gidOverrides")
+            found.add(key, f"gid {gid} of group {g!r} collides with {gseen[gid]!r}; pin one in {path}.gidOverrides")
         gseen[gid] = g
     known = {g for _, g in groups}
     for g in st.gid_overrides:
         if g not in known:
-            raise ConfigError(f"{path}.gidOverrides.{g}", f"{g!r} is neither a project group nor the env-maintainers group")
+            found.add(f"{path}.gidOverrides.{g}", f"{g!r} is neither a project group nor the env-maintainers group")
     # A site's data is its own: bucket names and borg repositories carry the site name, so a clone
     # (hackathon) can never point at production data, and prune never touches another site's archives.
     if st.juicefs.bucket and cfg.site.name not in st.juicefs.bucket:
-        raise ConfigError(f"{path}.juicefs.bucket", f"{st.juicefs.bucket!r} must contain the site name "
-                                                    f"{cfg.site.name!r} (one bucket per site; clones never share production's)")
+        found.add(f"{path}.juicefs.bucket", f"{st.juicefs.bucket!r} must contain the site name "
+                                            f"{cfg.site.name!r} (one bucket per site; clones never share production's)")
     if st.backup.repository and cfg.site.name not in st.backup.repository:
-        raise ConfigError(f"{path}.backup.repository", f"{st.backup.repository!r} must contain the site name "
-                                                       f"{cfg.site.name!r} (one borg repository per site)")
+        found.add(f"{path}.backup.repository", f"{st.backup.repository!r} must contain the site name "
+                                               f"{cfg.site.name!r} (one borg repository per site)")
     if st.enabled and st.backup.enabled is not False and not st.backup.repository and cfg.is_protected:
-        raise ConfigError(f"{path}.backup.repository", f"a {cfg.site.kind} site must back up its NFS data: "
-                                                       "give the borg repository (ssh://user@host/path)")
+        found.add(f"{path}.backup.repository", f"a {cfg.site.kind} site must back up its NFS data: "
+                                               "give the borg repository (ssh://user@host/path)")
     if st.enabled and cfg.openstack is None and not st.nfs.client_cidrs:
-        raise ConfigError(f"{path}.nfs.clientCidrs", "on an existing cluster, list the nodes' network(s): "
-                                                     "the CSI node plugins mount NFS from the host network")
+        found.add(f"{path}.nfs.clientCidrs", "on an existing cluster, list the nodes' network(s): "
+                                             "the CSI node plugins mount NFS from the host network")
     import ipaddress
 
     pods = ipaddress.ip_network(cfg.cluster.cluster_cidr, strict=False)
     for i, c in enumerate(st.nfs.client_cidrs):
         if ipaddress.ip_network(c, strict=False).overlaps(pods):
-            raise ConfigError(f"{path}.nfs.clientCidrs[{i}]", f"{c} overlaps the pod network {pods}: NFS (AUTH_SYS) "
-                                                             "may be mounted from the nodes only")
+            found.add(f"{path}.nfs.clientCidrs[{i}]", f"{c} overlaps the pod network {pods}: NFS (AUTH_SYS) "
+                                                     "may be mounted from the nodes only")
     if st.nfs.host_path.rstrip("/") == st.scratch.host_path.rstrip("/"):
-        raise ConfigError(f"{path}.scratch.hostPath", "must differ from the NFS data path")
+        found.add(f"{path}.scratch.hostPath", "must differ from the NFS data path")
     blk = st.block
     if blk.storage_class is None and (cfg.openstack is None or cfg.cluster.existing):
-        raise ConfigError(f"{path}.block.storageClass", "on an existing cluster, name its block-volume StorageClass "
-                                                        "(Prometheus, Grafana and the databases never go on NFS)")
+        found.add(f"{path}.block.storageClass", "on an existing cluster, name its block-volume StorageClass "
+                                                "(Prometheus, Grafana and the databases never go on NFS)")
     if blk.storage_class is not None and blk.storage_class in NOT_BLOCK_CLASSES:
-        raise ConfigError(f"{path}.block.storageClass", f"{blk.storage_class!r} is not a block-volume class")
+        found.add(f"{path}.block.storageClass", f"{blk.storage_class!r} is not a block-volume class")
     if deploys_cinder(cfg) and blk.auth_url is None:
-        raise ConfigError(f"{path}.block.authUrl", "the Cinder CSI plugin needs the cloud's Keystone URL (https://.../v3)")
+        found.add(f"{path}.block.authUrl", "the Cinder CSI plugin needs the cloud's Keystone URL (https://.../v3)")
+    projects = {p.name for p in cfg.projects}
+    for name in st.s3.project_roles:
+        if name not in projects:
+            found.add(f"{path}.s3.projectRoles.{name}", f"{name!r} is not a project of aiinfn:projects")
     if cfg.hub.db_storage_class in NOT_BLOCK_CLASSES:
-        raise ConfigError("aiinfn:hub.dbStorageClass", f"{cfg.hub.db_storage_class!r} is not a block-volume class "
-                                                       "(SQLite's locking is unreliable on NFS)")
+        found.add("aiinfn:hub.dbStorageClass", f"{cfg.hub.db_storage_class!r} is not a block-volume class "
+                                               "(SQLite's locking is unreliable on NFS)")
 
 
 def isolation_problems(configs: list[SiteConfig]) -> list[str]:

@@ -1,7 +1,8 @@
 """Rules that span several keys of the site config (one clear line per mistake).
 
-Each layer section module may define ``validate_site(cfg: SiteConfig) -> None``; it is called
-after the core rules, in layer order, so a layer's own cross-checks live beside its config.
+Each layer section module may define ``validate_site(cfg, found)`` (``errors.collecting``); it is
+called after the core rules, in layer order, so a layer's own cross-checks live beside its config.
+Every rule runs, whatever the others found: one line per mistake of the whole file.
 """
 
 from __future__ import annotations
@@ -23,26 +24,30 @@ def _duplicates(names: list[str]) -> list[str]:
     return [n for n, c in Counter(names).items() if c > 1]
 
 
-def validate_site(cfg: SiteConfig) -> None:
-    """The core cross-key rules (every mistake reported), then each layer's in order (its mistakes, once
-    the core and the earlier layers are sound: their rules assume a valid site)."""
-    found = Collector()
-    found.run(_core_rules, cfg, found)
-    found.raise_if_any()  # the layers' rules read the pools, models and projects: only once they are sound
+def validate_site(cfg: SiteConfig, found: Collector | None = None) -> None:
+    """The core cross-key rules, then each layer's in order, every mistake of each reported (into
+    ``found``, or raised). A rule reading a section that did not parse is skipped (``Unparsed``)."""
+    own = found is None
+    found = Collector() if found is None else found
+    for rule in CORE_RULES:
+        found.run_rule(rule, cfg, found)
     for section in LAYER_SECTIONS:
         module = importlib.import_module(f"{__package__}.{section}")
         hook = getattr(module, "validate_site", None)
         if hook is not None:
-            found.run(hook, cfg)
-            found.raise_if_any()  # a later layer may build on an earlier one (batch quotas on MIG layouts)
+            found.run_rule(hook, cfg, found)
+    if own:
+        found.raise_if_any()
 
 
-def _core_rules(cfg: SiteConfig, found: Collector) -> None:
+def _pool_names(cfg: SiteConfig, found: Collector) -> None:
     names = [p.name for p in cfg.pools]
     for dup in _duplicates(names):
         i = len(names) - 1 - names[::-1].index(dup)
         found.add(f"aiinfn:pools[{i}].name", f"pool name {dup!r} is used twice")
-    groups = cfg.iam.user_groups + cfg.iam.admin_groups + [p.group for p in cfg.projects]
+
+
+def _pool_catalogue(cfg: SiteConfig, found: Collector) -> None:
     for i, pool in enumerate(cfg.pools):
         path = f"aiinfn:pools[{i}]"
         if pool.gpus is not None and pool.gpus.model not in catalogue.GPUS:
@@ -50,43 +55,68 @@ def _core_rules(cfg: SiteConfig, found: Collector) -> None:
         for j, f in enumerate(pool.fpgas):
             if f.model not in catalogue.FPGAS:
                 found.add(f"{path}.fpgas[{j}].model", f"unknown FPGA board {f.model!r} (catalogue: {', '.join(catalogue.FPGAS)})")
-        if pool.reserved_for is not None and pool.reserved_for not in groups:
-            found.add(f"{path}.reservedFor", f"group {pool.reserved_for!r} is neither an IAM user group nor a project group")
     total_vms = sum(p.count for p in cfg.pools)
     if total_vms > MAX_VMS:
         found.add("aiinfn:pools", f"{total_vms} VMs in all; at most {MAX_VMS} (split the site into several stacks)")
 
-    if not cfg.cluster.existing:
-        if cfg.openstack is None:
-            found.add("aiinfn:openstack", "is required unless aiinfn:cluster.existing is true")
-            return
-        control = sum(p.count for p in cfg.pools_by_role("control"))
-        if control == 0:
-            found.add("aiinfn:pools", "declare a pool with role control and count 1 or 3")
-        elif control % 2 == 0:
-            found.add("aiinfn:pools", f"{control} control VMs cannot keep an etcd quorum; use an odd count (1, 3 or 5)")
-        if cfg.site.kind == "production" and not any(p.count for p in cfg.pools if p.role in ("services", "cpu")):
-            found.add("aiinfn:pools", "a production site needs a pool with role services (or cpu) for the "
-                      "public ingress: the internet-facing node must not be an etcd/API server")
-        storage = sum(p.count for p in cfg.pools_by_role("storage"))
-        if storage != 1:
-            found.add("aiinfn:pools", f"exactly one VM with role storage carries the NFS volume, found {storage}")
-        nets = [("aiinfn:openstack.internalCidr", cfg.openstack.internal_cidr),
-                ("aiinfn:cluster.clusterCidr", cfg.cluster.cluster_cidr),
-                ("aiinfn:cluster.serviceCidr", cfg.cluster.service_cidr)]
-        parsed = [(k, require_cidr(v, k)) for k, v in nets]
-        for a in range(len(parsed)):
-            for b in range(a + 1, len(parsed)):
-                if parsed[a][1].overlaps(parsed[b][1]):
-                    found.add(parsed[b][0], f"{parsed[b][1]} overlaps {parsed[a][0]} ({parsed[a][1]})")
-        nfs_gb = sum(p.data_volume_gb for p in cfg.pools_by_role("storage") if p.count > 0)
-        for i, project in enumerate(cfg.projects):
-            if nfs_gb and project.storage_gb > nfs_gb:
-                found.add(f"aiinfn:projects[{i}].storageGb",
-                          f"{project.storage_gb} GB is more than the whole NFS volume ({nfs_gb} GB, the storage pool's dataVolumeGb)")
 
+def _pool_reservations(cfg: SiteConfig, found: Collector) -> None:
+    groups = cfg.iam.user_groups + cfg.iam.admin_groups + [p.group for p in cfg.projects]
+    for i, pool in enumerate(cfg.pools):
+        if pool.reserved_for is not None and pool.reserved_for not in groups:
+            found.add(f"aiinfn:pools[{i}].reservedFor",
+                      f"group {pool.reserved_for!r} is neither an IAM user group nor a project group")
+
+
+def _tenancy(cfg: SiteConfig, found: Collector) -> None:
+    if cfg.cluster.existing:
+        return
+    if cfg.openstack is None:
+        found.add("aiinfn:openstack", "is required unless aiinfn:cluster.existing is true")
+        return
+    control = sum(p.count for p in cfg.pools_by_role("control"))
+    if control == 0:
+        found.add("aiinfn:pools", "declare a pool with role control and count 1 or 3")
+    elif control % 2 == 0:
+        found.add("aiinfn:pools", f"{control} control VMs cannot keep an etcd quorum; use an odd count (1, 3 or 5)")
+    if cfg.site.kind == "production" and not any(p.count for p in cfg.pools if p.role in ("services", "cpu")):
+        found.add("aiinfn:pools", "a production site needs a pool with role services (or cpu) for the "
+                  "public ingress: the internet-facing node must not be an etcd/API server")
+    storage = sum(p.count for p in cfg.pools_by_role("storage"))
+    if storage != 1:
+        found.add("aiinfn:pools", f"exactly one VM with role storage carries the NFS volume, found {storage}")
+
+
+def _networks(cfg: SiteConfig, found: Collector) -> None:
+    if cfg.cluster.existing or cfg.openstack is None:
+        return
+    nets = [("aiinfn:openstack.internalCidr", cfg.openstack.internal_cidr),
+            ("aiinfn:cluster.clusterCidr", cfg.cluster.cluster_cidr),
+            ("aiinfn:cluster.serviceCidr", cfg.cluster.service_cidr)]
+    parsed = [(k, require_cidr(v, k)) for k, v in nets]
+    for a in range(len(parsed)):
+        for b in range(a + 1, len(parsed)):
+            if parsed[a][1].overlaps(parsed[b][1]):
+                found.add(parsed[b][0], f"{parsed[b][1]} overlaps {parsed[a][0]} ({parsed[a][1]})")
+
+
+def _project_storage(cfg: SiteConfig, found: Collector) -> None:
+    if cfg.cluster.existing or cfg.openstack is None:
+        return
+    nfs_gb = sum(p.data_volume_gb for p in cfg.pools_by_role("storage") if p.count > 0)
+    for i, project in enumerate(cfg.projects):
+        if nfs_gb and project.storage_gb > nfs_gb:
+            found.add(f"aiinfn:projects[{i}].storageGb",
+                      f"{project.storage_gb} GB is more than the whole NFS volume ({nfs_gb} GB, the storage pool's dataVolumeGb)")
+
+
+def _projects(cfg: SiteConfig, found: Collector) -> None:
     if len(cfg.projects) > MAX_PROJECTS:
         found.add("aiinfn:projects", f"{len(cfg.projects)} projects; at most {MAX_PROJECTS} on one site")
     pnames = [p.name for p in cfg.projects]
     for dup in _duplicates(pnames):
         found.add("aiinfn:projects", f"project name {dup!r} is used twice")
+
+
+# Independent rules: each reads only the sections it needs, so a refused section skips only its own.
+CORE_RULES = (_pool_names, _pool_catalogue, _pool_reservations, _tenancy, _networks, _project_storage, _projects)

@@ -189,6 +189,12 @@ def hardening_lines(rendered: Rendered) -> list[str]:
               "Helm values (a chart's own default images appear with `--charts`):"), ""]
     for registry in sorted(by_registry):
         lines.append(f"- {registry}: {', '.join(f'`{i}`' for i in sorted(by_registry[registry]))}")
+    expanded = {r.name.split(":", 1)[0] for r in rendered.chart_objects}
+    hidden = [release_entry(r) for r in helm_releases(rendered) if release_entry(r)["name"] not in expanded]
+    if hidden:
+        lines += ["", "Charts whose own default images are not listed above (render with `--charts DIR` to list them):",
+                  ", ".join(f"`{e['chart']}` {e['version']}" + (f" from {e['repository']}" if e["repository"] else "")
+                            for e in hidden) + "."]
     return [*lines, ""]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aiinfn import catalogue as cat
-from aiinfn import naming
+from aiinfn import naming, s3access
 from aiinfn.config.model import NodePool, SiteConfig
 from aiinfn.config.storage import USER_ID_MIN, USER_ID_SPAN, block_storage_class, env_maintainers_gid, project_gid
 from aiinfn.hubservices import HubServiceSpec
@@ -219,6 +219,8 @@ def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> 
         "availability": availability_rules(cfg),
         # services in the hub pod whose environment needs values the hub holds from Secrets
         "service_secret_env": {s.name: sorted(s.secret_env) for s in services or [] if s.secret_env},
+        # researchers' buckets (aiinfn:storage.s3): the notebook's client files and variables, the token margin
+        **({"s3": s3access.hub_site_data(cfg)} if s3access.enabled(cfg) else {}),
     }
 
 
@@ -336,7 +338,10 @@ def hub_values(cfg: SiteConfig, secrets: dict[str, Any], services: list[HubServi
                 "JupyterHub": {"authenticator_class": "generic-oauth", **reboot_announcement(cfg)},
                 # Groups are re-read from IAM before every spawn (and hourly): someone removed from a
                 # project's IAM group loses its folder at the next start, not at the next login.
-                "Authenticator": {"enable_auth_state": True, "refresh_pre_spawn": True, "auth_refresh_age": 3600},
+                # With S3 access the hub hands the stored IAM access token to STS: re-read it every few minutes
+                # (on the user's requests) so that it is renewed before it expires (aiinfn/s3access).
+                "Authenticator": {"enable_auth_state": True, "refresh_pre_spawn": True,
+                                  "auth_refresh_age": s3access.AUTH_REFRESH_AGE if s3access.enabled(cfg) else 3600},
                 "GenericOAuthenticator": {
                     "client_id": cfg.iam.client_id,
                     "oauth_callback_url": f"https://{host}/hub/oauth_callback",

@@ -37,6 +37,11 @@ CLIENT_POD_NAMES = ["juicefs-csi-driver", "juicefs-mount"]
 BACKUP_POD_NAME = "nfs-backup"  # components.storage.backup.CRONJOB (in this namespace)
 S3_ACCESS_KEY = "secretS3AccessKey"
 S3_SECRET_KEY = "secretS3SecretKey"
+# The JuiceFS client the CSI driver's mount pods run. Unset, the driver takes the image baked into its own
+# build (juicefs-csi-driver v0.32.1 cmd/node.go:89 JUICEFS_CE_MOUNT_IMAGE, docker/csi.Dockerfile:54-62, else
+# pkg/config/config.go:93 "juicedata/mount:ce-nightly"), which no chart value or render shows; the chart sets
+# it from defaultMountImage.ce (chart 0.32.1 values.yaml:425, templates/daemonset.yaml:136).
+JUICEFS_MOUNT_IMAGE = "docker.io/juicedata/mount:ce-v1.4.1"
 
 
 def redis_conf(password: str, data_dir: str = "/data") -> str:
@@ -211,6 +216,7 @@ class Juicefs:
                 # the chart's dashboard is on by default without login (juicefs-csi-driver 0.32.1 values.yaml:326,
                 # :335) and its ClusterRole reads every Secret and may exec into pods (templates/serviceaccount.yaml:338-435)
                 "dashboard": {"enabled": False},
+                "defaultMountImage": {"ce": JUICEFS_MOUNT_IMAGE},
             },
             opts=ctx.k8s_opts(parent),
         )

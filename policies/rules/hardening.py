@@ -575,12 +575,77 @@ def images_by_registry(resources: Iterable[PolicyResource]) -> dict[str, set[str
     return out
 
 
+# ---------------------------------------------------------------- item 5: the job service apart, its token expiring
+
+JOB_SERVICE_MODULE = "aiinfn_jobservice"  # what its container runs: python3 -m aiinfn_jobservice (components/jobs.py)
+# A projected token the kubelet rotates: the API server caps a requested expirationSeconds at 24 h by default
+# (--service-account-max-token-expiration); a longer request is not what we mean by an expiring token.
+MAX_TOKEN_SECONDS = 86400
+
+
+def _runs_job_service(c: Mapping[str, Any]) -> bool:
+    return any(JOB_SERVICE_MODULE in str(a) for a in [*(c.get("command") or []), *(c.get("args") or [])])
+
+
+def _expiring_token(t: PodTemplate) -> bool:
+    """The pod's Kubernetes credential is a projected ServiceAccount token with a bounded expirationSeconds
+    (automount off, so no other token is mounted)."""
+    if t.spec.get("automountServiceAccountToken") is not False:
+        return False
+    for v in t.volumes():
+        for src in dig(v, "projected", "sources", default=[]) or []:
+            sat = src.get("serviceAccountToken") if isinstance(src, Mapping) else None
+            if isinstance(sat, Mapping):
+                try:
+                    return 0 < float(sat.get("expirationSeconds") or 0) <= MAX_TOKEN_SECONDS
+                except (TypeError, ValueError):
+                    return False
+    return False
+
+
+def job_service_problems(resources: Iterable[PolicyResource]) -> list[str]:
+    """What keeps the job service from being a pod of its own with an expiring token: run by the hub (a managed
+    service in the hub pod), no workload of its own, a workload without an expiring projected token, or a legacy
+    (never-expiring) token Secret for its ServiceAccount."""
+    resources = list(resources)
+    out: list[str] = []
+    accounts: set[tuple[str, str]] = set()
+    found = 0
+    for r in resources:
+        if r.resource_type == HELM_RELEASE and is_jupyterhub(r.props):
+            for key, svc in (dig(values_of(r.props), "hub", "services", default={}) or {}).items():
+                if isinstance(svc, Mapping) and _runs_job_service(svc):
+                    out.append(f"hub.services.{key} runs the job service inside the hub pod")
+        for t in pod_templates(r.resource_type, r.props):
+            if not any(_runs_job_service(c) for c in t.containers()):
+                continue
+            if t.namespace and (t.labels.get("component") == "hub" or t.name == "hub"):
+                out.append(f"{t} runs the job service inside the hub pod")
+                continue
+            found += 1
+            accounts.add((t.namespace, str(t.spec.get("serviceAccountName") or "default")))
+            if not _expiring_token(t):
+                out.append(f"{t} runs the job service without an expiring projected token "
+                           f"(automountServiceAccountToken false, serviceAccountToken.expirationSeconds <= {MAX_TOKEN_SECONDS})")
+    for s in of_kind(resources, "Secret"):
+        if s.props.get("type") == "kubernetes.io/service-account-token":
+            sa = (meta(s.props).get("annotations") or {}).get("kubernetes.io/service-account.name")
+            if (obj_namespace(s.props), str(sa)) in accounts:
+                out.append(f"Secret {obj_namespace(s.props)}/{obj_name(s.props)} is a never-expiring token of the job "
+                           f"service's ServiceAccount {sa}")
+    if found == 0 and not out and any(r.resource_type == HELM_RELEASE and is_jupyterhub(r.props) for r in resources):
+        out.append("no workload of its own runs the job service")
+    return out
+
+
 FIGURE_LINES = {
     "cpu_offerings_seeing_gpus": "CPU offerings that can see a GPU",
     "cluster_wide_secret_roles": "ClusterRoles outside kube-system with cluster-wide secrets read or token creation",
     "namespaces_without_default_deny": "namespaces (outside kube-system) without default-deny ingress and egress",
     "nfs_paths_not_from_nodes": "paths to NFS port 2049 from anything but the nodes",
     "project_namespaces_not_restricted": "project namespaces not enforcing Pod Security restricted",
+    "job_service_problems": ("job service problems (inside the hub pod, or without its own pod with an expiring "
+                             "token)"),
 }
 
 
@@ -595,6 +660,7 @@ def figures(resources: Iterable[PolicyResource]) -> dict[str, int]:
         "project_namespaces_not_restricted": sum(
             1 for ns in of_kind(resources, "Namespace") if naming.LABEL_PROJECT in labels_of(meta(ns.props)) and
             labels_of(meta(ns.props)).get("pod-security.kubernetes.io/enforce") != "restricted"),
+        "job_service_problems": len(job_service_problems(resources)),
     }
 
 

@@ -31,7 +31,12 @@ def image_is_pinned(image: str) -> bool:
     if ":" not in last:
         return False
     tag = last.rsplit(":", 1)[1]
-    return tag not in ("latest", "") and not tag.startswith("<")
+    return tag not in MOVING_TAGS and not tag.startswith("<") and not tag.endswith(("-nightly", "-latest"))
+
+
+# Tags that name a branch or a build channel, not a release: they move (e.g. juicefs-csi-driver v0.32.1
+# pkg/config/config.go:93 falls back to "juicedata/mount:ce-nightly").
+MOVING_TAGS = {"", "latest", "nightly", "ce-nightly", "ee-nightly", "edge", "main", "master", "dev", "stable"}
 
 
 def _images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -82,6 +87,10 @@ def helm_images(values: object, path: str = "") -> Iterator[tuple[str, str, bool
             sub = f"{path}.{k}" if path else k
             if k in ("image", "images") and isinstance(v, str):
                 yield sub, v, image_is_pinned(v)
+            elif k == "defaultMountImage" and isinstance(v, dict):  # juicefs-csi-driver 0.32.1 values.yaml:425
+                for kind, img in v.items():
+                    if isinstance(img, str) and img:
+                        yield f"{sub}.{kind}", img, image_is_pinned(img)
             elif k == "image" and isinstance(v, dict) and ("repository" in v or "name" in v):
                 repo = str(v.get("repository") or v.get("name") or "")
                 if v.get("digest") or "@sha256:" in repo:

@@ -343,6 +343,86 @@ def home_init_container(site: dict[str, Any], username: str, uid: int) -> dict[s
     }
 
 
+# --- S3 buckets with the user's IAM identity (aiinfn:storage.s3) -------------------------------------
+
+_BUCKET_BAD = re.compile(r"[^a-z0-9.-]")
+
+
+def bucket_name(template: str, **values: str) -> str:
+    """A bucket name from a stack template: placeholders filled, lower-cased, characters S3 refuses as '-'."""
+    return _BUCKET_BAD.sub("-", template.format(**values).lower()).strip(".-")[:63]
+
+
+def s3_notebook(site: dict[str, Any], username: str, projects: list[dict[str, Any]]) -> tuple[
+        dict[str, Any], dict[str, Any], dict[str, str]] | None:
+    """(volume, mount, environment) that let a notebook reach its user's buckets, or None where S3 is off.
+
+    Only the client files (an AWS profile running the credential helper) and non-secret variables: the
+    keys come from the hub's S3 service when a client asks, with the notebook's own JupyterHub token.
+    """
+    s3 = site.get("s3")
+    if not s3:
+        return None
+    volume = {"name": "aiinfn-s3", "configMap": {"name": s3["configmap"], "defaultMode": 0o444,
+                                                 "items": [dict(i) for i in s3["items"]]}}
+    mount = {"name": "aiinfn-s3", "mountPath": s3["client_dir"], "readOnly": True}
+    env = dict(s3["env"])
+    env["AIINFN_S3_BUCKET"] = bucket_name(s3["user_bucket"], user=username, site=site["site"])
+    env["AIINFN_S3_PROJECT_BUCKETS"] = ",".join(
+        f"{p['name']}={bucket_name(s3['project_bucket'], project=p['name'], site=site['site'])}" for p in projects)
+    return volume, mount, env
+
+
+def _jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT access token (INDIGO IAM issues JWTs), read without verifying it."""
+    import base64
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        return float(payload["exp"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def refresh_before_expiry(margin_seconds: float, clock=None):
+    """The ``refresh_user_hook`` of the GenericOAuthenticator: renew the IAM access token before it expires.
+
+    OAuthenticator 17.4.0 on its own (oauthenticator/oauth2.py:1340-1430, ``refresh_user``) uses the refresh
+    token only once a userinfo request with the access token fails, i.e. after expiry; the S3 service hands
+    the stored access token to STS, which must never get an expired one. So when the stored token has less
+    than ``margin_seconds`` left, this hook exchanges the refresh token (oauth2.py:1060
+    ``build_refresh_token_request_params``, :1081 ``get_token_info``) and builds the auth model as the
+    authenticator does after a refresh (:1427 ``_token_to_auth_model``: userinfo, groups, auth state).
+    Otherwise it returns None and the default refresh runs (userinfo re-read: groups stay current).
+    """
+    import time as _time
+
+    now = clock or _time.time
+
+    async def hook(authenticator: Any, user: Any, auth_state: dict[str, Any] | None):
+        if not auth_state or not auth_state.get("refresh_token"):
+            return None
+        exp = _jwt_expiry(auth_state.get("access_token") or "")
+        if exp is None or exp - now() > margin_seconds:
+            return None
+        refresh_token = auth_state["refresh_token"]
+        params = authenticator.build_refresh_token_request_params(refresh_token)
+        try:
+            token_info = await authenticator.get_token_info(None, params)
+        except Exception as e:  # noqa: BLE001 - any failure: fall back to the default path
+            authenticator.log.info(f"Refreshing the IAM token of {user.name} before expiry failed: {e}")
+            return None
+        if not token_info.get("refresh_token"):
+            token_info["refresh_token"] = refresh_token  # IAM may keep the refresh token (rotation off)
+        authenticator.log.info(f"Renewed the IAM access token of {user.name} before expiry")
+        return await authenticator._token_to_auth_model(token_info)
+
+    return hook
+
+
 def pre_spawn_hook(site: dict[str, Any]):
     """The ``Spawner.pre_spawn_hook``: per-user volumes, accounting labels, home and environment."""
 
@@ -383,6 +463,12 @@ def pre_spawn_hook(site: dict[str, Any]):
         env = {k: v for k, v in spawner.environment.items() if not k.startswith(NVIDIA_ENV_PREFIX)}
         spawner.environment = {**env, **chosen_profile_env(site, groups, slug), "HOME": f"/home/{username}",
                                "AIINFN_PROJECTS": ",".join(p["name"] for p in projects)}
+        s3 = s3_notebook(site, username, projects)
+        if s3 is not None:
+            volume, mount, s3_env = s3
+            spawner.volumes = [*spawner.volumes, volume]
+            spawner.volume_mounts = [*spawner.volume_mounts, mount]
+            spawner.environment = {**spawner.environment, **s3_env}
         # Real-time collaboration (jupyter-collaboration in the image) only where the stack asks for it.
         rtc = "--YDocExtension.disable_rtc=" + ("False" if site["collaborative"] else "True")
         spawner.args = [a for a in spawner.args if not a.startswith("--YDocExtension.disable_rtc=")] + [rtc]
@@ -466,6 +552,8 @@ def service_environment(services: list[dict[str, Any]], site: dict[str, Any], en
 def configure(c: Any, site: dict[str, Any], env: dict[str, str] | None = None) -> None:
     """Apply the AI_INFN settings to a JupyterHub config object ``c``."""
     c.GenericOAuthenticator.auth_state_groups_key = groups_key(site)
+    if site.get("s3"):
+        c.GenericOAuthenticator.refresh_user_hook = refresh_before_expiry(site["s3"]["refresh_margin_seconds"])
     av = _availability()
     view = av.ClusterView(site, av.kube_fetch(), on_refresh=av.export)
     c.KubeSpawner.profile_list = profile_list(site, view)

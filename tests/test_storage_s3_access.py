@@ -1,0 +1,468 @@
+"""Researchers' buckets with their IAM identity, end to end on loopback (aiinfn:storage.s3, docs/storage.md).
+
+One world per module: CNAF rendered, its hub values loaded by a real JupyterHub 5.5 with the real
+GenericOAuthenticator (OAuthenticator 17.4.0) against a loopback IAM that issues JWT access tokens of a few
+seconds and refresh tokens; the credential service started from the rendered Deployment's command and
+environment as an external JupyterHub service; a real moto_server for S3 and STS behind a loopback "RGW
+STS" that, as RGW does with the IAM's keys, accepts only a live access token of the session's user. The
+notebook is the recording spawner's pod: its environment and its own JupyterHub token. Lifetimes are the
+test's only changes (access tokens 4 s, credentials 3 s instead of >= 900 s, the hub's refresh age 1 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+import pytest
+import requests
+
+from aiinfn import s3access
+from aiinfn.engine.output import helm_releases
+from aiinfn.engine.run import Rendered, run_program
+
+from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, login, running_hub, spawn
+
+ACCESS_LIFETIME = 4.0  # seconds an IAM access token lives here (INDIGO IAM: 3600)
+REFRESH_MARGIN = 2.0  # the hub renews it with this much left (the stack: 600)
+CRED_LIFETIME = 3  # STS DurationSeconds here (the stack: credentialSeconds, 900..43200)
+RENEW_BEFORE = 1  # the service replaces a cached set this long before it expires
+S3_SERVICE_TOKEN = "s3-service-token-for-the-test-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def jwt(claims: dict[str, Any]) -> str:
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")  # noqa: E731
+    return f"{enc({'alg': 'none', 'typ': 'JWT'})}.{enc(claims)}.sig"
+
+
+class TokenIam(BaseHTTPRequestHandler):
+    """INDIGO IAM's token and userinfo endpoints: short-lived JWT access tokens, refresh tokens, 401 once expired."""
+
+    access: ClassVar[dict[str, tuple[str, float]]] = {}  # access token -> (user, exp)
+    refresh: ClassVar[dict[str, str]] = {}  # refresh token -> user
+    grants: ClassVar[list[dict[str, Any]]] = []  # every refresh grant: user, time, exp of the token it replaced
+    issued: ClassVar[list[str]] = []  # every token handed out (none may reach a pod spec)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    @classmethod
+    def live(cls, token: str, user: str) -> bool:
+        owner, exp = cls.access.get(token, ("", 0.0))
+        return owner == user and time.time() < exp
+
+    def _issue(self, user: str) -> dict[str, Any]:
+        now = time.time()
+        at = jwt({"sub": USERS[user]["sub"], "preferred_username": user, "iat": now, "exp": now + ACCESS_LIFETIME,
+                  "jti": os.urandom(6).hex()})
+        rt = f"rt-{user}-{os.urandom(6).hex()}"
+        TokenIam.access[at], TokenIam.refresh[rt] = (user, now + ACCESS_LIFETIME), user
+        TokenIam.issued += [at, rt]
+        return {"access_token": at, "refresh_token": rt, "token_type": "Bearer", "expires_in": int(ACCESS_LIFETIME),
+                "scope": "openid profile email offline_access wlcg wlcg.groups"}
+
+    def do_POST(self) -> None:
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()).items()}
+        if self.path != "/token":
+            return self._json(404, {"error": "not_found"})
+        if form.get("grant_type") == "refresh_token":
+            user = TokenIam.refresh.get(form.get("refresh_token", ""))
+            if user is None:
+                return self._json(400, {"error": "invalid_grant"})
+            last = max((exp for u, exp in TokenIam.access.values() if u == user), default=0.0)
+            TokenIam.grants.append({"user": user, "at": time.time(), "replaced_exp": last})
+            return self._json(200, self._issue(user))
+        code = form.get("code", "")
+        if code not in USERS:
+            return self._json(400, {"error": "invalid_grant"})
+        return self._json(200, self._issue(code))
+
+    def do_GET(self) -> None:
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        user, exp = TokenIam.access.get(token, ("", 0.0))
+        if self.path.startswith("/userinfo") and user and time.time() < exp:
+            return self._json(200, USERS[user])
+        return self._json(401, {"error": "invalid_token"})
+
+
+class RgwSts(BaseHTTPRequestHandler):
+    """The RGW's STS endpoint: checks the web identity token against the IAM (as RGW does with the issuer's
+    keys: signature, expiry), then answers with moto's STS (AssumeRoleWithWebIdentity)."""
+
+    moto: ClassVar[str] = ""
+    calls: ClassVar[list[dict[str, str]]] = []
+    refused: ClassVar[list[dict[str, str]]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        call = {k: form.get(k, "") for k in ("Action", "RoleArn", "RoleSessionName", "DurationSeconds")}
+        if not TokenIam.live(form.get("WebIdentityToken", ""), form.get("RoleSessionName", "")):
+            RgwSts.refused.append(call)
+            data = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+                    b"<Code>InvalidIdentityToken</Code><Message>expired or foreign token</Message></Error></ErrorResponse>")
+            code = 400
+        else:
+            RgwSts.calls.append(call)
+            req = urllib.request.Request(RgwSts.moto + "/", data=body, method="POST",
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                data, code = resp.read(), resp.status
+        self.send_response(code)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def wait_http(url: str, proc: subprocess.Popen, what: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not start:\n{log.read_text()[-3000:]}") from None
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def deployment(rendered: Rendered) -> dict[str, Any]:
+    return next(r.inputs for r in rendered.resources if r.inputs.get("kind") == "Deployment"
+                and r.inputs["metadata"]["name"] == s3access.DEPLOYMENT)
+
+
+def configmap(rendered: Rendered) -> dict[str, str]:
+    return next(r.inputs["data"] for r in rendered.resources if r.inputs.get("kind") == "ConfigMap"
+                and r.inputs["metadata"]["name"] == s3access.CONFIGMAP)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    moto_exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    if not Path(moto_exe).exists():
+        if os.environ.get("CI"):
+            pytest.fail("moto_server is not installed")
+        pytest.skip("moto_server is not installed")
+    work = tmp_path_factory.mktemp("s3access")
+    rendered = run_program("cnaf", secret_values={"iamClientSecret": IAM_SECRET})
+    values = json.loads(json.dumps(next(r for r in helm_releases(rendered)
+                                        if r.inputs.get("name") == "jupyterhub").inputs["values"]))
+    hub = values["hub"]
+    assert hub["config"]["Authenticator"]["auth_refresh_age"] == s3access.AUTH_REFRESH_AGE  # the stack's, then:
+    hub["config"]["Authenticator"]["auth_refresh_age"] = 1
+    hub["extraFiles"]["aiinfn-site"]["data"]["s3"]["refresh_margin_seconds"] = REFRESH_MARGIN
+    svc_port = free_port()
+    assert hub["services"]["s3"]["url"] == f"http://{s3access.DEPLOYMENT}:{s3access.SERVICE_PORT}"
+    hub["services"]["s3"].update(url=f"http://127.0.0.1:{svc_port}", apiToken=S3_SERVICE_TOKEN)
+
+    moto_port = free_port()
+    moto_env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    moto_log = work / "moto.log"
+    with open(moto_log, "w") as log:
+        moto = subprocess.Popen([moto_exe, "-H", "127.0.0.1", "-p", str(moto_port)], stdout=log,
+                                stderr=subprocess.STDOUT, env=moto_env)
+    moto_url = f"http://127.0.0.1:{moto_port}"
+    sts = serve(RgwSts)
+    RgwSts.moto = moto_url
+    procs = [moto]
+    try:
+        wait_http(f"{moto_url}/moto-api/", moto, "moto_server", moto_log)
+        (work / "hub").mkdir()
+        with running_hub(values, rendered, work / "hub", iam_handler=TokenIam) as h:
+            # the credential service as its Deployment runs it, pointed at the loopback hub and RGW
+            (container,) = deployment(rendered)["spec"]["template"]["spec"]["containers"]
+            env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+            assert [e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "JUPYTERHUB_API_TOKEN"] == [
+                {"name": s3access.API_TOKEN_SECRET, "key": s3access.API_TOKEN_KEY}]
+            settings = json.loads(env["AIINFN_S3_SETTINGS"])
+            settings.update(sts_endpoint=f"http://127.0.0.1:{sts.server_address[1]}/",
+                            duration_seconds=CRED_LIFETIME, renew_before_seconds=RENEW_BEFORE)
+            svc_env = {**os.environ, **env, "AIINFN_S3_SETTINGS": json.dumps(settings),
+                       "JUPYTERHUB_API_TOKEN": S3_SERVICE_TOKEN, "JUPYTERHUB_API_URL": f"{h['base']}/hub/api",
+                       "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{svc_port}"}
+            assert container["command"][:1] == ["python3"]
+            module = Path(s3access.__file__).resolve().parent / Path(container["command"][1]).name
+            svc_log = work / "s3service.log"
+            with open(svc_log, "w") as log:
+                svc = subprocess.Popen([sys.executable, str(module)], env=svc_env, stdout=log, stderr=subprocess.STDOUT)
+            procs.append(svc)
+            url = f"http://127.0.0.1:{svc_port}/services/s3/api/credentials"
+            wait_http(f"http://127.0.0.1:{svc_port}/services/s3/health", svc, "the S3 service", svc_log)
+            s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
+                              aws_access_key_id="admin", aws_secret_access_key="admin")
+            notebooks = {}
+            for user in ("arizzi", "lanciotti"):
+                assert login(h, user).status_code == 302
+                status, rec = spawn(h, user, {"profile": "cpu"})
+                assert rec is not None, status
+                notebooks[user] = rec
+                bucket = rec["env"]["AIINFN_S3_BUCKET"]
+                s3.create_bucket(Bucket=bucket)
+                s3.put_object(Bucket=bucket, Key="data/run1.txt", Body=f"events of {user}\n".encode())
+            yield {"hub": h, "url": url, "moto": moto_url, "s3": s3, "notebooks": notebooks, "work": work,
+                   "rendered": rendered, "configmap": configmap(rendered), "svc_log": svc_log}
+    finally:
+        for p in procs:
+            stop(p)
+        sts.shutdown()
+
+
+def ask(world: dict[str, Any], token: str | None, **params: str) -> requests.Response:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    return requests.get(world["url"], headers=headers, params=params, timeout=30)
+
+
+def notebook_token(world: dict[str, Any], user: str) -> str:
+    return world["notebooks"][user]["env"]["JUPYTERHUB_API_TOKEN"]
+
+
+def client_env(world: dict[str, Any], user: str) -> dict[str, str]:
+    """The notebook's environment on this machine: its recorded variables, the ConfigMap's files written out."""
+    rec = world["notebooks"][user]
+    home = world["work"] / f"client-{user}"
+    home.mkdir(exist_ok=True)
+    for key, text in world["configmap"].items():
+        text = text.replace(s3access.CLIENT_DIR, str(home)).replace(rec["env"]["AWS_ENDPOINT_URL"], world["moto"])
+        name = s3access.HELPER if key == s3access.HELPER_KEY else key
+        (home / name).write_text(text)
+        (home / name).chmod(0o555 if key == s3access.HELPER_KEY else 0o444)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({k: v for k, v in rec["env"].items()})
+    env.update({k: v.replace(s3access.CLIENT_DIR, str(home)) for k, v in rec["env"].items()
+                if k in ("AWS_CONFIG_FILE", "RCLONE_CONFIG")})
+    env.update(AWS_ENDPOINT_URL=world["moto"], AIINFN_S3_CREDENTIALS_URL=world["url"], HOME=str(home))
+    return env
+
+
+BOTO3_READ = """
+import boto3, json, sys
+bucket = sys.argv[1]
+s3 = boto3.client("s3")
+keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+body = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read().decode()
+arn = boto3.client("sts").get_caller_identity()["Arn"]
+print(json.dumps({"keys": keys, "body": body, "arn": arn}))
+"""
+
+
+def test_the_notebook_pod_holds_no_key_nor_token(world: dict[str, Any]) -> None:
+    """The pod spec (the recording KubeSpawner's) names the profile, the endpoint and the service, and holds
+    nothing of IAM (access or refresh token), of the hub (client secret, crypt key) or of S3 (keys)."""
+    rec = world["notebooks"]["arizzi"]
+    env = rec["env"]
+    assert env["AWS_CONFIG_FILE"] == f"{s3access.CLIENT_DIR}/config" and env["AWS_PROFILE"] == s3access.PROFILE
+    assert env["AWS_ENDPOINT_URL"] == "https://rgw.cloud.cnaf.infn.it"
+    assert env["AIINFN_S3_CREDENTIALS_URL"] == "https://hub.ai-infn.cnaf.infn.it/services/s3/api/credentials"
+    assert env["AIINFN_S3_BUCKET"] == "aiinfn-cnaf-arizzi"
+    assert env["AIINFN_S3_PROJECT_BUCKETS"] == "lhcb-flashsim=aiinfn-cnaf-prj-lhcb-flashsim"
+    assert {k for k in env if k.startswith("AWS_")} == {"AWS_CONFIG_FILE", "AWS_PROFILE", "AWS_ENDPOINT_URL",
+                                                        "AWS_DEFAULT_REGION"}
+    vol = next(v for v in rec["volumes"] if v.get("configMap", {}).get("name") == s3access.CONFIGMAP)
+    mount = next(m for m in rec["volume_mounts"] if m["name"] == vol["name"])
+    assert mount == {"name": vol["name"], "mountPath": s3access.CLIENT_DIR, "readOnly": True}
+    assert {i["path"] for i in vol["configMap"]["items"]} == {"config", "rclone.conf", s3access.HELPER}
+    # the AWS profile runs the helper (botocore/credentials.py ProcessProvider: credential_process)
+    assert f"credential_process = {s3access.CLIENT_DIR}/{s3access.HELPER}" in world["configmap"]["config"]
+    assert "env_auth = true" in world["configmap"]["rclone.conf"]
+    ask(world, notebook_token(world, "arizzi"))  # credentials issued before the check below
+    text = json.dumps(rec)
+    assert TokenIam.issued and not [t for t in TokenIam.issued if t in text]
+    assert IAM_SECRET not in text and "SecretAccessKey" not in text and "SessionToken" not in text
+    assert not {"OAUTH_CLIENT_SECRET", "JUPYTERHUB_CRYPT_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN"} & set(env)
+
+
+def test_boto3_and_rclone_read_the_users_own_bucket(world: dict[str, Any]) -> None:
+    """boto3 and the real rclone, with no key anywhere, read the user's bucket through credential_process.
+
+    botocore/credentials.py (botocore 1.44.8) ProcessProvider._retrieve_credentials_using, lines 1112-1150:
+    Version 1, AccessKeyId, SecretAccessKey, SessionToken, Expiration. rclone's s3 backend with env_auth
+    loads the shared config (AWS_CONFIG_FILE / AWS_PROFILE), credential_process included, through the AWS
+    SDK: rclone v1.60.1 backend/s3/s3.go:2609-2618 (SharedConfigEnable), v1.71.2 s3.go:3424-3435.
+    """
+    env = client_env(world, "arizzi")
+    out = subprocess.run([sys.executable, "-c", BOTO3_READ, "aiinfn-cnaf-arizzi"], env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert got["keys"] == ["data/run1.txt"] and got["body"] == "events of arizzi\n"
+    assert got["arn"].endswith(":assumed-role/aiinfn-cnaf-user/arizzi")  # RoleSessionName = the user
+    if not shutil.which("rclone"):
+        if os.environ.get("CI"):
+            pytest.fail("rclone is not installed")
+        pytest.skip("rclone is not installed")
+    env.pop("AWS_CA_BUNDLE", None)
+    ls = subprocess.run(["rclone", "lsf", "-R", f"{s3access.RCLONE_REMOTE}:aiinfn-cnaf-arizzi"], env=env,
+                        capture_output=True, text=True, timeout=60, check=False)
+    assert ls.returncode == 0, ls.stderr[-2000:]
+    assert sorted(ls.stdout.split()) == ["data/", "data/run1.txt"]
+    cat = subprocess.run(["rclone", "cat", f"{s3access.RCLONE_REMOTE}:aiinfn-cnaf-arizzi/data/run1.txt"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert cat.returncode == 0 and cat.stdout == "events of arizzi\n", cat.stderr[-2000:]
+
+
+def test_a_user_gets_only_their_own_credentials(world: dict[str, Any]) -> None:
+    """The user is the token's owner, never a parameter; projects only for their members.
+
+    The service reads auth state with its own token: JupyterHub 5.5 jupyterhub/scopes.py:57 (admin:auth_state)
+    and apihandlers/users.py:297-305 (the model's auth_state only with that scope)."""
+    mine, theirs = notebook_token(world, "arizzi"), notebook_token(world, "lanciotti")
+    before = len(RgwSts.calls)
+    r = ask(world, theirs)
+    assert r.status_code == 200, r.text
+    assert RgwSts.calls[before:] == [{"Action": "AssumeRoleWithWebIdentity", "RoleArn": "arn:aws:iam::ai-infn:role/aiinfn-cnaf-user",
+                                      "RoleSessionName": "lanciotti", "DurationSeconds": str(CRED_LIFETIME)}]
+    assert r.json()["AccessKeyId"] != ask(world, mine).json()["AccessKeyId"]
+    r = ask(world, mine, user="lanciotti")
+    assert r.status_code == 400 and "owner of your token" in r.json()["error"]
+    assert ask(world, None).status_code == 401
+    assert ask(world, "not-a-token").status_code == 403
+    assert ask(world, ADMIN_TOKEN).status_code == 403  # a service, not a user
+    assert ask(world, S3_SERVICE_TOKEN).status_code == 403  # the service's own token gets nothing either
+    r = ask(world, mine, project="cms-tracking")
+    assert r.status_code == 403 and "not a member" in r.json()["error"]
+    before = len(RgwSts.calls)
+    assert ask(world, mine, project="lhcb-flashsim").status_code == 200
+    assert RgwSts.calls[before]["RoleArn"] == "arn:aws:iam::ai-infn:role/aiinfn-cnaf-lhcb-flashsim"
+    assert RgwSts.calls[before]["RoleSessionName"] == "arizzi"
+    # the helper, as credential_process runs it, prints the service's answer or fails with its reason
+    env = client_env(world, "arizzi")
+    ok = subprocess.run([str(world["work"] / "client-arizzi" / s3access.HELPER)], env=env, capture_output=True,
+                        text=True, timeout=30, check=False)
+    assert ok.returncode == 0 and set(json.loads(ok.stdout)) == {"Version", "AccessKeyId", "SecretAccessKey",
+                                                                  "SessionToken", "Expiration"}
+    bad = subprocess.run([str(world["work"] / "client-arizzi" / s3access.HELPER), "--project", "cms-tracking"],
+                         env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert bad.returncode == 1 and "403 you are not a member of project 'cms-tracking'" in bad.stderr
+
+
+def test_credentials_expire_and_are_renewed_with_a_renewed_iam_token(world: dict[str, Any]) -> None:
+    """Cached until RENEW_BEFORE ahead of expiry, then a new set; the IAM access token in the hub's auth state
+    is renewed before it expires (refresh_user_hook, OAuthenticator 17.4.0 oauthenticator/oauth2.py:548 and
+    :1377-1380) and after a long pause too, so STS never gets an expired token (the RGW stand-in refuses one).
+    OAuthenticator alone refreshes only once userinfo fails (oauth2.py:1386-1422); the hub calls refresh_user
+    on the user's own requests once auth_refresh_age has passed (jupyterhub/handlers/base.py:382-425)."""
+    mine = notebook_token(world, "arizzi")
+    first = ask(world, mine).json()
+    calls = len(RgwSts.calls)
+    assert ask(world, mine).json()["AccessKeyId"] == first["AccessKeyId"]  # cached
+    assert len(RgwSts.calls) == calls
+    exp = s3access_epoch(first["Expiration"])
+    time.sleep(max(0.0, exp - RENEW_BEFORE - time.time()) + 0.2)
+    second = ask(world, mine).json()
+    assert second["AccessKeyId"] != first["AccessKeyId"]
+    assert s3access_epoch(second["Expiration"]) > exp
+    # the hub renewed arizzi's IAM token while the old one was still valid ...
+    grants = [g for g in TokenIam.grants if g["user"] == "arizzi"]
+    assert any(g["at"] < g["replaced_exp"] for g in grants), grants
+    # ... and after a pause longer than an access token lives (the stored one has expired meanwhile)
+    time.sleep(ACCESS_LIFETIME + 0.5)
+    n = len([g for g in TokenIam.grants if g["user"] == "arizzi"])
+    third = ask(world, mine)
+    assert third.status_code == 200, third.text
+    assert len([g for g in TokenIam.grants if g["user"] == "arizzi"]) > n
+    assert not RgwSts.refused, RgwSts.refused  # never an expired or foreign token at the RGW
+    log = (world["hub"]["work"] / "hub.log").read_text()
+    assert "Renewed the IAM access token of arizzi before expiry" in log
+
+
+def s3access_epoch(expiration: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(expiration.replace("Z", "+00:00")).timestamp()
+
+
+def fuse_unusable() -> str | None:
+    if not Path("/dev/fuse").exists():
+        return "no /dev/fuse on this machine"
+    if os.geteuid() != 0:
+        return "rclone mount needs root (or a setuid fusermount3) here"
+    if not shutil.which("rclone") or not (shutil.which("fusermount3") or shutil.which("fusermount")):
+        return "rclone or fusermount is not installed"
+    return None
+
+
+def test_rclone_mount_reads_through_credential_renewal(world: dict[str, Any], tmp_path: Path) -> None:
+    """A real `rclone mount` of the user's bucket keeps working past its credentials' expiry: rclone asks the
+    AWS SDK, which runs credential_process again (rclone v1.60.1 backend/s3/s3.go:2609-2618)."""
+    why = fuse_unusable()
+    if why:
+        pytest.skip(why)
+    env = client_env(world, "arizzi")
+    env.pop("AWS_CA_BUNDLE", None)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "mount.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["rclone", "mount", f"{s3access.RCLONE_REMOTE}:aiinfn-cnaf-arizzi", str(mnt),
+                                 "--dir-cache-time", "1s", "--poll-interval", "0", "--vfs-cache-mode", "off"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None:
+                if "fuse" in log.read_text().lower():
+                    pytest.skip(f"FUSE does not work here: {log.read_text()[-300:]}")
+                raise AssertionError(log.read_text()[-2000:])
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        assert (mnt / "data" / "run1.txt").read_text() == "events of arizzi\n"
+        time.sleep(CRED_LIFETIME + 0.5)  # the first credentials have expired
+        world["s3"].put_object(Bucket="aiinfn-cnaf-arizzi", Key="data/run2.txt", Body=b"more events\n")
+        deadline = time.monotonic() + 10
+        while not (mnt / "data" / "run2.txt").exists():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.3)
+        assert (mnt / "data" / "run2.txt").read_text() == "more events\n"
+    finally:
+        subprocess.run(["fusermount3" if shutil.which("fusermount3") else "fusermount", "-u", str(mnt)],
+                       capture_output=True, timeout=20, check=False)
+        stop(proc)
