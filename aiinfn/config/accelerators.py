@@ -254,7 +254,7 @@ def validate_site(cfg: SiteConfig, found: Collector) -> None:
         if not pool.fpgas or pool.count == 0:
             continue
         for f in pool.fpgas:
-            if f.model not in acc.fpga_resource_names:
+            if f.model in cat.FPGAS and f.model not in acc.fpga_resource_names:  # an unknown model is reported apart
                 found.add(f"aiinfn:accelerators.fpgaResourceNames.{f.model}",
                           f"pool {pool.name!r} carries {f.model}: give the resource the AMD device plugin registers "
                           "for its shell, amd.com/<VBNV>-<timestamp> (`kubectl describe node` on that node)")
