@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,3 +28,11 @@ def write_variant(tmp: Path, base: str, mutate: Callable[[dict[str, Any]], None]
 
 def pool(config: dict[str, Any], name: str) -> dict[str, Any]:
     return next(p for p in config["aiinfn:pools"] if p["name"] == name)
+
+
+@functools.cache
+def render_with_iam_secret(stack: str, secret: str):
+    """One render per stack and IAM client secret per test session (modules that only read it share it)."""
+    from aiinfn.engine.run import run_program
+
+    return run_program(stack, secret_values={"iamClientSecret": secret})

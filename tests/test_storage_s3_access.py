@@ -1,6 +1,6 @@
 """Researchers' buckets with their IAM identity, end to end on loopback (aiinfn:storage.s3, docs/storage.md).
 
-One world per module: CNAF rendered, its hub values loaded by a real JupyterHub 5.5 with the real
+One world per module: ReCaS rendered (the cheaper stack with S3 on), its hub values loaded by a real JupyterHub 5.5 with the real
 GenericOAuthenticator (OAuthenticator 17.4.0) against a loopback IAM that issues JWT access tokens of a few
 seconds and refresh tokens; the credential service started from the rendered Deployment's command and
 environment as an external JupyterHub service; a real moto_server for S3 and STS behind a loopback "RGW
@@ -33,8 +33,9 @@ import requests
 
 from aiinfn import s3access
 from aiinfn.engine.output import helm_releases
-from aiinfn.engine.run import Rendered, run_program
+from aiinfn.engine.run import Rendered
 
+from .stackdata import render_with_iam_secret
 from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, login, running_hub, spawn
 
 ACCESS_LIFETIME = 4.0  # seconds an IAM access token lives here (INDIGO IAM: 3600)
@@ -120,6 +121,7 @@ class RgwSts(BaseHTTPRequestHandler):
     moto: ClassVar[str] = ""
     calls: ClassVar[list[dict[str, str]]] = []
     refused: ClassVar[list[dict[str, str]]] = []
+    deny: ClassVar[set[str]] = set()  # session names whose role the RGW refuses (a trust policy that excludes them)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -128,7 +130,11 @@ class RgwSts(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         call = {k: form.get(k, "") for k in ("Action", "RoleArn", "RoleSessionName", "DurationSeconds")}
-        if not TokenIam.live(form.get("WebIdentityToken", ""), form.get("RoleSessionName", "")):
+        if form.get("RoleSessionName") in RgwSts.deny:
+            data = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+                    b"<Code>AccessDenied</Code><Message>not allowed by the trust policy</Message></Error></ErrorResponse>")
+            code = 403
+        elif not TokenIam.live(form.get("WebIdentityToken", ""), form.get("RoleSessionName", "")):
             RgwSts.refused.append(call)
             data = (b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
                     b"<Code>InvalidIdentityToken</Code><Message>expired or foreign token</Message></Error></ErrorResponse>")
@@ -192,7 +198,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             pytest.fail("moto_server is not installed")
         pytest.skip("moto_server is not installed")
     work = tmp_path_factory.mktemp("s3access")
-    rendered = run_program("cnaf", secret_values={"iamClientSecret": IAM_SECRET})
+    rendered = render_with_iam_secret("recas", IAM_SECRET)
     values = json.loads(json.dumps(next(r for r in helm_releases(rendered)
                                         if r.inputs.get("name") == "jupyterhub").inputs["values"]))
     hub = values["hub"]
@@ -299,10 +305,10 @@ def test_the_notebook_pod_holds_no_key_nor_token(world: dict[str, Any]) -> None:
     rec = world["notebooks"]["arizzi"]
     env = rec["env"]
     assert env["AWS_CONFIG_FILE"] == f"{s3access.CLIENT_DIR}/config" and env["AWS_PROFILE"] == s3access.PROFILE
-    assert env["AWS_ENDPOINT_URL"] == "https://rgw.cloud.cnaf.infn.it"
-    assert env["AIINFN_S3_CREDENTIALS_URL"] == "https://hub.ai-infn.cnaf.infn.it/services/s3/api/credentials"
-    assert env["AIINFN_S3_BUCKET"] == "aiinfn-cnaf-arizzi"
-    assert env["AIINFN_S3_PROJECT_BUCKETS"] == "lhcb-flashsim=aiinfn-cnaf-prj-lhcb-flashsim"
+    assert env["AWS_ENDPOINT_URL"] == "https://s3.recas.ba.infn.it"
+    assert env["AIINFN_S3_CREDENTIALS_URL"] == "https://hub.ai-infn.recas.ba.infn.it/services/s3/api/credentials"
+    assert env["AIINFN_S3_BUCKET"] == "aiinfn-recas-arizzi"
+    assert env["AIINFN_S3_PROJECT_BUCKETS"] == "lhcb-flashsim=aiinfn-recas-lhcb-flashsim"
     assert {k for k in env if k.startswith("AWS_")} == {"AWS_CONFIG_FILE", "AWS_PROFILE", "AWS_ENDPOINT_URL",
                                                         "AWS_DEFAULT_REGION"}
     vol = next(v for v in rec["volumes"] if v.get("configMap", {}).get("name") == s3access.CONFIGMAP)
@@ -329,22 +335,22 @@ def test_boto3_and_rclone_read_the_users_own_bucket(world: dict[str, Any]) -> No
     SDK: rclone v1.60.1 backend/s3/s3.go:2609-2618 (SharedConfigEnable), v1.71.2 s3.go:3424-3435.
     """
     env = client_env(world, "arizzi")
-    out = subprocess.run([sys.executable, "-c", BOTO3_READ, "aiinfn-cnaf-arizzi"], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", BOTO3_READ, "aiinfn-recas-arizzi"], env=env, capture_output=True,
                          text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout)
     assert got["keys"] == ["data/run1.txt"] and got["body"] == "events of arizzi\n"
-    assert got["arn"].endswith(":assumed-role/aiinfn-cnaf-user/arizzi")  # RoleSessionName = the user
+    assert got["arn"].endswith(":assumed-role/aiinfn-recas-user/arizzi")  # RoleSessionName = the user
     if not shutil.which("rclone"):
         if os.environ.get("CI"):
             pytest.fail("rclone is not installed")
         pytest.skip("rclone is not installed")
     env.pop("AWS_CA_BUNDLE", None)
-    ls = subprocess.run(["rclone", "lsf", "-R", f"{s3access.RCLONE_REMOTE}:aiinfn-cnaf-arizzi"], env=env,
+    ls = subprocess.run(["rclone", "lsf", "-R", f"{s3access.RCLONE_REMOTE}:aiinfn-recas-arizzi"], env=env,
                         capture_output=True, text=True, timeout=60, check=False)
     assert ls.returncode == 0, ls.stderr[-2000:]
     assert sorted(ls.stdout.split()) == ["data/", "data/run1.txt"]
-    cat = subprocess.run(["rclone", "cat", f"{s3access.RCLONE_REMOTE}:aiinfn-cnaf-arizzi/data/run1.txt"], env=env,
+    cat = subprocess.run(["rclone", "cat", f"{s3access.RCLONE_REMOTE}:aiinfn-recas-arizzi/data/run1.txt"], env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     assert cat.returncode == 0 and cat.stdout == "events of arizzi\n", cat.stderr[-2000:]
 
@@ -358,7 +364,7 @@ def test_a_user_gets_only_their_own_credentials(world: dict[str, Any]) -> None:
     before = len(RgwSts.calls)
     r = ask(world, theirs)
     assert r.status_code == 200, r.text
-    assert RgwSts.calls[before:] == [{"Action": "AssumeRoleWithWebIdentity", "RoleArn": "arn:aws:iam::ai-infn:role/aiinfn-cnaf-user",
+    assert RgwSts.calls[before:] == [{"Action": "AssumeRoleWithWebIdentity", "RoleArn": "arn:aws:iam::ai-infn:role/aiinfn-recas-user",
                                       "RoleSessionName": "lanciotti", "DurationSeconds": str(CRED_LIFETIME)}]
     assert r.json()["AccessKeyId"] != ask(world, mine).json()["AccessKeyId"]
     r = ask(world, mine, user="lanciotti")
@@ -371,7 +377,7 @@ def test_a_user_gets_only_their_own_credentials(world: dict[str, Any]) -> None:
     assert r.status_code == 403 and "not a member" in r.json()["error"]
     before = len(RgwSts.calls)
     assert ask(world, mine, project="lhcb-flashsim").status_code == 200
-    assert RgwSts.calls[before]["RoleArn"] == "arn:aws:iam::ai-infn:role/aiinfn-cnaf-lhcb-flashsim"
+    assert RgwSts.calls[before]["RoleArn"] == "arn:aws:iam::ai-infn:role/aiinfn-recas-lhcb-flashsim"
     assert RgwSts.calls[before]["RoleSessionName"] == "arizzi"
     # the helper, as credential_process runs it, prints the service's answer or fails with its reason
     env = client_env(world, "arizzi")
@@ -414,6 +420,20 @@ def test_credentials_expire_and_are_renewed_with_a_renewed_iam_token(world: dict
     assert "Renewed the IAM access token of arizzi before expiry" in log
 
 
+def test_a_refusal_of_the_object_store_reaches_the_notebook_in_one_line(world: dict[str, Any]) -> None:
+    """STS's ErrorResponse (Ceph RGW STS doc: the role's trust policy decides) comes back as the reason, not a
+    traceback, and nothing is cached: once allowed, the next request gets credentials. (After the renewal
+    test: lanciotti's cached set has expired by then, so the service asks STS.)"""
+    RgwSts.deny.add("lanciotti")
+    try:
+        r = ask(world, notebook_token(world, "lanciotti"), project="cms-tracking")
+    finally:
+        RgwSts.deny.discard("lanciotti")
+    assert r.status_code == 502
+    assert r.json() == {"error": "the object store refused the role: AccessDenied: not allowed by the trust policy"}
+    assert ask(world, notebook_token(world, "lanciotti"), project="cms-tracking").status_code == 200
+
+
 def s3access_epoch(expiration: str) -> float:
     from datetime import datetime
 
@@ -442,7 +462,7 @@ def test_rclone_mount_reads_through_credential_renewal(world: dict[str, Any], tm
     mnt.mkdir()
     log = tmp_path / "mount.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(["rclone", "mount", f"{s3access.RCLONE_REMOTE}:aiinfn-cnaf-arizzi", str(mnt),
+        proc = subprocess.Popen(["rclone", "mount", f"{s3access.RCLONE_REMOTE}:aiinfn-recas-arizzi", str(mnt),
                                  "--dir-cache-time", "1s", "--poll-interval", "0", "--vfs-cache-mode", "off"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -456,7 +476,7 @@ def test_rclone_mount_reads_through_credential_renewal(world: dict[str, Any], tm
             time.sleep(0.1)
         assert (mnt / "data" / "run1.txt").read_text() == "events of arizzi\n"
         time.sleep(CRED_LIFETIME + 0.5)  # the first credentials have expired
-        world["s3"].put_object(Bucket="aiinfn-cnaf-arizzi", Key="data/run2.txt", Body=b"more events\n")
+        world["s3"].put_object(Bucket="aiinfn-recas-arizzi", Key="data/run2.txt", Body=b"more events\n")
         deadline = time.monotonic() + 10
         while not (mnt / "data" / "run2.txt").exists():
             assert time.monotonic() < deadline, log.read_text()[-2000:]

@@ -14,7 +14,10 @@ import pytest
 from aiinfn import s3access
 from aiinfn.config import ConfigError, site_config_from_data
 from aiinfn.engine.output import helm_releases
-from aiinfn.engine.run import load_config, run_program
+from aiinfn.engine.run import load_config
+
+from .stackdata import render_with_iam_secret
+from .test_hub_jupyterhub import IAM_SECRET
 
 ARN = "arn:aws:iam::ai-infn:role/aiinfn-cnaf-user"
 
@@ -65,7 +68,7 @@ def test_bounds_and_defaults_accepted() -> None:
 def test_rendered_service_and_notebook_files_hold_no_secret() -> None:
     """The service's settings, the client ConfigMap and the hub's site data: endpoints, roles, templates; the
     service's hub token only by secretKeyRef and as a Pulumi secret in the hub values."""
-    rendered = run_program("recas")
+    rendered = render_with_iam_secret("recas", IAM_SECRET)  # shared with test_storage_s3_access
     values = next(r for r in helm_releases(rendered) if r.inputs.get("name") == "jupyterhub").inputs["values"]
     svc = values["hub"]["services"]["s3"]
     assert svc["url"] == "http://aiinfn-s3:10102" and str(svc["apiToken"]).startswith("<")
