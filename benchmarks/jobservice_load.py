@@ -4,16 +4,25 @@ Starts, as the tests do (``tests/test_jobservice_hub.py``), a real JupyterHub (P
 loopback, no proxy, DummyAuthenticator) and the job service in its own process as a hub service
 with its API token, OAuth scopes and roles as the program ships them, on the cnaf settings, with the
 in-memory Kubernetes client (seeded with one running notebook pod per active user and the notebook
-pods of other users). This process is the closed-loop load generator: N workers, each its own hub
-user with a real JupyterHub token, send requests back to back for a bounded time.
+pods of other users) and logging as the shipped entry point sets it. This process is the closed-loop
+load generator: N clients, each its own hub user with a real JupyterHub token on its own keep-alive
+connection, send requests back to back for a bounded time (after a short untimed warm-up that opens
+the connections); it writes pre-built requests and reads replies by Content-Length, so it takes a
+small part of the cores it shares with the service (its CPU per request is printed).
 
-Prints per endpoint and concurrency: requests/s, p50/p95/p99 (ms), errors, and hub API calls per
-request (from the hub's own ``jupyterhub_request_duration_seconds`` counts, scraped before and after
-each phase), and the CPU time the service and the hub spent per request (``/proc/<pid>/stat``: on a
-shared machine latencies follow the load, CPU time per request much less); then ``POST api/jobs``
-at 50, 200 and 1000 registered hub users.
+Prints per endpoint and concurrency: requests/s, p50/p95/p99 (ms), errors, hub API calls per request
+(from the hub's own ``jupyterhub_request_duration_seconds`` counts, scraped before and after each
+phase), the CPU time the service, the hub and the load generator spent per request
+(``/proc/<pid>/stat``: on a shared machine latencies follow the load, CPU time per request much less),
+the cores the service got, and what the rest of the machine did meanwhile: the cores other processes
+kept busy (``/proc/stat`` less ours) and the 1-minute load average at the start and end of the phase.
+Then ``POST api/jobs`` at 50, 200 and 1000 registered hub users.
 
     python benchmarks/jobservice_load.py [--duration 5] [--concurrency 1 10 50] [--hub-users 50 200 1000]
+        [--endpoints 'POST api/jobs' ...] [--profile service.pstats] [--json figures.json]
+
+``--endpoints`` also offers ``GET api/info`` (the token check and a small reply) and ``GET health``
+(tornado alone), the floors of an authenticated and of any request on the machine at the time.
 """
 
 from __future__ import annotations
@@ -32,11 +41,10 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -83,8 +91,12 @@ c.JupyterHub.log_level = "WARN"
 
 # The service process: the real app on the cnaf settings, in-memory Kubernetes seeded with notebook pods.
 SERVICE = """
-import asyncio, json, os, sys
+import asyncio, json, logging, os, sys
 sys.path.insert(0, os.environ["BENCH_ROOT"])
+# Logging as the shipped entry point sets it (aiinfn/jobservice/__main__.py): every request logged.
+from aiinfn.jobservice.__main__ import LOG_FORMAT, quiet_logging_internals
+quiet_logging_internals()
+logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 from jupyterhub.services.auth import HubOAuth
 from aiinfn.jobservice.app import make_app
 from aiinfn.jobservice.kube import MemoryKubeClient
@@ -97,6 +109,20 @@ for user in json.loads(os.environ["BENCH_NOTEBOOK_USERS"]):
     kube.add(notebook_pod(user, projects=("cms-tracking",), gpu=False))
 auth = HubOAuth(api_token=os.environ["BENCH_TOKEN"], api_url=os.environ["BENCH_HUB_API"],
                 oauth_client_id="service-jobs", access_scopes={"access:services!service=jobs", "access:services"})
+
+
+profile_out = os.environ.get("BENCH_PROFILE")
+if profile_out:  # cProfile of the service, written when the benchmark stops it (SIGTERM)
+    import cProfile, signal, time
+    profiler = cProfile.Profile(time.process_time)  # CPU time: what other processes run does not count
+
+    def dump(*_):
+        profiler.disable()
+        profiler.dump_stats(profile_out)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+    profiler.enable()
 
 
 async def main():
@@ -181,64 +207,142 @@ BODIES = {
     ("POST", "api/bunshin"): {"name": "clone", "project": PROJECT, "command": ["python", "run.py"], "cpu": 1,
                               "memory": "2Gi"},
     ("GET", "api/jobs"): None,
+    ("GET", "api/info"): None,  # the token check and a small reply: the floor of an authenticated request
+    ("GET", "health"): None,  # no authentication: tornado's own floor on this machine
 }
+DEFAULT_ENDPOINTS = ["POST api/jobs", "POST api/bunshin", "GET api/jobs"]
+
+
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, one request at a time: a pre-built request written, the reply
+    read by its Content-Length. A few tens of microseconds of this process's CPU per request, so that the
+    load generator takes little of the cores it shares with the service (an HTTP client library took ~1 ms)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.transport.set_write_buffer_limits(0)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = CONTENT_LENGTH.search(head)
+        if length is None:  # tornado's finish() always sets it; anything else is not what this client reads
+            raise RuntimeError(f"reply without Content-Length: {head[:200]!r}")
+        return int(head[9:12]), await self.reader.readexactly(int(length.group(1)))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def raw_request(method: str, url: str, token: str, body: Any) -> bytes:
+    parts = urllib.parse.urlsplit(url)
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (f"{method} {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: token {token}\r\n"
+            + (f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n" if body is not None else "")
+            + "\r\n")
+    return head.encode() + data
 
 
 async def phase(svc: str, method: str, path: str, tokens: list[str], concurrency: int,
-                duration: float) -> dict[str, Any]:
-    body = BODIES[(method, path)]
+                duration: float, warmup: float) -> dict[str, Any]:
+    """``concurrency`` closed-loop clients, each on its own keep-alive connection, in this one process.
+
+    The first ``warmup`` seconds open the connections and are not timed; latencies are those of the
+    requests sent in the next ``duration`` seconds. ``n_all`` counts every request, for costs per request.
+    """
+    url = f"{svc}/{path}"
+    parts = urllib.parse.urlsplit(url)
     latencies: list[float] = []
     errors: dict[int, int] = {}
     sample: dict[int, str] = {}
-    deadline = time.monotonic() + duration
-    conn = aiohttp.TCPConnector(limit=concurrency + 1)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def worker(i: int) -> None:
-            headers = {"Authorization": f"token {tokens[i % len(tokens)]}"}
-            while time.monotonic() < deadline:
-                t0 = time.perf_counter()
-                async with session.request(method, f"{svc}/{path}", json=body, headers=headers) as resp:
-                    text = await resp.read()
-                    status = resp.status
-                latencies.append((time.perf_counter() - t0) * 1000)
+    done = [0]
+    start = time.perf_counter() + warmup
+    deadline = start + duration
+
+    async def worker(i: int) -> None:
+        raw = raw_request(method, url, tokens[i % len(tokens)], BODIES[(method, path)])
+        conn = await Connection.open(parts.hostname or "127.0.0.1", parts.port or 80)
+        try:
+            while (t0 := time.perf_counter()) < deadline:
+                status, text = await conn.request(raw)
+                done[0] += 1
+                if t0 >= start:
+                    latencies.append((time.perf_counter() - t0) * 1000)
                 if status >= 300:
                     errors[status] = errors.get(status, 0) + 1
                     sample.setdefault(status, text.decode(errors="replace")[:200])
+        finally:
+            conn.close()
 
-        t0 = time.monotonic()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.monotonic() - t0
-    return {"n": len(latencies), "rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.5),
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    return {"n": len(latencies), "n_all": done[0], "rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.5),
             "p95": percentile(latencies, 0.95), "p99": percentile(latencies, 0.99), "errors": errors,
             "error_sample": sample}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used so far (``/proc/stat``, every core)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 PIDS: dict[str, int] = {}
 
 
 def measure(svc: str, hub_api: str, admin: str, method: str, path: str, tokens: list[str], c: int,
-            duration: float) -> dict[str, Any]:
+            duration: float, warmup: float = 0.5) -> dict[str, Any]:
+    """One phase, with what the machine did meanwhile: the load average at its start and end, and how
+    many cores other processes (not the hub, the service or this load generator) kept busy."""
     before = hub_requests(hub_api, admin)
+    load_start = os.getloadavg()[0]
     cpu = {k: cpu_seconds(pid) for k, pid in PIDS.items()}
-    out = asyncio.run(phase(svc, method, path, tokens, c, duration))
+    busy, t0 = machine_busy_seconds(), time.monotonic()
+    out = asyncio.run(phase(svc, method, path, tokens, c, duration, warmup))
+    wall = time.monotonic() - t0
+    ours = 0.0
     for k, pid in PIDS.items():
-        out[f"{k}_cpu_ms"] = (cpu_seconds(pid) - cpu[k]) * 1000 / max(out["n"], 1)
-    out["hub_calls"] = (hub_requests(hub_api, admin) - before) / max(out["n"], 1)
+        used = cpu_seconds(pid) - cpu[k]
+        ours += used
+        out[f"{k}_cpu_ms"] = used * 1000 / max(out["n_all"], 1)
+        out[f"{k}_cores"] = used / wall
+    out["other_cores"] = max(0.0, (machine_busy_seconds() - busy - ours) / wall)
+    out["load"] = (load_start, os.getloadavg()[0])
+    out["hub_calls"] = (hub_requests(hub_api, admin) - before) / max(out["n_all"], 1)
     return out
+
+
+HEADER = ("| endpoint | hub users | c | req/s | p50 ms | p95 ms | p99 ms | hub calls/req | service CPU ms/req "
+          "| hub CPU ms/req | generator CPU ms/req | service cores | other cores | load start→end | errors |")
 
 
 def row(method: str, path: str, c: int, r: dict[str, Any], users: int) -> str:
     errs = ",".join(f"{k}x{v}" for k, v in sorted(r["errors"].items())) or "0"
     return (f"| `{method} {path}` | {users} | {c} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | "
-            f"{r['p99']:.1f} | {r['hub_calls']:.3f} | {r['service_cpu_ms']:.1f} | {r['hub_cpu_ms']:.1f} | {errs} |")
+            f"{r['p99']:.1f} | {r['hub_calls']:.3f} | {r['service_cpu_ms']:.2f} | {r['hub_cpu_ms']:.2f} | "
+            f"{r['generator_cpu_ms']:.2f} | {r['service_cores']:.2f} | {r['other_cores']:.2f} | "
+            f"{r['load'][0]:.2f}→{r['load'][1]:.2f} | {errs} |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per phase (timed)")
+    ap.add_argument("--warmup", type=float, default=0.5, help="seconds before each phase's timing starts")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--hub-users", type=int, nargs="+", default=[50, 200, 1000])
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--profile", help="write a cProfile of the service to this file (pstats format)")
+    ap.add_argument("--endpoints", nargs="+", default=DEFAULT_ENDPOINTS, choices=[f"{m} {p}" for m, p in BODIES],
+                    help="only these endpoints (e.g. 'POST api/jobs')")
     args = ap.parse_args()
 
     from aiinfn.engine.run import load_config
@@ -295,6 +399,8 @@ def main() -> int:
         env = {**os.environ, "BENCH_ROOT": str(ROOT), "BENCH_SETTINGS": str(settings_file),
                "BENCH_NOTEBOOK_USERS": json.dumps(active + others[-OTHER_NOTEBOOKS:]), "BENCH_TOKEN": jobs_token,
                "BENCH_HUB_API": hub_api, "BENCH_PORT": str(svc_port), "PYTHONPATH": str(ROOT)}
+        if args.profile:
+            env["BENCH_PROFILE"] = str(Path(args.profile).resolve())
         procs.append(subprocess.Popen([sys.executable, "-c", SERVICE], env=env, stdout=svc_log,
                                       stderr=subprocess.STDOUT, start_new_session=True))
         svc = f"http://127.0.0.1:{svc_port}/services/jobs"
@@ -330,12 +436,15 @@ def main() -> int:
         time.sleep(1)
         print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; {args.duration:g} s per phase")
         PIDS.update(hub=procs[0].pid, service=procs[1].pid)
-        print("| endpoint | hub users | concurrency | req/s | p50 ms | p95 ms | p99 ms | hub calls/req "
-              "| service CPU ms/req | hub CPU ms/req | errors |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print(f"pids: hub {procs[0].pid}, service {procs[1].pid}, load generator {os.getpid()}", flush=True)
+        PIDS["generator"] = os.getpid()
+        print(HEADER)
+        print("|" + "---|" * HEADER.count(" | ") + "---|")
         for method, path in BODIES:
+            if f"{method} {path}" not in args.endpoints:
+                continue
             for c in args.concurrency:
-                r = measure(svc, hub_api, admin_token, method, path, tokens, c, args.duration)
+                r = measure(svc, hub_api, admin_token, method, path, tokens, c, args.duration, args.warmup)
                 results["phases"].append({"endpoint": f"{method} {path}", "users": min(args.hub_users), "c": c, **r})
                 print(row(method, path, c, r, min(args.hub_users)), flush=True)
                 for status, text in r["error_sample"].items():
@@ -344,7 +453,7 @@ def main() -> int:
             grow_hub_to(n)
             time.sleep(1)
             for c in (1, 10):
-                r = measure(svc, hub_api, admin_token, "POST", "api/jobs", tokens, c, args.duration)
+                r = measure(svc, hub_api, admin_token, "POST", "api/jobs", tokens, c, args.duration, args.warmup)
                 results["phases"].append({"endpoint": "POST api/jobs", "users": n, "c": c, **r})
                 print(row("POST", "api/jobs", c, r, n), flush=True)
         print(f"load average after: {os.getloadavg()}")

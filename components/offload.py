@@ -14,7 +14,8 @@ For each remote site of ``aiinfn:offload``:
   cohort (the local queue borrows it when local capacity is exhausted), and a LocalQueue of the
   same name in every project namespace for jobs sent to one remote site explicitly;
 - no credential of the platform: the JuiceFS volume Secret stays in the storage namespace, read by the
-  JuiceFS CSI driver only (``allowSecrets: true`` is refused by the config).
+  JuiceFS CSI driver only (``allowSecrets: true`` is refused by the config). A site with ``juicefs`` gets a
+  read-only credential of its own instead (made by the storage layer: components/storage/juicefs.py).
 """
 
 from __future__ import annotations
@@ -510,7 +511,9 @@ class Offload(pulumi.ComponentResource):
         for s in self.sites:
             r = s.resources
             accel = ", ".join(f"{a.count}× {catalogue.GPUS[a.model].display}" for a in r.accelerators) or "no GPUs"
-            ship = "no secrets shipped"
+            ship = (f"JuiceFS read-only: Redis user `remote-{s.name}`, S3 user `{s.juicefs.s3_user}` (Secret "
+                    f"`juicefs-remote-{s.name}` in the project namespaces)" if s.juicefs is not None and juicefs_available
+                    else "no secrets shipped")
             lines.append(f"- **{s.name}** ({s.plugin}) {s.endpoint}:{s.port}, node `{naming.virtual_node_name(s.name)}`, "
                          f"queue `{naming.offload_cluster_queue(s.name)}`: {r.cpu} CPU, {r.memory_gb} GiB, "
                          f"{r.pods} pods, {accel}; auth {s.auth.mode}; {ship}")

@@ -66,6 +66,22 @@ def test_gpu_job_leaves_visibility_to_the_device_plugin():
     assert check_resource(hardening.gpu_visibility, JOB, job) == []
 
 
+@pytest.mark.parametrize("accelerator", ["cpu", "a100-80gb"])
+def test_cuda_visible_devices_is_the_users_own_choice_and_selects_nothing_new(accelerator):
+    """CUDA_VISIBLE_DEVICES (and ROCR/HIP_VISIBLE_DEVICES) only filter the devices the CUDA runtime finds inside
+    the container; which device nodes and driver files the container gets is decided by the NVIDIA runtime hook
+    from NVIDIA_VISIBLE_DEVICES / the device plugin's allocation: nvidia-container-toolkit v1.20.0 reads the
+    NVIDIA_* variables and CUDA_VERSION (internal/config/image/envvars.go:20-31) and CUDA_VISIBLE_DEVICES nowhere
+    outside its tests. So the job service keeps it, as any other user variable, and still drops every NVIDIA_*
+    and says void where no GPU is requested."""
+    job = _job({"accelerator": accelerator, "sandbox": {"a.txt": "x"},
+                "env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "NVIDIA_VISIBLE_DEVICES": "all"}})
+    main = job["spec"]["template"]["spec"]["containers"][0]
+    assert _env(main)["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    assert _env(main).get("NVIDIA_VISIBLE_DEVICES") == ("void" if accelerator == "cpu" else None)
+    assert check_resource(hardening.gpu_visibility, JOB, job) == []
+
+
 def test_bunshin_clone_of_a_gpu_notebook_on_cpu_gets_void():
     pod = notebook_pod(gpu=True)
     for c in pod["spec"]["containers"]:

@@ -253,6 +253,10 @@ def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
 
         def post(self, path: str) -> None:
             self._record()
+            if "/namespaces/elsewhere/" in path:  # RBAC: the service has no Role there
+                self.set_status(403)
+                self.finish({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403})
+                return
             obj = json.loads(self.request.body)
             obj["metadata"]["uid"] = "6f1c3d0a-5b5e-4c1e-9a53-0c9c1b7e2f10"
             self.set_status(201)
@@ -290,6 +294,12 @@ def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
             assert await client.get_job("project-a", "missing") is None
             await client.delete_job("project-a", "j")
             assert await client.count_jobs("project-a", "x=y", 5) == 1  # raw list page, no models decoded
+            # Replies are read raw (no models): an error status is still a KubeError, never a reply to read
+            for refused in (client.create_job("elsewhere", {**job, "metadata": {"name": "j", "namespace": "elsewhere"}}),
+                            client.count_jobs("elsewhere", "x=y", 5), client.list_pods("elsewhere", "")):
+                with pytest.raises(KubeError) as err:
+                    await refused
+                assert err.value.status == 403
             # the kubelet renews a projected token in place: the client reads the new one
             (tmp_path / "token").write_text("renewed-token\n")
             client.TOKEN_REREAD_SECONDS = 0

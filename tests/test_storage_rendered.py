@@ -127,7 +127,9 @@ def test_redis_reachable_only_by_juicefs_clients(stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_juicefs_volume_secret_has_the_csi_keys(stack):
     sec = next(d for d in objects(stack, "Secret") if d["metadata"]["name"] == "juicefs-volume")
-    assert set(sec["stringData"]) == {"name", "metaurl", "storage", "bucket", "access-key", "secret-key", "format-options"}
+    # the S3 keys as the mount pods' environment ("envs"), never as access-key/secret-key, which JuiceFS would keep
+    # in the volume's metadata (juicefs v1.4.1 pkg/meta/config.go:233-259; tests/test_hardening_juicefs_remote.py)
+    assert set(sec["stringData"]) == {"name", "metaurl", "storage", "bucket", "envs", "format-options"}
     # JuiceFS keeps deleted objects in its trash as long as the metadata dumps are kept (CSI driver docs,
     # https://juicefs.com/docs/csi/guide/pv/ "format-options"; juicefs format --trash-days)
     keep = yaml.safe_load(resolve(stack).read_text())["config"]["aiinfn:storage"].get("backup", {})

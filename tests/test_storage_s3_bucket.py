@@ -112,6 +112,28 @@ def test_update_in_place_without_replacement(s3_endpoint):
     assert read.outs["lifecycleRules"] == [] and read.outs["tags"] == {}
 
 
+def test_the_remote_sites_read_policy_is_applied_read_back_and_removed(s3_endpoint):
+    """The bucket policy granting remote sites' S3 users read (components.storage.juicefs.read_only_bucket_policy)
+    is put, read back equal whatever the store's formatting, changed in place and deleted when no remote reads."""
+    import json
+
+    from components.storage.juicefs import read_only_bucket_policy
+
+    p = BucketProvider()
+    policy = read_only_bucket_policy("aiinfn-t4-juicefs", {"leonardo": "aiinfn-t4-leonardo"})
+    old = props(s3_endpoint, "aiinfn-t4-juicefs", policy=policy)
+    p.create(old)
+    got = json.loads(client(s3_endpoint).get_bucket_policy(Bucket="aiinfn-t4-juicefs")["Policy"])
+    assert got["Statement"][0]["Principal"] == {"AWS": ["arn:aws:iam:::user/aiinfn-t4-leonardo"]}
+    read = p.read("aiinfn-t4-juicefs", old)
+    assert p.diff("aiinfn-t4-juicefs", read.outs, old).changes is False
+    new = {**old, "policy": ""}
+    d = p.diff("aiinfn-t4-juicefs", old, new)
+    assert d.changes is True and d.replaces == []
+    p.update("aiinfn-t4-juicefs", old, new)
+    assert p.read("aiinfn-t4-juicefs", new).outs["policy"] == ""
+
+
 def test_delete_refused_when_not_empty_then_allowed(s3_endpoint):
     p = BucketProvider()
     pr = props(s3_endpoint, "aiinfn-t3-juicefs")

@@ -68,7 +68,7 @@ def test_storage_secrets_are_present_as_placeholders(rendered_dir: Path):
     docs = list(yaml.safe_load_all((rendered_dir / "manifests" / "storage.yaml").read_text()))
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     vol = secrets["juicefs-volume"]["stringData"]
-    assert vol["access-key"].startswith("<") and vol["metaurl"].startswith("<")
+    assert vol["envs"].startswith("<") and vol["metaurl"].startswith("<")
     assert secrets["borg-backup"]["stringData"]["ssh-key"].startswith("<")
     assert secrets["juicefs-redis"]["stringData"]["redis.conf"].startswith("<")
     # no ConfigMap of the layer holds any of them either

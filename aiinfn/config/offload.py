@@ -19,6 +19,10 @@ aiinfn:offload:
       resources: {cpu: 256, memoryGb: 1024, pods: 100, accelerators: [{model: a100-40gb, count: 8}]}
       nodeLabels: {aiinfn.infn.it/remote-kind: hpc}
       allowSecrets: false                 # must stay false: no platform credential leaves the site
+      juicefs:                            # optional: a read-only credential of its own for the JuiceFS volume
+        s3User: aiinfn-cnaf-leonardo      # RGW user the bucket policy lets read the bucket
+        s3AccessKeyKey: offloadTokenLeonardoS3Access
+        s3SecretKeyKey: offloadTokenLeonardoS3Secret
 ```
 """
 
@@ -142,6 +146,37 @@ class RemoteResources:
         return sum(a.count for a in self.accelerators)
 
 
+S3_USER = re.compile(r"^([A-Za-z0-9_-]+\$)?[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")  # an RGW uid, optionally tenant$uid
+
+
+@dataclass
+class RemoteJuicefs:
+    """A read-only view of the site's JuiceFS volume for one remote site, scoped twice: its own Redis ACL user
+    (read commands only, a generated password; docs/offload.md) and its own S3 user at the object store, which
+    the bucket policy lets read the bucket and nothing else. The S3 user is created by the operator at the RGW
+    (``radosgw-admin user create --uid <s3User>``); its keys are supplied secrets."""
+
+    s3_user: str
+    s3_access_key_key: str
+    s3_secret_key_key: str
+    read_only: bool = True
+
+    def __validate__(self, path: str) -> None:
+        if not self.read_only:
+            raise ConfigError(f"{path}.readOnly", "remote sites mount JuiceFS read-only only (their Redis user has read "
+                                                  "commands and their S3 user read access only)")
+        if not S3_USER.match(self.s3_user):
+            raise ConfigError(f"{path}.s3User", f"{self.s3_user!r} is not an object-store user id (letters, digits, "
+                                                "'_', '.', '@', '-', optionally tenant$user)")
+        _require_token_key(self.s3_access_key_key, f"{path}.s3AccessKeyKey")
+        _require_token_key(self.s3_secret_key_key, f"{path}.s3SecretKeyKey")
+        if self.s3_access_key_key == self.s3_secret_key_key:
+            raise ConfigError(f"{path}.s3SecretKeyKey", "must be another supplied secret than s3AccessKeyKey")
+
+    def secret_keys(self) -> list[str]:
+        return [self.s3_access_key_key, self.s3_secret_key_key]
+
+
 @dataclass
 class RemoteSite:
     name: str
@@ -152,6 +187,7 @@ class RemoteSite:
     resources: RemoteResources = field(default_factory=RemoteResources)
     node_labels: dict[str, str] = field(default_factory=dict)
     allow_secrets: bool = False
+    juicefs: RemoteJuicefs | None = None  # a read-only, separately scoped JuiceFS credential for this site
     description: str = ""
     token: str | None = None  # refused: "token not a secret"
 
@@ -165,7 +201,8 @@ class RemoteSite:
             # password (Redis is not reachable off-site) and the site's unscoped S3 keys: no remote gets it.
             raise ConfigError(f"{path}.allowSecrets", "remote sites receive no platform credential (the JuiceFS "
                                                       "secret's Redis password and S3 keys are not scoped); give the "
-                                                      "remote site its own scoped S3 user at the object store")
+                                                      "remote site its own read-only one with juicefs: {s3User, "
+                                                      "s3AccessKeyKey, s3SecretKeyKey}")
         require_dns_label(self.name, f"{path}.name", 30)
         _require_url(self.endpoint, f"{path}.endpoint")
         if urlsplit(self.endpoint).port is not None:
@@ -231,6 +268,8 @@ def validate_site(cfg: SiteConfig, found: Collector) -> None:
             if k in (naming.VIRTUAL_NODE_LABEL, naming.LABEL_REMOTE_SITE, "kubernetes.io/hostname",
                      catalogue.LABEL_ROLE, "kubernetes.io/os"):
                 found.add(f"{path}.nodeLabels.{k}", "is set by the platform; choose another key")
+        if site.juicefs is not None and not (cfg.storage.enabled and cfg.storage.juicefs.enabled):
+            found.add(f"{path}.juicefs", "this site runs no JuiceFS (aiinfn:storage.juicefs.enabled is false)")
 
 
 def remote_quotas(site: RemoteSite) -> dict[str, str]:

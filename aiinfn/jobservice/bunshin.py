@@ -17,7 +17,6 @@ sysctls, SELinux or AppArmor settings do not reach a batch pod (restricted Pod S
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.util
 import re
@@ -57,6 +56,11 @@ SECRET_VALUE_SHAPES = (
     ("a GitHub or GitLab token", re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,})")),
     ("an HTTP authorization header", re.compile(r"^\s*(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}\s*$", re.IGNORECASE)),
 )
+# One search for all the shapes (each with its own flags): most values match none, and then one search
+# instead of one per shape decides it; which shape matched is looked up only when one did.
+ANY_SECRET_VALUE_SHAPE = re.compile("|".join(
+    f"(?i:{shape.pattern})" if shape.flags & re.IGNORECASE else f"(?:{shape.pattern})"
+    for _, shape in SECRET_VALUE_SHAPES))
 # The container securityContext of a clone: fixed, never the notebook's (which a hub config could widen).
 CLONE_CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
@@ -76,7 +80,7 @@ def env_dropped_reason(var: dict[str, Any]) -> str | None:
     if SECRET_ENV_NAME.search(name):
         return "its name suggests a credential"
     value = var.get("value")
-    if isinstance(value, str):
+    if isinstance(value, str) and ANY_SECRET_VALUE_SHAPE.search(value):
         for what, shape in SECRET_VALUE_SHAPES:
             if shape.search(value):
                 return f"its value looks like {what}"
@@ -150,8 +154,12 @@ def find_notebook_pod(pods: list[dict[str, Any]], user: str, server_name: str) -
     return running[0]
 
 
-def clone_notebook(pod: dict[str, Any], settings: Settings, project: ProjectInfo, user: str) -> PodBase:
-    """The batch pod base cloned from a notebook pod (KubeSpawner's layout: container ``notebook``)."""
+def clone_notebook(pod: dict[str, Any], settings: Settings, project: ProjectInfo, user: str,
+                   ids: tuple[int, int, list[int]] | None = None) -> PodBase:
+    """The batch pod base cloned from a notebook pod (KubeSpawner's layout: container ``notebook``).
+
+    ``ids``: the user's ``identity.user_identity``, where the caller has it already (its uid and gid
+    do not depend on the groups)."""
     meta = pod.get("metadata", {})
     if (meta.get("annotations") or {}).get(ANN_HUB_USER) != user:
         raise ApiError(403, "a Bunshin job can only clone your own notebook")
@@ -197,7 +205,7 @@ def clone_notebook(pod: dict[str, Any], settings: Settings, project: ProjectInfo
 
     container_sc = nb.get("securityContext") or {}
     pod_sc_in = spec.get("securityContext") or {}
-    uid, gid, _ = identity.user_identity(settings, user, ())
+    uid, gid, _ = ids if ids is not None else identity.user_identity(settings, user, ())
     run_as = (container_sc.get("runAsUser", pod_sc_in.get("runAsUser")),
               container_sc.get("runAsGroup", pod_sc_in.get("runAsGroup")))
     if run_as != (uid, gid):
@@ -216,7 +224,8 @@ def clone_notebook(pod: dict[str, Any], settings: Settings, project: ProjectInfo
     pod_sc = {**settings.pod_security_context, "runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": True,
               "supplementalGroups": groups}
     pod_sc.pop("fsGroup", None)
-    container_out = copy.deepcopy(CLONE_CONTAINER_SECURITY)
+    container_out = {**CLONE_CONTAINER_SECURITY, "capabilities": {"drop": ["ALL"]},
+                     "seccompProfile": {"type": "RuntimeDefault"}}  # fresh nested values, as a deep copy
     if container_sc.get("readOnlyRootFilesystem") is True:
         container_out["readOnlyRootFilesystem"] = True
     return PodBase(image=nb["image"], image_pull_policy=nb.get("imagePullPolicy"), env=env,

@@ -59,7 +59,7 @@ class Snapshot:
         created = dict(users)
         holders: dict[int, list[str]] = {}
         for name in created:
-            holders.setdefault(hub.user_ids(hub_site, name, set())[0], []).append(name)
+            holders.setdefault(hub.user_uid(hub_site, name), []).append(name)
         stamps = [str(c) for c in created.values() if c is not None]
         return cls(created, holders, max(stamps) if stamps else None, started)
 

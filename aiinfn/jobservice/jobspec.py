@@ -490,9 +490,17 @@ def local_only_volumes(volumes: list[dict[str, Any]]) -> list[str]:
     return [v["name"] for v in volumes if not ({"emptyDir", "configMap", "secret"} & set(v) and len(v) == 2)]
 
 
+NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
 def new_job_name(name: str) -> str:
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return f"{name}-{''.join(secrets.choice(alphabet) for _ in range(5))}"
+    """``name`` and 5 random characters: one draw of 36**5 values (uniform), spelled in base 36."""
+    n = secrets.randbelow(len(NAME_ALPHABET) ** 5)
+    suffix = []
+    for _ in range(5):
+        n, digit = divmod(n, len(NAME_ALPHABET))
+        suffix.append(NAME_ALPHABET[digit])
+    return f"{name}-{''.join(suffix)}"
 
 
 @dataclass
@@ -513,14 +521,16 @@ class PodBase:
     dropped: list[str] = field(default_factory=list)  # what a Bunshin clone left out, for the response
 
 
-def plain_base(settings: Settings, caller: Caller, project: ProjectInfo, req: JobRequest) -> PodBase:
+def plain_base(settings: Settings, caller: Caller, project: ProjectInfo, req: JobRequest,
+               ids: tuple[int, int, list[int]] | None = None) -> PodBase:
+    """``ids``: the caller's ``user_identity``, where the caller has it already (computed here if not)."""
     assert req.volumes is not None and req.image is not None
     volumes, mounts = plain_volumes(settings, caller, project, req.volumes, req.cvmfs)
     env: list[dict[str, Any]] = []
     if req.volumes.home:
         env.append({"name": "HOME", "value": settings.mounts["home"].format(user=caller.name)})
     # As the owner's notebooks: their uid, their private gid, their project gids (and the image's group).
-    uid, gid, groups = user_identity(settings, caller.name, caller.groups)
+    uid, gid, groups = ids if ids is not None else user_identity(settings, caller.name, caller.groups)
     pod_sc = {**settings.pod_security_context, "runAsUser": uid, "runAsGroup": gid, "runAsNonRoot": True,
               "supplementalGroups": groups}
     pod_sc.pop("fsGroup", None)

@@ -42,7 +42,7 @@ from .backup import CRONJOB, Backup
 from .cinder import Cinder
 from .common import LAYER, meta
 from .cvmfs import Cvmfs, cvmfs_pv_spec
-from .juicefs import Juicefs, juicefs_pv_spec
+from .juicefs import Juicefs, juicefs_pv_spec, remote_secret
 from .nfs import ENVS, HOMES, PUBLIC, Nfs, nfs_pv_spec, project_dir
 from .scratch import Scratch, scratch_pools, slot_gi
 
@@ -80,6 +80,9 @@ class Storage(pulumi.ComponentResource):
         for project in cfg.projects:
             ns = platform.project_namespaces[project.name]
             self._claims_for(project_namespace(project), ns, [project], nfs_ready)
+            # a remote site's read-only JuiceFS credential where its offloaded pods run (never the site's own)
+            for remote in self.juicefs.remotes if self.juicefs is not None else []:
+                remote_secret(ctx, self, self.juicefs, remote, project_namespace(project), ns)
 
         self._summary()
         self.register_outputs({"nfs_server": NFS_SERVER_DNS})

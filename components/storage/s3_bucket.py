@@ -6,11 +6,13 @@ update them in place (a change there never replaces the bucket), and delete only
 
 Inputs (camelCase, the wire form): endpoint, region, bucket, versioning (bool), lifecycleRules
 (list of {id, prefix, expirationDays, noncurrentVersionExpirationDays, abortIncompleteMultipartDays}),
-tags (dict), accessKey, secretKey (Pulumi secrets: they stay secret in the state).
+tags (dict), policy (a bucket policy JSON text, "" for none: the remote sites' read grants), accessKey,
+secretKey (Pulumi secrets: they stay secret in the state).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -18,7 +20,7 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 REPLACE_KEYS = ("endpoint", "region", "bucket")  # a different bucket is a new resource
-UPDATE_KEYS = ("versioning", "lifecycleRules", "tags", "accessKey", "secretKey")
+UPDATE_KEYS = ("versioning", "lifecycleRules", "tags", "policy", "accessKey", "secretKey")
 SECRET_KEYS = ("accessKey", "secretKey")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -86,6 +88,8 @@ def _norm(props: dict[str, Any], key: str) -> Any:
         return dict(sorted((val or {}).items()))
     if key == "versioning":
         return bool(val)
+    if key == "policy":  # the store may give it back reformatted
+        return json.loads(val) if val else None
     return val
 
 
@@ -123,6 +127,11 @@ class BucketProvider(ResourceProvider):
             s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": k, "Value": str(v)} for k, v in sorted(tags.items())]})
         elif olds is None or olds.get("tags"):
             s3.delete_bucket_tagging(Bucket=bucket)
+        policy = props.get("policy") or ""
+        if policy:
+            s3.put_bucket_policy(Bucket=bucket, Policy=policy)
+        elif olds is not None and olds.get("policy"):
+            s3.delete_bucket_policy(Bucket=bucket)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         s3 = _client(props)
@@ -168,7 +177,14 @@ class BucketProvider(ResourceProvider):
             if _error_code(err) not in ("NoSuchTagSet", "NoSuchTagSetError"):
                 raise
             tags = {}
-        outs = {**props, "bucket": id_, "versioning": status == "Enabled", "lifecycleRules": rules, "tags": tags}
+        try:
+            policy = s3.get_bucket_policy(Bucket=id_).get("Policy", "")
+        except Exception as err:
+            if _error_code(err) != "NoSuchBucketPolicy":
+                raise
+            policy = ""
+        outs = {**props, "bucket": id_, "versioning": status == "Enabled", "lifecycleRules": rules, "tags": tags,
+                "policy": policy}
         return ReadResult(id_, outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -210,12 +226,13 @@ class S3Bucket(pulumi.dynamic.Resource):
     def __init__(self, name: str, *, endpoint: pulumi.Input[str], bucket: pulumi.Input[str],
                  access_key: pulumi.Input[str], secret_key: pulumi.Input[str], region: str = "us-east-1",
                  versioning: bool = True, lifecycle_rules: list[dict[str, Any]] | None = None,
-                 tags: dict[str, str] | None = None, opts: pulumi.ResourceOptions | None = None) -> None:
+                 tags: dict[str, str] | None = None, policy: str = "",
+                 opts: pulumi.ResourceOptions | None = None) -> None:
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=list(SECRET_KEYS)))
         super().__init__(
             BucketProvider(), name,
             {"endpoint": endpoint, "region": region, "bucket": bucket, "versioning": versioning,
-             "lifecycleRules": lifecycle_rules or [], "tags": tags or {},
+             "lifecycleRules": lifecycle_rules or [], "tags": tags or {}, "policy": policy,
              "accessKey": pulumi.Output.secret(access_key), "secretKey": pulumi.Output.secret(secret_key),
              "arn": None},
             opts,

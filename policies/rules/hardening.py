@@ -427,12 +427,132 @@ def unread_credential_secrets(resources: Iterable[PolicyResource]) -> list[Polic
                 for ef in c.get("envFrom") or []:
                     if isinstance(ef, Mapping) and isinstance(ef.get("secretRef"), Mapping):
                         readers.add((t.namespace, str(ef["secretRef"].get("name") or "")))
+    # a remote site's scoped credential is read there (interLink ships it with the pods that use it); whether it
+    # is scoped is juicefs-remote-scoped's business
+    remote = {(obj_namespace(r.props), obj_name(r.props)) for r in of_kind(resources, "Secret")
+              if labels_of(meta(r.props)).get(naming.LABEL_REMOTE_SITE) and SCOPED_PASSWORD_KEY in _secret_keys(r.props)}
     return [r for r in of_kind(resources, "Secret")
-            if "metaurl" in _secret_keys(r.props) and (obj_namespace(r.props), obj_name(r.props)) not in readers]
+            if "metaurl" in _secret_keys(r.props) and (obj_namespace(r.props), obj_name(r.props)) not in readers | remote]
 
 
 def kind_of_resource(r: PolicyResource) -> str:
     return kind_of(r.resource_type, r.props)
+
+
+# ---------------------------------------------------------------- item 8: remote sites only a scoped credential
+
+# The full credential's shapes: the CSI volume Secret (metaurl with the password, S3 keys or the S3 ``envs``) and
+# the Redis Secret (its redis.conf and the default user's password). A scoped credential names its Redis user in
+# a password-less metaurl and carries that user's password apart (META_PASSWORD, juicefs v1.4.1
+# pkg/meta/redis.go:163-176).
+FULL_CREDENTIAL_KEYS = ("envs", "access-key", "secret-key", "redis.conf", "password")
+SCOPED_PASSWORD_KEY = "META_PASSWORD"
+DERIVED = "<secret: derived from a Pulumi secret>"  # the offline engine's mark of a computed secret: says nothing
+_SUPPLIED = re.compile(r"^<secret aiinfn:([A-Za-z0-9]+)[: ]")
+_GENERATED = re.compile(r"^<generated at deploy: [a-z ]+? ([A-Za-z0-9_.-]+)>$")
+REMOTE_SUPPLIED_PREFIX = "offloadToken"  # aiinfn.config.offload.TOKEN_KEY_PREFIX: the remote's own supplied secrets
+REMOTE_REDIS_PASSWORD = "juicefs-redis-remote-"  # components.storage.juicefs: the generated password of a remote user
+_URL_USER = re.compile(r"^rediss?://(?P<user>[^:@/]*)(?P<pw>:[^@/]*)?@")
+
+
+def _string_data(props: Mapping[str, Any]) -> dict[str, Any]:
+    return {**(props.get("data") or {}), **(props.get("stringData") or {})}
+
+
+def remote_bound_secrets(resources: Iterable[PolicyResource]) -> dict[tuple[str, str], str]:
+    """(namespace, name) -> why it reaches a remote site: labelled for one, in the interLink namespace, or
+    referenced by a pod that may run on a virtual node (interLink ships a pod's Secret volumes and env with it)."""
+    from .offload import tolerates_virtual_nodes
+
+    out: dict[tuple[str, str], str] = {}
+    for r in of_kind(resources, "Secret"):
+        key = (obj_namespace(r.props), obj_name(r.props))
+        site = labels_of(meta(r.props)).get(naming.LABEL_REMOTE_SITE)
+        if site:
+            out[key] = f"labelled for remote site {site}"
+        elif key[0] == naming.OFFLOAD_NAMESPACE:
+            out[key] = f"in the {naming.OFFLOAD_NAMESPACE} namespace"
+    for r in resources:
+        for t in pod_templates(r.resource_type, r.props):
+            if t.kind == "DaemonSet" or not (tolerates_virtual_nodes(t.tolerations()) or
+                                             str(t.labels.get(naming.LABEL_OFFLOADABLE, "")).lower() == "true"):
+                continue
+            names = [str(v["secret"].get("secretName") or "") for v in t.volumes() if isinstance(v.get("secret"), Mapping)]
+            for c in t.containers():
+                names += [str(src["secretKeyRef"].get("name") or "") for _, src in env_entries(c.get("env"))
+                          if isinstance(src, Mapping) and isinstance(src.get("secretKeyRef"), Mapping)]
+                names += [str(ef["secretRef"].get("name") or "") for ef in c.get("envFrom") or []
+                          if isinstance(ef, Mapping) and isinstance(ef.get("secretRef"), Mapping)]
+            for n in names:
+                out.setdefault((t.namespace, n), f"used by {t}, which may run on a virtual node")
+    return out
+
+
+def _full_credential_values(resources: list[PolicyResource]) -> set[str]:
+    """The values of the site's own JuiceFS credential (the Secrets a CSI volume or Redis reads), placeholders
+    that say nothing left out."""
+    readers = {(str(ref.get("namespace") or ""), str(ref.get("name") or ""))
+               for r in of_kind(resources, "PersistentVolume")
+               for ref in [dig(r.props, "spec", "csi", "nodePublishSecretRef", default={}) or {}]}
+    out: set[str] = set()
+    for r in of_kind(resources, "Secret"):
+        data = _string_data(r.props)
+        if (obj_namespace(r.props), obj_name(r.props)) in readers or "redis.conf" in data:
+            out |= {str(v) for v in data.values() if isinstance(v, str) and v and v != DERIVED}
+    return out
+
+
+def remote_credential_problems(resources: Iterable[PolicyResource]) -> list[tuple[PolicyResource, str]]:
+    """What a Secret that reaches a remote site holds of the full JuiceFS credential."""
+    resources = list(resources)
+    bound = remote_bound_secrets(resources)
+    full = _full_credential_values(resources)
+    out: list[tuple[PolicyResource, str]] = []
+    for r in of_kind(resources, "Secret"):
+        key = (obj_namespace(r.props), obj_name(r.props))
+        if key not in bound:
+            continue
+        data = _string_data(r.props)
+        where = f"Secret {key[0]}/{key[1]} ({bound[key]})"
+        site = labels_of(meta(r.props)).get(naming.LABEL_REMOTE_SITE)
+        problems = [f"holds {k!r}, a part of the site's own JuiceFS credential" for k in FULL_CREDENTIAL_KEYS if k in data]
+        if "metaurl" in data and SCOPED_PASSWORD_KEY not in data:
+            problems.append("holds a metadata URL with its password inline (the site's own form), not a remote "
+                            f"user's password-less URL with {SCOPED_PASSWORD_KEY}")
+        for k, v in data.items():
+            if not isinstance(v, str) or not v or v == DERIVED:
+                continue
+            supplied, generated = _SUPPLIED.match(v), _GENERATED.match(v)
+            if supplied and not supplied.group(1).startswith(REMOTE_SUPPLIED_PREFIX):
+                problems.append(f"{k}: the site's supplied secret aiinfn:{supplied.group(1)}")
+            elif generated and not generated.group(1).startswith(REMOTE_REDIS_PASSWORD):
+                problems.append(f"{k}: the site's generated secret {generated.group(1)}")
+            elif generated and site and generated.group(1) != f"{REMOTE_REDIS_PASSWORD}{site}":
+                problems.append(f"{k}: another remote site's password {generated.group(1)}")
+            elif not supplied and not generated and len(v) >= 8 and any(v in f for f in full):
+                problems.append(f"{k}: a value of the site's own JuiceFS credential")
+            m = _URL_USER.match(v) if k == "metaurl" else None
+            if m and (m.group("pw") or m.group("user") in ("", "default")):
+                problems.append("metaurl: the default Redis user or a password in the URL")
+        out += [(r, f"{where} {p}") for p in problems]
+    return out
+
+
+def _juicefs_remote_scoped(args: StackValidationArgs, report: ReportViolation) -> None:
+    for r, problem in remote_credential_problems(args.resources):
+        report(fix(problem, "give a remote site only its own read-only credential: its Redis ACL user "
+                            "(password-less metaurl + META_PASSWORD) and its own S3 user's keys "
+                            "(aiinfn:offload.sites[].juicefs)"), r.urn)
+
+
+juicefs_remote_scoped = StackValidationPolicy(
+    name="juicefs-remote-scoped",
+    description="Remote sites never hold the full JuiceFS credential: a Secret that reaches a remote site (labelled "
+    "for it, in the interLink namespace, or used by an offloadable pod) holds no part of the site's own metadata "
+    "URL, Redis password or S3 keys, only that site's read-only user and S3 keys.",
+    enforcement_level=MANDATORY,
+    validate=_juicefs_remote_scoped,
+)
 
 
 def _juicefs_credentials(args: StackValidationArgs, report: ReportViolation) -> None:
@@ -665,4 +785,4 @@ def figures(resources: Iterable[PolicyResource]) -> dict[str, int]:
 
 
 POLICIES = [gpu_visibility, cluster_wide_secrets, nfs_nodes_only, charts_from_releases, chart_values_hardening,
-            chart_container_limits, juicefs_credentials_where_used]
+            chart_container_limits, juicefs_credentials_where_used, juicefs_remote_scoped]

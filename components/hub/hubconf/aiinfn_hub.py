@@ -247,6 +247,16 @@ def notebook_storage(site: dict[str, Any], username: str, groups: set[str],
     return volumes, mounts
 
 
+def user_uid(site: dict[str, Any], username: str) -> int:
+    """The uid (= private gid) of ``user_ids`` alone: pinned, else derived from the name."""
+    ids = site["ids"]
+    uid = ids["uid_overrides"].get(username)
+    if uid is None:
+        digest = hashlib.sha256(f"user:{username}".encode()).digest()
+        uid = ids["user_min"] + int.from_bytes(digest[:8], "big") % ids["user_span"]
+    return uid
+
+
 def user_ids(site: dict[str, Any], username: str, groups: set[str]) -> tuple[int, int, list[int]]:
     """(uid, gid, supplemental gids) a user's notebook runs with: the storage layer's scheme.
 
@@ -254,10 +264,7 @@ def user_ids(site: dict[str, Any], username: str, groups: set[str]) -> tuple[int
     supplemental groups: the user's project groups, env maintainers, and the image's group.
     """
     ids = site["ids"]
-    uid = ids["uid_overrides"].get(username)
-    if uid is None:
-        digest = hashlib.sha256(f"user:{username}".encode()).digest()
-        uid = ids["user_min"] + int.from_bytes(digest[:8], "big") % ids["user_span"]
+    uid = user_uid(site, username)
     extra = [p["gid"] for p in user_projects(site, groups)]
     if groups & set(site["env_maintainer_groups"]):
         extra.append(ids["env_maintainers_gid"])
@@ -290,7 +297,7 @@ def uid_conflict(site: dict[str, Any], username: str, uid: int, created: Any,
     for name, when in others:
         claimants.setdefault(name, when)
     for name, when in claimants.items():
-        if name == username or user_ids(site, name, set())[0] != uid:
+        if name == username or user_uid(site, name) != uid:
             continue
         if rank(name, when) < mine:
             why = ("pinned in aiinfn:storage.uidOverrides" if name in pinned else
