@@ -214,7 +214,7 @@ def _pytest_without_shared(ci: str | None) -> subprocess.CompletedProcess:
     env["AIINFN_SHARED"] = str(ROOT / "no-such-shared-folder")
     if ci is not None:
         env["CI"] = ci
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-n", "0", "-p", "no:cacheprovider",
                            "tests/test_batch_grace_bounds.py", "-k", "config_cap or shipped_hubs"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
