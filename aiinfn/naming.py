@@ -10,6 +10,13 @@ from .config.model import Project
 # The provider type token of a Helm release (the program registers it, render and policies read it)
 HELM_RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
 
+# The file the storage node writes at the root of the NFS data volume when it formats it. The NFS
+# server, the directory keeper and the backup refuse a tree without it (the volume did not mount).
+NFS_VOLUME_MARK = ".aiinfn-nfs-volume"
+
+# On namespaces whose egress NetworkPolicies isolate their pods (components/metadata_guard.py)
+LABEL_EGRESS_ISOLATED = "aiinfn.infn.it/egress-isolated"
+
 # Namespaces
 PLATFORM_NAMESPACE = "aiinfn-system"
 HUB_NAMESPACE = "hub"

@@ -94,9 +94,9 @@ SERVICE = """
 import asyncio, json, logging, os, sys
 sys.path.insert(0, os.environ["BENCH_ROOT"])
 # Logging as the shipped entry point sets it (aiinfn/jobservice/__main__.py): every request logged.
-from aiinfn.jobservice.__main__ import LOG_FORMAT, quiet_logging_internals
-quiet_logging_internals()
-logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+import aiinfn.jobservice.__main__ as entry
+getattr(entry, "quiet_logging_internals", lambda: None)()  # (older versions of the service: absent)
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 from jupyterhub.services.auth import HubOAuth
 from aiinfn.jobservice.app import make_app
 from aiinfn.jobservice.kube import MemoryKubeClient

@@ -30,12 +30,24 @@ FPGA_PLUGIN_IMAGE = "public.ecr.aws/xilinx_dcg/k8s-device-plugin:1.3.0"
 FPGA_PLUGIN_NAMESPACE = "kube-system"
 FPGA_PLUGIN_NAME = "xilinx-fpga-device-plugin"
 
-# RKE2 runs its own containerd: the toolkit must edit RKE2's template and talk to its socket.
+# RKE2 runs its own containerd and renders its config.toml from its own template at every start.
+# The toolkit is told RKE2's socket only (as the RKE2 docs for the GPU operator do): it keeps its
+# default drop-in file, RKE2 finds the installed NVIDIA runtime itself and adds it to the config it
+# renders. Pointing CONTAINERD_CONFIG at config.toml.tmpl would make the toolkit write that
+# template with only `version` and `imports`, and RKE2 would render containerd's config from it,
+# losing CNI, SystemdCgroup and registries (gpu-operator issue 992).
+RKE2_CONTAINERD_SOCKET = "/run/k3s/containerd/containerd.sock"
 RKE2_TOOLKIT_ENV = [
-    {"name": "CONTAINERD_CONFIG", "value": "/var/lib/rancher/rke2/agent/etc/containerd/config.toml.tmpl"},
-    {"name": "CONTAINERD_SOCKET", "value": "/run/k3s/containerd/containerd.sock"},
-    {"name": "CONTAINERD_RUNTIME_CLASS", "value": "nvidia"},
-    {"name": "CONTAINERD_SET_AS_DEFAULT", "value": "true"},
+    {"name": "CONTAINERD_SOCKET", "value": RKE2_CONTAINERD_SOCKET},
+]
+# GPU isolation. With CDI (pinned on below) the operator gives the device plugin the CDI strategies
+# and keeps `nvidia` out of the default runtime: pods without a GPU run on runc and cannot ask for
+# GPUs through NVIDIA_VISIBLE_DEVICES. The `nvidia` RuntimeClass the operator creates is for its
+# own operands; a pod that names it may still not pick GPUs by environment variable unless it is
+# privileged. (A DEVICE_LIST_STRATEGY in devicePlugin.env would override the operator's CDI
+# strategy, since user env is applied last: none is set.)
+GPU_ISOLATION_TOOLKIT_ENV = [
+    {"name": "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED", "value": "false"},
 ]
 
 
@@ -74,9 +86,9 @@ def gpu_operator_values(cfg) -> dict[str, Any]:
     if any(p.reserved_for for p in cfg.gpu_pools):
         tolerations.append({"key": RESERVED_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
     toolkit: dict[str, Any] = {"enabled": acc.toolkit.enabled, "version": acc.toolkit.version}
-    if not cfg.cluster.existing:
-        toolkit["env"] = RKE2_TOOLKIT_ENV
+    toolkit["env"] = ([] if cfg.cluster.existing else RKE2_TOOLKIT_ENV) + GPU_ISOLATION_TOOLKIT_ENV
     return {
+        "cdi": {"enabled": True},
         "mig": {"strategy": mig.mig_strategy(cfg)},
         "driver": {
             "enabled": acc.driver.enabled,

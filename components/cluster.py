@@ -22,7 +22,9 @@ from aiinfn.config.model import NodePool, SiteConfig
 from aiinfn.secrets import supplied_secret
 
 from .api_ready import ApiServerReady
-from .cluster_bootstrap import SUPERVISOR_PORT, cloud_init
+from .cluster_bootstrap import NodeSecrets, cloud_init
+from .metadata_guard import metadata_block_policy
+from .node_state import NodeState
 from .tenancy import API_PORT, Tenancy, TenancyArgs, fixed_ip
 
 # RKE2 accepts user-provided CAs when all of these exist before the first server start.
@@ -30,6 +32,11 @@ CLUSTER_CAS = ("server-ca", "client-ca", "request-header-ca", "etcd/peer-ca", "e
 CA_VALIDITY_HOURS = 10 * 365 * 24
 ADMIN_CERT_VALIDITY_HOURS = 365 * 24
 ADMIN_CERT_RENEW_HOURS = 30 * 24  # `pulumi up` within the last month renews the admin certificate
+# Named placeholders of the review render (never a real value)
+REVIEW_SERVER_TOKEN = "<secret: RKE2 server token (random rke2-join-token)>"
+REVIEW_AGENT_TOKEN = "<secret: RKE2 agent token (random rke2-agent-token)>"
+REVIEW_API_ADDRESS = "<deploy-time: floating IP fip-api>"
+REVIEW_VOLUME_ID = "<deploy-time: nfs-data volume id>"
 
 
 @dataclass
@@ -94,8 +101,11 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
 
-        control0 = cfg.pools_by_role("control")[0]
-        server_ip = fixed_ip(cfg, control0, 0)
+        # Agents join with their own token: the server token (full admin of the cluster, and the
+        # key of its bootstrap data) stays on the control nodes.
+        self.agent_token = random.RandomPassword("rke2-agent-token", length=64, special=False, opts=child)
+        controls = cfg.pools_by_role("control")
+        control_ips = [fixed_ip(cfg, p, i) for p in controls for i in range(p.count)]
         ca_outputs: list[pulumi.Output[str]] = []
         ca_names: list[str] = []
         for ca in CLUSTER_CAS:
@@ -104,20 +114,38 @@ class Cluster(pulumi.ComponentResource):
         ca_names.append("service.key")
         ca_outputs.append(self.service_account_key.private_key_pem)
 
+        def sans(pool: NodePool, index: int, address: str) -> list[str]:
+            return [address, fixed_ip(cfg, pool, index), f"api.{cfg.site.domain}"]
+
         def user_data(pool: NodePool, index: int, api_address: pulumi.Output[str],
                       data_volume_id: pulumi.Output[str]) -> pulumi.Output[str]:
-            first = pool is control0 and index == 0
-            server_url = None if first else f"https://{server_ip}:{SUPERVISOR_PORT}"
             if pool.role == "control":
                 def render(vals: list) -> str:
-                    token, address, volume_id, *pems = vals
-                    return cloud_init(cfg, pool, token=token, server_url=server_url,
-                                      tls_sans=[address, fixed_ip(cfg, pool, index), f"api.{cfg.site.domain}"],
-                                      ca_files=dict(zip(ca_names, pems)), data_volume_id=volume_id)
-                return pulumi.Output.secret(
-                    pulumi.Output.all(self.join_token.result, api_address, data_volume_id, *ca_outputs).apply(render))
-            return pulumi.Output.secret(pulumi.Output.all(self.join_token.result, data_volume_id).apply(
-                lambda v: cloud_init(cfg, pool, token=v[0], server_url=server_url, tls_sans=[], data_volume_id=v[1])))
+                    token, agent, address, volume_id, *pems = vals
+                    return cloud_init(cfg, pool, index, tls_sans=sans(pool, index, address), control_ips=control_ips,
+                                      secrets=NodeSecrets(token, agent, dict(zip(ca_names, pems))),
+                                      data_volume_id=volume_id)
+                return pulumi.Output.secret(pulumi.Output.all(
+                    self.join_token.result, self.agent_token.result, api_address, data_volume_id, *ca_outputs
+                ).apply(render))
+            # Agents: the agent token only, no CA material.
+            return pulumi.Output.secret(pulumi.Output.all(self.agent_token.result, data_volume_id).apply(
+                lambda v: cloud_init(cfg, pool, index, secrets=NodeSecrets("", v[0]), tls_sans=[],
+                                     control_ips=control_ips, data_volume_id=v[1])))
+
+        # The same documents with every secret and deploy-time value replaced by a named placeholder:
+        # written to the render (cloud-init/<vm>.yaml) for review and checked with `cloud-init schema`.
+        review_cas = {n: (f"<deploy-time: {n} PEM (pulumi-tls)>" if n.endswith(".crt")
+                          else f"<secret: {n} private key PEM (pulumi-tls)>") for n in ca_names}
+        self.cloud_init_review: dict[str, str] = {}
+        for pool in cfg.pools:
+            for index, vm in enumerate(pool.vm_names()):
+                control = pool.role == "control"
+                self.cloud_init_review[vm] = cloud_init(
+                    cfg, pool, index, control_ips=control_ips, data_volume_id=REVIEW_VOLUME_ID,
+                    tls_sans=sans(pool, index, REVIEW_API_ADDRESS) if control else [],
+                    secrets=NodeSecrets(REVIEW_SERVER_TOKEN if control else "", REVIEW_AGENT_TOKEN,
+                                        review_cas if control else None))
 
         self.tenancy = Tenancy("tenancy", TenancyArgs(cfg=cfg, user_data=user_data), opts=child)
         self.api_address = self.tenancy.api_address
@@ -137,6 +165,10 @@ class Cluster(pulumi.ComponentResource):
         self.kubeconfig = kubeconfig
         self.provider = k8s.Provider("k8s", kubeconfig=kubeconfig, enable_server_side_apply=True,
                                      opts=pulumi.ResourceOptions(parent=self))
+        # Labels and taints follow the config after registration too (user data runs only once).
+        self.node_state = NodeState("node-state", cfg, self.provider,
+                                    opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready]))
+        self.metadata_policy = metadata_block_policy(cfg, self.provider, self)
         self.register_outputs({"api_address": self.api_address})
 
 

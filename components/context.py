@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pulumi
 
 from aiinfn.config.model import SiteConfig
+from aiinfn.naming import LABEL_EGRESS_ISOLATED
 
 from .kube import KubeObject, object_meta
 
@@ -64,7 +65,9 @@ class SiteContext:
 
         ns = KubeObject(
             resource_name, "v1", "Namespace",
-            object_meta(name, labels={**self.labels(layer), **(extra_labels or {}), **pod_security_labels(enforce, warn)}),
+            # egress-isolated: baseline's deny-all egress holds; the metadata guard leaves it to it
+            object_meta(name, labels={**self.labels(layer), **(extra_labels or {}), LABEL_EGRESS_ISOLATED: "true",
+                                      **pod_security_labels(enforce, warn)}),
             opts=self.k8s_opts(parent),
         )
         baseline(self, parent, resource_name, name, layer, [ns])

@@ -6,7 +6,7 @@ import json
 
 import pulumi
 
-from aiinfn.naming import HUB_NAMESPACE, LABEL_PROJECT, project_namespace
+from aiinfn.naming import HUB_NAMESPACE, LABEL_EGRESS_ISOLATED, LABEL_PROJECT, project_namespace
 from aiinfn.offerings import site_offerings
 
 from . import netpol
@@ -23,6 +23,7 @@ class PlatformBase(pulumi.ComponentResource):
             "ns-platform", "v1", "Namespace",
             object_meta(PLATFORM_NAMESPACE, labels={
                 **ctx.labels("platform"), LABEL_SITE_KIND: cfg.site.kind,
+                LABEL_EGRESS_ISOLATED: "true",  # netpol.baseline: egress is deny-all plus what layers allow
                 "pod-security.kubernetes.io/enforce": "restricted",
                 "pod-security.kubernetes.io/enforce-version": "latest"}),
             opts=ctx.k8s_opts(self),

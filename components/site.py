@@ -9,6 +9,7 @@ from aiinfn.config.model import SiteConfig
 from .accelerators import Accelerators
 from .batch import Batch
 from .cluster import Cluster, ClusterArgs
+from .cluster_bootstrap import disk_summary
 from .context import SiteContext
 from .environments import Environments
 from .hub import Hub
@@ -28,6 +29,7 @@ class Site(pulumi.ComponentResource):
         self.cfg = cfg
         self.cluster = Cluster("cluster", ClusterArgs(cfg=cfg), opts=pulumi.ResourceOptions(parent=self))
         self.ctx = SiteContext(cfg=cfg, provider=self.cluster.provider)
+        self.ctx.add_summary("Nodes and disks", disk_summary(cfg))
         self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
         # Layers, in dependency order: accelerators, storage, batch, hub, jobs, offload, observability.
         # (each issue adds its own line here)

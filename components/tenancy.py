@@ -181,7 +181,8 @@ class Tenancy(pulumi.ComponentResource):
             metadata={"aiinfn-site": site, "aiinfn-site-kind": cfg.site.kind, "aiinfn-stateful": "true"},
             opts=opts(protect=keep, retain_on_delete=keep),
         )
-        image = openstack.images.get_image_output(name=os_cfg.image, most_recent=True, opts=invoke)
+        images = {name: openstack.images.get_image_output(name=name, most_recent=True, opts=invoke)
+                  for name in dict.fromkeys([os_cfg.image] + [p.image for p in cfg.pools if p.image])}
         self.instances: dict[str, openstack.compute.Instance] = {}
         self.ports: dict[str, openstack.networking.Port] = {}
         for pool in cfg.pools:
@@ -217,7 +218,7 @@ class Tenancy(pulumi.ComponentResource):
                     availability_zone=zone,
                     block_devices=[openstack.compute.InstanceBlockDeviceArgs(
                         source_type="image",
-                        uuid=image.id,
+                        uuid=images[pool.image or os_cfg.image].id,
                         destination_type="volume",
                         volume_size=pool.boot_volume_gb,
                         volume_type=os_cfg.volume_type,

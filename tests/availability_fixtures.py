@@ -19,9 +19,9 @@ POOL = "aiinfn.infn.it/pool"
 MODEL = "aiinfn.infn.it/gpu-model"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 FPGA_TAINT = {"key": "amd.com/fpga", "value": "present", "effect": "NoSchedule"}
-U50 = "amd.com/xilinx_u50_gen3x16_xdma_base_5"
-U250 = "amd.com/xilinx_u250_gen3x16_xdma_shell_4_1"
-V70 = "amd.com/xilinx_v70_gen5x8_qdma_base_2"
+U50 = "amd.com/xilinx_u50_gen3x16_xdma_base_5-0"  # as the AMD plugin registers it (cnaf fpgaResourceNames)
+U250 = "amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0"
+V70 = "amd.com/xilinx_v70_gen5x8_qdma_base_2-0"
 _uid = itertools.count(1)
 
 

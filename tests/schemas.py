@@ -63,7 +63,41 @@ def crd_index() -> dict[tuple[str, str, str], dict]:
                 if schema:
                     index[(spec["group"], version["name"], spec["names"]["kind"])] = close_objects(schema)
     index.setdefault(("helm.cattle.io", "v1", "HelmChartConfig"), close_objects(HELM_CHART_CONFIG))
+    index.setdefault(("crd.projectcalico.org", "v1", "GlobalNetworkPolicy"), schema_from_fields(CALICO_GNP_FIELDS))
     return index
+
+
+# Calico's GlobalNetworkPolicy as rke2-canal ships it at the chart RKE2 v1.33.5+rke2r1 pins: its field
+# paths and types, listed in the repository (the CRD itself is not copied).
+CALICO_GNP_FIELDS = Path(__file__).resolve().parent / "data" / "crd-fields" / "calico-globalnetworkpolicy-v3.30.3.txt"
+
+
+def crd_fields(path: Path) -> dict[str, str]:
+    """``field path -> JSON type`` of a field list (``spec.egress[].action: string``)."""
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    return dict(ln.split(": ", 1) for ln in lines)
+
+
+def schema_from_fields(path: Path) -> dict[str, Any]:
+    """A closed JSON schema of an object whose ``spec`` has exactly the listed fields; subtrees the
+    list does not descend into (deeper than it goes) are left open."""
+    fields = crd_fields(path)
+
+    def node(prefix: str) -> dict[str, Any]:
+        kind = fields[prefix]
+        out: dict[str, Any] = {} if kind == "any" else {"type": kind}
+        children = {p[len(prefix) + 1:].split(".")[0].split("[")[0] for p in fields
+                    if p.startswith(prefix + ".")}
+        if kind == "object" and children:
+            out["properties"] = {c: node(f"{prefix}.{c}") for c in sorted(children)}
+            out["additionalProperties"] = False
+        if kind == "array" and prefix + "[]" in fields:
+            out["items"] = node(prefix + "[]")
+        return out
+
+    return {"type": "object", "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                             "metadata": {"type": "object"}, "spec": node("spec")},
+            "additionalProperties": False}
 
 
 # RKE2's helm-controller CRD, written from its Go types (k3s-io/helm-controller v0.16.13, the version in

@@ -96,7 +96,8 @@ BAD = [
      lambda: "aiinfn:accelerators.driver.version", "not a pinned NVIDIA driver version"),
     ("unknown-key", lambda: _acc("hackathon-padova", {"migStrategy": "single"}),
      lambda: "aiinfn:accelerators.migStrategy", "unknown key"),
-    ("fpga-name-unknown-board", lambda: _acc("cnaf", {"fpgaResourceNames": {"alveo-u280": "amd.com/xilinx_u280"}}),
+    ("fpga-name-unknown-board", lambda: _acc("cnaf", {"fpgaResourceNames": {
+        **stack_data("cnaf")["accelerators"]["fpgaResourceNames"], "alveo-u280": "amd.com/xilinx_u280_gen3x16_xdma_base_1-0"}}),
      lambda: "aiinfn:accelerators.fpgaResourceNames.alveo-u280", "unknown FPGA board"),
 ]
 

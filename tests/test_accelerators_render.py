@@ -17,7 +17,7 @@ import yaml
 
 from aiinfn import catalogue as cat
 from aiinfn.engine.output import helm_releases, manifest, manifests
-from components.cluster_bootstrap import rke2_config
+from components.cluster_bootstrap import NodeSecrets, rke2_config
 
 from .conftest import STACKS, rendered_stack
 from .schemas import SCHEMAS, close_objects, deep_merge
@@ -47,7 +47,7 @@ def node_labels(stack: str) -> dict[str, dict[str, str]]:
     cfg = rendered_stack(stack).cfg
     out = {}
     for pool in cfg.pools:
-        conf = rke2_config(cfg, pool, token="t", server_url=None, tls_sans=[])
+        conf = rke2_config(cfg, pool, 0, secrets=NodeSecrets("t", "a"), tls_sans=[])
         out[pool.name] = dict(item.split("=", 1) for item in conf["node-label"])
     return out
 
@@ -248,7 +248,7 @@ def test_fpga_plugin_on_fpga_pools_only() -> None:
     for pool in cfg.pools:
         if pool.fpgas:
             assert labels[pool.name][cat.LABEL_POOL] == pool.name
-            for taint in rke2_config(cfg, pool, token="t", server_url=None, tls_sans=[]).get("node-taint", []):
+            for taint in rke2_config(cfg, pool, 0, secrets=NodeSecrets("t", "a"), tls_sans=[]).get("node-taint", []):
                 key_value, _, effect = taint.rpartition(":")  # RKE2 form: key[=value]:effect
                 key, _, value = key_value.partition("=")
                 assert (key, value or None, effect) in tolerated, taint

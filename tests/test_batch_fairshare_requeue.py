@@ -55,7 +55,7 @@ def test_a_project_holding_every_t4_ranks_behind_one_that_used_no_accelerator() 
     # one MIG slice weighs less than a whole GPU, more than a CPU core
     one_slice = weights["nvidia.com/mig-1g.10gb"]
     assert weights["cpu"] < one_slice < weights["nvidia.com/gpu"]
-    for fpga in ("amd.com/xilinx_u50_gen3x16_xdma_base_5", "amd.com/xilinx_u250_gen3x16_xdma_shell_4_1"):
+    for fpga in ("amd.com/xilinx_u50_gen3x16_xdma_base_5-0", "amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0"):
         assert weights[fpga] >= weights["nvidia.com/gpu"]
 
 

@@ -29,11 +29,6 @@ MIG = {
 RESERVED_CPU, RESERVED_GB = 2, 8  # aiinfn:batch defaults (docs/batch.md)
 # The MIG strategy each shipped site needs: cnaf mixes layouts; recas and the hackathon have one profile.
 MIXED = {"cnaf": True, "recas": False, "hackathon-padova": False}
-FPGA_RESOURCES = {"alveo-u50": "amd.com/xilinx_u50_gen3x16_xdma_base_5",
-                  "alveo-u250": "amd.com/xilinx_u250_gen3x16_xdma_shell_4_1",
-                  "versal-v70": "amd.com/xilinx_v70_gen5x8_qdma_base_2"}
-
-
 def expected_quotas(config: dict, mixed: bool) -> dict[str, dict[str, int]]:
     """flavor -> {resource: quantity} from the raw stack config (CPU in cores, memory in GiB)."""
     out: dict[str, dict[str, int]] = {}
@@ -65,7 +60,9 @@ def expected_quotas(config: dict, mixed: bool) -> dict[str, dict[str, int]]:
                         res = f"nvidia.com/mig-{profile}" if mixed else "nvidia.com/gpu"
                         items.append((f"{g['model']}-{profile}", res, n, Fraction(n * cs, total)))
         for f in p.get("fpgas", []):
-            items.append((f["model"], FPGA_RESOURCES[f["model"]], f["count"], Fraction(f["count"])))
+            # the names the AMD plugin registers, as the stack file declares them
+            fpga_names = config["aiinfn:accelerators"]["fpgaResourceNames"]
+            items.append((f["model"], fpga_names[f["model"]], f["count"], Fraction(f["count"])))
         if not items:
             items.append(("cpu-only", None, 0, Fraction(1)))
         # merge entries of the same flavor within one VM
@@ -126,7 +123,7 @@ def test_cnaf_figures_by_hand() -> None:
     assert q["rtx5000"]["nvidia.com/gpu"] == 6  # 5 + 1 on two servers
     assert q["a100-80gb"]["nvidia.com/gpu"] == 2
     assert q["a30-1g.6gb"]["nvidia.com/mig-1g.6gb"] == 4
-    assert q["alveo-u250"]["amd.com/xilinx_u250_gen3x16_xdma_shell_4_1"] == 6  # 1 + 5
+    assert q["alveo-u250"]["amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0"] == 6  # 1 + 5
     assert q["cpu-only"]["cpu"] == 0  # cnaf has no cpu pool: cpu-only work spills onto accelerator nodes
     # a flavor never carries another flavor's accelerator
     assert q["t4"]["nvidia.com/mig-1g.10gb"] == 0 and q["a100-80gb-1g.10gb"]["nvidia.com/gpu"] == 0

@@ -31,7 +31,7 @@ def _remote_label(key: str):
 
 def _fpga_on_cpu_pool(c):
     c["aiinfn:pools"].append({"name": "cpu-u50", "role": "cpu", "count": 1, "flavor": "f9", "cpus": 16, "memoryGb": 64,
-                              "fpgas": [{"model": "alveo-u50", "count": 1}]})
+                              "fpgas": [{"model": "alveo-u50", "count": 1}], "image": "ubuntu-24.04-xrt-2025.1"})
 
 
 CASES = {

@@ -8,7 +8,7 @@ import yaml
 
 from aiinfn import catalogue as cat
 from aiinfn.engine.run import run_program
-from components.cluster_bootstrap import cloud_init
+from components.cluster_bootstrap import NodeSecrets, cloud_init
 
 from .conftest import rendered_stack
 from .stackdata import write_variant
@@ -50,51 +50,54 @@ def _cfg(stack: str):
     return rendered_stack(stack).cfg
 
 
+def _doc(cfg, pool, index=0, **kw) -> dict:
+    text = cloud_init(cfg, pool, index, secrets=NodeSecrets("SERVER", "AGENT", kw.pop("ca_files", None)),
+                      tls_sans=kw.pop("tls_sans", []), control_ips=["10.42.0.10", "10.42.0.11", "10.42.0.12"], **kw)
+    return yaml.safe_load(text.split("\n", 1)[1])
+
+
+def _files(doc: dict) -> dict[str, dict]:
+    return {f["path"]: f for f in doc["write_files"]}
+
+
 def test_gpu_node_registers_with_pool_labels_and_taints() -> None:
     cfg = _cfg("cnaf")
-    t4 = cfg.pool("t4")
-    doc = yaml.safe_load(cloud_init(cfg, t4, token="TOKEN", server_url="https://10.42.0.10:9345", tls_sans=[]).split("\n", 1)[1])
-    conf = yaml.safe_load(doc["write_files"][0]["content"])
-    assert doc["write_files"][0]["path"] == "/etc/rancher/rke2/config.yaml"
-    assert doc["write_files"][0]["permissions"] == "0600"
-    assert conf["server"] == "https://10.42.0.10:9345"
+    doc = _doc(cfg, cfg.pool("t4"))
+    cfile = _files(doc)["/etc/rancher/rke2/config.yaml"]
+    conf = yaml.safe_load(cfile["content"])
+    assert cfile["permissions"] == "0600"
     labels = dict(x.split("=", 1) for x in conf["node-label"])
     assert labels[cat.LABEL_POOL] == "t4"
     assert labels[cat.LABEL_ROLE] == "gpu"
     assert labels[cat.LABEL_GPU_MODEL] == "t4"
     assert cat.LABEL_MIG_CONFIG not in labels  # T4 has no MIG
     assert conf["node-taint"] == ["nvidia.com/gpu=present:NoSchedule"]
-    install = [c[2] for c in doc["runcmd"] if "get.rke2.io" in c[2]]
-    assert len(install) == 1 and "INSTALL_RKE2_TYPE=agent" in install[0] and '"v1.33.5+rke2r1"' in install[0]
-    scratch = [c[2] for c in doc["runcmd"] if "aiinfn-scratch" in c[2]]
-    assert len(scratch) == 1 and "/dev/vdb" in scratch[0] and cfg.storage.scratch.host_path in scratch[0]
+    script = _files(doc)["/usr/local/sbin/aiinfn-bootstrap.sh"]["content"]
+    assert "INSTALL_RKE2_TYPE=agent" in script and "INSTALL_RKE2_VERSION='v1.33.5+rke2r1'" in script
+    assert f"prepare_scratch /var/lib/aiinfn/ephemeral {cfg.storage.scratch.host_path} /etc/fstab\n" in script
 
 
 def test_mig_pool_is_labelled_with_its_layout_and_configured_taints_kept() -> None:
     cfg = _cfg("hackathon-padova")
-    p = cfg.pool("a100-mig")
-    conf = yaml.safe_load(yaml.safe_load(cloud_init(cfg, p, token="T", server_url="https://x:9345", tls_sans=[])
-                                         .split("\n", 1)[1])["write_files"][0]["content"])
+    conf = yaml.safe_load(_files(_doc(cfg, cfg.pool("a100-mig")))["/etc/rancher/rke2/config.yaml"]["content"])
     labels = dict(x.split("=", 1) for x in conf["node-label"])
     assert labels[cat.LABEL_MIG_CONFIG] == "all-1g.10gb"
 
 
 def test_first_control_node_initialises_and_carries_the_cas() -> None:
     cfg = _cfg("cnaf")
-    control = cfg.pool("control")
-    text = cloud_init(cfg, control, token="T", server_url=None, tls_sans=["1.2.3.4"],
-                      ca_files={"server-ca.crt": "PEM", "server-ca.key": "KEY"})
-    doc = yaml.safe_load(text.split("\n", 1)[1])
-    conf = yaml.safe_load(doc["write_files"][0]["content"])
+    doc = _doc(cfg, cfg.pool("control"), tls_sans=["1.2.3.4"], ca_files={"server-ca.crt": "PEM", "server-ca.key": "KEY"})
+    files = _files(doc)
+    conf = yaml.safe_load(files["/etc/rancher/rke2/config.yaml"]["content"])
     assert "server" not in conf
     assert conf["tls-san"] == ["1.2.3.4"]
     assert conf["secrets-encryption"] is True
-    paths = [f["path"] for f in doc["write_files"]]
-    assert "/var/lib/rancher/rke2/server/tls/server-ca.key" in paths
+    assert files["/var/lib/rancher/rke2/server/tls/server-ca.key"]["permissions"] == "0600"
     # what RKE2 reads (token, CA keys) is root-only; apt's update settings are ordinary config files
     assert all(f["permissions"] == "0600" for f in doc["write_files"] if f["path"].startswith(("/etc/rancher", "/var/lib/rancher")))
     assert all(f["permissions"] == "0644" for f in doc["write_files"] if f["path"].startswith("/etc/apt/"))
-    assert any("INSTALL_RKE2_TYPE=server" in c[2] for c in doc["runcmd"])
+    script = files["/usr/local/sbin/aiinfn-bootstrap.sh"]["content"]
+    assert "INSTALL_RKE2_TYPE=server" in script and "join_address 9345" not in script
 
 
 def test_cluster_cas_generated_by_the_program(cnaf) -> None:
@@ -140,50 +143,10 @@ def test_adding_a_pool_renames_nothing(tmp_path: Path) -> None:
 
 def test_storage_node_mounts_the_nfs_volume_by_its_id() -> None:
     cfg = _cfg("cnaf")
-    text = cloud_init(cfg, cfg.pool("storage"), token="T", server_url="https://x:9345", tls_sans=[],
-                      data_volume_id="0123456789abcdef0123456789")
-    doc = yaml.safe_load(text.split("\n", 1)[1])
-    (mount,) = [c[2] for c in doc["runcmd"] if "aiinfn-nfs" in c[2]]
-    assert "/dev/disk/by-id/virtio-0123456789abcdef0123 " in mount
-    assert cfg.storage.nfs.host_path in mount
-    assert doc["runcmd"].index(["sh", "-c", mount]) == 0  # mounted before RKE2 starts the NFS server pod
-
-
-def _run_mount_script(tmp_path: Path, has_filesystem: bool) -> list[str]:
-    """Run the generated script with stub tools: which commands would it issue?"""
-    import os
-    import stat
-    import subprocess
-
-    device = "/dev/loop0"
-    if not Path(device).is_block_device():
-        import pytest
-        pytest.skip("no loop block device on this machine")
-    from components.cluster_bootstrap import mount_disk_script
-
-    log = tmp_path / "calls"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool, rc in (("blkid", 0 if has_filesystem else 2), ("mkfs.xfs", 0), ("mountpoint", 1), ("mount", 0)):
-        f = bin_dir / tool
-        f.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\nexit {rc}\n')
-        f.chmod(f.stat().st_mode | stat.S_IEXEC)
-    fstab = tmp_path / "fstab"
-    fstab.write_text("")
-    script = mount_disk_script(device, "aiinfn-nfs", str(tmp_path / "mnt"), fstab=str(fstab))
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    subprocess.run(["sh", "-c", script], check=True, env=env, timeout=30)
-    subprocess.run(["sh", "-c", script], check=True, env=env, timeout=30)  # a second boot
-    assert fstab.read_text().count("LABEL=aiinfn-nfs ") == 1
-    return log.read_text().splitlines()
-
-
-def test_existing_filesystem_is_never_formatted(tmp_path: Path) -> None:
-    calls = _run_mount_script(tmp_path, has_filesystem=True)
-    assert not [c for c in calls if c.startswith("mkfs")]
-    assert calls.count(f"mount {tmp_path / 'mnt'}") == 2
-
-
-def test_empty_disk_is_formatted_once_per_boot_while_empty(tmp_path: Path) -> None:
-    calls = _run_mount_script(tmp_path, has_filesystem=False)
-    assert "mkfs.xfs -L aiinfn-nfs /dev/loop0" in calls
+    doc = _doc(cfg, cfg.pool("storage"), data_volume_id="0123456789abcdef0123456789")
+    script = _files(doc)["/usr/local/sbin/aiinfn-bootstrap.sh"]["content"]
+    steps = script.split("\n")
+    (mount,) = [i for i, line in enumerate(steps) if line.startswith("prepare_nfs_volume ")]
+    assert steps[mount].startswith(f"prepare_nfs_volume /dev/disk/by-id/virtio-0123456789abcdef0123 {cfg.storage.nfs.host_path} ")
+    (install,) = [i for i, line in enumerate(steps) if line.startswith("INSTALL_RKE2_VERSION=")]
+    assert mount < install  # mounted before RKE2 starts the NFS server pod

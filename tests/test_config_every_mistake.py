@@ -42,7 +42,7 @@ def _many_mistakes(c: dict[str, Any]) -> None:
     c["aiinfn:projects"][2]["storageGb"] = 10_000_000                                      # 8 larger than NFS
     c["aiinfn:hub"]["allowances"][0]["group"] = "ai-infn/ghosts"                           # 9 unknown group
     c["aiinfn:monitoring"]["grafana"]["clientId"] = c["aiinfn:iam"]["clientId"]            # 10 hub's client
-    c["aiinfn:accelerators"] = {"timeSlicing": [{"pool": "no-such-pool", "replicas": 4}]}  # 11 unknown pool
+    c["aiinfn:accelerators"]["timeSlicing"] = [{"pool": "no-such-pool", "replicas": 4}]    # 11 unknown pool
     c["aiinfn:batch"] = {"projectWeights": {"no-such-project": 3}}                         # 12 unknown project
     c["aiinfn:pools"].append(copy.deepcopy(pool(c, "rtx5000-b")))                          # 13 name twice
 

@@ -21,8 +21,9 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from aiinfn.engine.run import load_config
-from components.cluster_bootstrap import cloud_init
-from components.cluster_rejoin import rejoin_script
+from components.cluster_bootstrap import BOOTSTRAP_SCRIPT, NodeSecrets, cloud_init
+from components.cluster_rejoin import rejoin_script, surviving_servers
+from components.tenancy import fixed_ip
 
 from .pki_support import _cert, _name, _pem
 
@@ -108,17 +109,22 @@ def test_a_server_of_another_cluster_is_not_joined(tmp_path: Path, tls) -> None:
     assert "server" not in yaml.safe_load(conf.read_text())
 
 
-def _runcmd(stack: str, pool_name: str, server_url: str | None) -> list:
+def _script_lines(stack: str, pool_name: str, index: int) -> list[str]:
+    """The first-boot script's lines of VM ``index`` of the pool."""
     _sf, cfg = load_config(stack)
     pool = cfg.pool(pool_name)
-    doc = yaml.safe_load(cloud_init(cfg, pool, token="t", server_url=server_url, tls_sans=[], ca_files={}))
-    return doc["runcmd"]
+    secrets = NodeSecrets("server-token", "agent-token", {"server-ca.crt": "PEM"})
+    control_ips = surviving_servers(cfg)
+    control_ips = [fixed_ip(cfg, cfg.pools_by_role("control")[0], 0), *control_ips]
+    doc = yaml.safe_load(cloud_init(cfg, pool, index, secrets=secrets, tls_sans=[], control_ips=control_ips))
+    script = next(f["content"] for f in doc["write_files"] if f["path"] == BOOTSTRAP_SCRIPT)
+    return script.splitlines()
 
 
 def test_only_the_first_server_of_a_multi_server_site_probes_before_installing() -> None:
-    first = _runcmd("cnaf", "control", None)
-    probe = [c for c in first if "/ping" in " ".join(c)]
-    assert len(probe) == 1 and first.index(probe[0]) < next(i for i, c in enumerate(first) if "get.rke2.io" in " ".join(c))
-    assert "10.42.0.11 10.42.0.12" in probe[0][-1]
-    assert not [c for c in _runcmd("cnaf", "control", "https://10.42.0.10:9345") if "/ping" in " ".join(c)]
-    assert not [c for c in _runcmd("recas", "control", None) if "/ping" in " ".join(c)]  # one server: nothing to join
+    first = _script_lines("cnaf", "control", 0)
+    probe = [line for line in first if "/ping" in line]
+    assert len(probe) == 1 and first.index(probe[0]) < next(i for i, line in enumerate(first) if "rke2-install.sh" in line)
+    assert "10.42.0.11 10.42.0.12" in probe[0]
+    assert not [line for line in _script_lines("cnaf", "control", 1) if "/ping" in line]  # joins through join_address
+    assert not [line for line in _script_lines("recas", "control", 0) if "/ping" in line]  # one server: nothing to join

@@ -378,7 +378,7 @@ def test_named_server_and_unknown_profile(hub: dict[str, Any]) -> None:
     login(hub, "arizzi")
     status, rec = spawn(hub, "arizzi", {"profile": "alveo-u250"}, server="fpga")
     assert rec is not None and rec["server"] == "fpga", status
-    assert rec["extra_resource_limits"] == {"amd.com/xilinx_u250_gen3x16_xdma_shell_4_1": "1"}
+    assert rec["extra_resource_limits"] == {"amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0": "1"}
     status, rec = spawn(hub, "arizzi", {"profile": "h100-80gb"}, server="nope")
     assert rec is None and status >= 400
 
@@ -531,6 +531,7 @@ def test_hackathon_participant_spawns_and_the_init_container_makes_the_home(hack
     try:
         os.chmod(base, 0o711)
         (base / "exports").mkdir()
+        (base / "exports" / ".aiinfn-nfs-volume").write_text("aiinfn-nfs volume (what the storage node writes)\n")
         (base / "layout.txt").write_text(layout_text(cfg))
         subprocess.run(["sh", str(KEEPER), str(base / "exports"), str(base / "layout.txt")], check=True,
                        capture_output=True, timeout=60)

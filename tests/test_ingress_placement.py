@@ -25,7 +25,7 @@ import yaml
 
 from aiinfn.config.errors import ConfigError
 from aiinfn.engine.run import load_config
-from components.cluster_bootstrap import rke2_config
+from components.cluster_bootstrap import NodeSecrets, rke2_config
 
 from .conftest import STACKS, rendered_stack
 from .stackdata import write_variant
@@ -40,7 +40,7 @@ def _nodes(cfg) -> dict[str, tuple[str, dict[str, str], list[tuple[str, str, str
     of /etc/rancher/rke2/config.yaml; kubelet adds ``kubernetes.io/os``)."""
     out = {}
     for p in cfg.pools:
-        conf = rke2_config(cfg, p, token="t", server_url=None, tls_sans=[])
+        conf = rke2_config(cfg, p, 0, secrets=NodeSecrets("t", "a"), tls_sans=[])
         labels = dict(item.split("=", 1) for item in conf.get("node-label", []))
         labels["kubernetes.io/os"] = "linux"
         taints = []

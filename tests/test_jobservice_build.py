@@ -127,7 +127,7 @@ def test_mig_and_fpga_offerings_use_their_resource_names():
     _, (job, _) = make("cnaf", {"name": "fpga", "project": "cms-tracking", "command": ["true"], "accelerator": "alveo-u250"})
     validate_object(job)
     limits = pod_of(job)["containers"][0]["resources"]["limits"]
-    assert limits["amd.com/xilinx_u250_gen3x16_xdma_shell_4_1"] == "1"
+    assert limits["amd.com/xilinx_u250_gen3x16_xdma_shell_4_1-0"] == "1"
     assert {"key": "amd.com/fpga", "operator": "Equal", "value": "present", "effect": "NoSchedule"} in pod_of(job)["tolerations"]
 
 

@@ -769,3 +769,45 @@ def test_a_user_has_at_most_the_per_user_cap_of_jobs_in_a_project(hub):
         object.__setattr__(service.site, "limits", saved)
     assert [status for status, _ in results] == [201, 201, 201, 429], results
     assert "(3)" in results[-1][1]["error"]
+
+
+def test_token_checks_are_hubauths_cached_answers_and_a_revoked_token_is_refused_once_it_expires(hub):
+    """The service asks the hub about a token as HubAuth does (PyPI jupyterhub 5.5.4,
+    jupyterhub/services/auth.py): ``user_for_token`` (686-715) keys the answer by ``token:<session
+    id>:<sha256 of the token>``, ``_check_hub_authorization`` (555-593) returns a cached answer or asks
+    ``GET /hub/api/user`` once and caches it, in an ``_ExpiringDict`` (108-225) that forgets it after
+    ``cache_max_age`` seconds (470-479; 300 by default, as the shipped service runs it). So one hub call
+    per token per max age, and a token revoked at the hub is refused as soon as its answer expires."""
+    auth = hub["service"].auth
+    token = new_member(hub, "cachedcaller")
+    status, tokens = admin_call(hub, "GET", "/users/cachedcaller/tokens")
+    assert status == 200, tokens
+    [token_id] = [t["id"] for t in tokens["api_tokens"] if t.get("note") == "jobservice test"]
+    asked: list[str] = []
+    original = auth._api_request
+
+    async def counting(method: str, url: str, **kwargs: Any) -> Any:
+        if token in str(kwargs.get("headers", {})):
+            asked.append(url)
+        return await original(method, url, **kwargs)
+
+    auth._api_request = counting
+    saved_max_age = auth.cache.max_age  # the fixture's HubOAuth keeps answers for ever (cache_max_age=0)
+    try:
+        for _ in range(3):
+            status, reply = call("GET", hub["svc"] + "/api/info", token)
+            assert status == 200, reply
+        assert len(asked) == 1 and asked[0].endswith("/api/user"), asked
+        auth.cache.max_age = 1
+        time.sleep(1.2)
+        assert call("GET", hub["svc"] + "/api/info", token)[0] == 200
+        assert len(asked) == 2, asked  # expired: asked again
+        status, reply = admin_call(hub, "DELETE", f"/users/cachedcaller/tokens/{token_id}")
+        assert status == 204, reply
+        time.sleep(1.2)
+        status, reply = call("GET", hub["svc"] + "/api/info", token)
+        assert status == 403, reply
+        assert len(asked) == 3, asked
+    finally:
+        auth.cache.max_age = saved_max_age
+        del auth._api_request

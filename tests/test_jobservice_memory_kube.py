@@ -21,7 +21,13 @@ def job(name: str, ns: str = "project-a", **labels: str) -> dict:
 
 
 def run(coro):
-    return asyncio.run(coro)
+    """On a loop of its own: ``asyncio.run`` would leave the main thread without a current loop, which
+    later tests in the same process (Pulumi's mock runtime) rely on."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
 
 
 def test_every_read_is_a_fresh_copy_and_created_holds_what_was_sent():

@@ -36,7 +36,9 @@ def _project(i: int, **changes):
 
 def _set_projects(n: int):
     def mutate(c):
-        c["aiinfn:projects"] = [{"name": f"p{i}", "group": f"ai-infn/p{i}", "storageGb": 10} for i in range(n)]
+        kept = c["aiinfn:projects"]  # the stack's own projects stay (other keys name them)
+        c["aiinfn:projects"] = kept + [{"name": f"p{i}", "group": f"ai-infn/p{i}", "storageGb": 10}
+                                       for i in range(n - len(kept))]
     return mutate
 
 
@@ -91,7 +93,7 @@ CASES = {
                       "aiinfn:secretS3AccesKey", "nothing in this stack reads it"),
     "empty-secure": ("cnaf", _add("aiinfn:iamClientSecret", {"secure": ""}), "aiinfn:iamClientSecret",
                      "empty secure value"),
-    "namespace-typo": ("cnaf", _rename("aiinfn:projects", "aiinf:projects"), "aiinf:projects",
+    "namespace-typo": ("hackathon-padova", _rename("aiinfn:projects", "aiinf:projects"), "aiinf:projects",
                        "unknown config namespace 'aiinf' (did you mean aiinfn?)"),
     "namespace-unknown": ("cnaf", _add("azure:location", "westeurope"), "azure:location", "unknown config namespace"),
     "pool-count-huge": ("cnaf", _pool("t4", count=100000), "aiinfn:pools[2].count", "at most 256"),

@@ -150,7 +150,8 @@ UNRELATED: dict[str, tuple[str, Callable[[dict], None]]] = {
     "another-admin-network": ("hackathon-padova", lambda c: c["aiinfn:openstack"]["adminCidrs"].append("193.206.0.0/16")),
     "new-ssh-key": ("hackathon-padova", lambda c: c["aiinfn:openstack"].update(
         publicKey="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDifferentKeyDifferentKeyDifferentKey0 ops@cnaf")),
-    "rke2-upgrade": ("hackathon-padova", lambda c: c["aiinfn:cluster"].update(rke2Version="v1.33.6+rke2r1")),
+    "rke2-upgrade": ("hackathon-padova", lambda c: c["aiinfn:cluster"].update(
+        rke2Version="v1.33.6+rke2r1", installerSha256="0" * 64)),  # a release the program has no sum for
     "new-boot-image": ("hackathon-padova", lambda c: c["aiinfn:openstack"].update(image="ubuntu-24.04-server-2026-12")),
     "bigger-data-volume": ("recas", lambda c: pool(c, "storage").update(dataVolumeGb=6000)),
     "drop-the-cpu-pool": ("recas", lambda c: c.__setitem__(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from aiinfn.naming import NFS_VOLUME_MARK
+
 SCRIPT = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts" / "borg-backup.sh"
 
 
@@ -38,7 +40,14 @@ def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
+def mark_volume(root: Path) -> None:
+    """What the storage node writes when it formats the data volume (components/cluster_bootstrap)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / NFS_VOLUME_MARK).write_text("aiinfn-nfs volume of site testsite\n")
+
+
 def make_tree(root: Path) -> None:
+    mark_volume(root)
     (root / "homes" / "alice").mkdir(parents=True)
     (root / "homes" / "bob" / "deep" / "er").mkdir(parents=True)
     (root / "projects" / "cms").mkdir(parents=True)
@@ -104,7 +113,7 @@ def test_prune_keeps_7_daily_4_weekly_6_monthly(borg_env, tmp_path: Path):
     """Hand-computed: daily Oct 1-10, weekly Sundays Aug 23-Sep 20, monthly the 15th Jan-Jul (2026)."""
     env = {**borg_env, "TZ": "UTC"}
     src = Path(env["BACKUP_SOURCE"])
-    src.mkdir()
+    mark_volume(src)
     (src / "f").write_text("x")
     subprocess.run(["borg", "init", "--encryption=repokey-blake2"], env=env, check=True, capture_output=True)
     dates = [f"2026-10-{d:02d}" for d in range(1, 11)] + ["2026-09-20", "2026-09-13", "2026-09-06", "2026-08-30",

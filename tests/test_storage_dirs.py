@@ -11,13 +11,17 @@ import pytest
 
 from aiinfn.config.storage import env_maintainers_gid, project_gid, user_uid
 from aiinfn.engine.run import load_config
+from aiinfn.naming import NFS_VOLUME_MARK
 from components.storage.nfs import exports_text, layout_text
 
 SCRIPT = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts" / "prepare-dirs.sh"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other uids needs root")
 
 
-def run(root: Path, layout: Path) -> subprocess.CompletedProcess:
+def run(root: Path, layout: Path, marked: bool = True) -> subprocess.CompletedProcess:
+    """``marked``: the root carries the data volume's mark, as a mounted NFS volume does."""
+    if marked and root.is_dir():
+        (root / NFS_VOLUME_MARK).write_text("aiinfn-nfs volume of site test\n")
     return subprocess.run(["sh", str(SCRIPT), str(root), str(layout)], capture_output=True, text=True, timeout=60,
                           check=False)
 

@@ -73,6 +73,7 @@ def tree() -> Iterator[Path]:
     shutil.copy(MAKE_HOME, base / "make-home.sh")
     os.chmod(base / "make-home.sh", 0o644)
     (base / "exports").mkdir()
+    (base / "exports" / ".aiinfn-nfs-volume").write_text("aiinfn-nfs volume (what the storage node writes)\n")
     try:
         yield base
     finally:

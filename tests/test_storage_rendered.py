@@ -166,7 +166,7 @@ def test_helm_releases_pinned(stack):
     for name in ("csi-driver-nfs", "juicefs-csi-driver", "cvmfs-csi"):
         assert rel[name]["version"] and rel[name]["version"][0].isdigit()
         source = (rel[name].get("repositoryOpts") or {}).get("repo") or rel[name]["chart"]  # csi-driver-nfs: its archive
-        assert source.startswith("https://")
+        assert source.startswith(("https://", "oci://"))  # cvmfs-csi: its OCI registry (TLS)
     assert rel["cvmfs-csi"]["version"].startswith("2.")
     local = rel["cvmfs-csi"]["values"]["extraConfigMaps"]["cvmfs-csi-default-local"]["default.local"]
     cfg = rendered_stack(stack).cfg

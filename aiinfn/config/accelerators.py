@@ -132,6 +132,28 @@ class TimeSlicing:
 
 
 @dataclass
+@dataclass
+class XrtConfig:
+    """XRT (AMD's runtime and its xocl/xclmgmt drivers) installed at first boot on FPGA pools, from a
+    pinned package checked against its sha256: the FPGA device plugin finds boards only through them."""
+
+    package_url: str
+    sha256: str
+
+    def __validate__(self, path: str) -> None:
+        found = Collector()
+        if not re.match(r"^https://\S+\.deb$", self.package_url):
+            found.add(f"{path}.packageUrl", f"{self.package_url!r} must be an https URL of a .deb package")
+        if not re.match(r"^[0-9a-f]{64}$", self.sha256):
+            found.add(f"{path}.sha256", "must be the 64 hex digits of the package's sha256 sum")
+        found.raise_if_any()
+
+
+# What the AMD/Xilinx device plugin registers: "amd.com/" + the shell's VBNV + "-" + its timestamp.
+FPGA_RESOURCE_RE = re.compile(r"^amd\.com/[A-Za-z0-9][A-Za-z0-9_.]*-[0-9A-Za-z]+$")
+
+
+@dataclass
 class AcceleratorsConfig:
     """Settings of the accelerator layer. Every field has a safe default so a minimal stack renders."""
 
@@ -144,13 +166,18 @@ class AcceleratorsConfig:
     # Exact extended-resource names of FPGA boards, where the plugin's shell/timestamp differs
     # from the catalogue (check with `kubectl describe node`): board key -> resource name.
     fpga_resource_names: dict[str, str] = field(default_factory=dict)
+    xrt: XrtConfig | None = None
 
     def __validate__(self, path: str) -> None:
+        found = Collector()
         if self.min_gpu_sessions < 0:
-            raise ConfigError(f"{path}.minGpuSessions", f"must be 0 or more, got {self.min_gpu_sessions}")
+            found.add(f"{path}.minGpuSessions", f"must be 0 or more, got {self.min_gpu_sessions}")
         for board, name in self.fpga_resource_names.items():
-            if not re.match(r"^[a-z0-9.-]+/[A-Za-z0-9_.-]+$", name):
-                raise ConfigError(f"{path}.fpgaResourceNames.{board}", f"{name!r} is not an extended resource name (vendor/name)")
+            if not FPGA_RESOURCE_RE.match(name) or len(name.split("/", 1)[1]) > 63:
+                found.add(f"{path}.fpgaResourceNames.{board}",
+                          f"{name!r} is not what the AMD device plugin registers: amd.com/<shell VBNV>-<timestamp> "
+                          "(see `kubectl describe node`)")
+        found.raise_if_any()
 
     def replicas_for(self, pool_name: str) -> int:
         return next((t.replicas for t in self.time_slicing if t.pool == pool_name), 1)
@@ -223,6 +250,18 @@ def validate_site(cfg: SiteConfig, found: Collector) -> None:
         elif ts.pool in seen:
             found.add(path, f"pool {ts.pool!r} is listed twice")
         seen.add(ts.pool)
+    for i, pool in enumerate(cfg.pools):
+        if not pool.fpgas or pool.count == 0:
+            continue
+        for f in pool.fpgas:
+            if f.model in cat.FPGAS and f.model not in acc.fpga_resource_names:  # an unknown model is reported apart
+                found.add(f"aiinfn:accelerators.fpgaResourceNames.{f.model}",
+                          f"pool {pool.name!r} carries {f.model}: give the resource the AMD device plugin registers "
+                          "for its shell, amd.com/<VBNV>-<timestamp> (`kubectl describe node` on that node)")
+        if pool.image is None and acc.xrt is None and not cfg.cluster.existing:
+            found.add(f"aiinfn:pools[{i}].image",
+                      f"FPGA pool {pool.name!r} needs XRT's drivers: boot it from an image that has them, "
+                      "or set aiinfn:accelerators.xrt to install a pinned package")
     if acc.min_gpu_sessions and layouts_sound:  # sessions are counted on the layouts: only sound ones
         from ..mig import site_gpu_sessions
 

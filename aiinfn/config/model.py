@@ -176,9 +176,14 @@ class NodePool:
     taints: list[Taint] = field(default_factory=list)
     boot_volume_gb: int = 100
     scratch_gb: int = 0  # local NVMe exposed as scratch on this pool's nodes
-    scratch_device: str = "/dev/vdb"  # the block device holding it (a flavor's ephemeral disk, or a passed-through NVMe)
+    # Where the scratch disk comes from: the flavor's ephemeral disk as cloud-init names it
+    # (``ephemeral0``, resolved by cloud-init's mounts module), or a passed-through device under /dev.
+    scratch_device: str = "ephemeral0"
     data_volume_gb: int = 0  # persistent block volume (storage role: the NFS data)
     reserved_for: str | None = None  # IAM group that alone may use this pool
+    # Boot image of this pool's VMs (default: aiinfn:openstack.image). FPGA pools need one with
+    # XRT's xocl/xclmgmt drivers, unless aiinfn:accelerators.xrt installs them at first boot.
+    image: str | None = None
 
     def __validate__(self, path: str) -> None:
         found = Collector()
@@ -189,8 +194,11 @@ class NodePool:
                 found.add(f"{path}.{key}", f"must be at least {lo}, got {val}")
         if self.count > MAX_VMS_PER_POOL:
             found.add(f"{path}.count", f"{self.count} VMs in one pool; at most {MAX_VMS_PER_POOL}")
-        if not re.match(r"^/dev/[A-Za-z0-9/_.-]+$", self.scratch_device):
-            found.add(f"{path}.scratchDevice", f"{self.scratch_device!r} is not a block device path under /dev")
+        if not re.match(r"^(ephemeral[0-9]|/dev/[A-Za-z0-9/_.-]+)$", self.scratch_device):
+            found.add(f"{path}.scratchDevice", f"{self.scratch_device!r} is neither a cloud-init ephemeral disk "
+                                               "name (ephemeral0) nor a block device path under /dev")
+        if self.image is not None and not self.image.strip():
+            found.add(f"{path}.image", "is empty; leave it out to boot from aiinfn:openstack.image")
         if self.role == "storage" and self.data_volume_gb < 100:
             found.add(f"{path}.dataVolumeGb", "the storage pool needs a data volume of at least 100 GB for NFS")
         if self.role != "storage" and self.data_volume_gb:
@@ -225,6 +233,13 @@ class NodePool:
         return self.count * (self.gpus.count if self.gpus else 0)
 
 
+# sha256 of rancher/rke2's install.sh in each release tag the program knows (computed from the
+# script in the tag's tree); another version needs aiinfn:cluster.installerSha256.
+RKE2_INSTALLER_SHA256 = {
+    "v1.33.5+rke2r1": "bfbd978d603b7070f5748c934326db509bf1470c97d3f61a3aaa6e2eed6bd054",
+}
+
+
 @dataclass
 class ClusterConfig:
     # renovate: datasource=github-releases depName=rancher/rke2 versioning=regex:^v(?<major>\d+)\.(?<minor>\d+)\.(?<patch>\d+)\+rke2r(?<build>\d+)$
@@ -233,15 +248,26 @@ class ClusterConfig:
     cluster_cidr: str = "10.44.0.0/16"
     service_cidr: str = "10.45.0.0/16"
     api_wait_seconds: int = 900
+    # sha256 of RKE2's install.sh at the rke2Version tag; needed only for a version the program
+    # does not know (components/cluster_bootstrap.RKE2_INSTALLER_SHA256).
+    installer_sha256: str | None = None
 
     def __validate__(self, path: str) -> None:
+        found = Collector()
+        if self.installer_sha256 is not None and not re.match(r"^[0-9a-f]{64}$", self.installer_sha256):
+            found.add(f"{path}.installerSha256", "must be the 64 hex digits of a sha256 sum")
         if not re.match(r"^v1\.\d+\.\d+\+rke2r\d+$", self.rke2_version):
-            raise ConfigError(f"{path}.rke2Version", f"{self.rke2_version!r} is not a pinned RKE2 release (like v1.33.5+rke2r1)")
-        minor = int(self.rke2_version.split(".")[1])
-        if minor < 28:
-            raise ConfigError(f"{path}.rke2Version", "JupyterHub 5 and Kueue need Kubernetes 1.28 or newer")
-        require_cidr(self.cluster_cidr, f"{path}.clusterCidr")
-        require_cidr(self.service_cidr, f"{path}.serviceCidr")
+            found.add(f"{path}.rke2Version", f"{self.rke2_version!r} is not a pinned RKE2 release (like v1.33.5+rke2r1)")
+        else:
+            if not self.existing and self.installer_sha256 is None and self.rke2_version not in RKE2_INSTALLER_SHA256:
+                found.add(f"{path}.installerSha256", f"RKE2 {self.rke2_version} is installed by its release's "
+                                                     "install.sh: give that script's sha256 (known: "
+                                                     f"{', '.join(RKE2_INSTALLER_SHA256)})")
+            if int(self.rke2_version.split(".")[1]) < 28:
+                found.add(f"{path}.rke2Version", "JupyterHub 5 and Kueue need Kubernetes 1.28 or newer")
+        found.run(require_cidr, self.cluster_cidr, f"{path}.clusterCidr")
+        found.run(require_cidr, self.service_cidr, f"{path}.serviceCidr")
+        found.raise_if_any()
 
 
 @dataclass

@@ -160,6 +160,8 @@ def render_files(rendered: Rendered) -> dict[str, str]:
             by_release[r.name.split(":", 1)[0]].append(r.inputs)
         for release, docs in by_release.items():
             files[f"charts/{release}.yaml"] = _dump_all(docs)
+    for vm, text in sorted(rendered.cloud_init.items()):  # each VM's user data, named placeholders for secrets
+        files[f"cloud-init/{vm}.yaml"] = text
     return files
 
 

@@ -25,6 +25,7 @@ class Rendered:
     secrets_requested: dict[str, bool] = field(default_factory=dict)
     chart_objects: list[Recorded] = field(default_factory=list)  # what Helm releases make (--charts only)
     invokes: list[RecordedInvoke] = field(default_factory=list)
+    cloud_init: dict[str, str] = field(default_factory=dict)  # VM -> its cloud-init, placeholders for secrets
 
     def of_type(self, prefix: str) -> list[Recorded]:
         return [r for r in self.resources if r.type.startswith(prefix)]
@@ -89,7 +90,8 @@ def run_program(stack: str, secret_values: dict[str, str] | None = None) -> Rend
         raise unread[0] if len(unread) == 1 else ConfigErrors(unread)
     return Rendered(cfg=cfg, stack=sf.stack, resources=[_clean_record(r) for r in mocks.resources],
                     summary=site.summary_sections(), secrets_requested=dict(secrets.REQUESTED),
-                    invokes=list(mocks.invokes))
+                    invokes=list(mocks.invokes),
+                    cloud_init=dict(getattr(site.cluster, "cloud_init_review", {})))
 
 
 def _skip_source_positions() -> None:

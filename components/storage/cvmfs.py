@@ -12,7 +12,9 @@ from ..kube import HelmRelease
 from .common import CSI_NAMESPACE
 
 CVMFS_DRIVER = "cvmfs.csi.cern.ch"
-CVMFS_REPO = "https://registry.cern.ch/chartrepo/cern"
+# From v2.3.0 the chart is published as an OCI artifact (upstream deployments/helm/README.md);
+# the ChartMuseum path is legacy.
+CVMFS_CHART = "oci://registry.cern.ch/kubernetes/charts/cvmfs-csi"
 CACHE_HOST_PATH = "/var/lib/cvmfs.csi.cern.ch/cache"
 
 
@@ -36,11 +38,10 @@ class Cvmfs:
         self.release = HelmRelease(
             "cvmfs-csi",
             name="cvmfs-csi",
-            chart="cvmfs-csi",
+            chart=CVMFS_CHART,
             limits=True,
             version=cv.chart_version,
             namespace=CSI_NAMESPACE,
-            repository=CVMFS_REPO,
             values={
                 "extraConfigMaps": {
                     "cvmfs-csi-config-d": {},

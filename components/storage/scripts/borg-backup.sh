@@ -99,9 +99,18 @@ ensure_repo() {
     return 1
 }
 
+# The storage node writes this mark when it formats the NFS data volume; a tree without it is the
+# boot disk's own directory (the volume did not attach or mount): never serve or back it up.
+require_volume_mark() {
+    [ -f "$1/.aiinfn-nfs-volume" ] && return 0
+    log "source $1 has no .aiinfn-nfs-volume mark: the NFS data volume is not mounted there; refusing to back up"
+    exit 1
+}
+
 backup() {
     : "${BACKUP_SOURCE:?BACKUP_SOURCE is not set}"
     [ -d "$BACKUP_SOURCE" ] || { log "source $BACKUP_SOURCE is not a directory"; exit 1; }
+    require_volume_mark "$BACKUP_SOURCE"
     ensure_repo
     stamp=$(date -u +%Y-%m-%dT%H:%M:%S)
     if [ -n "${DUMP_DIR:-}" ]; then

@@ -78,6 +78,15 @@ loop=${3:-}
 
 [ -d "$root" ] || { echo "prepare-dirs: $root is not a directory (is the data volume mounted?)" >&2; exit 1; }
 
+# The storage node writes this mark when it formats the NFS data volume; a tree without it is the
+# boot disk's own directory (the volume did not attach or mount): never serve or back it up.
+require_volume_mark() {
+    [ -f "$1/.aiinfn-nfs-volume" ] && return 0
+    echo "prepare-dirs: $1 has no .aiinfn-nfs-volume mark: the NFS data volume is not mounted there; refusing" >&2
+    exit 1
+}
+require_volume_mark "$root"
+
 apply() {
     status=0
     while read -r mode uid gid rel extra; do
@@ -188,6 +197,7 @@ if [ -z "$loop" ]; then
     exit 1
 fi
 while :; do
+    require_volume_mark "$root"
     pass || echo "prepare-dirs: some entries failed; retrying in ${loop}s" >&2
     sleep "$loop"
 done
