@@ -24,16 +24,26 @@ def shared_missing() -> bool:
     return not SCHEMAS.is_dir()
 
 
+def _spellings() -> set[str]:
+    """The folder as tests name it: resolved, or as ``<checkout>/../shared`` (a path built from a test's
+    own location without resolving it)."""
+    from .schemas import ROOT
+
+    return {str(SHARED), os.path.normpath(os.path.abspath(SHARED)), str(ROOT / ".." / "shared")}
+
+
 def caused_by_missing_shared(exc: BaseException | None) -> bool:
     """Did this failure come from a file under the missing folder (a read, or a lookup naming it)?"""
-    root = str(SHARED)
+    roots = _spellings()
+    resolved = os.path.normpath(os.path.abspath(SHARED))
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         filename = getattr(exc, "filename", None)
-        if isinstance(exc, OSError) and filename and str(Path(filename)).startswith(root):
+        if isinstance(exc, OSError) and filename and \
+                (os.path.normpath(os.path.abspath(str(filename))) + os.sep).startswith(resolved + os.sep):
             return True
-        if root in str(exc):
+        if any(root in str(exc) for root in roots):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

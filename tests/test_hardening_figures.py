@@ -20,6 +20,8 @@ LINES = [
     "- namespaces (outside kube-system) without default-deny ingress and egress: 0",
     "- paths to NFS port 2049 from anything but the nodes: 0",
     "- project namespaces not enforcing Pod Security restricted: 0",
+    ("- GPU operators letting an unprivileged pod choose GPUs by NVIDIA_VISIBLE_DEVICES (CDI off, or "
+     "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED not false): 0"),
     "- job service problems (inside the hub pod, or without its own pod with an expiring token): 0",
 ]
 
@@ -126,3 +128,24 @@ def test_an_unpinned_juicefs_mount_image_is_refused():
     bad["values"]["defaultMountImage"]["ce"] = "juicedata/mount:ce-nightly"
     found = check_resource(supply_chain.helm_images_pinned, hardening.HELM_RELEASE, bad)
     assert len(found) == 1 and "defaultMountImage.ce" in found[0]
+
+
+def test_the_gpu_operator_figure_reads_the_toolkit_and_cdi_values():
+    """nvidia-container-toolkit v1.20.0 cmd/nvidia-ctk-installer/toolkit/toolkit.go:157-162: the toolkit accepts
+    NVIDIA_VISIBLE_DEVICES from unprivileged containers unless ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED
+    is false; gpu-operator v26.7.0 values.yaml:15-16 turns CDI on by default (the NVIDIA runtime off containerd's
+    default). Each missing lock is counted; a toolkit the operator does not manage is not judged."""
+    accept = {"name": "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED", "value": "false"}
+
+    def op(values):
+        return resource(hardening.HELM_RELEASE, {"name": "gpu-operator", "chart": "gpu-operator",
+                                                 "version": "v26.7.0", "values": values}, "gpu-operator")
+
+    assert hardening.gpu_operator_env_selection([op({"toolkit": {"env": [accept]}})]) == []
+    assert hardening.gpu_operator_env_selection([op({"cdi": {"enabled": True}, "toolkit": {"env": {
+        "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED": "false"}}})]) == []
+    assert len(hardening.gpu_operator_env_selection([op({"toolkit": {"env": []}})])) == 1
+    assert len(hardening.gpu_operator_env_selection([op({"toolkit": {"env": [dict(accept, value="true")]}})])) == 1
+    no_cdi = hardening.gpu_operator_env_selection([op({"cdi": {"enabled": False}, "toolkit": {"env": [accept]}})])
+    assert len(no_cdi) == 1 and "cdi.enabled is false" in no_cdi[0]
+    assert hardening.gpu_operator_env_selection([op({"toolkit": {"enabled": False}})]) == []

@@ -23,7 +23,7 @@ from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from aiinfn.engine.run import plain
 from components.kube import HelmRelease, KubeObject, type_token
@@ -62,6 +62,7 @@ def register(program: Callable[[], None]) -> list[Any]:
     """Run ``program`` under the mock runtime; return the registration requests it sent."""
     monitor = _Capturing()
     pulumi_settings.ROOT.set(None)
+    _ensure_event_loop()  # as run_program: an earlier test's asyncio.run() leaves the thread without a loop
     pulumi.runtime.set_mocks(monitor.mocks, project="kube-test", stack="t", preview=False, monitor=monitor)
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()

@@ -75,3 +75,24 @@ def test_entrypoint_refuses_an_empty_exports_file(tmp_path):
     proc = subprocess.run(["sh", str(tmp_path / "entry.sh")], check=False, env=env, capture_output=True, text=True,
                           timeout=20)
     assert proc.returncode == 1 and "is empty" in proc.stderr
+
+
+def test_every_stack_runs_the_image_built_here_and_the_docs_say_why():
+    """Issue 17 item 9: the privileged NFS server is our image (Debian's maintained nfs-kernel-server), tagged
+    with the nfs-utils version and Debian release the Containerfile pins, never the unmaintained
+    docker.io/erichough/nfs-server; docs/storage.md gives the reason."""
+    import re
+
+    from tests.conftest import STACKS, rendered_stack
+
+    text = (IMAGE / "Containerfile").read_text()
+    nfs_utils = re.search(r"nfs-kernel-server=1:(\d+\.\d+\.\d+)-", text).group(1)
+    debian = {"12": "bookworm", "13": "trixie"}[re.search(r"FROM docker\.io/library/debian:(\d+)\.", text).group(1)]
+    for stack in STACKS:
+        servers = [c["image"] for r in rendered_stack(stack).resources if r.inputs.get("kind") == "Deployment"
+                   and r.inputs["metadata"]["name"] == "nfs-server"
+                   for c in r.inputs["spec"]["template"]["spec"]["containers"]
+                   if any(int(port["containerPort"]) == 2049 for port in c.get("ports") or [])]
+        assert servers and set(servers) == {f"ghcr.io/ai-infn/nfs-server:{nfs_utils}-{debian}"}, (stack, servers)
+    docs = (IMAGE.parents[1] / "docs" / "storage.md").read_text()
+    assert "erichough/nfs-server" in docs and "maintained distribution package" in docs

@@ -79,6 +79,12 @@ def test_rendered_service_and_notebook_files_hold_no_secret() -> None:
     assert values["hub"]["config"]["Authenticator"] == {"enable_auth_state": True, "refresh_pre_spawn": True,
                                                         "auth_refresh_age": s3access.AUTH_REFRESH_AGE}
     assert s3access.REFRESH_MARGIN > s3access.AUTH_REFRESH_AGE  # a token read after a request has time left
+    # auth state is encrypted with a generated key, a Pulumi secret: z2jh 4.4.0 stores hub.config.CryptKeeper.keys
+    # in the hub Secret (jupyterhub/templates/hub/_helpers-passwords.tpl:64) and the hub reads it from the
+    # mounted Secret, not from the values or an env literal (jupyterhub/files/hub/jupyterhub_config.py:497)
+    (key,) = values["hub"]["config"]["CryptKeeper"]["keys"]
+    assert str(key).startswith("<") and "hub-crypt-key" in str(key)
+    assert not any(e["name"] == "JUPYTERHUB_CRYPT_KEY" for e in values["hub"]["extraEnv"])
     site = values["hub"]["extraFiles"]["aiinfn-site"]["data"]["s3"]
     assert site["user_bucket"] == "aiinfn-recas-{user}" and site["env"]["AWS_ENDPOINT_URL"] == "https://s3.recas.ba.infn.it"
     dep = next(r.inputs for r in rendered.resources if r.inputs.get("kind") == "Deployment"

@@ -67,7 +67,12 @@ class Unparsed:
     def _skip(self, *_args: Any, **_kwargs: Any) -> Any:
         raise SkipRule(object.__getattribute__(self, "_key"))
 
-    __getattr__ = __iter__ = __len__ = __bool__ = __getitem__ = __contains__ = _skip
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probing for hooks: not a use of the section
+            raise AttributeError(name)
+        return self._skip()
+
+    __iter__ = __len__ = __bool__ = __getitem__ = __contains__ = _skip
     __eq__ = __lt__ = __le__ = __gt__ = __ge__ = __int__ = __index__ = _skip
     __hash__ = None  # type: ignore[assignment]
 
@@ -100,7 +105,7 @@ class Collector:
             self.errors.extend(err.errors)
         except SkipRule:
             pass
-        except (KeyError, ValueError, TypeError, AttributeError, StopIteration, ArithmeticError):
+        except (LookupError, ValueError, TypeError, AttributeError, StopIteration, ArithmeticError, AssertionError):
             if not self.errors:
                 raise
 

@@ -465,8 +465,11 @@ def validate_site(cfg: SiteConfig, found: Collector) -> None:
         found.add(f"{path}.block.storageClass", f"{blk.storage_class!r} is not a block-volume class")
     if deploys_cinder(cfg) and blk.auth_url is None:
         found.add(f"{path}.block.authUrl", "the Cinder CSI plugin needs the cloud's Keystone URL (https://.../v3)")
+    # Only against a sound project list: a stack whose projects did not load (a misspelt namespace) or are
+    # refused is told so about aiinfn:projects, in one line, not again for each project role.
     projects = {p.name for p in cfg.projects}
-    for name in st.s3.project_roles:
+    sound = bool(projects) and not any(e.key.startswith("aiinfn:projects") for e in found.errors)
+    for name in st.s3.project_roles if sound else ():
         if name not in projects:
             found.add(f"{path}.s3.projectRoles.{name}", f"{name!r} is not a project of aiinfn:projects")
     if cfg.hub.db_storage_class in NOT_BLOCK_CLASSES:

@@ -138,6 +138,31 @@ def cpu_offerings_seeing_gpus(resources: Iterable[PolicyResource]) -> int:
     return n
 
 
+# The second lock, in the GPU operator's values: with CDI (gpu-operator v26.7.0 values.yaml:15-16, default on) the
+# NVIDIA runtime is not containerd's default, and the toolkit must refuse NVIDIA_VISIBLE_DEVICES from unprivileged
+# containers (nvidia-container-toolkit v1.20.0 cmd/nvidia-ctk-installer/toolkit/toolkit.go:157-162: default true,
+# env ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED).
+ACCEPT_ENV = "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED"
+
+
+def gpu_operator_env_selection(resources: Iterable[PolicyResource]) -> list[str]:
+    """GPU operator releases under which an unprivileged pod could still pick GPUs by environment variable."""
+    out = []
+    for r in resources:
+        if r.resource_type != HELM_RELEASE or naming.chart_name(str(r.props.get("chart") or "")) != "gpu-operator":
+            continue
+        values = values_of(r.props)
+        if dig(values, "toolkit", "enabled") is False:
+            continue  # a toolkit installed outside the operator: its settings are not rendered here
+        if dig(values, "cdi", "enabled", default=True) is False:
+            out.append(f"Helm release {r.name}: cdi.enabled is false (the NVIDIA runtime becomes containerd's default)")
+        accept = [str(v).lower() for n, v in env_entries(dig(values, "toolkit", "env", default=[])) if n == ACCEPT_ENV]
+        if accept[-1:] != ["false"]:
+            out.append(f"Helm release {r.name}: toolkit.env does not set {ACCEPT_ENV}=false (the toolkit's default "
+                       "is true)")
+    return out
+
+
 # ---------------------------------------------------------------- item 2: cluster-wide secrets and tokens
 
 SECRET_READ = {"get", "list", "watch", "*"}
@@ -764,6 +789,8 @@ FIGURE_LINES = {
     "namespaces_without_default_deny": "namespaces (outside kube-system) without default-deny ingress and egress",
     "nfs_paths_not_from_nodes": "paths to NFS port 2049 from anything but the nodes",
     "project_namespaces_not_restricted": "project namespaces not enforcing Pod Security restricted",
+    "gpu_operator_env_selection": ("GPU operators letting an unprivileged pod choose GPUs by NVIDIA_VISIBLE_DEVICES "
+                                   "(CDI off, or ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED not false)"),
     "job_service_problems": ("job service problems (inside the hub pod, or without its own pod with an expiring "
                              "token)"),
 }
@@ -780,6 +807,7 @@ def figures(resources: Iterable[PolicyResource]) -> dict[str, int]:
         "project_namespaces_not_restricted": sum(
             1 for ns in of_kind(resources, "Namespace") if naming.LABEL_PROJECT in labels_of(meta(ns.props)) and
             labels_of(meta(ns.props)).get("pod-security.kubernetes.io/enforce") != "restricted"),
+        "gpu_operator_env_selection": len(gpu_operator_env_selection(resources)),
         "job_service_problems": len(job_service_problems(resources)),
     }
 
