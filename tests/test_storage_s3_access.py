@@ -36,7 +36,7 @@ from aiinfn.engine.output import helm_releases
 from aiinfn.engine.run import Rendered
 
 from .stackdata import render_with_iam_secret
-from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, login, running_hub, spawn
+from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, FakeIam, login, running_hub, spawn
 
 ACCESS_LIFETIME = 4.0  # seconds an IAM access token lives here (INDIGO IAM: 3600)
 REFRESH_MARGIN = 2.0  # the hub renews it with this much left (the stack: 600)
@@ -56,24 +56,13 @@ def jwt(claims: dict[str, Any]) -> str:
     return f"{enc({'alg': 'none', 'typ': 'JWT'})}.{enc(claims)}.sig"
 
 
-class TokenIam(BaseHTTPRequestHandler):
+class TokenIam(FakeIam):  # its quiet log and JSON replies; its own endpoints
     """INDIGO IAM's token and userinfo endpoints: short-lived JWT access tokens, refresh tokens, 401 once expired."""
 
     access: ClassVar[dict[str, tuple[str, float]]] = {}  # access token -> (user, exp)
     refresh: ClassVar[dict[str, str]] = {}  # refresh token -> user
     grants: ClassVar[list[dict[str, Any]]] = []  # every refresh grant: user, time, exp of the token it replaced
     issued: ClassVar[list[str]] = []  # every token handed out (none may reach a pod spec)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _json(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     @classmethod
     def live(cls, token: str, user: str) -> bool:
