@@ -11,7 +11,6 @@ import pytest
 from aiinfn import naming
 from aiinfn.checks import policy_resources
 from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine.output import summary_markdown
 from aiinfn.engine.run import load_config
 from components.storage.nfs import exports_text
 from policies.rules import hardening, namespaces
@@ -170,14 +169,3 @@ def test_client_cidrs_inside_the_pod_network_are_refused():
     data.setdefault("storage", {}).setdefault("nfs", {})["clientCidrs"] = ["10.44.3.0/24"]
     with pytest.raises(ConfigError, match=r"^aiinfn:storage\.nfs\.clientCidrs\[0\].*pod network"):
         site_config_from_data(data)
-
-
-@pytest.mark.parametrize("stack", STACKS)
-def test_summary_shows_zero_network_paths(stack):
-    rendered = rendered_stack(stack)
-    got = hardening.figures(policy_resources(rendered))
-    assert got["namespaces_without_default_deny"] == 0
-    assert got["nfs_paths_not_from_nodes"] == 0
-    text = summary_markdown(rendered)
-    assert "- namespaces (outside kube-system) without default-deny ingress and egress: 0" in text
-    assert "- paths to NFS port 2049 from anything but the nodes: 0" in text

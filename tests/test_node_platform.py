@@ -226,13 +226,9 @@ def test_pods_are_denied_the_metadata_service(stack: str) -> None:
     for obj in gnps.values():
         validate_object(obj)  # closed schema from the CRD's field list (tests/data/crd-fields)
     assert "spec.tier" not in crd_fields(CALICO_GNP_FIELDS)
-    tiered = {**deny_obj(gnps), "spec": {**deny, "tier": "security"}}
+    tiered = {**gnps["default.aiinfn-deny-cloud-metadata"], "spec": {**deny, "tier": "security"}}
     with pytest.raises(AssertionError, match="tier"):
         validate_object(tiered)
-
-
-def deny_obj(gnps: dict[str, dict]) -> dict:
-    return gnps["default.aiinfn-deny-cloud-metadata"]
 
 
 @pytest.mark.parametrize("stack", STACKS)
