@@ -4,8 +4,9 @@ import sys
 
 import pulumi
 
-from aiinfn.config import ConfigError, site_config_from_pulumi
+from aiinfn.config import ConfigError
 from components.site import build_site
+from components.stackconfig import site_config_from_pulumi
 
 try:
     site_cfg = site_config_from_pulumi()

@@ -5,7 +5,13 @@ Defined once so the hub, Kueue, the job service, offloading and the policy rules
 
 from __future__ import annotations
 
-from .config.model import Project
+from typing import Protocol
+
+
+class Named(Protocol):
+    """A project (``aiinfn.config.Project``) or anything else with a name: this module imports nothing."""
+
+    name: str
 
 # The provider type token of a Helm release (the program registers it, render and policies read it)
 HELM_RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
@@ -28,7 +34,7 @@ OFFLOAD_NAMESPACE = "interlink"
 NODE_LEASE_NAMESPACE = "kube-node-lease"  # where kubelets (and virtual kubelets) renew their leases
 
 
-def project_namespace(project: Project | str) -> str:
+def project_namespace(project: Named | str) -> str:
     """Batch work of a project runs here; its LocalQueue and ResourceQuota live here too."""
     name = project if isinstance(project, str) else project.name
     return f"project-{name}"
@@ -105,7 +111,7 @@ PVC_CVMFS = "cvmfs"
 PVC_JUICEFS = "juicefs-shared"
 
 
-def pvc_project(project: Project | str) -> str:
+def pvc_project(project: Named | str) -> str:
     name = project if isinstance(project, str) else project.name
     return f"nfs-project-{name}"
 

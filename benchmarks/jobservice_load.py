@@ -48,6 +48,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.service_bundles import job_service_root  # noqa: E402  (the shipped service, importable as aiinfn_jobservice)
+
 PROJECT_GROUP = "ai-infn/cms-tracking"
 PROJECT = "cms-tracking"
 OTHER_NOTEBOOKS = 150  # notebook pods of users who are not in the load (Bunshin's haystack)
@@ -93,14 +95,14 @@ c.JupyterHub.log_level = "WARN"
 SERVICE = """
 import asyncio, json, logging, os, sys
 sys.path.insert(0, os.environ["BENCH_ROOT"])
-# Logging as the shipped entry point sets it (aiinfn/jobservice/__main__.py): every request logged.
-import aiinfn.jobservice.__main__ as entry
+# Logging as the shipped entry point sets it (services/jobs/__main__.py): every request logged.
+import aiinfn_jobservice.__main__ as entry
 getattr(entry, "quiet_logging_internals", lambda: None)()  # (older versions of the service: absent)
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 from jupyterhub.services.auth import HubOAuth
-from aiinfn.jobservice.app import make_app
-from aiinfn.jobservice.kube import MemoryKubeClient
-from aiinfn.jobservice.settings import Settings
+from aiinfn_jobservice.app import make_app
+from aiinfn_jobservice.kube import MemoryKubeClient
+from aiinfn_jobservice.settings import Settings
 from tests.jobservice_fixtures import notebook_pod
 
 site = Settings.load(os.environ["BENCH_SETTINGS"])
@@ -161,7 +163,7 @@ def call(method: str, url: str, token: str | None = None, body: Any = None) -> t
 
 def user_names(site: dict[str, Any], count: int, prefix: str, taken: set[int]) -> list[str]:
     """``count`` names whose hash uids collide with nobody (else the uid rule would refuse some)."""
-    from aiinfn.jobservice import aiinfn_hub as hub
+    from aiinfn_jobservice import aiinfn_hub as hub
 
     hub_site = site["hubSite"]
     out: list[str] = []
@@ -345,18 +347,18 @@ def main() -> int:
                     help="only these endpoints (e.g. 'POST api/jobs')")
     args = ap.parse_args()
 
-    from aiinfn.engine.run import load_config
     from components.hub.values import hub_values
     from components.jobs import job_service_settings, service_spec
+    from tools.engine.run import load_config
 
     _, cfg = load_config("cnaf")
     spec = service_spec(cfg)
     site = job_service_settings(cfg)
-    from aiinfn.jobservice.settings import Limits
+    from aiinfn_jobservice.settings import Limits
 
     if "max_jobs_per_user" in Limits.__dataclass_fields__:  # the benchmark piles jobs up: no per-user cap
         site.setdefault("limits", {})["maxJobsPerUser"] = 1_000_000
-    from aiinfn.jobservice import aiinfn_hub as hub_mod
+    from aiinfn_jobservice import aiinfn_hub as hub_mod
 
     taken = {hub_mod.user_ids(site["hubSite"], n, set())[0]
              for n in [*site["hubSite"]["ids"]["uid_overrides"], *site["hubSite"]["ids"]["listed_users"]]}
@@ -398,7 +400,7 @@ def main() -> int:
             time.sleep(0.3)
         env = {**os.environ, "BENCH_ROOT": str(ROOT), "BENCH_SETTINGS": str(settings_file),
                "BENCH_NOTEBOOK_USERS": json.dumps(active + others[-OTHER_NOTEBOOKS:]), "BENCH_TOKEN": jobs_token,
-               "BENCH_HUB_API": hub_api, "BENCH_PORT": str(svc_port), "PYTHONPATH": str(ROOT)}
+               "BENCH_HUB_API": hub_api, "BENCH_PORT": str(svc_port), "PYTHONPATH": f"{job_service_root()}{os.pathsep}{ROOT}"}
         if args.profile:
             env["BENCH_PROFILE"] = str(Path(args.profile).resolve())
         procs.append(subprocess.Popen([sys.executable, "-c", SERVICE], env=env, stdout=svc_log,

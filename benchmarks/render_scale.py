@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import resource, sys
-from aiinfn.cli import main
+from tools.cli import main
 rc = main(["render", sys.argv[1], "--out", sys.argv[2]])
 print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(rc)

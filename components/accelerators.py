@@ -2,7 +2,7 @@
 
 Nodes are labelled ``nvidia.com/mig.config=<layout>`` (and, when time-sliced,
 ``nvidia.com/device-plugin.config=<config>``) at registration by the cluster, from
-``aiinfn.nodes.pool_labels``; this layer provides the ConfigMaps those labels name and the
+``aiinfn.derive.nodes.pool_labels``; this layer provides the ConfigMaps those labels name and the
 operator that acts on them. Everything is computed from the site config (no I/O at import).
 """
 
@@ -13,12 +13,14 @@ from typing import Any
 import pulumi
 
 from aiinfn import catalogue as cat
-from aiinfn import mig, yamlio
+from aiinfn.derive import mig
+from aiinfn.derive.nodes import RESERVED_TAINT_KEY, tolerations_for
 from aiinfn.naming import GPU_OPERATOR_NAMESPACE
-from aiinfn.nodes import RESERVED_TAINT_KEY, tolerations_for
+from components import yamlio
 
 from .context import SiteContext
 from .kube import HelmRelease, KubeObject, object_meta
+from .netpol import isolated_namespace
 
 GPU_OPERATOR_CHART = "gpu-operator"
 # renovate: datasource=helm depName=gpu-operator registryUrl=https://helm.ngc.nvidia.com/nvidia
@@ -163,7 +165,7 @@ class Accelerators(pulumi.ComponentResource):
         labels = ctx.labels("accelerators")
         if cfg.accelerators.enabled and cfg.gpu_pools:
             # driver, toolkit and device plugin are privileged host agents
-            self.namespace = ctx.namespace(self, "ns-gpu-operator", GPU_OPERATOR_NAMESPACE, "accelerators",
+            self.namespace = isolated_namespace(ctx, self, "ns-gpu-operator", GPU_OPERATOR_NAMESPACE, "accelerators",
                                            enforce="privileged")
             self.mig_config = KubeObject(
                 "mig-parted-config", "v1", "ConfigMap",

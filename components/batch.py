@@ -5,7 +5,7 @@
   a queue label left alone, waitForPodsReady with recovery (a Job whose pod a notebook evicted gives
   its quota back), fair sharing between queues of the cohort and admission fair sharing between the
   projects' LocalQueues.
-- One ResourceFlavor per offering (``aiinfn.queues.queue_topology``), one Cohort per site, the
+- One ResourceFlavor per offering (``aiinfn.derive.queues.queue_topology``), one Cohort per site, the
   ClusterQueue ``opportunistic`` whose quotas equal what the site has, a LocalQueue ``batch`` and two
   ResourceQuotas in every project namespace, WorkloadPriorityClasses and the kube-scheduler
   PriorityClasses of batch work (negative, ``preemptionPolicy: Never``; ``batch-fire`` preempts
@@ -20,10 +20,11 @@ from typing import Any
 
 import pulumi
 
-from aiinfn import naming, yamlio
-from aiinfn.config.batch import effective_pods_ready_timeout
+from aiinfn import naming
 from aiinfn.config.model import SiteConfig
-from aiinfn.queues import (
+from aiinfn.config.offload import remote_quotas
+from aiinfn.derive.batch import effective_pods_ready_timeout
+from aiinfn.derive.queues import (
     MAX_FLAVOR_LABELS,
     MAX_FLAVOR_TOLERATIONS,
     QueueTopology,
@@ -31,9 +32,11 @@ from aiinfn.queues import (
     notebook_wait_bound_seconds,
     queue_topology,
 )
+from components import yamlio
 
 from .context import SiteContext
 from .kube import HelmRelease, KubeObject
+from .netpol import isolated_namespace
 
 LAYER = "batch"
 KUEUE_API = "kueue.x-k8s.io/v1beta2"
@@ -97,7 +100,7 @@ def kueue_manager_config(cfg: SiteConfig) -> dict[str, Any]:
         # Kueue manages work in project namespaces only (those carry the project label).
         "managedJobsNamespaceSelector": {"matchExpressions": [{"key": naming.LABEL_PROJECT, "operator": "Exists"}]},
         # One timeout for every ClusterQueue (Kueue 0.19.2 has no per-queue setting): on a site with remote
-        # sites it covers a remote queue wait (aiinfn.config.batch.effective_pods_ready_timeout). After
+        # sites it covers a remote queue wait (aiinfn.derive.batch.effective_pods_ready_timeout). After
         # backoffLimitCount requeues the Job is deactivated instead of evicted again (docs/batch.md).
         "waitForPodsReady": {
             "timeout": f"{effective_pods_ready_timeout(cfg)}s",
@@ -143,17 +146,7 @@ def kueue_values(cfg: SiteConfig) -> dict[str, Any]:
 
 def _remote_flavors(cfg: SiteConfig) -> list[tuple[str, list[str]]]:
     """Remote (interLink) flavors of the cohort the local queue may borrow: (name, resources)."""
-    sites = getattr(cfg.offload, "active_sites", None) or []
-    out = []
-    for site in sites:
-        try:
-            from aiinfn.config.offload import remote_quotas
-
-            resources = list(remote_quotas(site))
-        except ImportError:  # pragma: no cover - offload layer absent
-            resources = ["cpu", "memory"]
-        out.append((naming.offload_flavor(site.name), resources))
-    return out
+    return [(naming.offload_flavor(site.name), list(remote_quotas(site))) for site in cfg.offload.active_sites]
 
 
 def cluster_queue_spec(cfg: SiteConfig, topo: QueueTopology) -> dict[str, Any]:
@@ -202,7 +195,7 @@ class Batch(pulumi.ComponentResource):
             self.register_outputs({})
             return
         labels = ctx.labels(LAYER)
-        self.namespace = ctx.namespace(self, "ns-kueue", naming.KUEUE_NAMESPACE, LAYER, enforce="restricted")
+        self.namespace = isolated_namespace(ctx, self, "ns-kueue", naming.KUEUE_NAMESPACE, LAYER, enforce="restricted")
         self.release = HelmRelease(
             "kueue",
             name="kueue",

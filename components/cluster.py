@@ -17,9 +17,9 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import pulumi_tls as tls
 
-from aiinfn import yamlio
 from aiinfn.config.model import NodePool, SiteConfig
-from aiinfn.secrets import supplied_secret
+from components import yamlio
+from components.secrets import supplied_secret
 
 from .api_ready import ApiServerReady
 from .cluster_bootstrap import NodeSecrets, cloud_init

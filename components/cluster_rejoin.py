@@ -1,7 +1,7 @@
 """A replacement first control server joins the surviving servers instead of starting a new etcd.
 
 Only control-0 is created without ``server:`` in its RKE2 config (it starts the cluster). If it is
-ever replaced (a replace-on-change input, aiinfn/replacements.py), the new VM boots with the same
+ever replaced (a replace-on-change input, tools/replacements.py), the new VM boots with the same
 cloud-init, and starting a second, empty etcd beside the others would split the cluster. So at
 first boot, before RKE2 starts, control-0 asks the other control servers' supervisor port for
 ``/ping``, verifying their certificate with the cluster's server CA (written by cloud-init), and

@@ -15,7 +15,7 @@ the public floating IP and the 80/443 security group (components/tenancy.py ``in
 Platform services (hub, Prometheus, Grafana, databases, operators) run on the untainted pools:
 ``services`` (or ``cpu``). Control nodes are tainted NoSchedule on sites with worker pools and GPU/FPGA
 nodes carry their own taints; the storage node is tainted PreferNoSchedule
-(aiinfn/nodes.py), so only what must be there (NFS server, backups, per-node agents) lands on it
+(aiinfn/derive/nodes.py), so only what must be there (NFS server, backups, per-node agents) lands on it
 unless nothing else fits.
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import pulumi
 
-from aiinfn import yamlio
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import SiteConfig
-from aiinfn.nodes import pool_taints, tolerations_for
+from aiinfn.derive.nodes import pool_taints, tolerations_for
+from components import yamlio
 
 from .context import SiteContext
 from .kube import KubeObject, object_meta

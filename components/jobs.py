@@ -1,6 +1,6 @@
 """The job submission service, deployed without a custom image, in its own pod apart from the hub.
 
-The service code (``aiinfn/jobservice/``, stdlib + jupyterhub + tornado + kubernetes_asyncio +
+The service code (``services/jobs/``, stdlib + jupyterhub + tornado + kubernetes_asyncio +
 KubeSpawner's slugs, all in the z2jh 4.4.0 hub image) is shipped by content in a Secret volume with a
 JSON settings file generated here from the site config, and run by a Deployment of the hub image
 (``python3 -m aiinfn_jobservice``). It is still a JupyterHub service with the same API and OAuth
@@ -25,12 +25,13 @@ import pulumi_random as random
 from aiinfn import naming
 from aiinfn.catalogue import FPGAS, GPUS
 from aiinfn.config.model import NodePool, SiteConfig
-from aiinfn.hubservices import HubServiceSpec, SecretRef
-from aiinfn.jobservice import service_sources
-from aiinfn.mig import gpu_slices
-from aiinfn.offerings import site_offerings
-from aiinfn.queues import routing_settings
+from aiinfn.derive.batchjobs import eviction_settings
+from aiinfn.derive.mig import gpu_slices
+from aiinfn.derive.offerings import site_offerings
+from aiinfn.derive.queues import queue_topology, routing_settings
+from components.hubservices import HubServiceSpec, SecretRef
 
+from . import shipped
 from .context import SiteContext
 from .hub.values import site_data as hub_site_data
 from .kube import KubeObject, object_meta
@@ -39,6 +40,9 @@ SERVICE_NAME = "jobs"
 SERVICE_PORT = 10101
 INSTALL_ROOT = "/usr/local/share/aiinfn-jobservice"
 PACKAGE = "aiinfn_jobservice"  # the name the package has inside the hub pod
+# The hub layer's own module, shipped beside the service's so both apply one uid scheme (identity.py);
+# its one home is services/hub/.
+HUB_MODULE = "aiinfn_hub.py"
 SETTINGS_PATH = f"{INSTALL_ROOT}/settings.json"
 TOKEN_DIR = "/var/run/secrets/aiinfn-jobs"
 SERVICE_ACCOUNT = "aiinfn-jobs"
@@ -58,7 +62,6 @@ ETCD_SANDBOX_BUDGET_BYTES = 512 * 1024**2
 MAX_SANDBOX_BYTES = 256 * 1024  # never more, whatever the budget allows
 MIN_SANDBOX_BYTES = 16 * 1024
 CONFIGMAP_HEADROOM = 16  # ConfigMaps of a project namespace that are not sandboxes (kube-root-ca.crt ...)
-FALLBACK_IMAGE = "quay.io/jupyter/scipy-notebook:2026-08-24"  # used only if the hub section lists no image
 
 # What the service may do in each project namespace, and nothing else.
 PROJECT_RULES: list[dict[str, Any]] = [
@@ -91,28 +94,12 @@ def _per_node(pool: NodePool, offering_key: str) -> int:
 
 def _tolerations(cfg: SiteConfig) -> dict[str, list[dict[str, str]]]:
     """Offering key -> tolerations of batch pods, as the batch layer's queue topology computes them."""
-    try:
-        from aiinfn.queues import queue_topology
-
-        return {f.offering.key: [dict(t) for t in f.tolerations] for f in queue_topology(cfg).flavors}
-    except ImportError:  # pragma: no cover - the batch layer ships aiinfn.queues
-        return {}
+    return {f.offering.key: [dict(t) for t in f.tolerations] for f in queue_topology(cfg).flavors}
 
 
 def _eviction(cfg: SiteConfig) -> dict[str, Any]:
     """The batch layer's eviction fields (grace period, podFailurePolicy, backoffLimit)."""
-    try:
-        from aiinfn.batchjobs import eviction_settings
-
-        return dict(eviction_settings(cfg))
-    except ImportError:
-        b = cfg.batch
-        return {
-            "terminationGracePeriodSeconds": getattr(b, "termination_grace_period_seconds", 30),
-            "podFailurePolicy": {"rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
-            "backoffLimit": getattr(b, "backoff_limit", 3),
-        }
+    return dict(eviction_settings(cfg))
 
 
 def _remote_accelerators(site: Any) -> dict[str, int]:
@@ -148,10 +135,9 @@ def jobs_per_user(cfg: SiteConfig) -> int:
 
 
 def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
-    """The JSON the service reads (``aiinfn/jobservice/settings.py``): site facts, no secret."""
+    """The JSON the service reads (``services/jobs/settings.py``): site facts, no secret."""
     b = cfg.batch
-    reserved_cpu = getattr(b, "reserved_cpus_per_node", 2)
-    reserved_mem = getattr(b, "reserved_memory_gb_per_node", 8)
+    reserved_cpu, reserved_mem = b.reserved_cpus_per_node, b.reserved_memory_gb_per_node
     tolerations = _tolerations(cfg)
     offerings = []
     for o in site_offerings(cfg):
@@ -172,9 +158,8 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
                           "nodeSelector": dict(o.node_labels), "pools": pools})
     classes = {**naming.BATCH_PRIORITY_CLASSES, naming.BATCH_FIRE_CLASS: naming.BATCH_FIRE_PRIORITY}
     levels = {name.removeprefix("batch-"): name for name in sorted(classes, key=lambda n: classes[n])}
-    default_class = getattr(b, "default_priority_class", naming.DEFAULT_BATCH_CLASS)
-    hub = cfg.hub
-    images = [getattr(i, "image", i) for i in getattr(hub, "images", [])] or [FALLBACK_IMAGE]
+    default_class = b.default_priority_class
+    images = [i.image for i in cfg.hub.images]  # never empty (aiinfn:hub.images is refused empty)
     # Who a job runs as is the owner's notebook identity, computed per user by the hub's own module from
     # the hub's own site data (the same dict the hub writes to site.json): only the keys it reads.
     hub_site = hub_site_data(cfg)
@@ -189,7 +174,7 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
             "labelUser": naming.LABEL_USER, "labelProject": naming.LABEL_PROJECT,
             "labelWorkload": naming.LABEL_WORKLOAD, "labelOffloadable": naming.LABEL_OFFLOADABLE,
             "virtualNodeTaint": naming.VIRTUAL_NODE_TAINT, "virtualNodeLabel": naming.VIRTUAL_NODE_LABEL,
-            "labelRemoteSite": getattr(naming, "LABEL_REMOTE_SITE", "aiinfn.infn.it/remote-site"),
+            "labelRemoteSite": naming.LABEL_REMOTE_SITE,
             "notebookPriorityClass": naming.NOTEBOOK_PRIORITY_CLASS,
         },
         "priorities": levels,
@@ -202,22 +187,29 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
         "mounts": {"home": "/home/{user}", "public": "/home/shared/public", "envs": "/envs", "cvmfs": "/cvmfs",
                    "juicefs": "/juicefs", "project": "/home/shared/{project}"},
         "images": images,
-        "offloadSites": [s.name for s in getattr(cfg.offload, "sites", [])] if getattr(cfg.offload, "enabled", True) else [],
+        "offloadSites": [s.name for s in cfg.offload.active_sites],
         # what one pod may ask of each remote site (its declared virtual-node capacity) and of this site
         "remoteSites": [{"name": s.name, "cpu": s.resources.cpu, "memoryGi": s.resources.memory_gb,
                          "accelerators": _remote_accelerators(s)}
-                        for s in (cfg.offload.sites if getattr(cfg.offload, "enabled", True) else [])],
+                        for s in cfg.offload.active_sites],
         "largestNode": _largest_node(cfg, reserved_cpu, reserved_mem),
         # no fsGroup, as notebooks: the NFS shares keep their owners; runAsUser/runAsGroup/supplementalGroups
-        # are the caller's (aiinfn/jobservice/identity.py)
+        # are the caller's (services/jobs/identity.py)
         "podSecurityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "hubSite": {k: hub_site[k] for k in ("ids", "homes", "projects", "env_maintainer_groups")},
         "notebookContainer": "notebook",
         "notebookSelector": "component=singleuser-server",
-        "limits": {"defaultTtlSeconds": getattr(b, "ttl_seconds_after_finished", 3600),
+        "limits": {"defaultTtlSeconds": b.ttl_seconds_after_finished,
                    "maxSandboxBytes": sandbox_limit(cfg), "maxJobsPerUser": jobs_per_user(cfg)},
         "routing": routing_settings(cfg),
     }
+
+
+def service_sources() -> dict[str, str]:
+    """File name -> text of every module of the package as the pod mounts it: each of ``services/jobs/``
+    and the hub's ``aiinfn_hub.py``."""
+    own = sorted(p.name for p in shipped.service_dir("jobs").glob("*.py"))
+    return {**{name: shipped.source("jobs", name) for name in own}, HUB_MODULE: shipped.source("hub", HUB_MODULE)}
 
 
 def service_spec(cfg: SiteConfig, api_token: Any = None) -> HubServiceSpec:
@@ -244,7 +236,7 @@ def service_spec(cfg: SiteConfig, api_token: Any = None) -> HubServiceSpec:
 
 
 HOMES_VAP = "aiinfn-job-homes"
-ANN_OWNER = "aiinfn.infn.it/owner"  # the service's owner annotation (aiinfn/jobservice/jobspec.py)
+ANN_OWNER = "aiinfn.infn.it/owner"  # the service's owner annotation (services/jobs/jobspec.py)
 
 
 def homes_policy_spec(homes_claim: str) -> dict[str, Any]:

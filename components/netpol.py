@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 
 from aiinfn.config.model import SiteConfig
+from aiinfn.naming import LABEL_EGRESS_ISOLATED
 
 from .context import SiteContext
 from .kube import KubeObject, object_meta
@@ -101,3 +102,28 @@ def allow(ctx: SiteContext, parent: pulumi.Resource, resource_name: str, name: s
     return KubeObject(resource_name, "networking.k8s.io/v1", "NetworkPolicy",
                       object_meta(name, namespace=namespace, labels=ctx.labels(layer)), spec=spec,
                       opts=ctx.k8s_opts(parent, depends_on=depends_on or []))
+
+
+def pod_security_labels(enforce: str, warn: str | None = None) -> dict[str, str]:
+    labels = {"pod-security.kubernetes.io/enforce": enforce, "pod-security.kubernetes.io/enforce-version": "latest"}
+    if warn:
+        labels["pod-security.kubernetes.io/warn"] = warn
+        labels["pod-security.kubernetes.io/audit"] = warn
+    return labels
+
+
+def isolated_namespace(ctx: SiteContext, parent: pulumi.Resource, resource_name: str, name: str, layer: str, *, enforce: str,
+                   warn: str | None = None, extra_labels: dict[str, str] | None = None) -> KubeObject:
+    """A namespace with the Pod Security level its pods need (``enforce``) and, when the level is
+    looser than wanted, the stricter one warned and audited; its pods start from deny-all (ingress
+    and egress) plus DNS (``baseline``), and the layer adds what they use."""
+    ns = KubeObject(
+        resource_name, "v1", "Namespace",
+        # egress-isolated: baseline's deny-all egress holds; the metadata guard leaves it to it
+        object_meta(name, labels={**ctx.labels(layer), **(extra_labels or {}), LABEL_EGRESS_ISOLATED: "true",
+                                  **pod_security_labels(enforce, warn)}),
+        opts=ctx.k8s_opts(parent),
+    )
+    baseline(ctx, parent, resource_name, name, layer, [ns])
+    return ns
+

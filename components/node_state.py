@@ -17,7 +17,7 @@ from __future__ import annotations
 import pulumi
 
 from aiinfn.config.model import NodePool, SiteConfig
-from aiinfn.nodes import pool_labels, pool_taints
+from aiinfn.derive.nodes import pool_labels, pool_taints
 
 from .cluster_bootstrap import node_name
 from .kube import _with_version

@@ -25,15 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import pulumi
 
-from aiinfn import catalogue, naming, yamlio
+from aiinfn import catalogue, naming
 from aiinfn.config.offload import RemoteSite, remote_quotas
-from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
-from aiinfn.secrets import REQUESTED, supplied_secret
-from aiinfn.virtualnodes import not_virtual_affinity
+from aiinfn.derive.queues import REMOTE_ROLE, ROUTING_KEY
+from aiinfn.derive.virtualnodes import not_virtual_affinity
+from components import yamlio
+from components.secrets import REQUESTED, supplied_secret
 
+from . import shipped
 from .batch import kueue_object
 from .context import SiteContext
 from .kube import KubeObject
+from .netpol import isolated_namespace
 
 if TYPE_CHECKING:
     from aiinfn.config.model import SiteConfig
@@ -66,7 +69,7 @@ def node_labels(site: RemoteSite) -> dict[str, str]:
     if len(models) == 1:  # one GPU model: jobs that select a model by label may land here
         labels[catalogue.LABEL_GPU_MODEL] = models[0]
     labels.update(site.node_labels)
-    # The routing key every flavor and node carries (aiinfn.queues.ROUTING_KEY): set last, so no
+    # The routing key every flavor and node carries (aiinfn.derive.queues.ROUTING_KEY): set last, so no
     # nodeLabels entry can make a virtual node look local (config refuses the key as well).
     labels[ROUTING_KEY] = REMOTE_ROLE
     return labels
@@ -260,11 +263,7 @@ def csr_approver_rules() -> list[dict[str, Any]]:
 
 
 def csr_approver_source() -> str:
-    from pathlib import Path
-
-    import aiinfn.csrapprover as mod
-
-    return Path(mod.__file__).read_text()
+    return shipped.source("csrapprover", "csrapprover.py")
 
 
 _SECURE = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
@@ -276,6 +275,7 @@ class Offload(pulumi.ComponentResource):
                  juicefs_secret_data: Mapping[str, pulumi.Input[str]] | None = None,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("aiinfn:offload:Offload", name, None, opts)
+        self._missing_keys: list[str] = []  # supplied secrets the stack still lacks (the summary lists them)
         cfg = ctx.cfg
         self.ctx = ctx
         self.sites = cfg.offload.active_sites
@@ -284,7 +284,7 @@ class Offload(pulumi.ComponentResource):
         self.shipped_secrets: dict[str, list[KubeObject]] = {}
         self.namespace = None
         if self.sites:
-            self.namespace = ctx.namespace(self, "ns-offload", naming.OFFLOAD_NAMESPACE, LAYER,
+            self.namespace = isolated_namespace(ctx, self, "ns-offload", naming.OFFLOAD_NAMESPACE, LAYER,
                                            enforce="baseline", warn="restricted")
         for site in self.sites:
             self._virtual_node(site)
@@ -334,7 +334,7 @@ class Offload(pulumi.ComponentResource):
                 data["refresh-token"] = supplied_secret(oauth.refresh_token_key)
             if oauth.client_secret_key:
                 data["client-secret"] = supplied_secret(oauth.client_secret_key)
-        self._missing_keys = getattr(self, "_missing_keys", []) + [k for k in keys if not REQUESTED.get(k)]
+        self._missing_keys += [k for k in keys if not REQUESTED.get(k)]
         auth = KubeObject(f"{site.name}-auth", "v1", "Secret", {"name": auth_name, "namespace": ns, "labels": labels},
                           type="Opaque", stringData=data, opts=ctx.k8s_opts(self, depends_on=dep))
 
@@ -415,7 +415,7 @@ class Offload(pulumi.ComponentResource):
 
     # --- the virtual kubelets' serving certificates ----------------------------------------------
     def _csr_approver(self) -> KubeObject:
-        """A small controller (aiinfn/csrapprover.py) approving exactly the kubelet-serving CSRs of these
+        """A small controller (services/csrapprover/csrapprover.py) approving exactly the kubelet-serving CSRs of these
         virtual nodes, requested by their own ServiceAccounts: without it ``kubectl logs`` of offloaded pods
         fails (nothing approves kubelet-serving CSRs). RBAC: approve on that one signer only."""
         ctx, ns = self.ctx, naming.OFFLOAD_NAMESPACE
@@ -517,6 +517,6 @@ class Offload(pulumi.ComponentResource):
             lines.append(f"- **{s.name}** ({s.plugin}) {s.endpoint}:{s.port}, node `{naming.virtual_node_name(s.name)}`, "
                          f"queue `{naming.offload_cluster_queue(s.name)}`: {r.cpu} CPU, {r.memory_gb} GiB, "
                          f"{r.pods} pods, {accel}; auth {s.auth.mode}; {ship}")
-        for key in dict.fromkeys(getattr(self, "_missing_keys", [])):
+        for key in dict.fromkeys(self._missing_keys):
             lines.append(f"- set before deploying: `pulumi config set --secret aiinfn:{key}`")
         self.ctx.add_summary("Offloading", lines)

@@ -6,13 +6,14 @@ import json
 
 import pulumi
 
+from aiinfn.derive.offerings import site_offerings
 from aiinfn.naming import HUB_NAMESPACE, LABEL_EGRESS_ISOLATED, LABEL_PROJECT, project_namespace
-from aiinfn.offerings import site_offerings
 
 from . import netpol
 from .context import LABEL_SITE_KIND, PLATFORM_NAMESPACE, SiteContext
 from .ingress import IngressPlacement
 from .kube import KubeObject, object_meta
+from .netpol import isolated_namespace
 
 
 class PlatformBase(pulumi.ComponentResource):
@@ -77,5 +78,5 @@ class PlatformBase(pulumi.ComponentResource):
         The baseline level is enforced (notebook images need to set their user) and restricted is
         warned and audited; layers add the NetworkPolicies their traffic needs.
         """
-        ns = ctx.namespace(self, resource_name, name, "platform", enforce=enforce, warn="restricted", extra_labels=extra)
+        ns = isolated_namespace(ctx, self, resource_name, name, "platform", enforce=enforce, warn="restricted", extra_labels=extra)
         return ns

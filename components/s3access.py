@@ -1,6 +1,6 @@
 """Researchers' buckets with their IAM identity (``aiinfn:storage.s3``): the credential service and the client files.
 
-The service (``aiinfn/s3access/aiinfn_s3service.py``) runs in its own Deployment of the z2jh hub image, as the
+The service (``services/s3/aiinfn_s3service.py``) runs in its own Deployment of the z2jh hub image, as the
 job service does (no custom image, code by content in a Secret volume), registered with the hub by URL and
 API token; its JupyterHub role may read users' auth state and nothing else. It reaches the hub API and the
 RGW's STS endpoint (https, outside the cluster's private ranges) and is reached through the proxy. The
@@ -15,8 +15,9 @@ import json
 import pulumi
 import pulumi_random as random
 
-from aiinfn import naming, s3access
-from aiinfn.hubservices import HubServiceSpec
+from aiinfn import naming
+from components import s3access_spec as s3access
+from components.hubservices import HubServiceSpec
 
 from .context import SiteContext
 from .jobs import HUB_IMAGE, HUB_IMAGE_UID  # one pin of z2jh's hub image (python3, tornado, jupyterhub)

@@ -31,8 +31,8 @@ class Site(pulumi.ComponentResource):
         self.ctx = SiteContext(cfg=cfg, provider=self.cluster.provider)
         self.ctx.add_summary("Nodes and disks", disk_summary(cfg))
         self.platform = PlatformBase("platform", self.ctx, opts=pulumi.ResourceOptions(parent=self))
-        # Layers, in dependency order: accelerators, storage, batch, hub, jobs, offload, observability.
-        # (each issue adds its own line here)
+        # Layers, in dependency order: accelerators, storage, batch, jobs and S3 access (the hub's services),
+        # hub, offload, observability, environments, patching; the network rules last, over all of them.
         self.accelerators = Accelerators("accelerators", self.ctx,
                                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.storage = Storage("storage", self.ctx, self.platform,
@@ -44,17 +44,16 @@ class Site(pulumi.ComponentResource):
                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.s3_access = S3Access("s3-access", self.ctx, hub_namespace=self.platform.hub_namespace,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
-        self.hub_services = [self.jobs.service_spec, *([self.s3_access.service_spec] if self.s3_access.service_spec else [])]
-        self.hub = Hub("hub", self.ctx, namespace=self.platform.hub_namespace,
-                       extra_services=getattr(self, "hub_services", []),
+        hub_services = [self.jobs.service_spec, *([self.s3_access.service_spec] if self.s3_access.service_spec else [])]
+        self.hub = Hub("hub", self.ctx, namespace=self.platform.hub_namespace, extra_services=hub_services,
                        opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.offload = Offload("offload", self.ctx,
-                               juicefs_secret_data=getattr(getattr(self, "storage", None), "juicefs_secret_data", None),
+                               juicefs_secret_data=self.storage.juicefs_secret_data,
                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.observability = Observability("observability", self.ctx,
                                            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]),
-                                           storage_namespace=getattr(self.storage, "namespace", None))
-        self.hub.monitor_metrics(getattr(self.observability, "release", None))  # once the ServiceMonitor CRD exists
+                                           storage_namespace=self.storage.namespace)
+        self.hub.monitor_metrics(self.observability.release)  # once the ServiceMonitor CRD exists
         self.environments = Environments("environments", self.ctx,
                                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform, self.storage]))
         self.patching = Patching("patching", self.ctx,

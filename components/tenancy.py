@@ -62,7 +62,7 @@ class Tenancy(pulumi.ComponentResource):
     """Every OpenStack resource and data-source call goes through ``self.provider``, configured from
     ``aiinfn:openstack.cloud`` (the clouds.yaml entry): nothing depends on ``OS_CLOUD`` or the
     default provider. Resources whose name, fixed address or port their replacement reuses are
-    deleted before they are replaced (aiinfn/replacements.py lists what replaces what)."""
+    deleted before they are replaced (tools/replacements.py lists what replaces what)."""
 
     def __init__(self, name: str, args: TenancyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("aiinfn:tenancy:Tenancy", name, None, opts)

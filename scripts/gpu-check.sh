@@ -19,5 +19,5 @@ if ! "$PY" -m aiinfn gpus --json >"$out/gpus.json" 2>"$out/err"; then
     exit 1
 fi
 "$PY" -m aiinfn gpus                         # human-readable listing and the pool snippet
-"$PY" -m aiinfn.gpus "$out/gpus.json"        # the comparison: prints MISMATCH lines, exit 1 on any
+"$PY" -m tools.gpus "$out/gpus.json"        # the comparison: prints MISMATCH lines, exit 1 on any
 echo "gpu-check: OK"

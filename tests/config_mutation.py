@@ -32,9 +32,9 @@ from typing import Any
 import yaml
 
 from aiinfn.config.errors import ConfigError
-from aiinfn.engine import output
-from aiinfn.engine.run import load_config, run_program
-from aiinfn.engine.stackfile import stacks_dir
+from tools.engine import output
+from tools.engine.run import load_config, run_program
+from tools.engine.stackfile import stacks_dir
 
 Path_ = tuple[Any, ...]  # keys and indices from the top-level config key down
 

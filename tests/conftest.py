@@ -9,10 +9,13 @@ import pytest
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from aiinfn.engine.run import Rendered, run_program
-from aiinfn.engine.stackfile import available_stacks
+from tools.engine.run import Rendered, run_program
+from tools.engine.stackfile import available_stacks
 
+from .service_bundles import job_service_root
 from .shared_files import REASON, SHARED, caused_by_missing_shared, in_ci, shared_missing
+
+job_service_root()  # before any test module imports aiinfn_jobservice
 
 STACKS = available_stacks()
 

@@ -7,9 +7,10 @@ import functools
 import hashlib
 from typing import Any
 
-from aiinfn.engine.run import load_config
-from aiinfn.jobservice.settings import Settings
+from aiinfn_jobservice.settings import Settings
+
 from components.jobs import job_service_settings
+from tools.engine.run import load_config
 
 
 @functools.cache
@@ -31,7 +32,7 @@ def notebook_pod(user: str = "mrossi", projects: tuple[str, ...] = ("cms-trackin
                  server_name: str = "", phase: str = "Running", image: str = "quay.io/jupyter/pytorch-notebook:cuda12-2026-08-24",
                  gpu: bool = True, uid: int | None = None,
                  supplemental: list[int] | None = None) -> dict[str, Any]:
-    """A single-user pod as KubeSpawner 7 creates it for this platform (see components/hub/hubconf).
+    """A single-user pod as KubeSpawner 7 creates it for this platform (see services/hub/).
 
     Carries what must never reach a batch job: the hub API token in two variables, the OAuth client
     of the server, a secretKeyRef, envFrom a Secret, the projected service-account token volume,

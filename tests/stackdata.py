@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from aiinfn.engine.stackfile import stacks_dir
+from tools.engine.stackfile import stacks_dir
 
 
 def stack_doc(name: str) -> dict[str, Any]:
@@ -33,6 +33,6 @@ def pool(config: dict[str, Any], name: str) -> dict[str, Any]:
 @functools.cache
 def render_with_iam_secret(stack: str, secret: str):
     """One render per stack and IAM client secret per test session (modules that only read it share it)."""
-    from aiinfn.engine.run import run_program
+    from tools.engine.run import run_program
 
     return run_program(stack, secret_values={"iamClientSecret": secret})

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn import mig
-from aiinfn.cli import main as cli_main
-from aiinfn.config import ConfigError, site_config_from_data
+from aiinfn.config import ConfigError
 from aiinfn.config.accelerators import MigLayout
-from aiinfn.engine import stackfile
+from aiinfn.derive import mig
+from aiinfn.load import site_config_from_data
+from tools.cli import main as cli_main
+from tools.engine import stackfile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +137,7 @@ def test_aiinfn_check_exits_2_with_one_line(tmp_path, capsys, case_id) -> None:
 def test_aiinfn_check_exit_code_in_a_real_process(tmp_path) -> None:
     data, i = set_mig("cnaf", "a30", "all-1g.10gb")
     path = _write_stack(tmp_path, "cnaf", {"pools": data["pools"]})
-    proc = subprocess.run([sys.executable, "-m", "aiinfn", "check", str(path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tools", "check", str(path)], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -194,7 +195,7 @@ def test_strategy_cases() -> None:
 
 
 def test_resource_names_follow_strategy() -> None:
-    from aiinfn.offerings import site_offerings
+    from aiinfn.derive.offerings import site_offerings
 
     single = {o.key: o for o in site_offerings(site_config_from_data(stack_data("hackathon-padova")))}
     assert single["a100-80gb-1g.10gb"].resource_name == "nvidia.com/gpu"
@@ -206,7 +207,7 @@ def test_resource_names_follow_strategy() -> None:
 
 
 def test_hackathon_serves_30_participants() -> None:
-    from aiinfn.offerings import site_offerings
+    from aiinfn.derive.offerings import site_offerings
 
     cfg = site_config_from_data(stack_data("hackathon-padova"))
     # 2 VMs x 2 A100 x 7 slices = 28 slices; time-sliced x2 = 56 sessions

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from aiinfn import catalogue as cat
-from aiinfn.engine.output import helm_releases, manifest, manifests
 from components.cluster_bootstrap import NodeSecrets, rke2_config
+from tools.engine.output import helm_releases, manifest, manifests
 
 from .conftest import STACKS, rendered_stack
 from .schemas import SCHEMAS, close_objects, deep_merge
@@ -115,7 +115,7 @@ def test_every_layout_fits_its_gpu_per_nvidia_file(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_strategy_and_resource_names_agree(stack: str) -> None:
-    from aiinfn.offerings import site_offerings
+    from aiinfn.derive.offerings import site_offerings
 
     values = release(stack)["values"]
     strategy = values["mig"]["strategy"]
@@ -257,7 +257,7 @@ def test_fpga_plugin_on_fpga_pools_only() -> None:
 
 
 def test_fpga_offerings_select_nodes_that_carry_the_board() -> None:
-    from aiinfn.offerings import site_offerings
+    from aiinfn.derive.offerings import site_offerings
 
     cfg = rendered_stack("cnaf").cfg
     labels = node_labels("cnaf")
@@ -271,7 +271,7 @@ def test_fpga_offerings_select_nodes_that_carry_the_board() -> None:
 # --- cost -------------------------------------------------------------------------------------
 
 def test_layer_computations_are_cheap() -> None:
-    from aiinfn.mig import mig_parted_config
+    from aiinfn.derive.mig import mig_parted_config
     from components.accelerators import device_plugin_configs, gpu_operator_values, summary_lines
 
     cfg = rendered_stack("cnaf").cfg

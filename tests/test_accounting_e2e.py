@@ -23,9 +23,9 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from aiinfn.accounting import aggregator
-from aiinfn.cli import main as cli_main
-from aiinfn.exporters.allocation import AllocationCollector
+from services.accounting import aggregator
+from services.exporters.allocation import AllocationCollector
+from tools.cli import main as cli_main
 
 from .obs_cluster import NODES, PODS, GiB
 from .obs_servers import free_port, start_postgres, start_prometheus, wait_for
@@ -211,7 +211,7 @@ def test_rerunning_an_interval_never_double_counts(aggregated):
     second = dt.datetime.fromtimestamp(first + W, tz=dt.UTC)
     # the real entry point, as the CronJob runs it
     proc = subprocess.run(
-        [sys.executable, "-m", "aiinfn.accounting.aggregator", "--prometheus", prom.url, "--dsn", pg.dsn,
+        [sys.executable, "-m", "services.accounting.aggregator", "--prometheus", prom.url, "--dsn", pg.dsn,
          "--interval", str(W), "--resolution", "1", "--rate-window", "3s", "--start", second.isoformat()],
         check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from aiinfn.engine.output import helm_releases, manifest, manifests
+from tools.engine.output import helm_releases, manifest, manifests
 
 from .conftest import rendered_stack
 

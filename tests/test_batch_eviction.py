@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from aiinfn import naming
-from aiinfn.batchjobs import BatchJobError, BatchJobRequest, batch_job, eviction_settings
-from aiinfn.engine.output import manifest, manifests
-from aiinfn.queues import notebook_wait_bound_seconds
+from aiinfn.derive.batchjobs import BatchJobError, BatchJobRequest, batch_job, eviction_settings
+from aiinfn.derive.queues import notebook_wait_bound_seconds
+from tools.engine.output import manifest, manifests
 
 from .conftest import rendered_stack
 from .schemas import validate_object

@@ -29,7 +29,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "batch.md"
 
 
 def manager_config(stack: str) -> dict:
-    from aiinfn.engine.output import helm_releases
+    from tools.engine.output import helm_releases
 
     (rel,) = [r for r in helm_releases(rendered_stack(stack)) if r.inputs.get("name") == "kueue"]
     return yaml.safe_load(rel.inputs["values"]["managerConfig"]["controllerManagerConfigYaml"])
@@ -61,7 +61,7 @@ def test_a_project_holding_every_t4_ranks_behind_one_that_used_no_accelerator() 
 
 def test_fair_sharing_weights_apply_to_the_opportunistic_queue() -> None:
     """admission_fair_sharing.go:36-43: the weights apply only with UsageBasedAdmissionFairSharing."""
-    from aiinfn.engine.output import manifest, manifests
+    from tools.engine.output import manifest, manifests
 
     cq = next(manifest(r) for r in manifests(rendered_stack("cnaf"))
               if manifest(r)["kind"] == "ClusterQueue" and manifest(r)["metadata"]["name"] == "opportunistic")

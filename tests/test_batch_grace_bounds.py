@@ -11,8 +11,9 @@ import copy
 import pytest
 import yaml
 
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.queues import notebook_wait_bound_seconds
+from aiinfn.config import ConfigError
+from aiinfn.derive.queues import notebook_wait_bound_seconds
+from aiinfn.load import site_config_from_data
 from components.hub.values import hub_values
 from policies.rules.gpus import batch_pods_bounded_grace
 from tests.schemas import SCHEMAS

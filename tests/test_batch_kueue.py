@@ -9,9 +9,9 @@ import yaml
 
 from aiinfn import naming
 from aiinfn.config.errors import ConfigError
-from aiinfn.engine.output import helm_releases, manifest, manifests
-from aiinfn.engine.run import load_config
-from aiinfn.nodes import pool_labels, pool_taints
+from aiinfn.derive.nodes import pool_labels, pool_taints
+from tools.engine.output import helm_releases, manifest, manifests
+from tools.engine.run import load_config
 
 from .conftest import rendered_stack
 from .stackdata import write_variant
@@ -83,7 +83,7 @@ def test_manager_configuration_is_deliberate(stack: str) -> None:
 def test_flavors_select_and_tolerate_the_pools_they_count(stack: str) -> None:
     rendered = rendered_stack(stack)
     cfg = rendered.cfg
-    from aiinfn.queues import queue_topology
+    from aiinfn.derive.queues import queue_topology
 
     topo = queue_topology(cfg)
     rf = {manifest(r)["metadata"]["name"]: manifest(r) for r in manifests(rendered) if r.inputs.get("kind") == "ResourceFlavor"}
@@ -158,7 +158,7 @@ def test_bad_batch_config_is_one_line_naming_the_key(tmp_path: Path, mutate, key
 
 
 def test_disabled_batch_renders_no_kueue(tmp_path: Path) -> None:
-    from aiinfn.engine.run import run_program
+    from tools.engine.run import run_program
 
     path = write_variant(tmp_path, "hackathon-padova", lambda c: c.setdefault("aiinfn:batch", {}).update(enabled=False),
                          name="nobatch")

@@ -1,6 +1,6 @@
 """The ClusterQueue's quotas equal what the site has, computed here from the stack files themselves.
 
-The expected figures are derived independently of aiinfn.queues/offerings: the stack YAML is read
+The expected figures are derived independently of aiinfn.derive.queues/offerings: the stack YAML is read
 raw, MIG facts come from NVIDIA's MIG user guide (compute slices and instances per GPU, typed below),
 and the CPU/memory rule of docs/batch.md is applied by hand. A few figures are also written out
 literally (cnaf's third A100: 7 + 7 + 2 one-g slices = 16).
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.engine.output import manifest, manifests
-from aiinfn.engine.run import run_program
+from tools.engine.output import manifest, manifests
+from tools.engine.run import run_program
 
 from .conftest import rendered_stack
 from .stackdata import pool, stack_doc, write_variant

@@ -5,7 +5,7 @@ source (``pkg/scheduler/flavorassigner/flavorassigner.go``: ``checkFlavorForPodS
 ``flavorSelector`` lines 1278-1322, ``fitsResourceQuota`` lines 1330-1380) and from the docs
 (``site/content/en/docs/concepts/resource_flavor.md`` lines 34-35 and 71-73: with matching
 ``spec.tolerations`` a flavor's taints are not considered). It is applied to the rendered
-ResourceFlavors/ClusterQueues/LocalQueues and to Jobs built by the real code (``aiinfn.batchjobs`` and
+ResourceFlavors/ClusterQueues/LocalQueues and to Jobs built by the real code (``aiinfn.derive.batchjobs`` and
 the job service's ``build_job``, plain and Bunshin).
 
 The table (``CNAF``) is written by hand from ``stacks/Pulumi.cnaf.yaml``:
@@ -23,12 +23,12 @@ import functools
 from typing import Any
 
 import pytest
+from aiinfn_jobservice.bunshin import clone_notebook
+from aiinfn_jobservice.errors import ApiError
+from aiinfn_jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
 
-from aiinfn.batchjobs import BatchJobError, BatchJobRequest, batch_job
-from aiinfn.engine.output import manifest, manifests
-from aiinfn.jobservice.bunshin import clone_notebook
-from aiinfn.jobservice.errors import ApiError
-from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
+from aiinfn.derive.batchjobs import BatchJobError, BatchJobRequest, batch_job
+from tools.engine.output import manifest, manifests
 
 from .conftest import rendered_stack
 from .jobservice_fixtures import notebook_pod, site_settings
@@ -159,7 +159,7 @@ def test_table_covers_every_offering_and_remote_site_of_cnaf() -> None:
 @pytest.mark.parametrize("kind", list(CNAF))
 def test_job_service_jobs_get_exactly_the_flavors_of_the_table(kind: str) -> None:
     if kind in SERVICE_REFUSES:  # the job service bounds a request by the named site's declared capacity
-        from aiinfn.jobservice.errors import ApiError
+        from aiinfn_jobservice.errors import ApiError
 
         with pytest.raises(ApiError) as err:
             service_job(kind)
@@ -186,7 +186,7 @@ def test_a_job_that_is_not_offloadable_is_compatible_with_no_remote_flavor(stack
     cfg = rendered_stack(stack).cfg
     _, _, flavors = kueue(stack)
     remote = {n: f for n, f in flavors.items() if n.startswith("remote-")}
-    from aiinfn.queues import queue_topology
+    from aiinfn.derive.queues import queue_topology
     for f in queue_topology(cfg).flavors:
         req = BatchJobRequest(name="x", project=cfg.projects[0].name, user="u", image="python:3.12.7-slim",
                               command=["true"], offering=f.offering.key)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.cli import main
+from tools.cli import main
 
 from .stackdata import write_variant
 
@@ -64,8 +64,8 @@ def test_routing_mistakes_give_one_line(case: str, tmp_path: Path, capsys) -> No
 def test_a_long_enough_explicit_timeout_and_count_are_rendered(tmp_path: Path) -> None:
     import yaml
 
-    from aiinfn.engine.output import helm_releases
-    from aiinfn.engine.run import run_program
+    from tools.engine.output import helm_releases
+    from tools.engine.run import run_program
 
     path = write_variant(tmp_path, "cnaf", _batch(podsReadyTimeoutSeconds=20000, requeueBackoffLimitCount=5), name="long")
     (rel,) = [r for r in helm_releases(run_program(str(path))) if r.inputs.get("name") == "kueue"]

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from aiinfn_jobservice.errors import ApiError
+from aiinfn_jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
 
-from aiinfn.batchjobs import BatchJobError, BatchJobRequest, batch_job
-from aiinfn.engine.output import manifest, manifests
-from aiinfn.jobservice.errors import ApiError
-from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
+from aiinfn.derive.batchjobs import BatchJobError, BatchJobRequest, batch_job
+from tools.engine.output import manifest, manifests
 
 from .conftest import rendered_stack
 from .jobservice_fixtures import site_settings

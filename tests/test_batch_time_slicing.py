@@ -12,10 +12,10 @@ import copy
 import dataclasses
 import json
 
-from aiinfn.checks import run_policies
 from policies.rules.queues import quota_within_capacity
 from tests.conftest import rendered_stack
 from tests.stackdata import pool, stack_doc
+from tools.checks import run_policies
 
 FLAVOR = "a100-80gb-1g.10gb"
 SLICES_PER_A100_1G10GB = 7  # NVIDIA's MIG user guide: an A100 80GB holds 7 instances of 1g.10gb

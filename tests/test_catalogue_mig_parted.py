@@ -169,7 +169,7 @@ def test_slice_geometry_agrees_with_the_file(key: str) -> None:
 
 def test_known_mixed_layouts_from_the_file_fit() -> None:
     """all-balanced entries (NVIDIA's own mixed layouts) fit by the file-derived rule and by ours."""
-    from aiinfn.config.accelerators import _check_slices
+    from aiinfn.validate.accelerators import _check_slices
 
     configs, _ = parsed_file()
     checked = 0

@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 
 from aiinfn import catalogue as cat
-from aiinfn.engine.run import run_program
 from components.cluster_bootstrap import NodeSecrets, cloud_init
+from tools.engine.run import run_program
 
 from .conftest import rendered_stack
 from .stackdata import write_variant

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.cli import main
+from tools.cli import main
 
 from .stackdata import pool, write_variant
 
@@ -108,7 +108,7 @@ def test_at_least_fifteen_distinct_bad_stacks() -> None:
 def test_no_traceback_from_the_installed_command(tmp_path: Path) -> None:
     """The real entry point, in its own process: one line on stderr, exit 2, no traceback."""
     path = write_variant(tmp_path, "cnaf", _pool("t4", gpus={"model": "t5", "count": 4}), name="bad-gpu")
-    proc = subprocess.run([sys.executable, "-m", "aiinfn", "check", str(path)], check=False, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tools", "check", str(path)], check=False, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from aiinfn.cli import main
-from aiinfn.config import ConfigError, site_config_from_data
+from aiinfn.config import ConfigError
 from aiinfn.config.errors import Collector, Unparsed
 from aiinfn.config.model import SiteConfig
 from aiinfn.config.schema import camel, parse, type_hints
-from aiinfn.config.validate import validate_site
+from aiinfn.load import site_config_from_data
+from aiinfn.validate import validate_site
+from tools.cli import main
 
 from .stackdata import pool, stack_doc, write_variant
 
@@ -81,7 +82,7 @@ def test_every_mistake_of_one_file_is_one_line(tmp_path: Path, capsys) -> None:
 
 def test_no_traceback_and_exit_2_from_the_installed_entry_point(tmp_path: Path) -> None:
     path = write_variant(tmp_path, "cnaf", _many_mistakes, name="every-mistake")
-    proc = subprocess.run([sys.executable, "-m", "aiinfn", "check", str(path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tools", "check", str(path)], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == len(EXPECTED), proc.stderr
@@ -236,7 +237,7 @@ def test_pulumi_program_refuses_unknown_keys_and_clear_secrets_before_any_resour
 
     from pulumi.runtime import config as runtime_config
 
-    from aiinfn.config import site_config_from_pulumi
+    from components.stackconfig import site_config_from_pulumi
 
     data = _data(stack_doc("hackathon-padova"))
     conf = {f"aiinfn:{k}": v if isinstance(v, str) else json.dumps(v, default=str) for k, v in data.items()}

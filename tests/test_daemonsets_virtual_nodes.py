@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from aiinfn import naming
-from aiinfn.engine.output import helm_releases, manifest, manifests
-from aiinfn.virtualnodes import BUILTIN_LABELS, BUILTIN_TAINT
+from aiinfn.derive.virtualnodes import BUILTIN_LABELS, BUILTIN_TAINT
+from tools.engine.output import helm_releases, manifest, manifests
 
 from .conftest import rendered_stack
 from .kueue_model import _expr_matches, tolerates
@@ -172,7 +172,7 @@ def test_rke2_bundled_daemonsets_are_kept_off_by_the_os_label() -> None:
             assert node["labels"]["kubernetes.io/os"] == "virtual-kubelet"
             assert not lands_on(canal, node)
     from aiinfn.config.errors import ConfigError
-    from aiinfn.config.offload import validate_site
+    from aiinfn.validate.offload import validate_site
 
     cfg = rendered_stack("cnaf").cfg
     site = cfg.offload.sites[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "components" / "environments" / "scripts"
+SCRIPTS = ROOT / "services" / "environments"
 TINY_LOCK = ROOT / "tests" / "data" / "environments" / "tiny" / "requirements.lock"
 NOBODY = 65534
 

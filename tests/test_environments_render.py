@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.cli import main
-from aiinfn.engine.output import helm_releases, manifest, manifests
+from tools.cli import main
+from tools.engine.output import helm_releases, manifest, manifests
 
 from .conftest import STACKS, rendered_stack
 from .schemas import SHARED, validate_object
@@ -69,7 +69,7 @@ def test_one_build_job_per_environment_validating_and_restricted(stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_configmap_ships_the_repository_scripts_and_locks(stack, tmp_path):
     (cm,) = [d for d in objects(stack, "ConfigMap") if d["metadata"]["name"] == "environment-build"]
-    scripts = ROOT / "components" / "environments" / "scripts"
+    scripts = ROOT / "services" / "environments"
     assert cm["data"]["build_env.py"] == (scripts / "build_env.py").read_text()
     assert cm["data"]["aiinfn-env"] == (scripts / "aiinfn_env.py").read_text()
     for env in stack_envs(stack):
@@ -108,7 +108,7 @@ def test_changing_a_lock_file_makes_a_new_build_job_and_touches_no_other(tmp_pat
     def swap(c):
         c["aiinfn:environments"][2] = {"name": "jax", "displayName": "Tiny", "python": "3.11", "gpuStack": "cpu",
                                        "lock": TINY_LOCK}
-    from aiinfn.engine.run import run_program
+    from tools.engine.run import run_program
 
     before = {j["metadata"]["name"] for j in objects("cnaf", "Job")}
     variant = run_program(str(write_variant(tmp_path, "cnaf", swap, name="cnaf")))

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aiinfn.exporters.allocation import AllocationCollector, KubeAPI, classify, pod_requests, samples
-from aiinfn.exporters.quantity import parse_quantity
+from services.exporters.allocation import AllocationCollector, KubeAPI, classify, pod_requests, samples
+from services.exporters.quantity import parse_quantity
 
 from .obs_cluster import NODES, PODS, GiB
 
@@ -151,7 +151,7 @@ def test_api_failure_is_a_series_not_a_crash():
 
 
 def test_site_fpga_resource_override(monkeypatch):
-    from aiinfn.exporters import allocation
+    from services.exporters import allocation
 
     monkeypatch.setitem(allocation.FPGA_RESOURCES, "amd.com/xilinx_u250_gen3x16_xdma_shell_4_2", "alveo-u250")
     dev = classify("amd.com/xilinx_u250_gen3x16_xdma_shell_4_2", {})

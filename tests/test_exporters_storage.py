@@ -7,7 +7,7 @@ import os
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aiinfn.exporters.storage import StorageCollector, folder_usage
+from services.exporters.storage import StorageCollector, folder_usage
 
 
 def write(path, size):

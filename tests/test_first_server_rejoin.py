@@ -20,10 +20,10 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from aiinfn.engine.run import load_config
 from components.cluster_bootstrap import BOOTSTRAP_SCRIPT, NodeSecrets, cloud_init
 from components.cluster_rejoin import rejoin_script, surviving_servers
 from components.tenancy import fixed_ip
+from tools.engine.run import load_config
 
 from .pki_support import _cert, _name, _pem
 

@@ -10,8 +10,8 @@ import types
 import pytest
 import yaml
 
-from aiinfn import gpus
-from aiinfn.cli import main as cli_main
+from tools import gpus
+from tools.cli import main as cli_main
 
 
 class FakeNVMLError(Exception):
@@ -19,7 +19,7 @@ class FakeNVMLError(Exception):
 
 
 class FakeNVML:
-    """The subset of pynvml that aiinfn.gpus uses; GPUs described as plain tuples."""
+    """The subset of pynvml that tools.gpus uses; GPUs described as plain tuples."""
 
     NVMLError = FakeNVMLError
     NVML_DEVICE_MIG_ENABLE = 1

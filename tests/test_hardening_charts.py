@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.checks import run_policies
-from aiinfn.cli import main
-from aiinfn.engine.charts import expand, find_chart, render_release
-from aiinfn.engine.mocks import Recorded
-from aiinfn.engine.run import Rendered, run_program
 from components.chart_limits import LIMITS
 from policies.rules import hardening
 from policies.testing import check_resource
 from tests.conftest import STACKS, rendered_stack
+from tools.checks import run_policies
+from tools.cli import main
+from tools.engine.charts import expand, find_chart, render_release
+from tools.engine.mocks import Recorded
+from tools.engine.run import Rendered, run_program
 
 CHARTS = Path(__file__).parent / "data" / "charts"
 DEMO = Path(__file__).parent / "data" / "chart-sources" / "demo"

@@ -7,12 +7,13 @@ import copy
 
 import pytest
 
-from aiinfn.checks import policy_resources
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine.run import load_config
+from aiinfn.config import ConfigError
+from aiinfn.load import site_config_from_data
 from policies.rules import hardening
 from policies.testing import check_stack, resource
 from tests.conftest import STACKS, rendered_stack
+from tools.checks import policy_resources
+from tools.engine.run import load_config
 
 
 @pytest.mark.parametrize("stack", STACKS)

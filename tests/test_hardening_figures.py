@@ -7,11 +7,11 @@ import copy
 
 import pytest
 
-from aiinfn.checks import policy_resources
-from aiinfn.engine.output import summary_markdown
 from policies.rules import hardening
 from policies.testing import resource
 from tests.conftest import STACKS, rendered_stack
+from tools.checks import policy_resources
+from tools.engine.output import summary_markdown
 
 # The lines the issue asks for, written out here (not read from the code's table).
 LINES = [
@@ -96,7 +96,7 @@ def test_the_summary_lists_every_image_under_its_registry_and_every_chart_left_u
     starts is pinned through defaultMountImage.ce (juicefs-csi-driver 0.32.1 values.yaml:425; unset, the driver
     falls back to its build's image, pkg/config/config.go:93 "ce-nightly"), and every chart whose own defaults
     the render cannot show is named."""
-    from aiinfn.engine.output import helm_releases, manifest, manifests
+    from tools.engine.output import helm_releases, manifest, manifests
 
     rendered = rendered_stack(stack)
     section = summary_markdown(rendered).split("## Images", 1)[1].split("\n## ", 1)[0]

@@ -6,16 +6,16 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from aiinfn_jobservice.jobspec import build_job, check_permission, parse_request, plain_base
 
 from aiinfn import naming
-from aiinfn.engine import stackfile
-from aiinfn.jobservice.jobspec import build_job, check_permission, parse_request, plain_base
 from policies.rules import hardening
 from policies.testing import check_resource, check_stack, resource
 from tests.conftest import STACKS, rendered_stack
 from tests.jobservice_fixtures import notebook_pod, site_settings
 from tests.test_jobservice_build import CMS
 from tests.test_jobservice_bunshin import bunshin
+from tools.engine import stackfile
 
 JOB = "kubernetes:batch/v1:Job"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -257,8 +257,8 @@ def test_interlink_config_resolves_env_references_itself():
     env references with namespaced Gets (execute.go:932-938, :827), not through the kubelet library's
     cluster-wide informer (vk internal/podutils/env.go:236 rm.GetSecret -> lister), which this kubelet
     may not list."""
-    from aiinfn.engine.run import load_config
     from components.offload import vk_config
+    from tools.engine.run import load_config
 
     _, cfg = load_config("cnaf")
     assert all(vk_config(s)["SkipDownwardAPIResolution"] is True for s in cfg.offload.active_sites)

@@ -28,9 +28,6 @@ import boto3
 import pytest
 import yaml
 
-from aiinfn.checks import policy_resources, run_policies
-from aiinfn.engine.run import run_program
-from aiinfn.engine.stackfile import stacks_dir
 from components.storage.juicefs import (
     REDIS_DB,
     read_only_bucket_policy,
@@ -40,6 +37,9 @@ from components.storage.juicefs import (
 )
 from policies.rules import hardening
 from policies.testing import check_stack, resource
+from tools.checks import policy_resources, run_policies
+from tools.engine.run import run_program
+from tools.engine.stackfile import stacks_dir
 
 FULL_PASSWORD = "Zq8tW3nR7pLm2xVb9cKd4fHs6jYa1eGu"
 REMOTE_PASSWORD = "Rm0teRe4dOnly7Passw0rdXyz12345abcdEFGH"

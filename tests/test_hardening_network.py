@@ -9,13 +9,14 @@ import ipaddress
 import pytest
 
 from aiinfn import naming
-from aiinfn.checks import policy_resources
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine.run import load_config
+from aiinfn.config import ConfigError
+from aiinfn.load import site_config_from_data
 from components.storage.nfs import exports_text
 from policies.rules import hardening, namespaces
 from policies.testing import check_stack, resource
 from tests.conftest import STACKS, rendered_stack
+from tools.checks import policy_resources
+from tools.engine.run import load_config
 
 NP = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 

@@ -38,15 +38,15 @@ import requests
 import yaml
 
 from aiinfn import naming
-from aiinfn.engine.output import helm_releases, write
-from aiinfn.engine.run import Rendered, run_program
+from tools.engine.output import helm_releases, write
+from tools.engine.run import Rendered, run_program
 
 from .schemas import validate_object
 
 IAM_SECRET = "iam-Cl1ent-S3cret-for-the-hub-test"  # stands in for the decrypted stack secret
 ADMIN_TOKEN = secrets.token_hex(16)
 SUPPORT = Path(__file__).resolve().parent / "hub_support"
-SCRIPTS = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "services" / "storage"
 KEEPER, MAKE_HOME = SCRIPTS / "prepare-dirs.sh", SCRIPTS / "make-home.sh"
 
 # What INDIGO IAM's userinfo endpoint answers for each test user (code -> claims). Groups come in
@@ -417,7 +417,8 @@ def test_group_allowance_in_the_real_hub(hub: dict[str, Any]) -> None:
 
 
 def test_ids_env_maintainer_and_unlisted_user(hub: dict[str, Any]) -> None:
-    from aiinfn.config.storage import env_maintainers_gid, project_gid, user_uid
+    from aiinfn.config.storage import user_uid
+    from aiinfn.derive.storage import env_maintainers_gid, project_gid
 
     cfg = hub["cfg"]
     for user in ("mbarbetti", "eve"):

@@ -38,8 +38,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from aiinfn.engine.output import helm_releases
-from aiinfn.engine.run import run_program
+from tools.engine.output import helm_releases
+from tools.engine.run import run_program
 
 from .availability_fixtures import CNAF_FIGURES, cnaf_cluster
 from .stackdata import pool, write_variant

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from aiinfn import naming
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine.output import helm_releases, manifest, manifests
-from aiinfn.engine.run import Rendered
+from aiinfn.config import ConfigError
+from aiinfn.load import site_config_from_data
 from components.hub.values import HUBCONF_DIR, hub_values, site_data
+from tools.engine.output import helm_releases, manifest, manifests
+from tools.engine.run import Rendered
 
 from .schemas import SCHEMAS, validate_helm_values
 from .stackdata import stack_doc
@@ -270,7 +271,7 @@ def test_summary_lines(cnaf: Rendered) -> None:
 
 
 def test_services_in_the_hub_pod() -> None:
-    from aiinfn.hubservices import HubServiceSpec, SecretRef
+    from components.hubservices import HubServiceSpec, SecretRef
 
     spec = HubServiceSpec(
         name="jobs", command=["python3", "-m", "svc"], port=10101,
@@ -311,7 +312,7 @@ def test_services_in_the_hub_pod() -> None:
 
 
 def test_hub_can_be_disabled(tmp_path) -> None:
-    from aiinfn.engine.run import run_program
+    from tools.engine.run import run_program
 
     from .stackdata import write_variant
 

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from aiinfn.config.errors import ConfigError
-from aiinfn.engine.run import load_config
 from components.cluster_bootstrap import NodeSecrets, rke2_config
+from tools.engine.run import load_config
 
 from .conftest import STACKS, rendered_stack
 from .stackdata import write_variant

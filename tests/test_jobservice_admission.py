@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 
 import pytest
+from aiinfn_jobservice import jobspec
 
 from aiinfn import naming
-from aiinfn.jobservice import jobspec
 from components import jobs as jobs_component
 from tests.conftest import rendered_stack
 from tests.schemas import validate_object

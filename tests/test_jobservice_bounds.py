@@ -8,11 +8,11 @@ and non-finite numbers are a 400 naming the field. Expected figures come from th
 from __future__ import annotations
 
 import pytest
+from aiinfn_jobservice.errors import ApiError
+from aiinfn_jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
 
-from aiinfn.engine.run import load_config
-from aiinfn.jobservice.errors import ApiError
-from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
 from tests.jobservice_fixtures import site_settings
+from tools.engine.run import load_config
 
 CALLER = Caller("mrossi", ("ai-infn/users", "ai-infn/cms-tracking"))
 

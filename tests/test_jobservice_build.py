@@ -7,10 +7,8 @@ import copy
 import json
 
 import pytest
-
-from aiinfn import naming
-from aiinfn.jobservice.errors import ApiError
-from aiinfn.jobservice.jobspec import (
+from aiinfn_jobservice.errors import ApiError
+from aiinfn_jobservice.jobspec import (
     ANN_OWNER,
     Caller,
     build_job,
@@ -20,7 +18,9 @@ from aiinfn.jobservice.jobspec import (
     parse_request,
     plain_base,
 )
-from aiinfn.jobservice.settings import Settings, SettingsError
+from aiinfn_jobservice.settings import Settings, SettingsError
+
+from aiinfn import naming
 from tests.jobservice_fixtures import settings_dict, site_settings
 from tests.schemas import validate_object
 
@@ -274,15 +274,15 @@ def test_user_names_that_are_not_label_values():
 
 def test_hub_and_job_service_label_users_alike():
     """Accounting joins notebooks and jobs on the user label: both layers must write the same value."""
-    hub = pytest.importorskip("components.hub.hubconf.aiinfn_hub")
+    hub = pytest.importorskip("services.hub.aiinfn_hub")
     for name in ("mrossi", "mario.rossi", "anna-b", "x_y"):
         assert label_value(name) == hub.label_value(name)
 
 
 def test_agrees_with_the_batch_layers_job_builder():
-    """The fields the batch layer owns (aiinfn.batchjobs.batch_job) come out the same from the service."""
-    batchjobs = pytest.importorskip("aiinfn.batchjobs")
-    from aiinfn.engine.run import load_config
+    """The fields the batch layer owns (aiinfn.derive.batchjobs.batch_job) come out the same from the service."""
+    batchjobs = pytest.importorskip("aiinfn.derive.batchjobs")
+    from tools.engine.run import load_config
 
     _, cfg = load_config("cnaf")
     ref = batchjobs.batch_job(cfg, batchjobs.BatchJobRequest(
@@ -343,3 +343,32 @@ def test_service_jobs_pass_every_resource_policy_rule():
         for policy in ALL_POLICIES:
             if isinstance(policy, ResourceValidationPolicy):
                 assert check_resource(policy, typ, manifest) == [], (policy.name, manifest["metadata"]["name"])
+
+
+def test_batch_layer_and_service_hide_gpus_alike():
+    """Both builders keep GPU visibility to the device plugin (nvidia-container-toolkit v1.20.0
+    internal/config/image/devices.go:44: "void" leaves a container untouched); each has its own copy of
+    the rule (the site model does not run in the hub image), so they must agree container by container."""
+    import copy
+
+    from aiinfn.derive.batchjobs import hide_gpus as batch_hide
+    from aiinfn_jobservice.jobspec import hide_gpus as service_hide
+
+    pods = [
+        {"containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                         "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}, {"name": "A", "value": "1"}]}],
+         "initContainers": [{"name": "i", "env": [{"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "all"}]}]},
+        {"containers": [{"name": "cpu", "resources": {"limits": {"cpu": "1"}}}]},
+        {"containers": [{"name": "mig", "resources": {"limits": {"nvidia.com/mig-1g.10gb": "1"}}, "env": []},
+                        {"name": "side", "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "0"}]}]},
+    ]
+    for pod in pods:
+        a, b = copy.deepcopy(pod), copy.deepcopy(pod)
+        batch_hide(a)
+        service_hide(b)
+        assert a == b
+        for c in a.get("initContainers", []) + a["containers"]:
+            names = [e["name"] for e in c["env"]]
+            gpu = any(str(r).startswith("nvidia.com/") for r in (c.get("resources") or {}).get("limits", {}))
+            assert ({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in c["env"]) is (not gpu)
+            assert all(not n.startswith("NVIDIA_") for n in names) if gpu else names.count("NVIDIA_VISIBLE_DEVICES") == 1

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from aiinfn_jobservice.bunshin import clone_notebook, find_notebook_pod
+from aiinfn_jobservice.errors import ApiError
+from aiinfn_jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_volumes
 
 from aiinfn import naming
-from aiinfn.jobservice.bunshin import clone_notebook, find_notebook_pod
-from aiinfn.jobservice.errors import ApiError
-from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_volumes
 from policies.rules.pod_security import restricted_violations
 from tests.jobservice_fixtures import hash_uid, notebook_pod, site_settings
 from tests.schemas import validate_object
@@ -150,9 +150,9 @@ def test_user_with_odd_name_and_dots():
 
 def test_clone_of_the_volumes_the_hub_layer_gives_notebooks():
     """The notebook volumes built by the hub layer's own code (site.json + pre-spawn hook) clone cleanly."""
-    hubconf = pytest.importorskip("components.hub.hubconf.aiinfn_hub")
+    hubconf = pytest.importorskip("services.hub.aiinfn_hub")
     values = pytest.importorskip("components.hub.values")
-    from aiinfn.engine.run import load_config
+    from tools.engine.run import load_config
 
     _, cfg = load_config("cnaf")
     site_json = json.loads(json.dumps(values.site_data(cfg)))

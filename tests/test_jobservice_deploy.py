@@ -14,9 +14,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from aiinfn_jobservice import PACKAGE_DIR, SERVICE_MODULES
 
 from aiinfn import naming
-from aiinfn.jobservice import PACKAGE_DIR, SERVICE_MODULES
 from components.jobs import (
     API_TOKEN_SECRET,
     CODE_SECRET,
@@ -173,7 +173,7 @@ def test_every_module_is_shipped_and_imports_only_what_the_hub_image_has():
 
 
 def test_shipped_settings_hold_no_secret_and_parse():
-    from aiinfn.jobservice.settings import Settings
+    from aiinfn_jobservice.settings import Settings
 
     cfg = rendered_stack("cnaf").cfg
     spec = service_spec(cfg)
@@ -221,9 +221,8 @@ def self_signed_cert() -> tuple[bytes, bytes]:
 
 def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
     pytest.importorskip("kubernetes_asyncio")
+    from aiinfn_jobservice.kube import AsyncioKubeClient, KubeError
     from tornado import web
-
-    from aiinfn.jobservice.kube import AsyncioKubeClient, KubeError
 
     seen: list[tuple[str, str, dict, str]] = []
 

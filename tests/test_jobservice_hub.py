@@ -35,15 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiinfn_jobservice.app import make_app, read_hub_users
+from aiinfn_jobservice.hubusers import HubUsers
+from aiinfn_jobservice.kube import MemoryKubeClient
 
-from aiinfn.engine.run import load_config
-from aiinfn.jobservice.app import make_app, read_hub_users
-from aiinfn.jobservice.hubusers import HubUsers
-from aiinfn.jobservice.kube import MemoryKubeClient
 from components.hub.values import SERVER_ROLE_DEFAULT_SCOPES, hub_values
 from components.jobs import INSTALL_ROOT, service_spec
 from tests.jobservice_fixtures import hash_uid, notebook_pod, site_settings
 from tests.schemas import validate_object
+from tools.engine.run import load_config
 
 GROUPS = {
     "ai-infn/users": ["mrossi", "arossi", "boss", "nobody"],
@@ -640,7 +640,7 @@ def test_colliding_users_deleted_and_recreated_are_judged_as_a_fresh_read_would(
 
 
 def test_a_clashing_job_name_is_drawn_again(hub, tokens, monkeypatch):
-    import aiinfn.jobservice.app as app_module
+    import aiinfn_jobservice.app as app_module
 
     kube = hub["service"].kube
     status, reply = call("POST", hub["svc"] + "/api/jobs", tokens["mrossi"], {**PLAIN, "name": "clash"})

@@ -1,4 +1,4 @@
-"""The service-side snapshot of the hub's users (``aiinfn/jobservice/hubusers.py``) never grants a uid
+"""The service-side snapshot of the hub's users (``services/jobs/hubusers.py``) never grants a uid
 that a fresh read of the hub would refuse.
 
 A model hub (one thread, a clock that only moves forward, users created and deleted, names re-created,
@@ -17,10 +17,10 @@ import random
 from typing import Any
 
 import pytest
+from aiinfn_jobservice import aiinfn_hub as hub
+from aiinfn_jobservice import hubusers
+from aiinfn_jobservice.hubusers import HubUsers, Snapshot
 
-from aiinfn.jobservice import aiinfn_hub as hub
-from aiinfn.jobservice import hubusers
-from aiinfn.jobservice.hubusers import HubUsers, Snapshot
 from tests.jobservice_fixtures import settings_dict
 
 

@@ -17,18 +17,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from aiinfn_jobservice import service_sources
+from aiinfn_jobservice.errors import ApiError
+from aiinfn_jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
+from aiinfn_jobservice.settings import Settings, SettingsError
 
-from aiinfn.config.storage import project_gid, user_uid
-from aiinfn.engine.run import load_config
-from aiinfn.jobservice import service_sources
-from aiinfn.jobservice.errors import ApiError
-from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
-from aiinfn.jobservice.settings import Settings, SettingsError
+from aiinfn.config.storage import user_uid
+from aiinfn.derive.storage import project_gid
 from components.hub.values import hubconf_source, site_data
 from components.jobs import SETTINGS_PATH, service_spec
 from tests.jobservice_fixtures import hash_uid, notebook_pod, settings_dict, site_settings
 from tests.schemas import validate_object
 from tests.test_jobservice_bunshin import bunshin
+from tools.engine.run import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 STACKS = {"cnaf": ("cms-tracking", "ai-infn/cms-tracking"), "recas": ("km3net", "ai-infn/km3net"),
@@ -81,7 +82,7 @@ def test_a_user_without_a_home_gets_the_make_home_init_container_with_their_uid(
     assert init["securityContext"]["runAsNonRoot"] is True
     assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert init["image"] == cfg.storage.nfs.helper_image
-    script = (REPO / "components/storage/scripts/make-home.sh").read_text()
+    script = (REPO / "services/storage/make-home.sh").read_text()
     assert init["command"][:3] == ["sh", "-c", script] and init["command"][-1] == user
     homes = {v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "nfs-homes"}
     root = init["command"][-2]

@@ -10,9 +10,8 @@ import asyncio
 import itertools
 
 import pytest
-
-from aiinfn.jobservice import bunshin
-from aiinfn.jobservice.kube import KubeError, MemoryKubeClient, selector_matches
+from aiinfn_jobservice import bunshin
+from aiinfn_jobservice.kube import KubeError, MemoryKubeClient, selector_matches
 
 
 def job(name: str, ns: str = "project-a", **labels: str) -> dict:

@@ -12,17 +12,17 @@ import copy
 import json
 
 import pytest
+from aiinfn_jobservice.bunshin import clone_notebook
+from aiinfn_jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base, plain_volumes
 
 from aiinfn import naming
-from aiinfn.checks import policy_resources
-from aiinfn.jobservice.bunshin import clone_notebook
-from aiinfn.jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base, plain_volumes
 from components.jobs import ETCD_SANDBOX_BUDGET_BYTES, SETTINGS_PATH, service_spec
 from policies.rules import pod_security as ps
 from policies.testing import check_resource, check_stack, k8s, k8s_res
 from tests.conftest import rendered_stack
 from tests.jobservice_fixtures import notebook_pod, site_settings
 from tests.schemas import validate_object
+from tools.checks import policy_resources
 
 CALLER = Caller("mrossi", ("ai-infn/users", "ai-infn/cms-tracking", "ai-infn/atlas-anomaly"))
 STACKS = ["cnaf", "recas", "hackathon-padova"]
@@ -172,7 +172,7 @@ def test_policy_project_object_quotas_pass_and_fail():
 
 
 def test_a_sandbox_over_the_site_limit_is_a_400():
-    from aiinfn.jobservice.errors import ApiError
+    from aiinfn_jobservice.errors import ApiError
 
     site = site_settings("cnaf")
     limit = site.limits.max_sandbox_bytes

@@ -25,8 +25,8 @@ from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
-from aiinfn.engine.run import plain
 from components.kube import HelmRelease, KubeObject, type_token
+from tools.engine.run import plain
 
 from .conftest import STACKS, rendered_stack
 
@@ -182,7 +182,7 @@ def test_an_object_without_a_name_is_refused() -> None:
 def test_a_render_imports_none_of_the_generated_kubernetes_classes() -> None:
     """The point of components/kube.py: a render never loads pulumi_kubernetes' typed API modules
     (core/v1 alone takes half a second to import). Checked in a fresh interpreter."""
-    code = ("import sys; from aiinfn.engine.run import run_program; run_program('hackathon-padova'); "
+    code = ("import sys; from tools.engine.run import run_program; run_program('hackathon-padova'); "
             "print('\\n'.join(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.split()

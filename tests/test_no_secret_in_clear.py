@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.config.load import SECRET_KEYS
-from aiinfn.engine.output import write
-from aiinfn.engine.run import run_program
+from aiinfn.load import SECRET_KEYS
+from tools.engine.output import write
+from tools.engine.run import run_program
 
 from .conftest import STACKS
 

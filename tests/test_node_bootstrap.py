@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.engine.output import write
 from components.cluster import REVIEW_AGENT_TOKEN, REVIEW_SERVER_TOKEN
 from components.cluster_bootstrap import (
     BOOTSTRAP_SCRIPT,
@@ -28,6 +27,7 @@ from components.cluster_bootstrap import (
     cloud_init,
     installer_url,
 )
+from tools.engine.output import write
 
 from .conftest import STACKS, rendered_stack
 

@@ -12,16 +12,17 @@ import pytest
 import yaml
 
 from aiinfn import catalogue as cat
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine.output import helm_releases, manifest, manifests
-from aiinfn.engine.run import run_program
+from aiinfn.config import ConfigError
+from aiinfn.load import site_config_from_data
 from aiinfn.naming import LABEL_EGRESS_ISOLATED, NFS_VOLUME_MARK
+from tools.engine.output import helm_releases, manifest, manifests
+from tools.engine.run import run_program
 
 from .conftest import STACKS, rendered_stack
 from .schemas import CALICO_GNP_FIELDS, SCHEMAS, crd_fields, validate_object
 from .stackdata import pool, stack_doc, write_variant
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "services" / "storage"
 
 
 def _values(stack: str, chart: str) -> dict:
@@ -111,7 +112,7 @@ def test_fpga_pools_need_the_names_the_plugin_registers(tmp_path: Path) -> None:
 
 
 def test_hub_and_queues_ask_for_the_configured_fpga_resources() -> None:
-    from aiinfn.offerings import site_offerings
+    from aiinfn.derive.offerings import site_offerings
 
     cfg = rendered_stack("cnaf").cfg
     fpgas = {o.key: o.resource_name for o in site_offerings(cfg) if o.kind == "fpga"}

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.engine.output import helm_releases, manifest, manifests
-from aiinfn.engine.stackfile import resolve
 from aiinfn.naming import MONITORING_NAMESPACE
+from tools.engine.output import helm_releases, manifest, manifests
+from tools.engine.stackfile import resolve
 
 from .conftest import STACKS, rendered_stack
 

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from aiinfn.config.errors import ConfigError
-from aiinfn.config.load import is_secret_key, site_config_from_data
 from aiinfn.config.monitoring import MonitoringConfig
-from aiinfn.engine.stackfile import resolve
+from aiinfn.load import is_secret_key, site_config_from_data
+from tools.engine.stackfile import resolve
 
 
 def base() -> dict:
@@ -92,7 +92,7 @@ def test_stack_values_are_read():
 
 
 def test_cli_reports_a_bad_monitoring_key_in_one_line(tmp_path, capsys):
-    from aiinfn.cli import main
+    from tools.cli import main
 
     doc = yaml.safe_load(resolve("hackathon-padova").read_text())
     doc["config"]["aiinfn:monitoring"] = {"retention": "forever"}

@@ -9,12 +9,12 @@ import jmespath
 import pytest
 import yaml
 
-from aiinfn.config.storage import backups_active
-from aiinfn.engine.output import helm_releases, manifest, manifests
-from aiinfn.engine.run import run_program
-from aiinfn.engine.stackfile import resolve
+from aiinfn.derive.storage import backups_active
 from aiinfn.naming import LABEL_PROJECT, LABEL_USER, LABEL_WORKLOAD, MONITORING_NAMESPACE, VIRTUAL_NODE_LABEL
 from components.observability import CHART_REPO, PROMETHEUS_URL, grafana_role_path
+from tools.engine.output import helm_releases, manifest, manifests
+from tools.engine.run import run_program
+from tools.engine.stackfile import resolve
 
 from .conftest import STACKS, rendered_stack
 
@@ -246,7 +246,7 @@ def test_aggregator_reads_the_release_prometheus_and_the_secret(stack):
     env = {e["name"]: e for e in c["env"]}
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "accounting-db", "key": "password"}
     # the aggregator's command line parses with the aggregator's own parser
-    from aiinfn.accounting import aggregator
+    from services.accounting import aggregator
 
     args = aggregator.parser().parse_args(c["args"][3:])
     assert args.interval % args.resolution == 0 and args.catch_up >= args.interval

@@ -24,10 +24,11 @@ import jsonschema
 import pytest
 import yaml
 
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine.output import manifest, manifests
-from aiinfn.engine.run import load_config
+from aiinfn.config import ConfigError
+from aiinfn.load import site_config_from_data
 from components.offload import chart_values
+from tools.engine.output import manifest, manifests
+from tools.engine.run import load_config
 
 from .conftest import STACKS, rendered_stack
 from .schemas import SCHEMAS, close_objects, deep_merge, load_schema_file, validate_helm_values

@@ -9,8 +9,9 @@ import sys
 import pytest
 import yaml
 
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine import stackfile
+from aiinfn.config import ConfigError
+from aiinfn.load import site_config_from_data
+from tools.engine import stackfile
 
 GOOD_SITE = {"name": "leonardo", "plugin": "slurm", "endpoint": "https://interlink.example.org", "port": 443,
              "auth": {"bearerTokenKey": "offloadTokenLeonardo"},
@@ -105,7 +106,7 @@ def _check(tmp_path, mutate) -> subprocess.CompletedProcess:
     mutate(doc["config"]["aiinfn:offload"]["sites"])
     path = tmp_path / "Pulumi.bad-offload.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return subprocess.run([sys.executable, "-m", "aiinfn", "check", str(path)], check=False, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tools", "check", str(path)], check=False, capture_output=True,
                           text=True, timeout=120)
 
 

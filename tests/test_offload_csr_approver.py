@@ -4,7 +4,7 @@ interLink 0.6.0 (``cmd/virtual-kubelet/main.go`` lines 263-269: signer ``kuberne
 ``pkg/virtualkubelet/cert-retriever.go`` lines 101-111: subject ``CN=system:node:<node>, O=system:nodes``,
 IP SAN only; lines 117-131: usages digital signature, key encipherment, server auth) asks for its
 serving certificate with the virtual kubelet's ServiceAccount. Kubernetes approves no kubelet-serving
-CSR by itself; the offload layer runs ``aiinfn/csrapprover.py``. CSRs here are made with
+CSR by itself; the offload layer runs ``services/csrapprover/csrapprover.py``. CSRs here are made with
 ``cryptography`` exactly as that template says; the controller talks to a real HTTP server on loopback.
 """
 
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from aiinfn import naming
-from aiinfn.csrapprover import SIGNER, allowed_from_env, decide, parse_csr, run_once
-from aiinfn.engine.output import manifest, manifests
+from services.csrapprover.csrapprover import SIGNER, allowed_from_env, decide, parse_csr, run_once
+from tools.engine.output import manifest, manifests
 
 from .conftest import rendered_stack
 
@@ -149,7 +149,7 @@ def test_rendered_approver_knows_exactly_the_sites_virtual_nodes() -> None:
     code = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "kubelet-serving-approver")
     from pathlib import Path
 
-    import aiinfn.csrapprover as mod
+    import services.csrapprover.csrapprover as mod
     assert code["data"]["csrapprover.py"] == Path(mod.__file__).read_text()
 
 

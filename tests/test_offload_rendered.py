@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from aiinfn.batchjobs import BatchJobRequest, batch_job
-from aiinfn.engine.output import manifest, manifests
-from aiinfn.engine.run import run_program
+from aiinfn.derive.batchjobs import BatchJobRequest, batch_job
+from tools.engine.output import manifest, manifests
+from tools.engine.run import run_program
 
 TAINT = "virtual-node.interlink/no-schedule"
 CNAF_REMOTES = {"tier1": "htcondor", "leonardo": "slurm", "cloud-vm": "podman", "padova-bubble": "slurm"}

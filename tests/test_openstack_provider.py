@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiinfn.engine.output import openstack_resources
+from tools.engine.output import openstack_resources
 
 from .conftest import STACKS, rendered_stack
 from .stackdata import stack_doc

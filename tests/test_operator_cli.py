@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn import __version__, gpus
-from aiinfn.accounting import report
-from aiinfn.cli import main
-from aiinfn.engine.outdir import MARKER
+from aiinfn import __version__
+from tools import gpus, report
+from tools.cli import main
+from tools.engine.outdir import MARKER
 
 from .shared_files import caused_by_missing_shared
 from .test_gpus import FakeNVML, args

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.cli import main
-from aiinfn.engine.run import run_program
-from aiinfn.mig import site_gpu_sessions
+from aiinfn.derive.mig import site_gpu_sessions
+from tools.cli import main
+from tools.engine.run import run_program
 
 from .stackdata import stack_doc
 

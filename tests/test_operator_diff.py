@@ -4,7 +4,7 @@ would REPLACE, stateful resources flagged. Expected replacements are the provide
 - pulumi-kubernetes v4.32.0 provider/pkg/provider/provider.go line 1560 (metadata.name/namespace force new)
   and provider/pkg/provider/diff.go (forceNew table, lines 45-250);
 - terraform-provider-random v3.9.0 internal/provider/resource_password.go line 585 (length: RequiresReplace);
-- pulumi-openstack v5.5.1 schema.json (Volume availabilityZone: willReplaceOnChanges), via aiinfn.replacements.
+- pulumi-openstack v5.5.1 schema.json (Volume availabilityZone: willReplaceOnChanges), via tools.replacements.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.cli import main
-from aiinfn.engine.outdir import replace_files
-from aiinfn.engine.output import render_files
+from tools.cli import main
+from tools.engine.outdir import replace_files
+from tools.engine.output import render_files
 
 from .conftest import rendered_stack
 from .stackdata import write_variant
@@ -175,8 +175,7 @@ def test_a_generated_password_setting_regenerates_it(base_render: Path, tmp_path
 
 
 def test_openstack_volume_zone_replaces_the_data_volume(base_render: Path, tmp_path: Path, capsys) -> None:
-    """pulumi-openstack schema: Volume availabilityZone willReplaceOnChanges (aiinfn.replacements)."""
-    pytest.importorskip("aiinfn.replacements", reason="the OpenStack schema facts (aiinfn/replacements.py) are not on this branch yet")
+    """pulumi-openstack schema: Volume availabilityZone willReplaceOnChanges (tools.replacements)."""
     new = _copy(base_render, tmp_path, "new")
     path = new / "openstack.json"
     res = json.loads(path.read_text())

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.engine.output import render_files
-from aiinfn.engine.summary import expired_banner
+from tools.engine.output import render_files
+from tools.engine.summary import expired_banner
 
 from .conftest import rendered_stack
 from .stackdata import stack_doc

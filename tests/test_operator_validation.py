@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.cli import main
+from tools.cli import main
 
 from .stackdata import pool, stack_doc, write_variant
 
@@ -225,7 +225,7 @@ def test_no_traceback_in_a_fresh_process(tmp_path: Path) -> None:
     bad = tmp_path / "Pulumi.bad.yaml"
     bad.write_bytes(b"config:\n  aiinfn:site: {name: \xff}\n")
     for target in (tmp_path, bad):
-        proc = subprocess.run([sys.executable, "-m", "aiinfn", "check", str(target)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "tools", "check", str(target)], capture_output=True, text=True,
                               timeout=120, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -30,11 +30,11 @@ import pytest
 import yaml
 
 from aiinfn import naming
-from aiinfn.cli import main
-from aiinfn.engine.output import helm_releases, manifest, manifests
 from components.observability.promrules import rendered_rule_texts
 from components.patching import GRACE_LABEL, node_updates
-from components.patching.scripts import reboot_grace
+from services.patching import reboot_grace
+from tools.cli import main
+from tools.engine.output import helm_releases, manifest, manifests
 
 from .conftest import STACKS, rendered_stack
 from .obs_servers import need_binary
@@ -86,7 +86,7 @@ def test_trivy_values_are_chart_keys_and_keep_secrets_namespaced(stack):
 
 
 def test_air_gapped_site_pulls_images_and_databases_from_its_mirror(tmp_path):
-    from aiinfn.engine.run import run_program
+    from tools.engine.run import run_program
 
     def mirror(c):
         c.setdefault("aiinfn:patching", {})["scan"] = {"mirrorRegistry": "harbor.cnaf.infn.it/mirror", "offline": True}
@@ -343,7 +343,7 @@ def test_every_vm_gets_the_update_files_and_its_cloud_init_passes_the_schema(tmp
 
 
 def test_endpoints_file_lists_what_the_world_reaches():
-    from aiinfn.engine.output import render_files
+    from tools.engine.output import render_files
 
     r = rendered_stack("cnaf")
     listed = json.loads(render_files(r)["endpoints.json"])

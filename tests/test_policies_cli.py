@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.cli import main
 from policies.rules import ALL_POLICIES, THEMES
+from tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = ROOT / "tests" / "data" / "policies"
@@ -38,7 +38,7 @@ def test_list_rules_prints_one_line_per_rule(capsys):
 
 def test_shipped_stacks_pass_every_mandatory_rule(any_stack):
     """Every rule over every shipped stack (rendered once per session by conftest)."""
-    from aiinfn.checks import run_policies
+    from tools.checks import run_policies
 
     lines = [v.line() for v in run_policies(any_stack) if v.level == "mandatory"]
     assert lines == [], "\n".join(lines)

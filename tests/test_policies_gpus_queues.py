@@ -270,11 +270,11 @@ def test_kueue_fair_share_weights():
 
 
 def test_user_jobs_from_the_job_service_pass_the_resource_rules(cnaf):
-    """The Jobs users submit are built at run time (aiinfn.batchjobs), not rendered: check them here."""
+    """The Jobs users submit are built at run time (aiinfn.derive.batchjobs), not rendered: check them here."""
     from pulumi_policy import ResourceValidationPolicy
 
-    from aiinfn.batchjobs import BatchJobRequest, batch_job
-    from aiinfn.offerings import site_offerings
+    from aiinfn.derive.batchjobs import BatchJobRequest, batch_job
+    from aiinfn.derive.offerings import site_offerings
     from policies.rules import ALL_POLICIES
 
     gpu = next(o.key for o in site_offerings(cnaf.cfg) if o.kind == "gpu")
@@ -293,7 +293,7 @@ def test_user_jobs_from_the_job_service_pass_the_resource_rules(cnaf):
 
 
 def test_daemonsets_off_virtual_nodes():
-    from aiinfn.virtualnodes import not_virtual_affinity
+    from aiinfn.derive.virtualnodes import not_virtual_affinity
 
     p = offload.daemonsets_off_virtual_nodes
     agent = {"containers": [{"name": "a", "image": "x:1"}], "tolerations": [{"operator": "Exists"}]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiinfn.engine.output import manifest, manifests
+from tools.engine.output import manifest, manifests
 
 from .conftest import STACKS, rendered_stack
 from .schemas import validate_object

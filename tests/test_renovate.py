@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.engine.output import helm_releases, manifest, manifests
+from tools.engine.output import helm_releases, manifest, manifests
 
 from .conftest import STACKS, rendered_stack
 

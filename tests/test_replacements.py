@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from aiinfn import replacements
-from aiinfn.engine.run import Rendered, run_program
+from tools import replacements
+from tools.engine.run import Rendered, run_program
 
 from .conftest import STACKS, rendered_stack
 from .stackdata import pool, write_variant
@@ -65,7 +65,7 @@ def _set_inputs(inputs: dict[str, Any]) -> set[str]:
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_openstack_type_has_its_replacement_facts(stack: str) -> None:
     """Every OpenStack type the program creates is in the schema table above, and the shared table
-    (aiinfn/replacements.py, read by ``aiinfn diff``) agrees with the schema on every input the
+    (tools/replacements.py, read by ``aiinfn diff``) agrees with the schema on every input the
     program sets."""
     rendered = rendered_stack(stack)
     for r in rendered.resources:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.engine.output import manifest, manifests
+from tools.engine.output import manifest, manifests
 
 from .conftest import STACKS, rendered_stack
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.config.storage import backups_active
+from aiinfn.derive.storage import backups_active
 from components.storage.juicefs import redis_conf
 
 from .obs_servers import PG_BIN, need_binary, start_postgres
@@ -258,7 +258,7 @@ def test_a_stale_lock_of_the_same_host_id_clears_another_hosts_does_not(drill_en
 def test_rendered_job_dumps_first_with_the_servers_images_and_a_fixed_host_identity(stack):
     """What the drill above ran is what the CronJob runs: each dump step of the script in an init container
     (init containers finish, in order, before the main container starts: Kubernetes docs, Init Containers)."""
-    from aiinfn.engine.output import manifest, manifests
+    from tools.engine.output import manifest, manifests
 
     from .conftest import rendered_stack
 
@@ -315,7 +315,7 @@ def test_hub_database_job_runs_beside_the_hub_on_its_claim(stack):
     jupyterhub.hub-pvc.fullname, fullname empty without fullnameOverride), mounts it at /srv/jupyterhub
     (templates/hub/deployment.yaml) and labels the hub pod app=jupyterhub, component=hub (legacy matchLabels,
     templates/_helpers.tpl jupyterhub.commonLabels)."""
-    from aiinfn.engine.output import helm_releases, manifest, manifests
+    from tools.engine.output import helm_releases, manifest, manifests
 
     from .conftest import rendered_stack
 

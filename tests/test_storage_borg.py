@@ -12,7 +12,7 @@ import pytest
 
 from aiinfn.naming import NFS_VOLUME_MARK
 
-SCRIPT = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts" / "borg-backup.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "services" / "storage" / "borg-backup.sh"
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import json
 
 import pytest
 
-from aiinfn.engine.output import helm_releases, manifest, manifests
 from components.storage.cinder import cloud_conf
+from tools.engine.output import helm_releases, manifest, manifests
 
 from .conftest import STACKS, rendered_stack
 
@@ -116,8 +116,8 @@ def test_one_retained_block_class_and_every_stateful_volume_on_it(stack):
 def test_existing_cluster_uses_its_named_class_and_deploys_no_plugin(tmp_path):
     import yaml
 
-    from aiinfn.engine.run import run_program
-    from aiinfn.engine.stackfile import resolve
+    from tools.engine.run import run_program
+    from tools.engine.stackfile import resolve
 
     doc = yaml.safe_load(resolve("hackathon-padova").read_text())
     conf = doc["config"]

@@ -8,10 +8,12 @@ import itertools
 
 import pytest
 
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.config.storage import group_gid, isolation_problems, user_uid
-from aiinfn.engine.run import load_config
-from aiinfn.engine.stackfile import available_stacks
+from aiinfn.config import ConfigError
+from aiinfn.config.storage import group_gid, user_uid
+from aiinfn.derive.storage import isolation_problems
+from aiinfn.load import site_config_from_data
+from tools.engine.run import load_config
+from tools.engine.stackfile import available_stacks
 
 
 def base(stack: str = "hackathon-padova") -> dict:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.config.storage import env_maintainers_gid, project_gid, user_uid
-from aiinfn.engine.run import load_config
+from aiinfn.config.storage import user_uid
+from aiinfn.derive.storage import env_maintainers_gid, project_gid
 from aiinfn.naming import NFS_VOLUME_MARK
 from components.storage.nfs import exports_text, layout_text
+from tools.engine.run import load_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts" / "prepare-dirs.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "services" / "storage" / "prepare-dirs.sh"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other uids needs root")
 
 

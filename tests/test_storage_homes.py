@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from aiinfn.config.storage import StorageConfig, user_uid
-from aiinfn.engine.run import load_config
 from components.storage.nfs import layout_text
+from tools.engine.run import load_config
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "components" / "storage" / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "services" / "storage"
 KEEPER = SCRIPTS / "prepare-dirs.sh"
 MAKE_HOME = SCRIPTS / "make-home.sh"
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
@@ -254,7 +254,8 @@ def test_listed_users_are_made_in_advance_and_a_pre_squatted_one_is_not_handed_o
 def test_overrides_for_unlisted_users_are_allowed_but_never_collide():
     import copy
 
-    from aiinfn.config import ConfigError, site_config_from_data
+    from aiinfn.config import ConfigError
+    from aiinfn.load import site_config_from_data
 
     sf, _ = load_config("hackathon-padova")
     data = copy.deepcopy(sf.values)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from aiinfn.engine.output import helm_releases, manifest, manifests
-from aiinfn.engine.stackfile import resolve
 from aiinfn.naming import (
     HUB_NAMESPACE,
     NFS_SERVER_DNS,
@@ -19,6 +17,8 @@ from aiinfn.naming import (
     project_namespace,
     pvc_project,
 )
+from tools.engine.output import helm_releases, manifest, manifests
+from tools.engine.stackfile import resolve
 
 from .conftest import STACKS, rendered_stack
 

@@ -25,15 +25,16 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 import boto3
 import pytest
 import requests
 
-from aiinfn import s3access
-from aiinfn.engine.output import helm_releases
-from aiinfn.engine.run import Rendered
+from components import s3access_spec as s3access
+from components import shipped
+from tools.engine.output import helm_releases
+from tools.engine.run import Rendered
 
 from .stackdata import render_with_iam_secret
 from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, FakeIam, login, running_hub, spawn
@@ -224,7 +225,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                        "JUPYTERHUB_API_TOKEN": S3_SERVICE_TOKEN, "JUPYTERHUB_API_URL": f"{h['base']}/hub/api",
                        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{svc_port}"}
             assert container["command"][:1] == ["python3"]
-            module = Path(s3access.__file__).resolve().parent / Path(container["command"][1]).name
+            module = shipped.service_dir("s3") / Path(container["command"][1]).name
             svc_log = work / "s3service.log"
             with open(svc_log, "w") as log:
                 svc = subprocess.Popen([sys.executable, str(module)], env=svc_env, stdout=log, stderr=subprocess.STDOUT)

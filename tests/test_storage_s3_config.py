@@ -11,10 +11,11 @@ import json
 
 import pytest
 
-from aiinfn import s3access
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine.output import helm_releases
-from aiinfn.engine.run import load_config
+from aiinfn.config import ConfigError
+from aiinfn.load import site_config_from_data
+from components import s3access_spec as s3access
+from tools.engine.output import helm_releases
+from tools.engine.run import load_config
 
 from .stackdata import render_with_iam_secret
 from .test_hub_jupyterhub import IAM_SECRET

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aiinfn.engine import mocks
-from aiinfn.engine.output import write
-from aiinfn.engine.run import run_program
-from aiinfn.engine.stackfile import stacks_dir
+from tools.engine import mocks
+from tools.engine.output import write
+from tools.engine.run import run_program
+from tools.engine.stackfile import stacks_dir
 
 SUPPLIED = {
     "secretS3AccessKey": "AKIAPLAINTEXTACCESS42",

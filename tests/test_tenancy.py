@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from aiinfn.engine.run import run_program
+from tools.engine.run import run_program
 
 from .conftest import rendered_stack
 from .stackdata import pool, stack_doc, write_variant

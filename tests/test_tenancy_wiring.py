@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aiinfn.engine.run import run_program
+from tools.engine.run import run_program
 
 from .conftest import STACKS, rendered_stack
 from .stackdata import write_variant

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from aiinfn.cli import main
-from aiinfn.config import ConfigError, site_config_from_data
-from aiinfn.engine.run import Rendered, run_program
+from aiinfn.config import ConfigError
+from aiinfn.load import site_config_from_data
 from policies.rules.exposure import TLS_UPSTREAM_ANNOTATION
 from tests.stackdata import stack_doc, write_variant
+from tools.cli import main
+from tools.engine.run import Rendered, run_program
 
 ISSUER_KEYS = ("cert-manager.io/cluster-issuer", "cert-manager.io/issuer")
 

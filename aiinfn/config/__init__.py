@@ -1,7 +1,10 @@
-"""Typed, validated site configuration (the ``aiinfn:*`` keys of a stack file)."""
+"""Typed site configuration: one dataclass per section of the ``aiinfn:*`` keys, with its per-field checks.
+
+Parsing and the cross-key rules are ``aiinfn.load`` (the one door); this package imports only the
+catalogue and the names below it.
+"""
 
 from .errors import ConfigError
-from .load import SECRET_KEYS, site_config_from_data, site_config_from_pulumi
 from .model import NodePool, Project, SiteConfig
 
-__all__ = ["SECRET_KEYS", "ConfigError", "NodePool", "Project", "SiteConfig", "site_config_from_data", "site_config_from_pulumi"]
+__all__ = ["ConfigError", "NodePool", "Project", "SiteConfig"]

@@ -8,29 +8,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from .errors import Collector, ConfigError, collecting
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import SiteConfig
+from .errors import ConfigError
 
 # renovate: datasource=docker depName=kueue packageName=registry.k8s.io/kueue/charts/kueue
 KUEUE_CHART_VERSION = "0.19.2"  # chart `kueue` from oci://registry.k8s.io/kueue/charts, app v0.19.2
 # The most terminationGracePeriodSeconds batch pods may have: a notebook that preempts batch work waits
-# grace + 16 s (aiinfn.queues.notebook_wait_bound_seconds), and 240 + 16 s stays under zero-to-jupyterhub's
+# grace + 16 s (aiinfn.derive.queues.notebook_wait_bound_seconds), and 240 + 16 s stays under zero-to-jupyterhub's
 # default spawn timeout (singleuser.startTimeout, 300 s). The config cap and the policy pack's
 # ``batch-pods-bounded-grace`` default (maxGraceSeconds) both read it from here.
 MAX_GRACE_SECONDS = 240
 LOCAL_PODS_READY_TIMEOUT = 600  # waitForPodsReady.timeout of a site without remote sites
-
-
-def effective_pods_ready_timeout(cfg: SiteConfig) -> int:
-    """Kueue's (global) waitForPodsReady.timeout for the site: covers a remote queue wait when it offloads."""
-    explicit = cfg.batch.pods_ready_timeout_seconds
-    if explicit is not None:
-        return explicit
-    return cfg.offload.queue_wait_seconds if cfg.offload.active_sites else LOCAL_PODS_READY_TIMEOUT
 
 
 @dataclass
@@ -105,58 +93,3 @@ class BatchConfig:
             raise ConfigError(f"{path}.defaultPriorityClass", f"{self.default_priority_class!r} is not a class name")
 
 
-@collecting
-def validate_site(cfg: SiteConfig, found: Collector) -> None:
-    """Cross-key rules of the batch section (called by config.validate after the core rules)."""
-    from .. import naming
-
-    b = cfg.batch
-    path = "aiinfn:batch"
-    classes = list(naming.BATCH_PRIORITY_CLASSES)
-    if b.default_priority_class not in classes:
-        found.add(f"{path}.defaultPriorityClass",
-                  f"{b.default_priority_class!r} is not a batch class ({', '.join(classes)}); "
-                  f"{naming.BATCH_FIRE_CLASS} must be asked for explicitly")
-    projects = {p.name for p in cfg.projects}
-    for name in b.project_weights:
-        if name not in projects:
-            found.add(f"{path}.projectWeights.{name}", f"no project named {name!r} in aiinfn:projects")
-    if not b.enabled:
-        return
-    explicit = b.pods_ready_timeout_seconds
-    if explicit is not None and cfg.offload.active_sites and explicit < cfg.offload.queue_wait_seconds:
-        found.add(f"{path}.podsReadyTimeoutSeconds",
-                  f"{explicit} s is below aiinfn:offload.queueWaitSeconds ({cfg.offload.queue_wait_seconds}): "
-                  "Kueue 0.19.2 applies one waitForPodsReady timeout to every queue, so offloaded jobs "
-                  "waiting longer in a remote queue would be evicted and cancelled")
-    from ..offerings import site_offerings
-
-    for o in site_offerings(cfg):
-        roles = sorted({cfg.pool(p).role for p in o.pools})
-        if len(roles) > 1:
-            found.add("aiinfn:pools", f"offering {o.key} is on pools of roles {' and '.join(roles)}; its Kueue "
-                      "flavor selects one role (aiinfn.infn.it/role): give those pools one role")
-    for i, pool in enumerate(cfg.pools):
-        if pool.count == 0 or pool.role not in ("gpu", "cpu"):
-            continue
-        if pool.cpus <= b.reserved_cpus_per_node:
-            found.add(f"aiinfn:pools[{i}].cpus",
-                      f"{pool.cpus} vCPUs leave nothing for batch work after aiinfn:batch.reservedCpusPerNode "
-                      f"({b.reserved_cpus_per_node})")
-        if pool.memory_gb <= b.reserved_memory_gb_per_node:
-            found.add(f"aiinfn:pools[{i}].memoryGb",
-                      f"{pool.memory_gb} GB leave nothing for batch work after "
-                      f"aiinfn:batch.reservedMemoryGbPerNode ({b.reserved_memory_gb_per_node})")
-    # Kueue refuses a ResourceFlavor with more node labels or tolerations (checked here, before any
-    # resource is registered, not when components.batch builds the flavor).
-    from ..queues import MAX_FLAVOR_LABELS, MAX_FLAVOR_TOLERATIONS, queue_topology
-
-    index = {p.name: i for i, p in enumerate(cfg.pools)}
-    for f in queue_topology(cfg).flavors:
-        first = f"aiinfn:pools[{index[f.pools[0]]}]" if f.pools else "aiinfn:pools"
-        if len(f.tolerations) > MAX_FLAVOR_TOLERATIONS:
-            found.add(f"{first}.taints", f"the batch flavor {f.name} of pools {', '.join(f.pools)} would tolerate "
-                      f"{len(f.tolerations)} taints; Kueue allows {MAX_FLAVOR_TOLERATIONS}: give these pools fewer taints")
-        if len(f.node_labels) > MAX_FLAVOR_LABELS:
-            found.add(f"{first}.labels", f"the batch flavor {f.name} of pools {', '.join(f.pools)} would select "
-                      f"{len(f.node_labels)} node labels; Kueue allows {MAX_FLAVOR_LABELS}")

@@ -12,12 +12,9 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from .errors import Collector, ConfigError, collecting
-
-if TYPE_CHECKING:
-    from .model import SiteConfig
+from .errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GpuStack = Literal["cpu", "cuda12", "cuda13"]
@@ -125,36 +122,3 @@ def environment_version(env: SoftwareEnvironment, build_image: str) -> str:
     return h.hexdigest()[:12]
 
 
-def _driver_tuple(version: str) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(x) for x in version.split("."))
-    except ValueError:
-        return None
-
-
-@collecting
-def validate_site(cfg: SiteConfig, found: Collector) -> None:
-    names = [e.name for e in cfg.environments]
-    pool_names = {p.name for p in cfg.pools}
-    for i, env in enumerate(cfg.environments):
-        path = f"aiinfn:environments[{i}]"
-        if env.name in names[:i]:
-            found.add(f"{path}.name", f"environment {env.name!r} is declared twice")
-        for j, pool in enumerate(env.pools):
-            if pool not in pool_names:
-                found.add(f"{path}.pools[{j}]", f"no pool named {pool!r}")
-            elif env.gpu_stack != "cpu" and cfg.pool(pool).gpus is None:
-                found.add(f"{path}.pools[{j}]", f"{env.gpu_stack} environment listed for {pool!r}, which has no GPUs")
-        drv = cfg.accelerators.driver
-        if env.gpu_stack != "cpu" and drv.enabled:
-            have = _driver_tuple(drv.version)
-            need = MIN_DRIVER[env.gpu_stack]
-            if have is not None and have < need:
-                found.add(f"{path}.gpuStack", f"{env.gpu_stack} needs NVIDIA driver {'.'.join(map(str, need))} "
-                          f"or newer; aiinfn:accelerators.driver.version is {drv.version}")
-        if env.build_image is not None:
-            from .storage import require_image
-
-            found.run(require_image, env.build_image, f"{path}.buildImage")
-    if cfg.environments and not cfg.storage.enabled:
-        found.add("aiinfn:environments", "managed environments live on the NFS envs area: enable aiinfn:storage")

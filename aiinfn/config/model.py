@@ -1,7 +1,7 @@
 """The typed site configuration: identity, OpenStack tenancy, node pools, cluster, IAM, projects.
 
 Layer sections (accelerators, storage, hub, batch, offload, monitoring) live in their own
-modules beside this one. Cross-field rules are checked in ``validate.py``.
+modules beside this one. Rules across sections are checked after parsing, in ``aiinfn.validate``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from .. import catalogue
 from .accelerators import AcceleratorsConfig, MigLayout
 from .batch import BatchConfig
 from .environments import SoftwareEnvironment
-from .errors import Collector, ConfigError
+from .errors import Collector
+from .fields import LABEL_KEY, LABEL_VALUE, require_cidr, require_dns_label, require_group
 from .hub import HubConfig
 from .monitoring import MonitoringConfig
 from .offload import OffloadConfig
@@ -27,13 +28,7 @@ SiteKind = Literal["production", "replica", "hackathon"]
 PoolRole = Literal["control", "cpu", "gpu", "storage", "services"]  # services: platform services and the ingress
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-# IAM group names as INDIGO IAM writes them in wlcg.groups (ai-infn/users): no spaces, not empty.
-GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@/-]*$")
-
-# Node labels and taints the platform sets itself (aiinfn/nodes.py); a pool may not override them:
+# Node labels and taints the platform sets itself (aiinfn/derive/nodes.py); a pool may not override them:
 # a different value would break the hub's affinities, mig-parted's layout or the GPU/FPGA isolation.
 PLATFORM_PREFIXES = ("aiinfn.infn.it/",)
 PLATFORM_LABEL_KEYS = (catalogue.LABEL_MIG_CONFIG, catalogue.LABEL_DEVICE_PLUGIN_CONFIG)
@@ -43,25 +38,8 @@ MAX_VMS_PER_POOL = 256
 MAX_ACCELERATORS_PER_VM = 16
 
 
-def require_group(value: str, path: str) -> None:
-    if not GROUP_NAME.match(value):
-        raise ConfigError(path, f"{value!r} is not an IAM group name (like ai-infn/users)")
-
-
 def platform_owned(key: str, keys: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> bool:
     return key in keys or key.startswith(PLATFORM_PREFIXES + prefixes)
-
-
-def require_dns_label(value: str, path: str, max_len: int = 40) -> None:
-    if not DNS_LABEL.match(value) or len(value) > max_len:
-        raise ConfigError(path, f"{value!r} must be lower-case letters, digits and '-', at most {max_len} characters")
-
-
-def require_cidr(value: str, path: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError as err:
-        raise ConfigError(path, f"{value!r} is not a valid network in CIDR form ({err})") from None
 
 
 @dataclass
@@ -216,7 +194,7 @@ class NodePool:
             if not LABEL_KEY.match(k):
                 found.add(f"{path}.labels.{k}", "is not a valid Kubernetes label key")
             elif platform_owned(k, PLATFORM_LABEL_KEYS):
-                found.add(f"{path}.labels.{k}", "is a label the platform sets on every node itself (aiinfn/nodes.py); "
+                found.add(f"{path}.labels.{k}", "is a label the platform sets on every node itself (aiinfn/derive/nodes.py); "
                                                 "choose a key outside aiinfn.infn.it/ and the NVIDIA operator's")
             if not LABEL_VALUE.match(v) or len(v) > 63:
                 found.add(f"{path}.labels.{k}", f"{v!r} is not a valid Kubernetes label value")

@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from .errors import Collector, ConfigError, collecting
-
-if TYPE_CHECKING:
-    from .model import SiteConfig
+from .. import catalogue
+from .errors import ConfigError
+from .fields import LABEL_KEY, LABEL_VALUE, require_dns_label
 
 PluginKind = Literal["htcondor", "slurm", "podman", "kubernetes"]
 GrantType = Literal["authorization_code", "client_credentials"]
@@ -192,8 +191,6 @@ class RemoteSite:
     token: str | None = None  # refused: "token not a secret"
 
     def __validate__(self, path: str) -> None:
-        from .model import LABEL_KEY, LABEL_VALUE, require_dns_label
-
         if self.token is not None:
             raise ConfigError(f"{path}.token", f"token not a secret: {_SECRET_HINT}")
         if self.allow_secrets:
@@ -245,37 +242,8 @@ def _require_url(value: str, path: str) -> None:
         raise ConfigError(path, f"{value!r} is plain http: the site's token would travel in clear; use https")
 
 
-@collecting
-def validate_site(cfg: SiteConfig, found: Collector) -> None:
-    """Cross-key rules: unique remote names, catalogue accelerators, names the platform reserves."""
-    from .. import catalogue, naming
-
-    seen: dict[str, int] = {}
-    for i, site in enumerate(cfg.offload.sites):
-        path = f"aiinfn:offload.sites[{i}]"
-        if site.name in seen:
-            found.add(f"{path}.name", f"remote site name {site.name!r} is used twice (also sites[{seen[site.name]}])")
-        seen[site.name] = i
-        models: set[str] = set()
-        for j, acc in enumerate(site.resources.accelerators):
-            apath = f"{path}.resources.accelerators[{j}].model"
-            if acc.model not in catalogue.GPUS:
-                found.add(apath, f"unknown accelerator model {acc.model!r} (catalogue: {', '.join(catalogue.GPUS)})")
-            if acc.model in models:
-                found.add(apath, f"model {acc.model!r} is listed twice; give one count")
-            models.add(acc.model)
-        for k in site.node_labels:
-            if k in (naming.VIRTUAL_NODE_LABEL, naming.LABEL_REMOTE_SITE, "kubernetes.io/hostname",
-                     catalogue.LABEL_ROLE, "kubernetes.io/os"):
-                found.add(f"{path}.nodeLabels.{k}", "is set by the platform; choose another key")
-        if site.juicefs is not None and not (cfg.storage.enabled and cfg.storage.juicefs.enabled):
-            found.add(f"{path}.juicefs", "this site runs no JuiceFS (aiinfn:storage.juicefs.enabled is false)")
-
-
 def remote_quotas(site: RemoteSite) -> dict[str, str]:
     """Kueue quota a remote site lends to the cohort (resource name -> quantity string)."""
-    from .. import catalogue
-
     out = {"cpu": str(site.resources.cpu), "memory": f"{site.resources.memory_gb}Gi"}
     if site.resources.gpus:
         out[catalogue.GPU_RESOURCE] = str(site.resources.gpus)

@@ -12,12 +12,8 @@ from __future__ import annotations
 import re
 import zoneinfo
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from .errors import Collector, ConfigError, collecting
-
-if TYPE_CHECKING:
-    from .model import SiteConfig
+from .errors import ConfigError
 
 DAYS = ("su", "mo", "tu", "we", "th", "fr", "sa")
 _TIME = re.compile(r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$")
@@ -83,10 +79,3 @@ class PatchingConfig:
     reboots: RebootConfig = field(default_factory=RebootConfig)
 
 
-@collecting
-def validate_site(cfg: SiteConfig, found: Collector) -> None:
-    r = cfg.patching.reboots
-    if r.enabled and cfg.hub.enabled and r.notebook_grace_hours * 3600 < cfg.hub.cull_timeout_seconds:
-        found.add("aiinfn:patching.reboots.notebookGraceHours",
-                  f"{r.notebook_grace_hours} h is shorter than the hub's idle cull ({cfg.hub.cull_timeout_seconds} s): "
-                  "idle notebooks are culled anyway, give active ones at least as long")

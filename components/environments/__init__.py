@@ -11,20 +11,19 @@ See docs/environments.md (researchers) and docs/environments-operators.md.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pulumi
 
 from aiinfn import naming
 from aiinfn.config.environments import SoftwareEnvironment, environment_version
-from aiinfn.config.storage import env_maintainers_gid
+from aiinfn.derive.storage import env_maintainers_gid
 
+from .. import shipped
 from ..context import SiteContext
 from ..kube import KubeObject, object_meta
+from ..netpol import isolated_namespace
 
 LAYER = "environments"
 NAMESPACE = "aiinfn-envs"
-SCRIPTS = Path(__file__).parent / "scripts"
 CONFIGMAP = "environment-build"
 ENVS_MOUNT = "/envs"
 JUPYTER_PATH = naming.ENVS_JUPYTER_PATH  # the hub layer puts it in every notebook's env
@@ -70,11 +69,12 @@ class Environments(pulumi.ComponentResource):
             self.register_outputs({})
             return
         labels = ctx.labels(LAYER)
-        self.namespace = ctx.namespace(self, "ns-envs", NAMESPACE, LAYER, enforce="restricted")
+        self.namespace = isolated_namespace(ctx, self, "ns-envs", NAMESPACE, LAYER, enforce="restricted")
         ns_opts = ctx.k8s_opts(self, depends_on=[self.namespace])
         self._network_policies(ctx, labels, ns_opts)
         self.claim = self._envs_claim(ctx, ns_opts)
-        data = {"build_env.py": (SCRIPTS / "build_env.py").read_text(), "aiinfn-env": (SCRIPTS / "aiinfn_env.py").read_text()}
+        data = {"build_env.py": shipped.source("environments", "build_env.py"),
+                "aiinfn-env": shipped.source("environments", "aiinfn_env.py")}
         for env in cfg.environments:
             data[f"{env.name}.lock"] = env.lock_text()
         self.scripts = KubeObject("env-build-scripts", "v1", "ConfigMap",

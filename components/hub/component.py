@@ -6,11 +6,12 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn import naming
-from aiinfn.hubservices import HubServiceSpec
-from aiinfn.secrets import supplied_secret
+from components.hubservices import HubServiceSpec
+from components.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject, object_meta
+from ..netpol import isolated_namespace
 from .values import (
     AVAILABILITY_ROLE,
     CLUSTER_ISSUER,
@@ -88,7 +89,7 @@ class Hub(pulumi.ComponentResource):
             issuer_deps: list[pulumi.Resource] = []
             if hub.install_cert_manager:
                 # our namespace, so that it starts from deny-all like every other (components/network.py)
-                cm_ns = ctx.namespace(self, "ns-cert-manager", CERT_MANAGER_NAMESPACE, "hub", enforce="restricted")
+                cm_ns = isolated_namespace(ctx, self, "ns-cert-manager", CERT_MANAGER_NAMESPACE, "hub", enforce="restricted")
                 self.cert_manager = HelmRelease(
                     "cert-manager",
                     name="cert-manager",

@@ -6,17 +6,19 @@ Kept free of Pulumi resources so tests can build them directly; secrets enter on
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from aiinfn import catalogue as cat
-from aiinfn import naming, s3access
+from aiinfn import naming
 from aiinfn.config.model import NodePool, SiteConfig
-from aiinfn.config.storage import USER_ID_MIN, USER_ID_SPAN, block_storage_class, env_maintainers_gid, project_gid
-from aiinfn.hubservices import HubServiceSpec
-from aiinfn.nodes import pool_labels, tolerations_for
-from aiinfn.offerings import site_offerings
+from aiinfn.config.storage import USER_ID_MIN, USER_ID_SPAN
+from aiinfn.derive.nodes import pool_labels, tolerations_for
+from aiinfn.derive.offerings import site_offerings
+from aiinfn.derive.storage import block_storage_class, env_maintainers_gid, project_gid
+from components import s3access_spec as s3access
+from components.hubservices import HubServiceSpec
 
+from .. import shipped
 from ..netpol import api_server_egress
 from ..patching.announce import reboot_announcement
 from ..storage.common import script as storage_script
@@ -26,7 +28,7 @@ HUB_CHART = "jupyterhub"
 # renovate: datasource=helm depName=jupyterhub registryUrl=https://hub.jupyter.org/helm-chart/
 HUB_CHART_VERSION = "4.4.0"
 HUB_REPO = "https://hub.jupyter.org/helm-chart/"
-HUBCONF_DIR = Path(__file__).resolve().parent / "hubconf"
+HUBCONF_DIR = shipped.service_dir("hub")  # the hub-side modules and extraConfig (services/hub/)
 HUB_ETC = "/usr/local/etc/jupyterhub/aiinfn"  # where the hub-side files land in the hub pod
 HUB_SERVICE_ACCOUNT = "hub"  # the chart's hub ServiceAccount (hub.serviceAccount.create, no fullnameOverride)
 AVAILABILITY_ROLE = "aiinfn-hub-availability"  # read-only: nodes and pods, get and list

@@ -17,7 +17,7 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn import catalogue as cat
-from aiinfn.config.storage import backups_active, block_storage_class
+from aiinfn.derive.storage import backups_active, block_storage_class
 from aiinfn.naming import (
     GPU_OPERATOR_NAMESPACE,
     KUEUE_NAMESPACE,
@@ -30,11 +30,12 @@ from aiinfn.naming import (
     STORAGE_NAMESPACE,
     VIRTUAL_NODE_LABEL,
 )
-from aiinfn.secrets import supplied_secret
+from components.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..hub.values import ingress_tls
 from ..kube import HelmRelease, KubeObject, object_meta
+from ..netpol import isolated_namespace
 from .promrules import dashboards, rule_files
 
 LAYER = "observability"
@@ -281,7 +282,7 @@ class Observability(pulumi.ComponentResource):
             return
         labels = ctx.labels(LAYER)
         # node-exporter needs the host's network, PID namespace and root file system
-        self.namespace = ctx.namespace(self, "ns-monitoring", MONITORING_NAMESPACE, LAYER,
+        self.namespace = isolated_namespace(ctx, self, "ns-monitoring", MONITORING_NAMESPACE, LAYER,
                                        enforce="privileged", warn="baseline")
         ns_opts = ctx.k8s_opts(self, depends_on=[self.namespace])
         secret_deps: list[pulumi.Resource] = []

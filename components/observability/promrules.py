@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aiinfn import yamlio
-from aiinfn.accounting.shares import charged_share, share_vector
 from aiinfn.config.model import SiteConfig
+from aiinfn.derive.shares import charged_share, share_vector
 from aiinfn.naming import MONITORING_NAMESPACE
+from components import yamlio
 
 HERE = Path(__file__).parent
 RULES_DIR = HERE / "rules"

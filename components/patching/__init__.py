@@ -14,16 +14,16 @@ OS updates themselves are configured by cloud-init (``node_updates.py``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pulumi
 
 from aiinfn import naming
 from aiinfn.config.model import SiteConfig
-from aiinfn.virtualnodes import not_virtual_affinity as not_virtual
+from aiinfn.derive.virtualnodes import not_virtual_affinity as not_virtual
 
+from .. import shipped
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject, object_meta
+from ..netpol import isolated_namespace
 
 LAYER = "patching"
 TRIVY_NAMESPACE = "trivy-system"
@@ -40,7 +40,6 @@ GRACE_LABEL = "aiinfn.infn.it/reboot-grace-expired"
 # kured lists the node's running pods matching this selector (pkg/blockers/kubernetespod.go): young notebooks block.
 NOTEBOOK_BLOCKER = f"{naming.LABEL_WORKLOAD}=notebook,!{GRACE_LABEL}"
 GRACE_IMAGE = "quay.io/jupyterhub/k8s-hub:4.4.0"  # the hub's own image: Python is all the labeller needs
-SCRIPTS = Path(__file__).parent / "scripts"
 
 # Internet-facing workloads (the alert on critical findings): (namespace, resource_name regex of the report).
 INTERNET_FACING = (
@@ -134,7 +133,7 @@ class Patching(pulumi.ComponentResource):
         self.trivy = self.kured = None
         labels = ctx.labels(LAYER)
         if p.scan.enabled:
-            ns = ctx.namespace(self, "ns-trivy", TRIVY_NAMESPACE, LAYER, enforce="restricted")
+            ns = isolated_namespace(ctx, self, "ns-trivy", TRIVY_NAMESPACE, LAYER, enforce="restricted")
             self.trivy = HelmRelease(
                 "trivy-operator", name=TRIVY_CHART, chart=TRIVY_CHART, version=TRIVY_CHART_VERSION,
                 repository=TRIVY_REPO, namespace=TRIVY_NAMESPACE, values=trivy_values(cfg),
@@ -142,7 +141,7 @@ class Patching(pulumi.ComponentResource):
             )
         if p.reboots.enabled:
             # kured enters the host's mount namespace to reboot it: privileged, in a namespace of its own.
-            ns = ctx.namespace(self, "ns-kured", KURED_NAMESPACE, LAYER, enforce="privileged")
+            ns = isolated_namespace(ctx, self, "ns-kured", KURED_NAMESPACE, LAYER, enforce="privileged")
             self.kured = HelmRelease(
                 "kured", name=KURED_CHART, chart=KURED_CHART, version=KURED_CHART_VERSION, repository=KURED_REPO,
                 namespace=KURED_NAMESPACE, values=kured_values(cfg), opts=ctx.k8s_opts(self, depends_on=[ns]),
@@ -167,7 +166,7 @@ class Patching(pulumi.ComponentResource):
                    roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
                    subjects=[{"kind": "ServiceAccount", "name": sa, "namespace": KURED_NAMESPACE}], opts=opts)
         KubeObject("reboot-grace-script", "v1", "ConfigMap", object_meta(sa, namespace=KURED_NAMESPACE, labels=labels),
-                   data={"reboot_grace.py": (SCRIPTS / "reboot_grace.py").read_text()}, opts=opts)
+                   data={"reboot_grace.py": shipped.source("patching", "reboot_grace.py")}, opts=opts)
         pod = {
             "serviceAccountName": sa,
             "automountServiceAccountToken": False,

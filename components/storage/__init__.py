@@ -11,14 +11,14 @@ from __future__ import annotations
 import pulumi
 
 from aiinfn.config.model import Project
-from aiinfn.config.storage import (
+from aiinfn.config.storage import user_uid
+from aiinfn.derive.storage import (
     backups_active,
     block_storage_class,
     bucket_name,
     deploys_cinder,
     env_maintainers_gid,
     project_gid,
-    user_uid,
 )
 from aiinfn.naming import (
     HUB_NAMESPACE,
@@ -38,6 +38,7 @@ from aiinfn.naming import (
 
 from ..context import SiteContext
 from ..kube import KubeObject
+from ..netpol import isolated_namespace
 from .backup import CRONJOB, Backup
 from .cinder import Cinder
 from .common import LAYER, meta
@@ -54,6 +55,7 @@ class Storage(pulumi.ComponentResource):
         st = cfg.storage
         self.ctx = ctx
         self.claims: dict[str, dict[str, KubeObject]] = {}
+        self.namespace: KubeObject | None = None  # the storage namespace, where the NFS server and the backup run
         self.juicefs = self.cvmfs = self.backup = self.scratch = None
         self.juicefs_secret_data: dict[str, pulumi.Input[str]] | None = None  # read by the offload layer
         # Block volumes for the stateful services of every layer (monitoring and hub too): even without NFS.
@@ -62,7 +64,7 @@ class Storage(pulumi.ComponentResource):
             self.register_outputs({})
             return
         # Privileged: the kernel NFS server, the backup job and the scratch helper use host paths.
-        self.namespace = ctx.namespace(self, "ns-storage", STORAGE_NAMESPACE, LAYER, enforce="privileged", warn="baseline")
+        self.namespace = isolated_namespace(ctx, self, "ns-storage", STORAGE_NAMESPACE, LAYER, enforce="privileged", warn="baseline")
         self.nfs = Nfs(self, ctx, self.namespace)
         nfs_ready = [self.nfs.csi, self.nfs.service]
         if st.juicefs.enabled:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_random as random
 
-from aiinfn.secrets import supplied_secret
+from components.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..kube import KubeObject

@@ -16,9 +16,9 @@ from __future__ import annotations
 import pulumi
 
 from aiinfn.config.model import SiteConfig
-from aiinfn.config.storage import STORAGECLASS_CINDER
+from aiinfn.derive.storage import STORAGECLASS_CINDER
 from aiinfn.naming import VIRTUAL_NODE_LABEL
-from aiinfn.secrets import supplied_secret
+from components.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject

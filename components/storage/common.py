@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiinfn.naming import STORAGE_NAMESPACE
 
+from .. import shipped
 from ..context import SiteContext
 from ..kube import object_meta
 
 LAYER = "storage"
-SCRIPTS = Path(__file__).parent / "scripts"
 CSI_NAMESPACE = "kube-system"  # CSI drivers live beside the other node-critical system pods
 
 
 def script(name: str) -> str:
-    return (SCRIPTS / name).read_text()
+    return shipped.source("storage", name)
 
 
 def meta(ctx: SiteContext, name: str, namespace: str | None = STORAGE_NAMESPACE, component: str | None = None,

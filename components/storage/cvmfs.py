@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from aiinfn.config.model import SiteConfig
-from aiinfn.virtualnodes import not_virtual_affinity
+from aiinfn.derive.virtualnodes import not_virtual_affinity
 
 from ..context import SiteContext
 from ..kube import HelmRelease

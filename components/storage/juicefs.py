@@ -18,10 +18,11 @@ import pulumi_random as random
 
 from aiinfn.config.model import SiteConfig
 from aiinfn.config.offload import RemoteSite
-from aiinfn.config.storage import REDIS_UID, backups_active, block_storage_class, bucket_name, juicefs_volume_name
+from aiinfn.config.storage import REDIS_UID
+from aiinfn.derive.storage import backups_active, block_storage_class, bucket_name, juicefs_volume_name
+from aiinfn.derive.virtualnodes import not_virtual_affinity
 from aiinfn.naming import LABEL_REMOTE_SITE, STORAGE_NAMESPACE, STORAGECLASS_JUICEFS
-from aiinfn.secrets import supplied_secret
-from aiinfn.virtualnodes import not_virtual_affinity
+from components.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject

@@ -12,10 +12,11 @@ import pulumi
 
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import SiteConfig
-from aiinfn.config.storage import env_maintainers_gid, project_gid, user_uid
+from aiinfn.config.storage import user_uid
+from aiinfn.derive.nodes import tolerations_for
+from aiinfn.derive.storage import env_maintainers_gid, project_gid
+from aiinfn.derive.virtualnodes import not_virtual_affinity
 from aiinfn.naming import NFS_EXPORT_ROOT, NFS_SERVER_DNS, NFS_SERVICE, STORAGECLASS_NFS
-from aiinfn.nodes import tolerations_for
-from aiinfn.virtualnodes import not_virtual_affinity
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject

@@ -16,9 +16,9 @@ import pulumi
 
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import NodePool, SiteConfig
-from aiinfn.mig import pool_gpu_sessions
+from aiinfn.derive.mig import pool_gpu_sessions
+from aiinfn.derive.nodes import tolerations_for
 from aiinfn.naming import STORAGE_NAMESPACE, STORAGECLASS_SCRATCH
-from aiinfn.nodes import tolerations_for
 
 from ..context import SiteContext
 from ..kube import KubeObject

@@ -31,7 +31,7 @@ DYNAMIC = "pulumi-python:dynamic:Resource"
 SITE_RECORD_NAME = "aiinfn-site"
 SITE_RECORD_NAMESPACE = naming.PLATFORM_NAMESPACE
 
-# Set by the offline runner (aiinfn.checks) while it runs the rules. Offline, Pulumi secrets are visible
+# Set by the offline runner (tools.checks) while it runs the rules. Offline, Pulumi secrets are visible
 # as placeholders; under the real CLI the policy engine hands rules secret values in clear, unmarked.
 OFFLINE = {"on": False}
 

@@ -64,7 +64,7 @@ def _offload_flavors(args: ResourceValidationArgs, report: ReportViolation) -> N
     """Kueue 0.19.2 checks a flavor's nodeTaints against the pod's tolerations plus the flavor's own
     (flavorassigner.go checkFlavorForPodSets), and compares selectors only on the flavor's own label keys:
     a remote flavor that tolerates its taint, or lacks the routing key, can be given to any Job."""
-    from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
+    from aiinfn.derive.queues import REMOTE_ROLE, ROUTING_KEY
 
     kind = kind_of(args.resource_type, args.props)
     if not str(args.props.get("apiVersion") or "").startswith("kueue.x-k8s.io/"):
@@ -149,7 +149,7 @@ def _path(values: Mapping[str, Any], path: str | None) -> Any:
 def excludes_virtual_nodes(node_selector: Any, affinity: Any) -> bool:
     """True if no interLink virtual node can satisfy the selector: every required term excludes them, or the
     nodeSelector asks for an OS, role or label virtual nodes never have."""
-    from aiinfn.queues import REMOTE_ROLE, ROUTING_KEY
+    from aiinfn.derive.queues import REMOTE_ROLE, ROUTING_KEY
 
     sel = node_selector if isinstance(node_selector, Mapping) else {}
     if sel.get("kubernetes.io/os") == "linux":
@@ -180,7 +180,7 @@ def _daemonsets_off_virtual_nodes(args: ResourceValidationArgs, report: ReportVi
                 report(fix(f"chart {chart}: the DaemonSet configured at {tol_p} tolerates the interLink taint and "
                            "nothing keeps it off virtual nodes: interLink would send the node agent to a remote site",
                            f"set {aff_p or sel_p or tol_p} to exclude {naming.VIRTUAL_NODE_LABEL} "
-                           "(aiinfn.virtualnodes.not_virtual_affinity)"))
+                           "(aiinfn.derive.virtualnodes.not_virtual_affinity)"))
         return
     if kind_of(args.resource_type, args.props) != "DaemonSet":
         return
@@ -188,7 +188,7 @@ def _daemonsets_off_virtual_nodes(args: ResourceValidationArgs, report: ReportVi
     if tolerates_virtual_nodes(spec.get("tolerations") or []) and \
             not excludes_virtual_nodes(spec.get("nodeSelector"), spec.get("affinity")):
         report(fix(f"DaemonSet {obj_name(args.props, args.name)} tolerates the interLink taint and nothing keeps it "
-                   "off virtual nodes", "add aiinfn.virtualnodes.not_virtual_affinity() to its pod spec"))
+                   "off virtual nodes", "add aiinfn.derive.virtualnodes.not_virtual_affinity() to its pod spec"))
 
 
 daemonsets_off_virtual_nodes = ResourceValidationPolicy(

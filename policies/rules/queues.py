@@ -141,7 +141,7 @@ def _quota_within_capacity(args: StackValidationArgs, report: ReportViolation) -
         have = int(offering.get("count") or 0) if offering else 0
         if amount > have:
             report(fix(f"ClusterQueues promise {amount:g} {res} on flavor {fname} but the pools provide {have}",
-                       f"lower nominalQuota to at most {have} (quotas come from aiinfn.offerings.site_offerings)"),
+                       f"lower nominalQuota to at most {have} (quotas come from aiinfn.derive.offerings.site_offerings)"),
                    urns[(fname, res)])
     if capacity:
         if cpu_total > float(capacity.get("cpu", 0)):

@@ -1,1 +1,0 @@
-../../components/hub/hubconf/aiinfn_hub.py
