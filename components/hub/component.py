@@ -131,7 +131,7 @@ class Hub(pulumi.ComponentResource):
                 opts=ctx.k8s_opts(self, depends_on=deps),
             )
 
-        # The spawn form's figures (hubconf/aiinfn_availability.py): the hub reads nodes and pods, nothing more.
+        # The spawn form's figures (services/hub/aiinfn_availability.py): the hub reads nodes and pods, nothing more.
         self.availability_role = KubeObject(
             "hub-availability", "rbac.authorization.k8s.io/v1", "ClusterRole",
             object_meta(AVAILABILITY_ROLE, labels=labels),

@@ -182,7 +182,7 @@ def availability_rules(cfg: SiteConfig) -> dict[str, Any]:
 
 
 def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> dict[str, Any]:
-    """What the hub-side code (hubconf/aiinfn_hub.py) reads from site.json: no secret in it."""
+    """What the hub-side code (services/hub/aiinfn_hub.py) reads from site.json: no secret in it."""
     hub = cfg.hub
     maintainers = [cfg.storage.nfs.env_maintainers_group]
     known = list(dict.fromkeys([*cfg.iam.user_groups, *cfg.iam.admin_groups, *(p.group for p in cfg.projects),
@@ -217,7 +217,7 @@ def site_data(cfg: SiteConfig, services: list[HubServiceSpec] | None = None) -> 
         "tmp_gb": hub.tmp_gb,
         "base_tolerations": BASE_TOLERATIONS,
         "profiles": build_profiles(cfg),
-        # what the spawn form counts as free (hubconf/aiinfn_availability.py): nodes it skips, batch it preempts
+        # what the spawn form counts as free (services/hub/aiinfn_availability.py): nodes it skips, batch it preempts
         "availability": availability_rules(cfg),
         # services in the hub pod whose environment needs values the hub holds from Secrets
         "service_secret_env": {s.name: sorted(s.secret_env) for s in services or [] if s.secret_env},
