@@ -16,8 +16,8 @@ from aiinfn import catalogue as cat
 from aiinfn.derive import mig
 from aiinfn.derive.nodes import RESERVED_TAINT_KEY, tolerations_for
 from aiinfn.naming import GPU_OPERATOR_NAMESPACE
-from components import yamlio
 
+from . import yamlio
 from .context import SiteContext
 from .kube import HelmRelease, KubeObject, object_meta
 from .netpol import isolated_namespace

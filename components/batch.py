@@ -32,8 +32,8 @@ from aiinfn.derive.queues import (
     notebook_wait_bound_seconds,
     queue_topology,
 )
-from components import yamlio
 
+from . import yamlio
 from .context import SiteContext
 from .kube import HelmRelease, KubeObject
 from .netpol import isolated_namespace

@@ -18,13 +18,13 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from aiinfn.config.model import NodePool, SiteConfig
-from components import yamlio
-from components.secrets import supplied_secret
 
+from . import yamlio
 from .api_ready import ApiServerReady
 from .cluster_bootstrap import NodeSecrets, cloud_init
 from .metadata_guard import metadata_block_policy
 from .node_state import NodeState
+from .secrets import supplied_secret
 from .tenancy import API_PORT, Tenancy, TenancyArgs, fixed_ip
 
 # RKE2 accepts user-provided CAs when all of these exist before the first server start.

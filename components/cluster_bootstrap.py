@@ -22,8 +22,8 @@ import yaml
 from aiinfn.config.model import RKE2_INSTALLER_SHA256, NodePool, SiteConfig
 from aiinfn.derive.nodes import pool_labels, pool_taints
 from aiinfn.naming import NFS_VOLUME_MARK
-from components import yamlio
 
+from . import yamlio
 from .cluster_rejoin import first_server_rejoin
 from .patching.node_updates import os_update_files, os_update_packages
 

@@ -28,8 +28,8 @@ import pulumi
 from aiinfn.catalogue import LABEL_POOL
 from aiinfn.config.model import SiteConfig
 from aiinfn.derive.nodes import pool_taints, tolerations_for
-from components import yamlio
 
+from . import yamlio
 from .context import SiteContext
 from .kube import KubeObject, object_meta
 from .tenancy import ingress_pool

@@ -29,11 +29,11 @@ from aiinfn.derive.batchjobs import eviction_settings
 from aiinfn.derive.mig import gpu_slices
 from aiinfn.derive.offerings import site_offerings
 from aiinfn.derive.queues import queue_topology, routing_settings
-from components.hubservices import HubServiceSpec, SecretRef
 
 from . import shipped
 from .context import SiteContext
 from .hub.values import site_data as hub_site_data
+from .hubservices import HubServiceSpec, SecretRef
 from .kube import KubeObject, object_meta
 
 SERVICE_NAME = "jobs"

@@ -29,14 +29,13 @@ from aiinfn import catalogue, naming
 from aiinfn.config.offload import RemoteSite, remote_quotas
 from aiinfn.derive.queues import REMOTE_ROLE, ROUTING_KEY
 from aiinfn.derive.virtualnodes import not_virtual_affinity
-from components import yamlio
-from components.secrets import REQUESTED, supplied_secret
 
-from . import shipped
+from . import shipped, yamlio
 from .batch import kueue_object
 from .context import SiteContext
 from .kube import KubeObject
 from .netpol import isolated_namespace
+from .secrets import REQUESTED, supplied_secret
 
 if TYPE_CHECKING:
     from aiinfn.config.model import SiteConfig

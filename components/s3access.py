@@ -16,10 +16,10 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn import naming
-from components import s3access_spec as s3access
-from components.hubservices import HubServiceSpec
 
+from . import s3access_spec as s3access
 from .context import SiteContext
+from .hubservices import HubServiceSpec
 from .jobs import HUB_IMAGE, HUB_IMAGE_UID  # one pin of z2jh's hub image (python3, tornado, jupyterhub)
 from .kube import KubeObject, object_meta
 

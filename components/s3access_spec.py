@@ -15,9 +15,9 @@ import json
 from typing import Any
 
 from aiinfn.config.model import SiteConfig
-from components.hubservices import HubServiceSpec, SecretRef
 
 from . import shipped
+from .hubservices import HubServiceSpec, SecretRef
 
 SERVICE_NAME = "s3"
 SERVICE_PORT = 10102

@@ -6,12 +6,12 @@ import pulumi
 import pulumi_random as random
 
 from aiinfn import naming
-from components.hubservices import HubServiceSpec
-from components.secrets import supplied_secret
 
 from ..context import SiteContext
+from ..hubservices import HubServiceSpec
 from ..kube import HelmRelease, KubeObject, object_meta
 from ..netpol import isolated_namespace
+from ..secrets import supplied_secret
 from .values import (
     AVAILABILITY_ROLE,
     CLUSTER_ISSUER,

@@ -15,10 +15,10 @@ from aiinfn.config.storage import USER_ID_MIN, USER_ID_SPAN
 from aiinfn.derive.nodes import pool_labels, tolerations_for
 from aiinfn.derive.offerings import site_offerings
 from aiinfn.derive.storage import block_storage_class, env_maintainers_gid, project_gid
-from components import s3access_spec as s3access
-from components.hubservices import HubServiceSpec
 
+from .. import s3access_spec as s3access
 from .. import shipped
+from ..hubservices import HubServiceSpec
 from ..netpol import api_server_egress
 from ..patching.announce import reboot_announcement
 from ..storage.common import script as storage_script

@@ -30,12 +30,12 @@ from aiinfn.naming import (
     STORAGE_NAMESPACE,
     VIRTUAL_NODE_LABEL,
 )
-from components.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..hub.values import ingress_tls
 from ..kube import HelmRelease, KubeObject, object_meta
 from ..netpol import isolated_namespace
+from ..secrets import supplied_secret
 from .promrules import dashboards, rule_files
 
 LAYER = "observability"

@@ -16,7 +16,8 @@ from typing import Any
 from aiinfn.config.model import SiteConfig
 from aiinfn.derive.shares import charged_share, share_vector
 from aiinfn.naming import MONITORING_NAMESPACE
-from components import yamlio
+
+from .. import yamlio
 
 HERE = Path(__file__).parent
 RULES_DIR = HERE / "rules"

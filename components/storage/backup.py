@@ -26,10 +26,9 @@ from __future__ import annotations
 import pulumi
 import pulumi_random as random
 
-from components.secrets import supplied_secret
-
 from ..context import SiteContext
 from ..kube import KubeObject
+from ..secrets import supplied_secret
 from .common import meta, script
 from .nfs import node_placement
 

@@ -18,10 +18,10 @@ import pulumi
 from aiinfn.config.model import SiteConfig
 from aiinfn.derive.storage import STORAGECLASS_CINDER
 from aiinfn.naming import VIRTUAL_NODE_LABEL
-from components.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject
+from ..secrets import supplied_secret
 from .common import CSI_NAMESPACE, meta
 
 CHART = "openstack-cinder-csi"

@@ -22,10 +22,10 @@ from aiinfn.config.storage import REDIS_UID
 from aiinfn.derive.storage import backups_active, block_storage_class, bucket_name, juicefs_volume_name
 from aiinfn.derive.virtualnodes import not_virtual_affinity
 from aiinfn.naming import LABEL_REMOTE_SITE, STORAGE_NAMESPACE, STORAGECLASS_JUICEFS
-from components.secrets import supplied_secret
 
 from ..context import SiteContext
 from ..kube import HelmRelease, KubeObject
+from ..secrets import supplied_secret
 from .common import CSI_NAMESPACE, meta, restricted_container_security
 from .nfs import node_placement
 from .s3_bucket import S3Bucket
