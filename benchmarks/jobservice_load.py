@@ -49,6 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.service_bundles import job_service_root  # noqa: E402  (the shipped service, importable as aiinfn_jobservice)
+SERVICE_ROOT = job_service_root()  # the shipped job service, staged as its pod mounts it
 
 PROJECT_GROUP = "ai-infn/cms-tracking"
 PROJECT = "cms-tracking"
@@ -400,7 +401,7 @@ def main() -> int:
             time.sleep(0.3)
         env = {**os.environ, "BENCH_ROOT": str(ROOT), "BENCH_SETTINGS": str(settings_file),
                "BENCH_NOTEBOOK_USERS": json.dumps(active + others[-OTHER_NOTEBOOKS:]), "BENCH_TOKEN": jobs_token,
-               "BENCH_HUB_API": hub_api, "BENCH_PORT": str(svc_port), "PYTHONPATH": f"{job_service_root()}{os.pathsep}{ROOT}"}
+               "BENCH_HUB_API": hub_api, "BENCH_PORT": str(svc_port), "PYTHONPATH": f"{SERVICE_ROOT}{os.pathsep}{ROOT}"}
         if args.profile:
             env["BENCH_PROFILE"] = str(Path(args.profile).resolve())
         procs.append(subprocess.Popen([sys.executable, "-c", SERVICE], env=env, stdout=svc_log,
