@@ -9,7 +9,7 @@ A pool's ``gpus.mig`` is one of:
 
 Syntax is checked while parsing; what depends on the GPU model (does it have MIG, is the
 profile one of its own, do the slices fit its 7 compute / 8 memory slices) is checked in
-``validate_site`` against the catalogue. Every mistake is one line naming the key.
+``aiinfn.validate.accelerators`` against the catalogue. Every mistake is one line naming the key.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def _check_slices(model: Any, slices: dict[str, int], path: str) -> None:
 
 
 def validate_site(cfg: SiteConfig, found: Collector) -> None:
-    """Accelerator rules that need the catalogue or span several keys (called by config.validate)."""
+    """Accelerator rules that need the catalogue or span several keys (run by aiinfn.validate after the core rules)."""
     acc = cfg.accelerators
     for board in acc.fpga_resource_names:
         if board not in cat.FPGAS:

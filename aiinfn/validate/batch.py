@@ -13,7 +13,7 @@ from aiinfn.derive.queues import MAX_FLAVOR_LABELS, MAX_FLAVOR_TOLERATIONS, queu
 
 
 def validate_site(cfg: SiteConfig, found: Collector) -> None:
-    """Cross-key rules of the batch section (called by config.validate after the core rules)."""
+    """Cross-key rules of the batch section (run by aiinfn.validate after the core rules)."""
     b = cfg.batch
     path = "aiinfn:batch"
     classes = list(naming.BATCH_PRIORITY_CLASSES)
