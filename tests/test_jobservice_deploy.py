@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from aiinfn_jobservice import PACKAGE_DIR, SERVICE_MODULES
+from aiinfn_jobservice import SERVICE_MODULES  # the package's own list of its modules, as shipped
 
 from aiinfn import naming
 from components.jobs import (
@@ -22,6 +22,7 @@ from components.jobs import (
     CODE_SECRET,
     DEPLOYMENT,
     HUB_IMAGE,
+    HUB_MODULE,
     INSTALL_ROOT,
     PACKAGE,
     SERVICE_ACCOUNT,
@@ -32,6 +33,14 @@ from components.jobs import (
 )
 from tests.conftest import rendered_stack
 from tests.schemas import validate_object
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE_DIR = ROOT / "services" / "jobs"  # the service's own modules; the hub's aiinfn_hub.py ships beside them
+
+
+def module_home(name: str) -> Path:
+    return ROOT / "services" / "hub" / name if name == HUB_MODULE else SERVICE_DIR / name
+
 
 ALLOWED_TOP_LEVEL = {"jupyterhub", "tornado", "kubernetes_asyncio", "aiohttp"}  # aiohttp: kubernetes_asyncio's
 
@@ -149,16 +158,16 @@ def test_the_service_runs_apart_from_the_hub_with_the_same_api_and_scopes():
     assert {f"{PACKAGE}/{m}" for m in SERVICE_MODULES} | {"settings.json"} == set(paths)
     assert set(cm["stringData"]) == set(paths.values())  # (the engine shows Secret values redacted)
     spec = service_spec(rendered.cfg)
-    assert spec.files[f"{INSTALL_ROOT}/{PACKAGE}/app.py"] == (PACKAGE_DIR / "app.py").read_text()
+    assert spec.files[f"{INSTALL_ROOT}/{PACKAGE}/app.py"] == (SERVICE_DIR / "app.py").read_text()
     assert len(json.dumps(spec.files).encode()) < 1024 * 1024  # a Secret holds at most 1 MiB
 
 
 def test_every_module_is_shipped_and_imports_only_what_the_hub_image_has():
-    on_disk = {p.name for p in PACKAGE_DIR.glob("*.py")}
+    on_disk = {p.name for p in SERVICE_DIR.glob("*.py")} | {HUB_MODULE}
     assert on_disk == set(SERVICE_MODULES)
     stdlib = set(sys.stdlib_module_names)
     for name in SERVICE_MODULES:
-        tree = ast.parse((PACKAGE_DIR / name).read_text())
+        tree = ast.parse(module_home(name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 tops = [a.name.split(".")[0] for a in node.names]
@@ -340,4 +349,4 @@ def test_kubernetes_asyncio_client_sends_the_right_requests(tmp_path):
     assert seen[6][2].get("propagationPolicy") == "Background"
     assert seen[7][1].split("?")[0] == "/apis/batch/v1/namespaces/project-a/jobs"
     assert parse_qs(urlsplit(seen[7][1]).query) == {"labelSelector": ["x=y"], "limit": ["5"]}
-    assert Path(PACKAGE_DIR / "kube.py").read_text().count("class ") >= 3
+    assert (SERVICE_DIR / "kube.py").read_text().count("class ") >= 3

@@ -121,17 +121,13 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_walker_sees_lazy_and_type_checking_imports():
+def test_the_walker_sees_lazy_and_type_checking_imports(tmp_path: Path):
     """The walker is the oracle of the other tests: it must see what Python would import at any time."""
     src = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from aiinfn.config.model import SiteConfig\n"
            "def f():\n    from ..derive import mig\n    import components.kube\n")
-    tmp = ROOT / "aiinfn" / "validate" / "_walker_probe.py"
-    mod = Module("aiinfn.validate._walker_probe", tmp, False)
-    tmp.write_text(src, encoding="utf-8")
-    try:
-        names = {n for n, _ in imported_names(mod)}
-    finally:
-        tmp.unlink()
+    probe = tmp_path / "_walker_probe.py"  # read as if it were aiinfn/validate/_walker_probe.py
+    probe.write_text(src, encoding="utf-8")
+    names = {n for n, _ in imported_names(Module("aiinfn.validate._walker_probe", probe, False))}
     assert {"aiinfn.config.model.SiteConfig", "aiinfn.derive.mig", "components.kube"} <= names
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
