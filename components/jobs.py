@@ -92,16 +92,6 @@ def _per_node(pool: NodePool, offering_key: str) -> int:
     return n
 
 
-def _tolerations(cfg: SiteConfig) -> dict[str, list[dict[str, str]]]:
-    """Offering key -> tolerations of batch pods, as the batch layer's queue topology computes them."""
-    return {f.offering.key: [dict(t) for t in f.tolerations] for f in queue_topology(cfg).flavors}
-
-
-def _eviction(cfg: SiteConfig) -> dict[str, Any]:
-    """The batch layer's eviction fields (grace period, podFailurePolicy, backoffLimit)."""
-    return dict(eviction_settings(cfg))
-
-
 def _remote_accelerators(site: Any) -> dict[str, int]:
     """Offering key -> GPUs a remote site declares (whole GPUs only: MIG and FPGAs stay local)."""
     out: dict[str, int] = {}
@@ -138,7 +128,8 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
     """The JSON the service reads (``services/jobs/settings.py``): site facts, no secret."""
     b = cfg.batch
     reserved_cpu, reserved_mem = b.reserved_cpus_per_node, b.reserved_memory_gb_per_node
-    tolerations = _tolerations(cfg)
+    # offering key -> tolerations of batch pods, as the batch layer's queue topology computes them
+    tolerations = {f.offering.key: [dict(t) for t in f.tolerations] for f in queue_topology(cfg).flavors}
     offerings = []
     for o in site_offerings(cfg):
         pools = []
@@ -180,7 +171,7 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
         "priorities": levels,
         "defaultPriority": default_class.removeprefix("batch-"),
         "adminPriorities": [naming.BATCH_FIRE_CLASS.removeprefix("batch-")],
-        "eviction": _eviction(cfg),
+        "eviction": dict(eviction_settings(cfg)),  # grace period, podFailurePolicy, backoffLimit
         "offerings": offerings,
         "claims": {"home": naming.PVC_HOMES, "public": naming.PVC_PUBLIC, "envs": naming.PVC_ENVS,
                    "cvmfs": naming.PVC_CVMFS, "juicefs": naming.PVC_JUICEFS},

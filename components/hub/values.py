@@ -69,7 +69,7 @@ def ingress_tls(cfg: SiteConfig, host: str, secret_name: str,
 
 
 def hubconf_source(name: str) -> str:
-    return (HUBCONF_DIR / name).read_text(encoding="utf-8")
+    return shipped.source("hub", name)
 
 
 # zero-to-jupyterhub 4.4.0 egressAllowRules switches we turn off for the hub and the proxy (values.yaml
