@@ -98,7 +98,7 @@ def image_venv(tmp_path_factory) -> Path:
             target = src / rel / Path(name).name if dest.endswith("/") else src / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             if (ROOT / name).is_dir():
-                shutil.copytree(ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)  # COPY merges
             else:
                 shutil.copy(ROOT / name, target)
     venv = tmp / "venv"
