@@ -8,14 +8,15 @@ python3-grpcio and python3-protobuf when this machine has them (as the image doe
 
 The requests are encoded here by hand from csi.proto's field numbers (container-storage-interface/spec
 v1.9.0, the version Kubernetes 1.33 vendors: rancher/rke2 v1.33.5+rke2r1 go.mod:134), not with the plugin's
-message classes, so a wrong number in the plugin fails. What kubelet puts in volume_context is from
-kubernetes pkg/volume/csi/csi_mounter.go (the stored version, commit 4a0608cb): SetUpAt merges the pod info
-(``csi.storage.k8s.io/pod.name``, ``pod.namespace``, ``pod.uid``, ``serviceAccount.name``, ``ephemeral``:
-getPodInfoAttrs, with CSIDriver podInfoOnMount) and, with CSIDriver tokenRequests,
-``csi.storage.k8s.io/serviceAccount.tokens`` = JSON {audience: {token, expirationTimestamp}}
-(podServiceAccountTokenAttrs, lines 323-369), then calls NodePublishVolume (lines 277-290); with
-requiresRepublish it calls it again on a mounted target with a fresh token (kubernetes-csi docs
-token-requests.md). Tests that mount need /dev/fuse, root and fusermount3; they skip, saying why, otherwise.
+message classes, so a wrong number in the plugin fails. What kubelet puts in volume_context: the contract of
+k8s.io/api v0.33.5 (Kubernetes 1.33.5's) storage/v1/types.go, podInfoOnMount :306-327 (``pod.name``,
+``pod.namespace``, ``pod.uid``, ``ephemeral`` "true" for an inline volume), tokenRequests :380-399
+(``csi.storage.k8s.io/serviceAccount.tokens`` = JSON {audience: {token, expirationTimestamp}}) and
+requiresRepublish :401-410 (NodePublishVolume again, periodically, on the mounted volume); kubelet's
+pkg/volume/csi/csi_mounter.go builds them in SetUpAt (podAttributes / getPodInfoAttrs add
+``serviceAccount.name`` too; podServiceAccountTokenAttrs the tokens; read at the indexed commit 4a0608cb, as
+the v1.33 tag could not be fetched here whole). Tests that mount need /dev/fuse, root, fusermount3 and
+util-linux's unshare/nsenter (the notebook container's mount namespace); they skip, saying why, otherwise.
 The tests run in file order on one published volume: mount, renewal, restart, unpublish.
 """
 
@@ -120,13 +121,13 @@ def pb_decode(data: bytes) -> dict[int, list[Any]]:
 
 
 def publish_request(volume_id: str, target: str, context: dict[str, str], readonly: bool = False,
-                    block: bool = False) -> bytes:
+                    block: bool = False, secrets: dict[str, str] | None = None) -> bytes:
     """NodePublishVolumeRequest (csi.proto v1.9.0:1431-1492): volume_id 1, target_path 4, volume_capability 5,
     readonly 6, volume_context 8. VolumeCapability (432-515): block 1 / mount 2, access_mode 3 {mode 1};
     kubelet asks an inline volume SINGLE_NODE_WRITER (1) with an empty MountVolume (no fs_type)."""
     capability = (pb_msg(1, b"") if block else pb_msg(2, b"")) + pb_msg(3, _varint(1 << 3) + _varint(1))
     return (pb_str(1, volume_id) + pb_str(4, target) + pb_msg(5, capability) + pb_bool(6, readonly)
-            + pb_map(8, context))
+            + pb_map(7, secrets or {}) + pb_map(8, context))  # secrets 7
 
 
 def unpublish_request(volume_id: str, target: str) -> bytes:
@@ -565,15 +566,17 @@ def test_unpublish_unmounts_and_forgets_and_is_idempotent(world: dict[str, Any])
 
 def test_a_readonly_volume_of_a_project_refuses_writes(world: dict[str, Any], tmp_path: Path) -> None:
     """readonly (an inline volume's readOnly) becomes --read-only (vfs/vfsflags/vfsflags.go:26); a project
-    volume asks the credential service with ?project=."""
+    volume asks the credential service with ?project=. The tokens come in the request's secrets here, as
+    kubelet sends them from Kubernetes 1.35 to a CSIDriver with serviceAccountTokenInSecrets (same key)."""
     needs_fuse()
     target, vid = tmp_path / "ro", "csi-" + secrets.token_hex(32)
     token = "pod-token-ro-" + secrets.token_hex(8)
     PodCredentials.valid = {token}
     seen = len(PodCredentials.calls)
+    context = kubelet_context(token, **attrs(project="lhcb-flashsim"))
+    tokens = {"csi.storage.k8s.io/serviceAccount.tokens": context.pop("csi.storage.k8s.io/serviceAccount.tokens")}
     world["plugin"].call("Node", "NodePublishVolume",
-                         publish_request(vid, str(target), kubelet_context(token, **attrs(project="lhcb-flashsim")),
-                                         readonly=True))
+                         publish_request(vid, str(target), context, readonly=True, secrets=tokens))
     try:
         assert (target / "data" / "run1.txt").read_text() == "events of arizzi\n"
         with pytest.raises(OSError) as err:

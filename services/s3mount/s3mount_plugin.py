@@ -148,7 +148,7 @@ class Plugin:
         kind = req.volume_capability.WhichOneof("access_type") if req.HasField("volume_capability") else None
         try:
             vol, token = parse_request(req.volume_id, req.target_path, req.readonly, kind, dict(req.volume_context),
-                                       self.s.token_audience)
+                                       self.s.token_audience, dict(req.secrets))
             done = self.volumes.publish(vol, token)
         except VolumeError as err:
             log(f"publish {req.volume_id} at {req.target_path}: {err.code}: {err}")

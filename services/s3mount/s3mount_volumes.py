@@ -35,8 +35,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Keys kubelet adds to volume_context (Kubernetes 1.33 pkg/volume/csi/csi_mounter.go: pod info with
-# CSIDriver podInfoOnMount, the tokens with CSIDriver tokenRequests).
+# Keys kubelet adds to volume_context (Kubernetes 1.33 pkg/volume/csi/csi_mounter.go SetUpAt; the contract in
+# k8s.io/api v0.33.5 storage/v1/types.go:306-327 podInfoOnMount, :380-399 tokenRequests). From Kubernetes 1.35 a
+# CSIDriver with serviceAccountTokenInSecrets gets the tokens, under the same key, in the request's secrets.
 POD_NAME, POD_NAMESPACE, POD_UID = ("csi.storage.k8s.io/pod.name", "csi.storage.k8s.io/pod.namespace",
                                     "csi.storage.k8s.io/pod.uid")
 SERVICE_ACCOUNT, EPHEMERAL = "csi.storage.k8s.io/serviceAccount.name", "csi.storage.k8s.io/ephemeral"
@@ -92,7 +93,7 @@ def _decimal_id(value: str | None, key: str, problems: list[str]) -> int:
 
 
 def parse_request(volume_id: str, target_path: str, readonly: bool, capability_kind: str | None,
-                  context: dict[str, str], audience: str) -> tuple[Volume, str]:
+                  context: dict[str, str], audience: str, secrets: dict[str, str] | None = None) -> tuple[Volume, str]:
     """The volume and the pod's token, or VolumeError INVALID_ARGUMENT naming every bad value."""
     problems: list[str] = []
     if not VOLUME_ID.match(volume_id):
@@ -118,7 +119,7 @@ def parse_request(volume_id: str, target_path: str, readonly: bool, capability_k
         problems.append(f"volume_context.{EPHEMERAL}: {context.get(EPHEMERAL)!r}, this driver serves inline "
                         "ephemeral volumes only (CSIDriver podInfoOnMount true, volumeLifecycleModes [Ephemeral])")
     token = ""
-    raw = context.get(TOKENS)
+    raw = (secrets or {}).get(TOKENS) or context.get(TOKENS)
     if not raw:
         problems.append(f"volume_context.{TOKENS}: missing (CSIDriver tokenRequests must ask for audience {audience!r})")
     else:
@@ -126,7 +127,7 @@ def parse_request(volume_id: str, target_path: str, readonly: bool, capability_k
             tokens = json.loads(raw)
             token = tokens.get(audience, {}).get("token", "") if isinstance(tokens, dict) else ""
         except (ValueError, AttributeError):
-            tokens = None
+            token = ""
         if not token:
             problems.append(f"volume_context.{TOKENS}: no token for audience {audience!r}")
     if problems:
