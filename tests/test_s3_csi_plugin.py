@@ -8,14 +8,15 @@ python3-grpcio and python3-protobuf when this machine has them (as the image doe
 
 The requests are encoded here by hand from csi.proto's field numbers (container-storage-interface/spec
 v1.9.0, the version Kubernetes 1.33 vendors: rancher/rke2 v1.33.5+rke2r1 go.mod:134), not with the plugin's
-message classes, so a wrong number in the plugin fails. What kubelet puts in volume_context is from
-kubernetes pkg/volume/csi/csi_mounter.go (the stored version, commit 4a0608cb): SetUpAt merges the pod info
-(``csi.storage.k8s.io/pod.name``, ``pod.namespace``, ``pod.uid``, ``serviceAccount.name``, ``ephemeral``:
-getPodInfoAttrs, with CSIDriver podInfoOnMount) and, with CSIDriver tokenRequests,
-``csi.storage.k8s.io/serviceAccount.tokens`` = JSON {audience: {token, expirationTimestamp}}
-(podServiceAccountTokenAttrs, lines 323-369), then calls NodePublishVolume (lines 277-290); with
-requiresRepublish it calls it again on a mounted target with a fresh token (kubernetes-csi docs
-token-requests.md). Tests that mount need /dev/fuse, root and fusermount3; they skip, saying why, otherwise.
+message classes, so a wrong number in the plugin fails. What kubelet puts in volume_context: the contract of
+k8s.io/api v0.33.5 (Kubernetes 1.33.5's) storage/v1/types.go, podInfoOnMount :306-327 (``pod.name``,
+``pod.namespace``, ``pod.uid``, ``ephemeral`` "true" for an inline volume), tokenRequests :380-399
+(``csi.storage.k8s.io/serviceAccount.tokens`` = JSON {audience: {token, expirationTimestamp}}) and
+requiresRepublish :401-410 (NodePublishVolume again, periodically, on the mounted volume); kubelet's
+pkg/volume/csi/csi_mounter.go builds them in SetUpAt (podAttributes / getPodInfoAttrs add
+``serviceAccount.name`` too; podServiceAccountTokenAttrs the tokens; read at the indexed commit 4a0608cb, as
+the v1.33 tag could not be fetched here whole). Tests that mount need /dev/fuse, root, fusermount3 and
+util-linux's unshare/nsenter (the notebook container's mount namespace); they skip, saying why, otherwise.
 The tests run in file order on one published volume: mount, renewal, restart, unpublish.
 """
 
@@ -120,13 +121,13 @@ def pb_decode(data: bytes) -> dict[int, list[Any]]:
 
 
 def publish_request(volume_id: str, target: str, context: dict[str, str], readonly: bool = False,
-                    block: bool = False) -> bytes:
+                    block: bool = False, secrets: dict[str, str] | None = None) -> bytes:
     """NodePublishVolumeRequest (csi.proto v1.9.0:1431-1492): volume_id 1, target_path 4, volume_capability 5,
     readonly 6, volume_context 8. VolumeCapability (432-515): block 1 / mount 2, access_mode 3 {mode 1};
     kubelet asks an inline volume SINGLE_NODE_WRITER (1) with an empty MountVolume (no fs_type)."""
     capability = (pb_msg(1, b"") if block else pb_msg(2, b"")) + pb_msg(3, _varint(1 << 3) + _varint(1))
     return (pb_str(1, volume_id) + pb_str(4, target) + pb_msg(5, capability) + pb_bool(6, readonly)
-            + pb_map(8, context))
+            + pb_map(7, secrets or {}) + pb_map(8, context))  # secrets 7
 
 
 def unpublish_request(volume_id: str, target: str) -> bytes:
@@ -260,6 +261,33 @@ def mount_points() -> set[str]:
         return {line.split()[4] for line in f}
 
 
+def layers(path: Path) -> int:
+    with open("/proc/self/mountinfo") as f:
+        return sum(line.split()[4] == str(path) for line in f)
+
+
+class Notebook:
+    """A container of the notebook pod as the runtime makes it: its own mount namespace, everything a slave of
+    the host's (runc's rootfsPropagation rslave), the volume's target bound at a path inside, rslave
+    (the volumeMount's mountPropagation HostToContainer)."""
+
+    def __init__(self, target: Path, inside: Path) -> None:
+        inside.mkdir(parents=True, exist_ok=True)
+        self.inside = inside
+        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "slave", "sh", "-c",
+                                      'mount --bind "$0" "$1" && mount --make-rslave "$1" && echo ready && exec sleep 600',
+                                      str(target), str(inside)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline() == "ready\n", self.proc.stderr.read()
+
+    def cat(self, relative: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "cat", str(self.inside / relative)],
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     moto_exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
@@ -286,6 +314,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "endpoint": moto_url, "region": "us-east-1", "state_dir": str(work / "state"),
                 "token_audience": AUDIENCE, "dir_cache_seconds": 1, "mount_timeout_seconds": 20}
     plugin = Plugin(work / "image", python or sys.executable, settings, work / "csi" / "csi.sock", work / "plugin.log")
+    kubelet = work / "kubelet"  # /var/lib/kubelet: a shared mount, as on the node (and Bidirectional in the plugin)
+    kubelet.mkdir()
+    if not fuse_unusable():
+        subprocess.run(["mount", "--bind", str(kubelet), str(kubelet)], check=True)
+        subprocess.run(["mount", "--make-rshared", str(kubelet)], check=True)
+    notebooks: list[Notebook] = []
     try:
         wait_http(f"{moto_url}/moto-api/", moto, "moto_server", moto_log)
         s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="admin",
@@ -294,15 +328,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         s3.put_object(Bucket=BUCKET, Key="data/run1.txt", Body=b"events of arizzi\n")
         plugin.start()
         yield {"plugin": plugin, "s3": s3, "work": work, "state": work / "state", "settings": settings,
-               "target": work / "pods" / "9b0d3c4e" / "volumes" / "kubernetes.io~csi" / "bucket" / "mount",
-               "volume_id": "csi-" + secrets.token_hex(32), "python": plugin.python}
+               "target": kubelet / "pods" / "9b0d3c4e" / "volumes" / "kubernetes.io~csi" / "bucket" / "mount",
+               "volume_id": "csi-" + secrets.token_hex(32), "python": plugin.python, "notebooks": notebooks}
     finally:
+        for nb in notebooks:
+            nb.stop()
         plugin.stop()
         stop(moto)
         creds.shutdown()
-        for target in mount_points():
+        for target in sorted(mount_points(), key=len, reverse=True):
             if target.startswith(str(work)):
-                subprocess.run(["fusermount3", "-uz", target], capture_output=True, check=False)
+                while layers(Path(target)):
+                    if subprocess.run(["umount", "-l", target], capture_output=True, check=False).returncode:
+                        break
 
 
 def rpc_error(world: dict[str, Any], service: str, method: str, request: bytes) -> grpc.RpcError:
@@ -364,6 +402,8 @@ def needs_fuse() -> None:
     why = fuse_unusable()
     if why:
         pytest.skip(why)
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("unshare and nsenter (util-linux) make the notebook container's mount namespace")
 
 
 def command_lines() -> dict[int, str]:
@@ -422,6 +462,9 @@ def test_a_published_volume_shows_the_bucket_as_the_pods_user(world: dict[str, A
     world["s3"].put_object(Bucket=BUCKET, Key="data/run2.txt", Body=b"second run\n")
     wait_for(lambda: readable(target / "data" / "run2.txt"), "run2.txt did not show through the mount")
     assert (target / "data" / "run2.txt").read_text() == "second run\n"
+    notebook = Notebook(target, world["work"] / "notebook" / "home" / "arizzi" / "bucket")
+    world["notebooks"].append(notebook)
+    assert notebook.cat("data/run2.txt").stdout == "second run\n"
     assert [c for c in PodCredentials.calls if c[0] == token and c[2]], PodCredentials.calls
     assert all(c[2] for c in PodCredentials.calls), PodCredentials.calls  # never a refused call
 
@@ -471,6 +514,7 @@ def test_a_republish_with_a_new_token_renews_and_the_mount_keeps_reading(world: 
     world["s3"].put_object(Bucket=BUCKET, Key="data/run3.txt", Body=b"after renewal\n")
     wait_for(lambda: readable(target / "data" / "run3.txt"), "run3.txt did not show after the renewal")
     assert (target / "data" / "run3.txt").read_text() == "after renewal\n"
+    assert world["notebooks"][0].cat("data/run3.txt").stdout == "after renewal\n"
     after = PodCredentials.calls[seen:]
     assert any(c[0] == new and c[2] for c in after), after
     assert all(c[2] for c in after), after
@@ -478,8 +522,11 @@ def test_a_republish_with_a_new_token_renews_and_the_mount_keeps_reading(world: 
 
 
 def test_a_restarted_plugin_mounts_its_volumes_again(world: dict[str, Any]) -> None:
-    """The plugin's container ends (rclone dies with it: the FUSE mount is left dead, ENOTCONN); the new
-    container's plugin finds the volume's record and mounts it again before any republish."""
+    """The plugin's container ends (rclone dies with it: the FUSE mount is left dead, ENOTCONN, in the running
+    notebook container too); the new container's plugin finds the volume's record and mounts it again, on top
+    of the dead mount, before any republish, and the running notebook container reads through it again: a
+    mount stacked on the target propagates to its HostToContainer copy (an unmount and a fresh mount at the
+    target would not: k8s.io/api v0.33.5 storage/v1/types.go:405-407)."""
     needs_fuse()
     if not world.get("token"):
         pytest.skip("the volume was not published")
@@ -490,11 +537,14 @@ def test_a_restarted_plugin_mounts_its_volumes_again(world: dict[str, Any]) -> N
     with pytest.raises(OSError) as dead:  # a name never looked up: the kernel must ask the (dead) daemon
         (target / secrets.token_hex(8)).stat()
     assert dead.value.errno == errno.ENOTCONN
+    notebook = world["notebooks"][0]
+    assert "Transport endpoint is not connected" in notebook.cat("data/run1.txt").stderr
     plugin.start()
     wait_for(lambda: readable(target / "data" / "run1.txt"), "the volume was not mounted again", 20)
     assert (target / "data" / "run1.txt").read_text() == "events of arizzi\n"
     assert rclone_pids(vid) and rclone_pids(vid) != old
-    assert [line for line in mount_points() if line == str(target)] == [str(target)]  # the dead mount was cleared
+    assert notebook.cat("data/run1.txt").stdout == "events of arizzi\n"  # the running container sees it
+    assert layers(target) == 2  # the new mount on the dead one
     assert "restart: " + vid + ": mounted again" in plugin.log.read_text()
 
 
@@ -503,8 +553,11 @@ def test_unpublish_unmounts_and_forgets_and_is_idempotent(world: dict[str, Any])
     if not world.get("token"):
         pytest.skip("the volume was not published")
     plugin, target, vid = world["plugin"], world["target"], world["volume_id"]
+    for nb in world["notebooks"]:
+        nb.stop()  # kubelet unpublishes once the pod's containers are gone
+    world["notebooks"].clear()
     plugin.call("Node", "NodeUnpublishVolume", unpublish_request(vid, str(target)))
-    assert str(target) not in mount_points() and not target.exists()
+    assert layers(target) == 0 and not target.exists()  # every layer
     assert not (world["state"] / "volumes" / vid).exists()
     wait_for(lambda: not rclone_pids(vid), "rclone still runs")
     plugin.call("Node", "NodeUnpublishVolume", unpublish_request(vid, str(target)))  # again: nothing to do
@@ -513,15 +566,17 @@ def test_unpublish_unmounts_and_forgets_and_is_idempotent(world: dict[str, Any])
 
 def test_a_readonly_volume_of_a_project_refuses_writes(world: dict[str, Any], tmp_path: Path) -> None:
     """readonly (an inline volume's readOnly) becomes --read-only (vfs/vfsflags/vfsflags.go:26); a project
-    volume asks the credential service with ?project=."""
+    volume asks the credential service with ?project=. The tokens come in the request's secrets here, as
+    kubelet sends them from Kubernetes 1.35 to a CSIDriver with serviceAccountTokenInSecrets (same key)."""
     needs_fuse()
     target, vid = tmp_path / "ro", "csi-" + secrets.token_hex(32)
     token = "pod-token-ro-" + secrets.token_hex(8)
     PodCredentials.valid = {token}
     seen = len(PodCredentials.calls)
+    context = kubelet_context(token, **attrs(project="lhcb-flashsim"))
+    tokens = {"csi.storage.k8s.io/serviceAccount.tokens": context.pop("csi.storage.k8s.io/serviceAccount.tokens")}
     world["plugin"].call("Node", "NodePublishVolume",
-                         publish_request(vid, str(target), kubelet_context(token, **attrs(project="lhcb-flashsim")),
-                                         readonly=True))
+                         publish_request(vid, str(target), context, readonly=True, secrets=tokens))
     try:
         assert (target / "data" / "run1.txt").read_text() == "events of arizzi\n"
         with pytest.raises(OSError) as err:

@@ -7,8 +7,10 @@ service (inline ephemeral volumes only). NodePublishVolume validates the pod's v
 volume's state dir and starts an ``rclone mount`` child whose AWS profile runs the pod credential helper
 (s3mount_credentials.py) with the pod's ServiceAccount token, which kubelet passes in volume_context
 (CSIDriver tokenRequests) and passes again, renewed, on each republish (requiresRepublish): a republish of a
-mounted volume only replaces the token file. On start the plugin mounts again every recorded volume whose
-target is still there (rclone children die with the plugin's container).
+mounted volume only replaces the token file. rclone mounts at a staging dir of the volume and the plugin
+bind-mounts it onto kubelet's target; on start the plugin mounts again every recorded volume whose target is
+still there, on top of the dead mount (rclone children die with the plugin's container), which the pods'
+HostToContainer mounts then see.
 
 Run: ``python3 s3mount_plugin.py`` (the image: ``/usr/local/lib/aiinfn-s3-csi/s3mount_plugin.py``), with
 
@@ -27,8 +29,8 @@ Run: ``python3 s3mount_plugin.py`` (the image: ``/usr/local/lib/aiinfn-s3-csi/s3
   - ``token_audience`` (required): the audience of the CSIDriver's tokenRequests entry, ``aiinfn-s3``.
   - ``mount_timeout_seconds`` (1..110, default 30): how long a publish waits for the mount (kubelet gives a
     CSI call 2 minutes); ``dir_cache_seconds`` (1..86400, default 60): rclone ``--dir-cache-time``;
-    ``vfs_cache_mode`` (off, minimal, writes, full; default writes); ``rclone`` and ``fusermount``
-    (defaults ``rclone``, ``fusermount3``, looked up on PATH).
+    ``vfs_cache_mode`` (off, minimal, writes, full; default writes); ``rclone`` (default ``rclone``, looked
+    up on PATH).
 
 Exit status 2 with one line per bad setting, naming it. The container runs as root, privileged (mount(2)
 and /dev/fuse), with /var/lib/kubelet mounted Bidirectional so that its FUSE mounts reach the pods.
@@ -74,7 +76,6 @@ class Settings:
         self.mount = MountSettings(
             credentials_url=raw["credentials_url"], endpoint=raw["endpoint"], region=raw["region"],
             state_dir=Path(raw["state_dir"]), rclone=raw.get("rclone", "rclone"),
-            fusermount=raw.get("fusermount", "fusermount3"),
             mount_timeout_seconds=float(raw.get("mount_timeout_seconds", 30)),
             dir_cache_seconds=int(raw.get("dir_cache_seconds", 60)), vfs_cache_mode=raw.get("vfs_cache_mode", "writes"))
 
@@ -93,7 +94,7 @@ def load_settings(env: dict[str, str]) -> tuple[Settings | None, list[str]]:
         return None, [*problems, f"{SETTINGS_ENV}: not JSON ({err})"]
     if not isinstance(raw, dict):
         return None, [*problems, f"{SETTINGS_ENV}: missing or not a JSON object"]
-    for key in sorted(set(raw) - set(REQUIRED) - set(OPTIONAL) - {"vfs_cache_mode", "rclone", "fusermount"}):
+    for key in sorted(set(raw) - set(REQUIRED) - set(OPTIONAL) - {"vfs_cache_mode", "rclone"}):
         problems.append(f"{SETTINGS_ENV}.{key}: unknown setting")
     for key in REQUIRED:
         if not isinstance(raw.get(key), str) or not raw[key]:
@@ -112,9 +113,8 @@ def load_settings(env: dict[str, str]) -> tuple[Settings | None, list[str]]:
             problems.append(f"{SETTINGS_ENV}.{key}: {raw[key]!r} is not a number of seconds in {low}..{high}")
     if raw.get("vfs_cache_mode", "writes") not in CACHE_MODES:
         problems.append(f"{SETTINGS_ENV}.vfs_cache_mode: {raw['vfs_cache_mode']!r} is not one of {', '.join(CACHE_MODES)}")
-    for key in ("rclone", "fusermount"):
-        if key in raw and (not isinstance(raw[key], str) or not raw[key]):
-            problems.append(f"{SETTINGS_ENV}.{key}: not a program name or path")
+    if "rclone" in raw and (not isinstance(raw["rclone"], str) or not raw["rclone"]):
+        problems.append(f"{SETTINGS_ENV}.rclone: not a program name or path")
     if problems:
         return None, problems
     return Settings(raw, endpoint, node_id), []
@@ -148,7 +148,7 @@ class Plugin:
         kind = req.volume_capability.WhichOneof("access_type") if req.HasField("volume_capability") else None
         try:
             vol, token = parse_request(req.volume_id, req.target_path, req.readonly, kind, dict(req.volume_context),
-                                       self.s.token_audience)
+                                       self.s.token_audience, dict(req.secrets))
             done = self.volumes.publish(vol, token)
         except VolumeError as err:
             log(f"publish {req.volume_id} at {req.target_path}: {err.code}: {err}")

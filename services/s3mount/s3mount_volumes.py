@@ -1,11 +1,21 @@
 """The node plugin's volumes: what a publish request must hold, each volume's state dir, its rclone mount.
 
+rclone mounts the bucket at the volume's staging dir (``mnt/`` in its state dir) and the plugin bind-mounts
+that onto kubelet's target path. A notebook container that runs while its volume is mounted again (a plugin
+restart, an rclone that died) only sees the new mount if it is stacked on the old one at the target: a
+mount on top of the target's shared mount propagates to the container's HostToContainer (rslave) copy of
+it, while an unmount and a new mount at the target would leave the container on the dead one (Kubernetes
+1.33 k8s.io/api storage/v1 types.go:401-410, requiresRepublish: "New mount points will not be seen by a
+running container"). So a dead mount at the target is never unmounted before a new one is bound over it;
+unpublish removes every layer.
+
 A volume's state dir (``<state_dir>/volumes/<volume_id>``, mode 0700) holds what its rclone child needs and
 what a restarted plugin needs to mount it again: ``volume.json`` (the validated request, no token),
 ``token`` (0600: the pod's token for the credential service, rewritten atomically on each republish, which is
 how renewal reaches the credential helper), ``aws-config`` (profile ``aiinfn``: credential_process = the pod
-credential helper), ``rclone.conf`` (remote ``s3``: provider Ceph, env_auth), ``cache/`` (rclone's VFS
-cache) and ``rclone.log``. No token is ever on rclone's command line or in its environment.
+credential helper), ``rclone.conf`` (remote ``s3``: provider Ceph, env_auth), ``mnt/`` (the staging mount),
+``cache/`` (rclone's VFS cache) and ``rclone.log``. No token is ever on rclone's command line or in its
+environment.
 
 This module knows nothing of gRPC: failures are ``VolumeError`` with the CSI status code's name.
 """
@@ -25,8 +35,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Keys kubelet adds to volume_context (Kubernetes 1.33 pkg/volume/csi/csi_mounter.go: pod info with
-# CSIDriver podInfoOnMount, the tokens with CSIDriver tokenRequests).
+# Keys kubelet adds to volume_context (Kubernetes 1.33 pkg/volume/csi/csi_mounter.go SetUpAt; the contract in
+# k8s.io/api v0.33.5 storage/v1/types.go:306-327 podInfoOnMount, :380-399 tokenRequests). From Kubernetes 1.35 a
+# CSIDriver with serviceAccountTokenInSecrets gets the tokens, under the same key, in the request's secrets.
 POD_NAME, POD_NAMESPACE, POD_UID = ("csi.storage.k8s.io/pod.name", "csi.storage.k8s.io/pod.namespace",
                                     "csi.storage.k8s.io/pod.uid")
 SERVICE_ACCOUNT, EPHEMERAL = "csi.storage.k8s.io/serviceAccount.name", "csi.storage.k8s.io/ephemeral"
@@ -82,7 +93,7 @@ def _decimal_id(value: str | None, key: str, problems: list[str]) -> int:
 
 
 def parse_request(volume_id: str, target_path: str, readonly: bool, capability_kind: str | None,
-                  context: dict[str, str], audience: str) -> tuple[Volume, str]:
+                  context: dict[str, str], audience: str, secrets: dict[str, str] | None = None) -> tuple[Volume, str]:
     """The volume and the pod's token, or VolumeError INVALID_ARGUMENT naming every bad value."""
     problems: list[str] = []
     if not VOLUME_ID.match(volume_id):
@@ -108,7 +119,7 @@ def parse_request(volume_id: str, target_path: str, readonly: bool, capability_k
         problems.append(f"volume_context.{EPHEMERAL}: {context.get(EPHEMERAL)!r}, this driver serves inline "
                         "ephemeral volumes only (CSIDriver podInfoOnMount true, volumeLifecycleModes [Ephemeral])")
     token = ""
-    raw = context.get(TOKENS)
+    raw = (secrets or {}).get(TOKENS) or context.get(TOKENS)
     if not raw:
         problems.append(f"volume_context.{TOKENS}: missing (CSIDriver tokenRequests must ask for audience {audience!r})")
     else:
@@ -116,7 +127,7 @@ def parse_request(volume_id: str, target_path: str, readonly: bool, capability_k
             tokens = json.loads(raw)
             token = tokens.get(audience, {}).get("token", "") if isinstance(tokens, dict) else ""
         except (ValueError, AttributeError):
-            tokens = None
+            token = ""
         if not token:
             problems.append(f"volume_context.{TOKENS}: no token for audience {audience!r}")
     if problems:
@@ -149,12 +160,16 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
+def last_line_of(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 def last_line(path: Path) -> str:
     try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        return last_line_of(path.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return ""
-    return lines[-1] if lines else ""
 
 
 @dataclass(frozen=True)
@@ -164,7 +179,6 @@ class MountSettings:
     region: str
     state_dir: Path
     rclone: str = "rclone"
-    fusermount: str = "fusermount3"
     mount_timeout_seconds: float = 30.0
     dir_cache_seconds: int = 60
     vfs_cache_mode: str = "writes"
@@ -190,6 +204,9 @@ class Volumes:
     def state(self, volume_id: str) -> Path:
         return self.root / volume_id
 
+    def staging(self, volume_id: str) -> str:
+        return str(self.root / volume_id / "mnt")
+
     # files of a volume
 
     def aws_config(self, vol: Volume) -> str:
@@ -208,7 +225,7 @@ class Volumes:
 
     def rclone_command(self, vol: Volume) -> list[str]:
         state = self.state(vol.volume_id)
-        cmd = [self.s.rclone, "mount", f"{REMOTE}:{vol.bucket}", vol.target_path,
+        cmd = [self.s.rclone, "mount", f"{REMOTE}:{vol.bucket}", self.staging(vol.volume_id),
                "--config", str(state / "rclone.conf"), "--cache-dir", str(state / "cache"),
                "--allow-other", "--default-permissions", "--uid", str(vol.uid), "--gid", str(vol.gid),
                "--umask", UMASK, "--vfs-cache-mode", self.s.vfs_cache_mode,
@@ -228,7 +245,9 @@ class Volumes:
 
     def live(self, vol: Volume) -> bool:
         child = self._children.get(vol.volume_id)
-        return child is not None and child.poll() is None and vol.target_path in mount_points()
+        mounted = mount_points()
+        return (child is not None and child.poll() is None and self.staging(vol.volume_id) in mounted
+                and vol.target_path in mounted)
 
     def publish(self, vol: Volume, token: str) -> str:
         """Mount, or (already mounted here) renew the token only. Returns what was done, for the log."""
@@ -246,9 +265,10 @@ class Volumes:
             return "mounted"
 
     def _mount(self, vol: Volume, token: str | None, fresh: bool) -> None:
-        state = self.state(vol.volume_id)
+        """rclone at the staging dir, then a bind mount of it onto the target, over whatever is there."""
+        state, staging = self.state(vol.volume_id), self.staging(vol.volume_id)
         self._stop(vol.volume_id)
-        self._clear_mount(vol.target_path)
+        self._unmount_all(staging)  # the dead staging mount of an rclone that died in this mount namespace
         try:
             if fresh:
                 state.mkdir(mode=0o700, exist_ok=True)
@@ -258,7 +278,9 @@ class Volumes:
                 write_private(state / "aws-config", self.aws_config(vol))
                 write_private(state / "rclone.conf", self.rclone_config())
                 write_private(state / "volume.json", json.dumps(asdict(vol), sort_keys=True))
-            Path(vol.target_path).mkdir(mode=0o750, parents=False, exist_ok=True)
+            Path(staging).mkdir(mode=0o700, exist_ok=True)
+            if vol.target_path not in mount_points():  # a dead mount there stays: the new one goes on top
+                Path(vol.target_path).mkdir(mode=0o750, exist_ok=True)
         except OSError as err:
             raise VolumeError("INTERNAL", f"cannot prepare volume {vol.volume_id}: {err}") from None
         log = state / "rclone.log"
@@ -266,26 +288,34 @@ class Volumes:
             child = subprocess.Popen(self.rclone_command(vol), env=self.rclone_env(vol), stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=subprocess.STDOUT, cwd=state)
         self._children[vol.volume_id] = child
-        deadline = time.monotonic() + self.s.mount_timeout_seconds
-        while True:
-            if child.poll() is not None:
-                why = last_line(log) or f"exit status {child.returncode}"
-                break
-            if vol.target_path in mount_points():
-                try:
-                    os.stat(vol.target_path)
-                    return
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                why = f"not mounted after {self.s.mount_timeout_seconds:g}s: {last_line(log) or 'no output'}"
-                break
-            time.sleep(0.05)
+        why = self._wait_mounted(child, staging, log)
+        if not why:
+            bind = subprocess.run(["mount", "--bind", staging, vol.target_path], capture_output=True, text=True,
+                                  timeout=30, check=False)
+            if bind.returncode == 0:
+                return
+            why = f"bind mount onto {vol.target_path}: {last_line_of(bind.stderr) or bind.returncode}"
         self._stop(vol.volume_id)
-        self._clear_mount(vol.target_path)
+        self._unmount_all(staging)
         if fresh:
             shutil.rmtree(state, ignore_errors=True)
         raise VolumeError("INTERNAL", f"rclone mount of bucket {vol.bucket} failed: {why}")
+
+    def _wait_mounted(self, child: subprocess.Popen, staging: str, log: Path) -> str:
+        """'' once rclone's mount answers, else why not (its last log line)."""
+        deadline = time.monotonic() + self.s.mount_timeout_seconds
+        while True:
+            if child.poll() is not None:
+                return last_line(log) or f"exit status {child.returncode}"
+            if staging in mount_points():
+                try:
+                    os.stat(staging)
+                    return ""
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                return f"not mounted after {self.s.mount_timeout_seconds:g}s: {last_line(log) or 'no output'}"
+            time.sleep(0.05)
 
     def _stop(self, volume_id: str) -> None:
         child = self._children.pop(volume_id, None)
@@ -298,19 +328,21 @@ class Volumes:
             child.kill()
             child.wait(10)
 
-    def _clear_mount(self, target: str) -> None:
-        """Unmount target if anything (a live or a dead FUSE mount) is mounted there; lazily when busy."""
-        if target not in mount_points():
-            return
-        for args in ([self.s.fusermount, "-u", target], [self.s.fusermount, "-uz", target],
-                     ["umount", target], ["umount", "-l", target]):
-            try:
-                subprocess.run(args, capture_output=True, timeout=30, check=False)
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            if target not in mount_points():
+    def _unmount_all(self, path: str) -> None:
+        """Unmount every mount stacked at path, live or dead; lazily when busy."""
+        for _ in range(32):
+            if path not in mount_points():
                 return
-        raise VolumeError("INTERNAL", f"cannot unmount {target}")
+            for args in (["umount", path], ["umount", "-l", path]):
+                try:
+                    if subprocess.run(args, capture_output=True, timeout=30, check=False).returncode == 0:
+                        break
+                except (OSError, subprocess.TimeoutExpired):
+                    continue
+            else:
+                break
+        if path in mount_points():
+            raise VolumeError("INTERNAL", f"cannot unmount {path}")
 
     def unpublish(self, volume_id: str, target_path: str) -> str:
         with self._lock(volume_id):
@@ -321,8 +353,10 @@ class Volumes:
                 if recorded != target_path:
                     raise VolumeError("INVALID_ARGUMENT", f"volume {volume_id} is published at {recorded}, not {target_path}")
             if target_path:
-                self._clear_mount(target_path)  # rclone exits once its mount is gone
+                self._unmount_all(target_path)  # every layer (one per re-mount after a restart)
             self._stop(volume_id)
+            if state is not None:
+                self._unmount_all(str(state / "mnt"))
             if target_path:
                 try:
                     os.rmdir(target_path)
@@ -333,8 +367,8 @@ class Volumes:
             return "unmounted" if known else "nothing published"
 
     def recover(self) -> list[str]:
-        """After a restart: mount again every recorded volume whose target is still there (clearing the dead
-        FUSE mount the previous rclone left); forget the others (their pods are gone)."""
+        """After a restart: mount again every recorded volume whose target is still there (over the dead FUSE
+        mount the previous rclone left, so that running containers see it); forget the others (pods gone)."""
         done = []
         for state in sorted(p for p in self.root.iterdir() if p.is_dir()):
             try:
