@@ -386,6 +386,9 @@ def main() -> int:
     ap.add_argument("--profile", help="write a cProfile of the service to this file (pstats format)")
     ap.add_argument("--replicas", type=int, default=REPLICAS,
                     help=f"service processes on the one port (default: the Deployment's replicas, {REPLICAS})")
+    ap.add_argument("--cold", action="store_true",
+                    help="no submission per token and replica before the phases: the first submissions of each token "
+                         "then read the hub's users afresh in the timed phases (a cold start)")
     ap.add_argument("--kube", choices=["replica", "shared"], default="replica",
                     help="an in-memory Kubernetes client in each replica (default), or one in-memory API server "
                          "process for all (its CPU, spent elsewhere in a cluster, is reported apart)")
@@ -489,6 +492,15 @@ def main() -> int:
             for url in own_urls:
                 status, reply = call("GET", f"{url}/api/info", token)
                 assert status == 200, reply
+        if not args.cold:  # and has submitted once: a token a replica has not seen makes it read the users afresh
+            from concurrent.futures import ThreadPoolExecutor
+
+            def first_submission(url_token: tuple[str, str]) -> None:
+                st, rep = call("POST", f"{url_token[0]}/api/jobs", url_token[1], BODIES[("POST", "api/jobs")])
+                assert st == 201, rep
+
+            with ThreadPoolExecutor(10) as pool:
+                list(pool.map(first_submission, [(u, t) for u in own_urls for t in tokens]))
 
         def grow_hub_to(n: int) -> None:
             names = others[: max(0, n - len(active))]
