@@ -430,6 +430,57 @@ def refresh_before_expiry(margin_seconds: float, clock=None):
     return hook
 
 
+# The S3 credential service asks the hub to renew a user's IAM tokens when a pod of that user (a mounted bucket, a
+# batch job) needs credentials while the user makes no request of the hub: JupyterHub 5.5 refreshes auth only for
+# the requester of a request (handlers/base.py get_current_user -> refresh_auth, :382 and :529), and only the hub
+# holds the IAM client secret. One route, under the hub's API, for holders of this custom scope (JupyterHub 5.5
+# scopes.py:1234 define_custom_scopes; the ``user_name`` argument makes needs_scope honour ``!user=`` filters,
+# scopes.py:954). Registered through Authenticator.get_handlers (app.py:1788 init_handlers), the authenticators'
+# extension point, not JupyterHub.extra_handlers (deprecated since 3.1, app.py:1717).
+REFRESH_AUTH_SCOPE = "custom:aiinfn:refresh-auth"
+REFRESH_AUTH_ROUTE = r"/api/aiinfn/users/([^/]+)/refresh-auth"  # under the hub prefix: /hub/api/aiinfn/...
+_IAM_AUTHENTICATOR: Any = None
+
+
+def _refresh_auth_handler() -> Any:
+    from jupyterhub.apihandlers.base import APIHandler
+    from jupyterhub.scopes import needs_scope
+    from tornado import web
+
+    class RefreshAuthHandler(APIHandler):
+        @needs_scope(REFRESH_AUTH_SCOPE)
+        async def post(self, user_name: str) -> None:
+            user = self.find_user(user_name)
+            if user is None:
+                raise web.HTTPError(404, f"no user {user_name}")
+            # force: past the hub's auth_refresh_age or not; the authenticator's refresh_user (with the
+            # refresh_user_hook below) decides whether the IAM token needs renewing
+            if await self.refresh_auth(user, force=True) is None:
+                raise web.HTTPError(409, f"the IAM login of {user_name} cannot be renewed: they must log in again")
+            self.set_status(204)
+
+    return RefreshAuthHandler
+
+
+def iam_authenticator_class() -> Any:
+    """GenericOAuthenticator plus the refresh route (built on first use: only the hub has jupyterhub's handlers)."""
+    global _IAM_AUTHENTICATOR
+    if _IAM_AUTHENTICATOR is not None:
+        return _IAM_AUTHENTICATOR
+    from oauthenticator.generic import GenericOAuthenticator
+
+    class IamAuthenticator(GenericOAuthenticator):
+        """INDIGO IAM through GenericOAuthenticator, with the route that renews a user's tokens on request."""
+
+        def get_handlers(self, app: Any) -> list[Any]:
+            # built here: needs_scope checks the scope exists when it decorates, and the hub defines custom
+            # scopes (init_role_creation, app.py:3420) before it collects handlers (init_handlers, :3428)
+            return [*super().get_handlers(app), (REFRESH_AUTH_ROUTE, _refresh_auth_handler())]
+
+    _IAM_AUTHENTICATOR = IamAuthenticator
+    return IamAuthenticator
+
+
 def pre_spawn_hook(site: dict[str, Any]):
     """The ``Spawner.pre_spawn_hook``: per-user volumes, accounting labels, home and environment."""
 
@@ -561,6 +612,11 @@ def configure(c: Any, site: dict[str, Any], env: dict[str, str] | None = None) -
     c.GenericOAuthenticator.auth_state_groups_key = groups_key(site)
     if site.get("s3"):
         c.GenericOAuthenticator.refresh_user_hook = refresh_before_expiry(site["s3"]["refresh_margin_seconds"])
+        # the scope is defined whatever the authenticator: the S3 service's role names it
+        c.JupyterHub.custom_scopes = {REFRESH_AUTH_SCOPE: {
+            "description": "Renew a user's IAM tokens through the hub's authenticator (the S3 credential service)"}}
+        if c.JupyterHub.get("authenticator_class") == "generic-oauth":  # z2jh's hub.config, the site's IAM
+            c.JupyterHub.authenticator_class = iam_authenticator_class()
     av = _availability()
     view = av.ClusterView(site, av.kube_fetch(), on_refresh=av.export)
     c.KubeSpawner.profile_list = profile_list(site, view)
