@@ -130,10 +130,10 @@ class S3Access(pulumi.ComponentResource):
                 "egress": [
                     {"to": [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "hub"}}}],
                      "ports": [{"port": 8081, "protocol": "TCP"}]},
-                    netpol.api_server_egress(cfg),  # TokenReview and the pods it names
                     # the RGW's STS endpoint: https on a public address, never the nodes nor the metadata server
                     {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_RANGES)}}],
                      "ports": [{"port": 443, "protocol": "TCP"}]},
+                    netpol.api_server_egress(cfg),  # TokenReview and the pods it names
                 ],
             },
             opts=ctx.k8s_opts(self, depends_on=deps))

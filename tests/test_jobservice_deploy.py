@@ -42,7 +42,8 @@ def module_home(name: str) -> Path:
     return ROOT / "services" / "hub" / name if name == HUB_MODULE else SERVICE_DIR / name
 
 
-ALLOWED_TOP_LEVEL = {"jupyterhub", "tornado", "kubernetes_asyncio", "aiohttp"}  # aiohttp: kubernetes_asyncio's
+# aiohttp: kubernetes_asyncio's; oauthenticator: the hub's module (its authenticator subclass, built on use)
+ALLOWED_TOP_LEVEL = {"jupyterhub", "tornado", "kubernetes_asyncio", "aiohttp", "oauthenticator"}
 
 
 def manifests(stack: str, kind: str) -> list[dict]:

@@ -74,7 +74,8 @@ def test_rendered_service_and_notebook_files_hold_no_secret() -> None:
     svc = values["hub"]["services"]["s3"]
     assert svc["url"] == "http://aiinfn-s3:10102" and str(svc["apiToken"]).startswith("<")
     role = values["hub"]["loadRoles"]["s3-service"]
-    assert role["scopes"] == ["read:users:name", "read:users:groups", "admin:auth_state"]
+    # and the hub's own renewal route for owners of pods (services/hub/aiinfn_hub.py REFRESH_AUTH_SCOPE)
+    assert role["scopes"] == ["read:users:name", "read:users:groups", "admin:auth_state", "custom:aiinfn:refresh-auth"]
     assert role["services"] == ["s3"]
     assert "access:services!service=s3" in values["hub"]["loadRoles"]["server"]["scopes"]
     assert values["hub"]["config"]["Authenticator"] == {"enable_auth_state": True, "refresh_pre_spawn": True,
@@ -92,7 +93,16 @@ def test_rendered_service_and_notebook_files_hold_no_secret() -> None:
                and r.inputs["metadata"]["name"] == s3access.DEPLOYMENT)
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert pod["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is False  # only an expiring projected token, for TokenReview
+    assert pod["serviceAccountName"] == s3access.SERVICE_ACCOUNT
+    (token,) = [v for v in pod["volumes"] if v["name"] == "sa-token"]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 3600
+    rbac = {(r.inputs["kind"], r.inputs["metadata"].get("namespace", "")): r.inputs for r in rendered.resources
+            if r.inputs.get("kind") in ("ClusterRole", "Role") and r.inputs["metadata"]["name"].startswith("aiinfn-s3")}
+    assert rbac.pop(("ClusterRole", ""))["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
+    assert sorted(ns for _, ns in rbac) == ["hub", "project-cms-tracking", "project-km3net"]
+    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}] for r in rbac.values())
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]} and c["securityContext"]["readOnlyRootFilesystem"]
     settings = json.loads(next(e["value"] for e in c["env"] if e["name"] == "AIINFN_S3_SETTINGS"))
     assert settings["role_arn"] == "arn:aws:iam::ai-infn:role/aiinfn-recas-user"
