@@ -101,7 +101,7 @@ def test_rendered_service_and_notebook_files_hold_no_secret() -> None:
             if r.inputs.get("kind") in ("ClusterRole", "Role") and r.inputs["metadata"]["name"].startswith("aiinfn-s3")}
     assert rbac.pop(("ClusterRole", ""))["rules"] == [
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
-    assert sorted(ns for _, ns in rbac) == ["hub", "project-cms-tracking", "project-km3net"]
+    assert sorted(ns for _, ns in rbac) == ["hub", "project-cms-tracking", "project-km3net", "project-lhcb-flashsim"]
     assert all(r["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}] for r in rbac.values())
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]} and c["securityContext"]["readOnlyRootFilesystem"]
     settings = json.loads(next(e["value"] for e in c["env"] if e["name"] == "AIINFN_S3_SETTINGS"))
