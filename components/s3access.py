@@ -52,6 +52,12 @@ class S3Access(pulumi.ComponentResource):
         self.client_files = KubeObject(
             "s3-client", "v1", "ConfigMap", object_meta(s3access.CONFIGMAP, namespace=ns, labels=labels),
             data=s3access.client_files(cfg), opts=ctx.k8s_opts(self, depends_on=deps))
+        for project in cfg.projects:  # batch jobs mount the same files from their own namespace
+            ns_dep = [d for d in [(project_namespaces or {}).get(project.name)] if d is not None]
+            KubeObject(
+                f"s3-client-{project.name}", "v1", "ConfigMap",
+                object_meta(s3access.CONFIGMAP, namespace=naming.project_namespace(project), labels=labels),
+                data=s3access.client_files(cfg), opts=ctx.k8s_opts(self, depends_on=ns_dep))
         self._pod_identity(ctx, labels, deps, project_namespaces or {})
         (path, text), = spec.files.items()
         code = KubeObject(

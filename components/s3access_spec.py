@@ -50,6 +50,8 @@ POD_CREDENTIALS_PATH = f"/services/{SERVICE_NAME}/api/pod-credentials"
 SERVICE_ACCOUNT = "aiinfn-s3"  # the service's own: TokenReview (cluster) and pods get (hub + project namespaces)
 REVIEW_ROLE = "aiinfn-s3-tokenreview"
 POD_READER_ROLE = "aiinfn-s3-pod-reader"
+JOB_TOKEN_DIR = "/var/run/secrets/aiinfn-s3"  # in batch pods: the projected token for the service's audience
+CSI_DRIVER = "s3.csi.aiinfn.infn.it"  # the node plugin that mounts buckets (services/s3mount/)
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TOKEN_EXPIRATION_SECONDS = 3600
 # Who may be a pod's owner, as the components that create those pods label them: KubeSpawner 7.0.0
@@ -176,4 +178,8 @@ def hub_site_data(cfg: SiteConfig) -> dict[str, Any] | None:
         "user_bucket": s3.user_bucket,
         "project_bucket": s3.project_bucket,
         "refresh_margin_seconds": REFRESH_MARGIN,
+        # batch jobs (the job service reads this too): a pod token instead of a JupyterHub token
+        "pod_identity": {"audience": POD_TOKEN_AUDIENCE, "expiration_seconds": TOKEN_EXPIRATION_SECONDS,
+                      "dir": JOB_TOKEN_DIR, "credentials_url": pod_credentials_url(cfg)},
+        "mount": {"driver": CSI_DRIVER, "path": s3.mount_path} if s3.mount else None,
     }

@@ -192,7 +192,8 @@ def test_shipped_settings_hold_no_secret_and_parse():
     assert {k: (r.secret_name, r.key) for k, r in spec.secret_env.items()} == {
         "JUPYTERHUB_API_TOKEN": (API_TOKEN_SECRET, "token")}
     assert not spec.secret_volumes
-    lowered = text.lower()
+    # the one path that names secrets: where batch pods find their own projected token for the S3 service
+    lowered = text.lower().replace('"/var/run/secrets/aiinfn-s3"', '"<job token dir>"')
     for word in ("password", "secret", "token\"", "clientsecret", "BEGIN "):
         assert word.lower() not in lowered, word
     assert all(not v.startswith("<") for v in spec.env.values())

@@ -48,7 +48,11 @@ def cnaf_with(**s3: object) -> dict:
     ({"credentialSeconds": 899}, "aiinfn:storage.s3.credentialSeconds", "between 900 and 43200"),
     ({"credentialSeconds": 43201}, "aiinfn:storage.s3.credentialSeconds", "between 900 and 43200"),
     ({"region": "Not A Region"}, "aiinfn:storage.s3.region", "not a region name"),
-    ({"mountPath": "/s3"}, "aiinfn:storage.s3.mountPath", "unknown key"),
+    ({"mountPath": "s3"}, "aiinfn:storage.s3.mountPath", "must be an absolute path"),
+    ({"mountPath": "/home/s3"}, "aiinfn:storage.s3.mountPath", "under /home, which notebooks use already"),
+    ({"mountPath": "/S3 buckets"}, "aiinfn:storage.s3.mountPath", "lower-case names"),
+    ({"mount": True, "enabled": False}, "aiinfn:storage.s3.mount", "only where S3 access is enabled"),
+    ({"mounts": True}, "aiinfn:storage.s3.mounts", "unknown key"),
 ])
 def test_bad_values_are_refused_with_one_line(change: dict, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -360,24 +360,45 @@ def bucket_name(template: str, **values: str) -> str:
     return _BUCKET_BAD.sub("-", template.format(**values).lower()).strip(".-")[:63]
 
 
-def s3_notebook(site: dict[str, Any], username: str, projects: list[dict[str, Any]]) -> tuple[
-        dict[str, Any], dict[str, Any], dict[str, str]] | None:
-    """(volume, mount, environment) that let a notebook reach its user's buckets, or None where S3 is off.
+def s3_pod(site: dict[str, Any], username: str, projects: list[dict[str, Any]], uid: int, gid: int,
+           pod_token: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]] | None:
+    """(volumes, mounts, environment) that let a pod reach its user's buckets, or None where S3 is off.
 
-    Only the client files (an AWS profile running the credential helper) and non-secret variables: the
-    keys come from the hub's S3 service when a client asks, with the notebook's own JupyterHub token.
+    Only the client files (an AWS profile running the credential helper) and non-secret variables: the keys come
+    from the hub's S3 service when a client asks, with the notebook's own JupyterHub token or, for a pod that has
+    none (``pod_token``: a batch job), a ServiceAccount token the kubelet binds to the pod for the service's
+    audience. Where the site mounts buckets, each of the user's buckets is a volume of the CSI node plugin (which
+    asks the service with a token of the pod too), at ``<mount path>/<bucket>``; mountPropagation HostToContainer
+    lets a mount the plugin makes again (after its restart) reach the running container.
     """
     s3 = site.get("s3")
     if not s3:
         return None
-    volume = {"name": "aiinfn-s3", "configMap": {"name": s3["configmap"], "defaultMode": 0o444,
-                                                 "items": [dict(i) for i in s3["items"]]}}
-    mount = {"name": "aiinfn-s3", "mountPath": s3["client_dir"], "readOnly": True}
+    volumes = [{"name": "aiinfn-s3", "configMap": {"name": s3["configmap"], "defaultMode": 0o444,
+                                                   "items": [dict(i) for i in s3["items"]]}}]
+    mounts = [{"name": "aiinfn-s3", "mountPath": s3["client_dir"], "readOnly": True}]
     env = dict(s3["env"])
-    env["AIINFN_S3_BUCKET"] = bucket_name(s3["user_bucket"], user=username, site=site["site"])
-    env["AIINFN_S3_PROJECT_BUCKETS"] = ",".join(
-        f"{p['name']}={bucket_name(s3['project_bucket'], project=p['name'], site=site['site'])}" for p in projects)
-    return volume, mount, env
+    buckets = [("", bucket_name(s3["user_bucket"], user=username, site=site["site"]))]
+    buckets += [(p["name"], bucket_name(s3["project_bucket"], project=p["name"], site=site["site"])) for p in projects]
+    env["AIINFN_S3_BUCKET"] = buckets[0][1]
+    env["AIINFN_S3_PROJECT_BUCKETS"] = ",".join(f"{project}={bucket}" for project, bucket in buckets[1:])
+    if pod_token:
+        token = s3["pod_identity"]
+        volumes.append({"name": "aiinfn-s3-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": token["audience"], "expirationSeconds": token["expiration_seconds"], "path": "token"}}]}})
+        mounts.append({"name": "aiinfn-s3-token", "mountPath": token["dir"], "readOnly": True})
+        env["AIINFN_S3_CREDENTIALS_URL"] = token["credentials_url"]
+        env["AIINFN_S3_TOKEN_FILE"] = f"{token['dir']}/token"
+    mount = s3.get("mount")
+    if mount:
+        for i, (project, bucket) in enumerate(buckets):
+            attributes = {"bucket": bucket, "uid": str(uid), "gid": str(gid), **({"project": project} if project else {})}
+            volumes.append({"name": f"aiinfn-s3-mount-{i}", "csi": {"driver": mount["driver"],
+                                                                    "volumeAttributes": attributes}})
+            mounts.append({"name": f"aiinfn-s3-mount-{i}", "mountPath": f"{mount['path']}/{bucket}",
+                           "mountPropagation": "HostToContainer"})
+        env["AIINFN_S3_MOUNTS"] = mount["path"]
+    return volumes, mounts, env
 
 
 def _jwt_expiry(token: str) -> float | None:
@@ -521,11 +542,11 @@ def pre_spawn_hook(site: dict[str, Any]):
         env = {k: v for k, v in spawner.environment.items() if not k.startswith(NVIDIA_ENV_PREFIX)}
         spawner.environment = {**env, **chosen_profile_env(site, groups, slug), "HOME": f"/home/{username}",
                                "AIINFN_PROJECTS": ",".join(p["name"] for p in projects)}
-        s3 = s3_notebook(site, username, projects)
+        s3 = s3_pod(site, username, projects, uid, gid)
         if s3 is not None:
-            volume, mount, s3_env = s3
-            spawner.volumes = [*spawner.volumes, volume]
-            spawner.volume_mounts = [*spawner.volume_mounts, mount]
+            s3_volumes, s3_mounts, s3_env = s3
+            spawner.volumes = [*spawner.volumes, *s3_volumes]
+            spawner.volume_mounts = [*spawner.volume_mounts, *s3_mounts]
             spawner.environment = {**spawner.environment, **s3_env}
         # Real-time collaboration (jupyter-collaboration in the image) only where the stack asks for it.
         rtc = "--YDocExtension.disable_rtc=" + ("False" if site["collaborative"] else "True")
