@@ -10,7 +10,7 @@ volume's state dir and starts an ``rclone mount`` child whose AWS profile runs t
 mounted volume only replaces the token file. rclone mounts at a staging dir of the volume and the plugin
 bind-mounts it onto kubelet's target; on start the plugin mounts again every recorded volume whose target is
 still there, on top of the dead mount (rclone children die with the plugin's container), which the pods'
-HostToContainer mounts then see.
+HostToContainer mounts then see; every watch_seconds it does the same for a volume whose rclone died.
 
 Run: ``python3 s3mount_plugin.py`` (the image: ``/usr/local/lib/aiinfn-s3-csi/s3mount_plugin.py``), with
 
@@ -29,8 +29,8 @@ Run: ``python3 s3mount_plugin.py`` (the image: ``/usr/local/lib/aiinfn-s3-csi/s3
   - ``token_audience`` (required): the audience of the CSIDriver's tokenRequests entry, ``aiinfn-s3``.
   - ``mount_timeout_seconds`` (1..110, default 30): how long a publish waits for the mount (kubelet gives a
     CSI call 2 minutes); ``dir_cache_seconds`` (1..86400, default 60): rclone ``--dir-cache-time``;
-    ``vfs_cache_mode`` (off, minimal, writes, full; default writes); ``rclone`` (default ``rclone``, looked
-    up on PATH).
+    ``vfs_cache_mode`` (off, minimal, writes, full; default writes); ``watch_seconds`` (1..3600, default 10):
+    how often volumes whose rclone died are mounted again; ``rclone`` (default ``rclone``, looked up on PATH).
 
 Exit status 2 with one line per bad setting, naming it. The container runs as root, privileged (mount(2)
 and /dev/fuse), with /var/lib/kubelet mounted Bidirectional so that its FUSE mounts reach the pods.
@@ -57,7 +57,7 @@ from s3mount_volumes import MountSettings, VolumeError, Volumes, parse_request
 VERSION = "0.1.0"  # the image's tag: ghcr.io/ai-infn/s3-csi:<VERSION>-bookworm (images/s3-csi/Containerfile)
 SETTINGS_ENV = "AIINFN_S3_CSI_SETTINGS"
 REQUIRED = ("driver_name", "credentials_url", "endpoint", "region", "state_dir", "token_audience")
-OPTIONAL = {"mount_timeout_seconds": (1, 110), "dir_cache_seconds": (1, 86400)}
+OPTIONAL = {"mount_timeout_seconds": (1, 110), "dir_cache_seconds": (1, 86400), "watch_seconds": (1, 3600)}
 CACHE_MODES = ("off", "minimal", "writes", "full")
 # CSIDriver names: a DNS-1123 subdomain of at most 63 characters (k8s.io/api storage/v1 CSIDriver.metadata.name)
 DRIVER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
@@ -73,6 +73,7 @@ class Settings:
         self.token_audience: str = raw["token_audience"]
         self.socket = csi_endpoint.removeprefix("unix://")
         self.node_id = node_id
+        self.watch_seconds = float(raw.get("watch_seconds", 10))
         self.mount = MountSettings(
             credentials_url=raw["credentials_url"], endpoint=raw["endpoint"], region=raw["region"],
             state_dir=Path(raw["state_dir"]), rclone=raw.get("rclone", "rclone"),
@@ -210,17 +211,24 @@ def main() -> int:
     server.start()
     log(f"{settings.driver_name} {VERSION} on node {settings.node_id}, serving {sock}")
 
-    def recover() -> None:
-        for line in volumes.recover():
-            log(f"restart: {line}")
-
-    threading.Thread(target=recover, name="recover", daemon=True).start()
     stop = threading.Event()
+
+    def watch() -> None:
+        what = "restart"
+        while not stop.is_set():
+            for line in volumes.recover():
+                log(f"{what}: {line}")
+            what = "watch"
+            stop.wait(settings.watch_seconds)
+
+    watcher = threading.Thread(target=watch, name="watch", daemon=True)
+    watcher.start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     while not stop.wait(1):
         pass
     server.stop(5).wait()
+    watcher.join(30)
     volumes.stop_all()  # records stay: the next start mounts them again
     log("stopped")
     return 0
