@@ -634,13 +634,14 @@ def test_the_venvs_grpc_and_protobuf_serve_too_and_a_failed_mount_says_why(world
 @pytest.mark.parametrize(("env", "lines"), [
     ({}, ["CSI_ENDPOINT: '' is not a unix socket", "NODE_ID: missing", "AIINFN_S3_CSI_SETTINGS: missing"]),
     ({"CSI_ENDPOINT": "unix:///csi/csi.sock", "NODE_ID": "n", "AIINFN_S3_CSI_SETTINGS": json.dumps({
-        "driver_name": "S3 CSI", "credentials_url": "aiinfn-s3:10102", "endpoint": "https://rgw.example.org",
+        "driver_name": "S3 CSI", "credentials_url": "aiinfn-s3:10102", "endpoint": "https://rgw.example.org/;id",
         "region": "us-east-1", "state_dir": "var/lib/x", "mount_timeout_seconds": 0, "vfs_cache_mode": "all",
         "colour": "blue"})},
      ["AIINFN_S3_CSI_SETTINGS.colour: unknown setting", "AIINFN_S3_CSI_SETTINGS.token_audience: missing",
       "AIINFN_S3_CSI_SETTINGS.driver_name: 'S3 CSI' is not a CSI driver name",
-      "AIINFN_S3_CSI_SETTINGS.credentials_url: 'aiinfn-s3:10102' is not an http(s) URL",
-      "AIINFN_S3_CSI_SETTINGS.state_dir: 'var/lib/x' is not an absolute path",
+      "AIINFN_S3_CSI_SETTINGS.credentials_url: 'aiinfn-s3:10102' is not a plain http(s) URL",
+      "AIINFN_S3_CSI_SETTINGS.endpoint: 'https://rgw.example.org/;id' is not a plain http(s) URL",
+      "AIINFN_S3_CSI_SETTINGS.state_dir: 'var/lib/x' is not an absolute path of letters",
       "AIINFN_S3_CSI_SETTINGS.mount_timeout_seconds: 0 is not a number of seconds in 1..110",
       "AIINFN_S3_CSI_SETTINGS.vfs_cache_mode: 'all' is not one of off, minimal, writes, full"]),
 ])
