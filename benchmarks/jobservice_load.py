@@ -1,28 +1,35 @@
 """Load on the job service behind a real JupyterHub: latency per endpoint and hub calls per request.
 
 Starts, as the tests do (``tests/test_jobservice_hub.py``), a real JupyterHub (PyPI jupyterhub 5.5,
-loopback, no proxy, DummyAuthenticator) and the job service in its own process as a hub service
-with its API token, OAuth scopes and roles as the program ships them, on the cnaf settings, with the
-in-memory Kubernetes client (seeded with one running notebook pod per active user and the notebook
-pods of other users) and logging as the shipped entry point sets it. This process is the closed-loop
-load generator: N clients, each its own hub user with a real JupyterHub token on its own keep-alive
-connection, send requests back to back for a bounded time (after a short untimed warm-up that opens
-the connections); it writes pre-built requests and reads replies by Content-Length, so it takes a
-small part of the cores it shares with the service (its CPU per request is printed).
+loopback, no proxy, DummyAuthenticator) and the job service as the Deployment runs it: as many processes
+as it has replicas (``components.jobs.REPLICAS``), all listening on the one port the hub knows the service
+by (SO_REUSEPORT: the kernel spreads connections over them, as the Service spreads them over the pods), as
+a hub service with its API token, OAuth scopes and roles as the program ships them, on the cnaf settings,
+with logging as the shipped entry point sets it. Kubernetes is in memory: by default each replica has its
+own ``MemoryKubeClient`` seeded alike (one running notebook pod per active user and the notebook pods of
+other users); ``--kube shared`` runs one in-memory API server process (``tests/kube_store.py``) that
+every replica reaches over a Unix socket, whose CPU (spent elsewhere in a cluster) is reported apart.
+This process is the closed-loop load generator: N clients, each its own hub user with a real JupyterHub
+token on its own keep-alive connection, send requests back to back for a bounded time (after a short
+untimed warm-up that opens the connections); it writes pre-built requests and reads replies by
+Content-Length, so it takes a small part of the cores it shares with the service (its CPU per request is
+printed). Every token is checked once by every replica before the load (HubAuth's cache is per process).
 
 Prints per endpoint and concurrency: requests/s, p50/p95/p99 (ms), errors, hub API calls per request
 (from the hub's own ``jupyterhub_request_duration_seconds`` counts, scraped before and after each
-phase), the CPU time the service, the hub and the load generator spent per request
-(``/proc/<pid>/stat``: on a shared machine latencies follow the load, CPU time per request much less),
-the cores the service got, and what the rest of the machine did meanwhile: the cores other processes
-kept busy (``/proc/stat`` less ours) and the 1-minute load average at the start and end of the phase.
-Then ``POST api/jobs`` at 50, 200 and 1000 registered hub users.
+phase), the CPU time the service (all replicas), the hub, the API server (``--kube shared``) and the load
+generator spent per request (``/proc/<pid>/stat``: on a shared machine latencies follow the load, CPU time
+per request much less), the cores the service got, and what the rest of the machine did meanwhile: the
+cores other processes kept busy (``/proc/stat`` less ours) and the 1-minute load average at the start
+and end of the phase. Then ``POST api/jobs`` at 50, 200 and 1000 registered hub users.
 
     python benchmarks/jobservice_load.py [--duration 5] [--concurrency 1 10 50] [--hub-users 50 200 1000]
-        [--endpoints 'POST api/jobs' ...] [--profile service.pstats] [--json figures.json]
+        [--replicas N] [--kube replica|shared] [--endpoints 'POST api/jobs' ...] [--profile service.pstats]
+        [--json figures.json]
 
 ``--endpoints`` also offers ``GET api/info`` (the token check and a small reply) and ``GET health``
 (tornado alone), the floors of an authenticated and of any request on the machine at the time.
+With per-replica clients a replica lists only the Jobs it created (``GET api/jobs``: about 1/N of them).
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.service_bundles import job_service_root  # noqa: E402  (the shipped service, importable as aiinfn_jobservice)
+from components.jobs import REPLICAS
+from tests.service_bundles import job_service_root  # (the shipped service, importable as aiinfn_jobservice)
+
 SERVICE_ROOT = job_service_root()  # the shipped job service, staged as its pod mounts it
 
 PROJECT_GROUP = "ai-infn/cms-tracking"
@@ -92,7 +101,10 @@ c.JupyterHub.load_roles = {roles}
 c.JupyterHub.log_level = "WARN"
 """
 
-# The service process: the real app on the cnaf settings, in-memory Kubernetes seeded with notebook pods.
+# The service processes (the Deployment's replicas): the real app on the cnaf settings, all on one port
+# (SO_REUSEPORT: the kernel spreads connections over them as the Service spreads them over the pods), each
+# also on a port of its own (for the benchmark's set-up calls). Kubernetes: an in-memory client per replica,
+# seeded alike (--kube replica), or one in-memory API server all replicas reach (--kube shared).
 SERVICE = """
 import asyncio, json, logging, os, sys
 sys.path.insert(0, os.environ["BENCH_ROOT"])
@@ -105,11 +117,15 @@ from aiinfn_jobservice.app import make_app
 from aiinfn_jobservice.kube import MemoryKubeClient
 from aiinfn_jobservice.settings import Settings
 from tests.jobservice_fixtures import notebook_pod
+from tests.kube_store import StoreKubeClient
 
 site = Settings.load(os.environ["BENCH_SETTINGS"])
-kube = MemoryKubeClient()
-for user in json.loads(os.environ["BENCH_NOTEBOOK_USERS"]):
-    kube.add(notebook_pod(user, projects=("cms-tracking",), gpu=False))
+if os.environ.get("BENCH_STORE"):
+    kube = StoreKubeClient(os.environ["BENCH_STORE"])
+else:
+    kube = MemoryKubeClient()
+    for user in json.loads(os.environ["BENCH_NOTEBOOK_USERS"]):
+        kube.add(notebook_pod(user, projects=("cms-tracking",), gpu=False))
 auth = HubOAuth(api_token=os.environ["BENCH_TOKEN"], api_url=os.environ["BENCH_HUB_API"],
                 oauth_client_id="service-jobs", access_scopes={"access:services!service=jobs", "access:services"})
 
@@ -130,10 +146,33 @@ if profile_out:  # cProfile of the service, written when the benchmark stops it 
 
 async def main():
     app = make_app(site, kube, auth, "/services/jobs/")
-    app.listen(int(os.environ["BENCH_PORT"]), address="127.0.0.1")
+    app.listen(int(os.environ["BENCH_PORT"]), address="127.0.0.1", reuse_port=True)
+    app.listen(int(os.environ["BENCH_OWN_PORT"]), address="127.0.0.1")
     start = getattr(app, "aiinfn_start", None)  # background work of the service, where it has some
     if start is not None:
         await start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+# The API server every replica talks to: one in-memory store (tests/kube_store.py), seeded with notebook pods.
+STORE = """
+import asyncio, json, os, sys
+sys.path.insert(0, os.environ["BENCH_ROOT"])
+from aiinfn_jobservice.kube import MemoryKubeClient
+from tests.jobservice_fixtures import notebook_pod
+from tests.kube_store import KubeStore
+
+kube = MemoryKubeClient()
+for user in json.loads(os.environ["BENCH_NOTEBOOK_USERS"]):
+    kube.add(notebook_pod(user, projects=("cms-tracking",), gpu=False))
+
+
+async def main():
+    store = KubeStore(os.environ["BENCH_STORE"], kube)
+    await store.start()
+    print("ready", flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main())
@@ -200,7 +239,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 BODIES = {
@@ -299,7 +338,7 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-PIDS: dict[str, int] = {}
+PIDS: dict[str, list[int]] = {}  # hub, service (every replica), kube (the API server), generator
 
 
 def measure(svc: str, hub_api: str, admin: str, method: str, path: str, tokens: list[str], c: int,
@@ -308,13 +347,13 @@ def measure(svc: str, hub_api: str, admin: str, method: str, path: str, tokens: 
     many cores other processes (not the hub, the service or this load generator) kept busy."""
     before = hub_requests(hub_api, admin)
     load_start = os.getloadavg()[0]
-    cpu = {k: cpu_seconds(pid) for k, pid in PIDS.items()}
+    cpu = {k: sum(map(cpu_seconds, pids)) for k, pids in PIDS.items()}
     busy, t0 = machine_busy_seconds(), time.monotonic()
     out = asyncio.run(phase(svc, method, path, tokens, c, duration, warmup))
     wall = time.monotonic() - t0
     ours = 0.0
-    for k, pid in PIDS.items():
-        used = cpu_seconds(pid) - cpu[k]
+    for k, pids in PIDS.items():
+        used = sum(map(cpu_seconds, pids)) - cpu[k]
         ours += used
         out[f"{k}_cpu_ms"] = used * 1000 / max(out["n_all"], 1)
         out[f"{k}_cores"] = used / wall
@@ -325,14 +364,15 @@ def measure(svc: str, hub_api: str, admin: str, method: str, path: str, tokens: 
 
 
 HEADER = ("| endpoint | hub users | c | req/s | p50 ms | p95 ms | p99 ms | hub calls/req | service CPU ms/req "
-          "| hub CPU ms/req | generator CPU ms/req | service cores | other cores | load start→end | errors |")
+          "| hub CPU ms/req | API server CPU ms/req | generator CPU ms/req | service cores | other cores "
+          "| load start→end | errors |")
 
 
 def row(method: str, path: str, c: int, r: dict[str, Any], users: int) -> str:
     errs = ",".join(f"{k}x{v}" for k, v in sorted(r["errors"].items())) or "0"
     return (f"| `{method} {path}` | {users} | {c} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | "
             f"{r['p99']:.1f} | {r['hub_calls']:.3f} | {r['service_cpu_ms']:.2f} | {r['hub_cpu_ms']:.2f} | "
-            f"{r['generator_cpu_ms']:.2f} | {r['service_cores']:.2f} | {r['other_cores']:.2f} | "
+            f"{r['kube_cpu_ms']:.2f} | {r['generator_cpu_ms']:.2f} | {r['service_cores']:.2f} | {r['other_cores']:.2f} | "
             f"{r['load'][0]:.2f}→{r['load'][1]:.2f} | {errs} |")
 
 
@@ -344,6 +384,11 @@ def main() -> int:
     ap.add_argument("--hub-users", type=int, nargs="+", default=[50, 200, 1000])
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--profile", help="write a cProfile of the service to this file (pstats format)")
+    ap.add_argument("--replicas", type=int, default=REPLICAS,
+                    help=f"service processes on the one port (default: the Deployment's replicas, {REPLICAS})")
+    ap.add_argument("--kube", choices=["replica", "shared"], default="replica",
+                    help="an in-memory Kubernetes client in each replica (default), or one in-memory API server "
+                         "process for all (its CPU, spent elsewhere in a cluster, is reported apart)")
     ap.add_argument("--endpoints", nargs="+", default=DEFAULT_ENDPOINTS, choices=[f"{m} {p}" for m, p in BODIES],
                     help="only these endpoints (e.g. 'POST api/jobs')")
     args = ap.parse_args()
@@ -369,6 +414,7 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="jobservice-bench-"))
     hub_port, public_port, svc_port = free_port(), free_port(), free_port()
+    own_ports = [free_port() for _ in range(args.replicas)]
     jobs_token, admin_token = secrets.token_hex(16), secrets.token_hex(16)
     services = [{"name": "jobs", "url": f"http://127.0.0.1:{svc_port}", "api_token": jobs_token,
                  "oauth_no_confirm": True},
@@ -386,6 +432,7 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     hub_log = open(root / "hub.log", "w")  # noqa: SIM115 - closed below
     svc_log = open(root / "service.log", "w")  # noqa: SIM115
+    store_log = open(root / "kube.log", "w")  # noqa: SIM115
     try:
         procs.append(subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(root / "jupyterhub_config.py")],
                                       cwd=root, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True))
@@ -402,21 +449,35 @@ def main() -> int:
         env = {**os.environ, "BENCH_ROOT": str(ROOT), "BENCH_SETTINGS": str(settings_file),
                "BENCH_NOTEBOOK_USERS": json.dumps(active + others[-OTHER_NOTEBOOKS:]), "BENCH_TOKEN": jobs_token,
                "BENCH_HUB_API": hub_api, "BENCH_PORT": str(svc_port), "PYTHONPATH": f"{SERVICE_ROOT}{os.pathsep}{ROOT}"}
-        if args.profile:
-            env["BENCH_PROFILE"] = str(Path(args.profile).resolve())
-        procs.append(subprocess.Popen([sys.executable, "-c", SERVICE], env=env, stdout=svc_log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        store = None
+        if args.kube == "shared":
+            env["BENCH_STORE"] = str(root / "kube.sock")
+            store = subprocess.Popen([sys.executable, "-c", STORE], env=env, stdout=subprocess.PIPE, stderr=store_log,
+                                     start_new_session=True)
+            procs.append(store)
+            if store.stdout is None or store.stdout.readline() != b"ready\n":
+                raise SystemExit("the in-memory API server did not start:\n" + (root / "kube.log").read_text()[-3000:])
+        replicas = []
+        for i, own in enumerate(own_ports):
+            renv = {**env, "BENCH_OWN_PORT": str(own)}
+            if args.profile and i == 0:  # the first replica's profile
+                renv["BENCH_PROFILE"] = str(Path(args.profile).resolve())
+            replicas.append(subprocess.Popen([sys.executable, "-c", SERVICE], env=renv, stdout=svc_log,
+                                             stderr=subprocess.STDOUT, start_new_session=True))
+        procs.extend(replicas)
         svc = f"http://127.0.0.1:{svc_port}/services/jobs"
+        own_urls = [f"http://127.0.0.1:{own}/services/jobs" for own in own_ports]
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                if call("GET", f"{svc}/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if procs[1].poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the service did not start:\n" + (root / "service.log").read_text()[-3000:])
-            time.sleep(0.3)
+        for url, proc in zip(own_urls, replicas, strict=True):
+            while True:
+                try:
+                    if call("GET", f"{url}/health")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the service did not start:\n" + (root / "service.log").read_text()[-3000:])
+                time.sleep(0.3)
 
         tokens = []
         for user in active[:active_n]:
@@ -424,9 +485,10 @@ def main() -> int:
                                  {"scopes": ["access:services!service=jobs"], "expires_in": 86400})
             assert status == 201, reply
             tokens.append(reply["token"])
-        for token in tokens:  # every token checked once: the load runs in the service's steady state
-            status, reply = call("GET", f"{svc}/api/info", token)
-            assert status == 200, reply
+        for token in tokens:  # every token checked once by every replica: the load runs in their steady state
+            for url in own_urls:
+                status, reply = call("GET", f"{url}/api/info", token)
+                assert status == 200, reply
 
         def grow_hub_to(n: int) -> None:
             names = others[: max(0, n - len(active))]
@@ -438,9 +500,11 @@ def main() -> int:
         grow_hub_to(min(args.hub_users))
         time.sleep(1)
         print(f"load average before: {os.getloadavg()}; {os.cpu_count()} CPUs; {args.duration:g} s per phase")
-        PIDS.update(hub=procs[0].pid, service=procs[1].pid)
-        print(f"pids: hub {procs[0].pid}, service {procs[1].pid}, load generator {os.getpid()}", flush=True)
-        PIDS["generator"] = os.getpid()
+        PIDS.update(hub=[procs[0].pid], service=[p.pid for p in replicas], kube=[store.pid] if store else [])
+        print(f"pids: hub {procs[0].pid}, service {' '.join(str(p.pid) for p in replicas)} ({args.replicas} "
+              f"replica(s) on port {svc_port}, Kubernetes: {args.kube}), API server "
+              f"{store.pid if store else '-'}, load generator {os.getpid()}", flush=True)
+        PIDS["generator"] = [os.getpid()]
         print(HEADER)
         print("|" + "---|" * HEADER.count(" | ") + "---|")
         for method, path in BODIES:
@@ -474,6 +538,7 @@ def main() -> int:
                     p.wait(5)
         hub_log.close()
         svc_log.close()
+        store_log.close()
         if os.environ.get("BENCH_KEEP"):
             print(f"logs kept in {root}")
         else:

@@ -47,7 +47,11 @@ SETTINGS_PATH = f"{INSTALL_ROOT}/settings.json"
 TOKEN_DIR = "/var/run/secrets/aiinfn-jobs"
 SERVICE_ACCOUNT = "aiinfn-jobs"
 ROLE = "aiinfn-jobs"
-DEPLOYMENT = "aiinfn-jobs"  # also its Service and NetworkPolicy
+DEPLOYMENT = "aiinfn-jobs"  # also its Service, NetworkPolicy and PodDisruptionBudget
+# Two pods, one core each (one tornado process per pod): twice the submissions a single process answers, and
+# one pod always serving through a node drain or a rollout. What they share is the API server (docs/jobs.md,
+# "Replicas": the per-user cap, name clashes and the users snapshot stay correct across pods).
+REPLICAS = 2
 CODE_SECRET = "aiinfn-jobs-code"  # a Secret as z2jh's hub.extraFiles: code is not secret, but rules scan ConfigMaps
 API_TOKEN_SECRET = "aiinfn-jobs-hub-token"  # the service's JupyterHub API token
 API_TOKEN_KEY = "token"
@@ -379,8 +383,9 @@ class Jobs(pulumi.ComponentResource):
         deployment = KubeObject(
             "jobs-deployment", "apps/v1", "Deployment", object_meta(DEPLOYMENT, namespace=ns, labels=labels),
             spec={
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
+                "replicas": REPLICAS,
+                # a new pod ready before an old one goes: submissions never find no pod during a rollout
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "selector": {"matchLabels": dict(spec.pod_labels)},
                 "template": {
                     "metadata": {"labels": pod_labels, "annotations": {"aiinfn.infn.it/code-checksum": checksum}},
@@ -388,6 +393,11 @@ class Jobs(pulumi.ComponentResource):
                         "serviceAccountName": SERVICE_ACCOUNT,
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,
+                        # the replicas on different nodes where the scheduler can: a node lost takes one, not both
+                        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                            {"weight": 100, "podAffinityTerm": {
+                                "labelSelector": {"matchLabels": dict(spec.pod_labels)},
+                                "topologyKey": "kubernetes.io/hostname"}}]}},
                         "securityContext": {"runAsNonRoot": True, "runAsUser": HUB_IMAGE_UID,
                                             "runAsGroup": HUB_IMAGE_UID, "seccompProfile": {"type": "RuntimeDefault"}},
                         "containers": [{
@@ -423,6 +433,11 @@ class Jobs(pulumi.ComponentResource):
                 },
             },
             opts=ctx.k8s_opts(self, depends_on=[*deps, code, self.api_token_secret, self.service_account]),
+        )
+        KubeObject(  # voluntary disruptions (drains, upgrades) leave a replica serving
+            "jobs-pdb", "policy/v1", "PodDisruptionBudget", object_meta(DEPLOYMENT, namespace=ns, labels=labels),
+            spec={"minAvailable": 1, "selector": {"matchLabels": dict(spec.pod_labels)}},
+            opts=ctx.k8s_opts(self, depends_on=deps),
         )
         KubeObject(
             "jobs-service", "v1", "Service", object_meta(DEPLOYMENT, namespace=ns, labels=labels),

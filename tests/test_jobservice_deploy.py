@@ -25,6 +25,7 @@ from components.jobs import (
     HUB_MODULE,
     INSTALL_ROOT,
     PACKAGE,
+    REPLICAS,
     SERVICE_ACCOUNT,
     SERVICE_PORT,
     SETTINGS_PATH,
@@ -161,6 +162,30 @@ def test_the_service_runs_apart_from_the_hub_with_the_same_api_and_scopes():
     spec = service_spec(rendered.cfg)
     assert spec.files[f"{INSTALL_ROOT}/{PACKAGE}/app.py"] == (SERVICE_DIR / "app.py").read_text()
     assert len(json.dumps(spec.files).encode()) < 1024 * 1024  # a Secret holds at most 1 MiB
+
+
+@pytest.mark.parametrize("stack", ["cnaf", "recas", "hackathon-padova"])
+def test_replicas_roll_and_drain_one_at_a_time(stack):
+    """Two pods on different nodes where possible; a rollout starts a new pod before it stops an old one
+    (``maxUnavailable: 0``), and a drain evicts one pod at a time: the PodDisruptionBudget keeps one available,
+    fewer than the replicas, so it never blocks a drain (Kubernetes docs, "Specifying a Disruption Budget for
+    your Application", kubernetes.io/docs/tasks/run-application/configure-pdb/: a minAvailable equal to the
+    replicas blocks voluntary evictions). What the replicas share is the API server (docs/jobs.md, Replicas)."""
+    [dep] = manifests(stack, "Deployment")
+    validate_object(dep)
+    spec = dep["spec"]
+    assert spec["replicas"] == REPLICAS >= 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod_labels = spec["template"]["metadata"]["labels"]
+    [term] = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    [pdb] = manifests(stack, "PodDisruptionBudget")
+    validate_object(pdb)
+    assert pdb["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert all(pod_labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items())
+    assert 1 <= pdb["spec"]["minAvailable"] < spec["replicas"]
 
 
 def test_every_module_is_shipped_and_imports_only_what_the_hub_image_has():

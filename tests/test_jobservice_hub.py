@@ -37,11 +37,12 @@ from typing import Any
 import pytest
 from aiinfn_jobservice.app import make_app, read_hub_users
 from aiinfn_jobservice.hubusers import HubUsers
-from aiinfn_jobservice.kube import MemoryKubeClient
+from aiinfn_jobservice.kube import KubeClient, MemoryKubeClient
 
 from components.hub.values import SERVER_ROLE_DEFAULT_SCOPES, hub_values
 from components.jobs import INSTALL_ROOT, service_spec
 from tests.jobservice_fixtures import hash_uid, notebook_pod, site_settings
+from tests.kube_store import KubeStore, StoreKubeClient
 from tests.schemas import validate_object
 from tools.engine.run import load_config
 
@@ -179,10 +180,10 @@ http.server.HTTPServer((url.hostname, url.port), Ok).serve_forever()
 class InProcessService:
     """The service's tornado app on its own event loop in a thread (an external hub service)."""
 
-    def __init__(self, port: int, hub_api: str, token: str) -> None:
+    def __init__(self, port: int, hub_api: str, token: str, kube: KubeClient | None = None) -> None:
         from jupyterhub.services.auth import HubOAuth
 
-        self.kube = MemoryKubeClient()
+        self.kube = kube if kube is not None else MemoryKubeClient()
         self.site = site_settings("cnaf")
         self.hub_api = hub_api
         self.port = port
@@ -295,7 +296,7 @@ def hub():
 
         yield {"api": hub_api, "server_token": server_token, "svc": f"http://127.0.0.1:{svc_port}/services/jobs",
                "shipped": f"http://127.0.0.1:{shipped_port}/services/jobs-shipped", "service": service,
-               "token_for": token_for, "root": root, "admin_token": admin_token}
+               "token_for": token_for, "root": root, "admin_token": admin_token, "jobs_token": jobs_token}
     finally:
         service.stop()
         children = child_pids(proc.pid)
@@ -811,3 +812,112 @@ def test_token_checks_are_hubauths_cached_answers_and_a_revoked_token_is_refused
     finally:
         auth.cache.max_age = saved_max_age
         del auth._api_request
+
+
+@pytest.fixture(scope="module")
+def replicas(hub):
+    """Two replicas of the service (each its own event loop, HubAuth cache, users snapshot and API connection,
+    as two pods have) on one in-memory API server that answers each call 20 ms late, as a remote one would:
+    concurrent submissions interleave between their calls, within a replica and across the two."""
+    root = Path(tempfile.mkdtemp(prefix="jobservice-replicas-"))
+    loop = asyncio.new_event_loop()
+    store = KubeStore(str(root / "kube.sock"), delay=0.02)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(store.start(), loop).result(10)
+    services = [InProcessService(free_port(), hub["api"], hub["jobs_token"], StoreKubeClient(store.path))
+                for _ in range(2)]
+    try:
+        for service in services:
+            service.start()
+        yield {"store": store, "services": services,
+               "urls": [f"http://127.0.0.1:{s.port}/services/jobs" for s in services]}
+    finally:
+        for service in services:
+            service.stop()
+        asyncio.run_coroutine_threadsafe(store.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def capped(services: list[InProcessService], cap: int) -> list[Any]:
+    """Set the per-user cap of each replica (frozen settings); returns what to restore."""
+    saved = [s.site.limits for s in services]
+    for s in services:
+        object.__setattr__(s.site, "limits", dataclasses.replace(s.site.limits, max_jobs_per_user=cap))
+    return saved
+
+
+def burst(urls: list[str], token: str, n: int) -> list[tuple[int, Any]]:
+    """``n`` submissions at once, spread over ``urls`` in turn (the Service's load balancing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: call("POST", urls[i % len(urls)] + "/api/jobs", token, PLAIN), range(n)))
+
+
+def jobs_of(store: KubeStore, user: str) -> list[str]:
+    """Names of the Jobs the shared API server holds for ``user`` (the owner annotation)."""
+    return [key[2] for key, obj in list(store.kube.objects.items())
+            if key[0] == "Job" and obj["metadata"].get("annotations", {}).get("aiinfn.infn.it/owner") == user]
+
+
+@pytest.mark.parametrize("n_replicas", [1, 2])
+def test_concurrent_submissions_never_exceed_the_per_user_cap_on_any_number_of_replicas(hub, replicas, n_replicas):
+    """The count before creating lets a burst through (every request counts before any Job exists); each
+    submission counts again once its Job exists and withdraws it over the cap (app.py, recheck_job_cap), so the
+    cap holds whether the burst reaches one replica or two (the API server is the state they share)."""
+    store, services = replicas["store"], replicas["services"]
+    token = new_member(hub, f"racer{n_replicas}")
+    saved = capped(services, 3)
+    created_before = store.calls.get("create_job", 0)
+    try:
+        results = burst(replicas["urls"][:n_replicas], token, 8)
+        kept = jobs_of(store, f"racer{n_replicas}")
+        assert len(kept) <= 3, (kept, results)
+        assert sorted(status for status, _ in results) == [201] * len(kept) + [429] * (8 - len(kept)), results
+        assert store.calls["create_job"] - created_before > 3  # the race happened: Jobs past the cap were withdrawn
+        while len(jobs_of(store, f"racer{n_replicas}")) < 3:  # the cap is not stuck: submissions one by one fill it
+            assert call("POST", replicas["urls"][-1] + "/api/jobs", token, PLAIN)[0] == 201
+        status, reply = call("POST", replicas["urls"][0] + "/api/jobs", token, PLAIN)
+        assert status == 429 and "(3)" in reply["error"], reply
+    finally:
+        for s, limits in zip(services, saved, strict=True):
+            object.__setattr__(s.site, "limits", limits)
+
+
+def test_without_the_recount_a_burst_exceeds_the_cap(hub, replicas, monkeypatch):
+    """What the recount closes: with the first count alone, a burst across two replicas keeps more than the cap."""
+    import aiinfn_jobservice.app as app_module
+
+    async def no_recount(self: Any, caller: Any, project: Any, job_id: str) -> None:
+        return None
+
+    monkeypatch.setattr(app_module.BaseHandler, "recheck_job_cap", no_recount)
+    store, services = replicas["store"], replicas["services"]
+    token = new_member(hub, "racerplain")
+    saved = capped(services, 3)
+    try:
+        results = burst(replicas["urls"], token, 8)
+    finally:
+        for s, limits in zip(services, saved, strict=True):
+            object.__setattr__(s.site, "limits", limits)
+    assert len(jobs_of(store, "racerplain")) > 3, results
+
+
+def test_a_name_another_replica_took_is_drawn_again(hub, replicas, monkeypatch):
+    """Names are unique in the API server, not in a replica: a 409 from a name the other replica created."""
+    import aiinfn_jobservice.app as app_module
+
+    store = replicas["store"]
+    token = new_member(hub, "namer")
+    status, reply = call("POST", replicas["urls"][0] + "/api/jobs", token, PLAIN)
+    assert status == 201, reply
+    taken = reply["job"]["id"]
+    names = iter([taken, "plain-other"])
+    monkeypatch.setattr(app_module, "new_job_name", lambda name: next(names))
+    creates = store.calls["create_job"]
+    status, reply = call("POST", replicas["urls"][1] + "/api/jobs", token, PLAIN)
+    assert status == 201 and reply["job"]["id"] == "plain-other", reply
+    assert store.calls["create_job"] - creates == 2  # the clash, then the new name

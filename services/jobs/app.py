@@ -150,15 +150,46 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise not_found(f"project {name!r} does not exist on this site")
         return project
 
+    def _cap_selector(self, caller: Caller) -> str:
+        return f"app.kubernetes.io/managed-by={MANAGED_BY},{self.site.names.label_user}={label_value(caller.name)}"
+
+    def _over_cap(self, project: ProjectInfo, mine: int) -> ApiError:
+        cap = self.site.limits.max_jobs_per_user
+        return ApiError(429, f"you have {mine} jobs in project {project.name}, the most one user may have "
+                             f"({cap}); delete finished ones (DELETE api/jobs/{project.name}/<id>) and submit again")
+
     async def check_job_cap(self, caller: Caller, project: ProjectInfo) -> None:
         """At most ``limits.maxJobsPerUser`` Jobs of one user in one project (finished ones count: they stay
-        in etcd until their TTL), so one user cannot take the whole project's ResourceQuota of Jobs."""
+        in etcd until their TTL), so one user cannot take the whole project's ResourceQuota of Jobs.
+
+        This count refuses at once a caller already at the cap; ``recheck_job_cap`` makes the cap hold
+        against concurrent submissions (of this process or of another replica)."""
         cap = self.site.limits.max_jobs_per_user
-        selector = f"app.kubernetes.io/managed-by={MANAGED_BY},{self.site.names.label_user}={label_value(caller.name)}"
-        mine = await self.kube.count_jobs(project.namespace, selector, cap)  # the label: the caller's (hashed) name
+        mine = await self.kube.count_jobs(project.namespace, self._cap_selector(caller), cap)  # the label: the caller's (hashed) name
         if mine >= cap:
-            raise ApiError(429, f"you have {mine} jobs in project {project.name}, the most one user may have "
-                                f"({cap}); delete finished ones (DELETE api/jobs/{project.name}/<id>) and submit again")
+            raise self._over_cap(project, mine)
+
+    async def recheck_job_cap(self, caller: Caller, project: ProjectInfo, job_id: str) -> None:
+        """Count again once the Job exists; over the cap, withdraw it (429).
+
+        Submissions of one user in flight at once (in one process, or in several replicas) may all pass
+        the first count. Each counts again after its Job is created, and the API server's list (no
+        resourceVersion: a quorum read) sees every Job created before it began. A Job that survives was
+        counted by its own submission at most ``cap`` strong; take the surviving Job whose recount came
+        last: every other survivor was created before it, so that recount saw them all, and there are at
+        most ``cap``. Racers at the cap may all be refused: the cap is never exceeded, for any number of
+        replicas. (The project's ResourceQuota ``count/jobs.batch`` is the API server's own hard cap.)"""
+        cap = self.site.limits.max_jobs_per_user
+        mine = await self.kube.count_jobs(project.namespace, self._cap_selector(caller), cap + 1)
+        if mine <= cap:
+            return
+        log.info("user %s over the cap in %s with %s; withdrawing it", caller.name, project.namespace, job_id)
+        try:
+            await self.kube.delete_job(project.namespace, job_id)
+        except KubeError as err:
+            if err.status != 404:  # (already gone: deleted meanwhile)
+                raise
+        raise self._over_cap(project, mine - 1)
 
     async def owned_job(self, caller: Caller, project: ProjectInfo, job_id: str) -> dict[str, Any]:
         job = await self.kube.get_job(project.namespace, job_id)
@@ -258,6 +289,7 @@ class SubmitHandler(BaseHandler):
                     raise
                 log.info("job name %s/%s taken; drawing another", project.namespace, job_id)
         assert created is not None
+        await self.recheck_job_cap(caller, project, job_id)
         if config_map is not None:
             try:
                 await self.kube.create_config_map(project.namespace, owned_by(config_map, created))
