@@ -672,3 +672,23 @@ def test_the_service_renews_an_absent_owners_iam_token_through_the_hub(world: di
     assert requests.post(route, headers={"Authorization": f"token {S3_SERVICE_TOKEN}"}, timeout=10).status_code == 204
     assert requests.post(f"{hub}/hub/api/aiinfn/users/nobody/refresh-auth",
                          headers={"Authorization": f"token {S3_SERVICE_TOKEN}"}, timeout=10).status_code == 404
+
+
+def test_a_batch_jobs_helper_asks_with_its_pod_token(world: dict[str, Any]) -> None:
+    """The helper as a local job runs it (services/jobs/s3access.py: AIINFN_S3_TOKEN_FILE, the pod route):
+    it reads the kubelet's token file on each run and prints the owner's credentials, which boto3 uses through
+    the profile's credential_process to read the owner's bucket; no JupyterHub token in its environment."""
+    token = job_pod_token("lanciotti", "cms-tracking")
+    env = client_env(world, "lanciotti")
+    env.pop("JUPYTERHUB_API_TOKEN", None)
+    token_file = world["work"] / "job-token"
+    token_file.write_text(token)
+    env.update(AIINFN_S3_TOKEN_FILE=str(token_file), AIINFN_S3_CREDENTIALS_URL=world["pod_url"])
+    out = subprocess.run([sys.executable, "-c", BOTO3_READ, "aiinfn-recas-lanciotti"], env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["body"] == "events of lanciotti\n"
+    token_file.write_text("a-token-the-kubelet-never-issued")
+    helper = str(world["work"] / "client-lanciotti" / s3access.HELPER)
+    bad = subprocess.run([helper], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert bad.returncode == 1 and "403 the pod token is not valid" in bad.stderr, bad.stderr
