@@ -191,7 +191,8 @@ def job_service_settings(cfg: SiteConfig) -> dict[str, Any]:
         # no fsGroup, as notebooks: the NFS shares keep their owners; runAsUser/runAsGroup/supplementalGroups
         # are the caller's (services/jobs/identity.py)
         "podSecurityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "hubSite": {k: hub_site[k] for k in ("ids", "homes", "projects", "env_maintainer_groups")},
+        "hubSite": {k: hub_site[k] for k in ("site", "ids", "homes", "projects", "env_maintainer_groups", "s3")
+                    if k in hub_site},
         "notebookContainer": "notebook",
         "notebookSelector": "component=singleuser-server",
         "limits": {"defaultTtlSeconds": b.ttl_seconds_after_finished,

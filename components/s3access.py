@@ -21,6 +21,7 @@ from . import s3access_spec as s3access
 from .context import SiteContext
 from .hubservices import HubServiceSpec
 from .jobs import HUB_IMAGE, HUB_IMAGE_UID  # one pin of z2jh's hub image (python3, tornado, jupyterhub)
+from . import netpol
 from .kube import KubeObject, object_meta
 
 PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10"]
@@ -32,6 +33,7 @@ class S3Access(pulumi.ComponentResource):
     service_spec: HubServiceSpec | None = None
 
     def __init__(self, name: str, ctx: SiteContext, hub_namespace: pulumi.Resource | None = None,
+                 project_namespaces: dict[str, pulumi.Resource] | None = None,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("aiinfn:s3access:S3Access", name, None, opts)
         cfg = ctx.cfg
@@ -50,6 +52,13 @@ class S3Access(pulumi.ComponentResource):
         self.client_files = KubeObject(
             "s3-client", "v1", "ConfigMap", object_meta(s3access.CONFIGMAP, namespace=ns, labels=labels),
             data=s3access.client_files(cfg), opts=ctx.k8s_opts(self, depends_on=deps))
+        for project in cfg.projects:  # batch jobs mount the same files from their own namespace
+            ns_dep = [d for d in [(project_namespaces or {}).get(project.name)] if d is not None]
+            KubeObject(
+                f"s3-client-{project.name}", "v1", "ConfigMap",
+                object_meta(s3access.CONFIGMAP, namespace=naming.project_namespace(project), labels=labels),
+                data=s3access.client_files(cfg), opts=ctx.k8s_opts(self, depends_on=ns_dep))
+        self._pod_identity(ctx, labels, deps, project_namespaces or {})
         (path, text), = spec.files.items()
         code = KubeObject(
             "s3-code", "v1", "Secret", object_meta(s3access.CODE_SECRET, namespace=ns, labels=labels),
@@ -74,7 +83,8 @@ class S3Access(pulumi.ComponentResource):
                 "template": {
                     "metadata": {"labels": pod_labels, "annotations": {"aiinfn.infn.it/code-checksum": checksum}},
                     "spec": {
-                        "automountServiceAccountToken": False,  # no Kubernetes credential at all
+                        "serviceAccountName": s3access.SERVICE_ACCOUNT,
+                        "automountServiceAccountToken": False,  # only the expiring projected token below
                         "enableServiceLinks": False,
                         "securityContext": {"runAsNonRoot": True, "runAsUser": HUB_IMAGE_UID,
                                             "runAsGroup": HUB_IMAGE_UID, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -92,14 +102,21 @@ class S3Access(pulumi.ComponentResource):
                             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                                 "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True},
                             "volumeMounts": [{"name": "code", "mountPath": s3access.INSTALL_ROOT, "readOnly": True},
+                                             {"name": "sa-token", "mountPath": s3access.TOKEN_DIR, "readOnly": True},
                                              {"name": "tmp", "mountPath": "/tmp"}],
                         }],
                         "volumes": [{"name": "code", "secret": {"secretName": s3access.CODE_SECRET}},
+                                    # token and ca.crt: what the service reads to review pod tokens (Kube)
+                                    {"name": "sa-token", "projected": {"sources": [
+                                        {"serviceAccountToken": {"path": "token", "expirationSeconds":
+                                                                 s3access.TOKEN_EXPIRATION_SECONDS}},
+                                        {"configMap": {"name": "kube-root-ca.crt",
+                                                       "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}},
                                     {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
                     },
                 },
             },
-            opts=ctx.k8s_opts(self, depends_on=[*deps, code, token_secret]),
+            opts=ctx.k8s_opts(self, depends_on=[*deps, code, token_secret, self.service_account]),
         )
         KubeObject(
             "s3-service", "v1", "Service", object_meta(s3access.DEPLOYMENT, namespace=ns, labels=labels),
@@ -112,7 +129,8 @@ class S3Access(pulumi.ComponentResource):
             spec={
                 "podSelector": {"matchLabels": dict(spec.pod_labels)},
                 "policyTypes": ["Ingress", "Egress"],
-                # callers come through the proxy (z2jh labels its pod component=proxy)
+                # every caller comes through the proxy (z2jh labels its pod component=proxy): notebooks, batch jobs
+                # and the CSI node plugin alike reach the hub's public address (batch pods may reach nothing else)
                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}],
                              "ports": [{"port": port, "protocol": "TCP"}]}],
                 "egress": [
@@ -121,6 +139,7 @@ class S3Access(pulumi.ComponentResource):
                     # the RGW's STS endpoint: https on a public address, never the nodes nor the metadata server
                     {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_RANGES)}}],
                      "ports": [{"port": 443, "protocol": "TCP"}]},
+                    netpol.api_server_egress(cfg),  # TokenReview and the pods it names
                 ],
             },
             opts=ctx.k8s_opts(self, depends_on=deps))
@@ -135,3 +154,37 @@ class S3Access(pulumi.ComponentResource):
             f"`{s3access.RCLONE_REMOTE}:` (ConfigMap `{s3access.CONFIGMAP}`); no key in any pod",
         ])
         self.register_outputs({})
+
+    def _pod_identity(self, ctx: SiteContext, labels: dict[str, str], deps: list[pulumi.Resource],
+                      project_namespaces: dict[str, pulumi.Resource]) -> None:
+        """The service's ServiceAccount: review pod tokens (cluster-wide: TokenReview is not namespaced) and read the
+        pods they are bound to, in the hub namespace (notebooks) and the project namespaces (batch jobs)."""
+        cfg, ns = ctx.cfg, naming.HUB_NAMESPACE
+        sa = KubeObject("s3-sa", "v1", "ServiceAccount", object_meta(s3access.SERVICE_ACCOUNT, namespace=ns, labels=labels),
+                        automountServiceAccountToken=False, opts=ctx.k8s_opts(self, depends_on=deps))
+        subject = [{"kind": "ServiceAccount", "name": s3access.SERVICE_ACCOUNT, "namespace": ns}]
+        review = KubeObject(
+            "s3-tokenreview-role", "rbac.authorization.k8s.io/v1", "ClusterRole",
+            object_meta(s3access.REVIEW_ROLE, labels=labels),
+            rules=[{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}],
+            opts=ctx.k8s_opts(self))
+        KubeObject(
+            "s3-tokenreview-binding", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding",
+            object_meta(s3access.REVIEW_ROLE, labels=labels),
+            roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": s3access.REVIEW_ROLE},
+            subjects=subject, opts=ctx.k8s_opts(self, depends_on=[review, sa]))
+        targets = [(ns, "hub", deps)]
+        targets += [(naming.project_namespace(p), p.name, [d for d in [project_namespaces.get(p.name)] if d is not None])
+                    for p in cfg.projects]
+        for namespace, key, ns_deps in targets:
+            role = KubeObject(
+                f"s3-pods-role-{key}", "rbac.authorization.k8s.io/v1", "Role",
+                object_meta(s3access.POD_READER_ROLE, namespace=namespace, labels=labels),
+                rules=[{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+                opts=ctx.k8s_opts(self, depends_on=ns_deps))
+            KubeObject(
+                f"s3-pods-binding-{key}", "rbac.authorization.k8s.io/v1", "RoleBinding",
+                object_meta(s3access.POD_READER_ROLE, namespace=namespace, labels=labels),
+                roleRef={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": s3access.POD_READER_ROLE},
+                subjects=subject, opts=ctx.k8s_opts(self, depends_on=[role, sa]))
+        self.service_account = sa

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aiinfn import naming
 from aiinfn.config.model import SiteConfig
 
 from . import shipped
@@ -42,6 +43,24 @@ REFRESH_MARGIN = 600
 # botocore refreshes credentials in their last 15 minutes (credentials.py _DEFAULT_ADVISORY_REFRESH_TIMEOUT):
 # a cached set handed out must outlive that window, or every client call would ask again.
 RENEW_BEFORE = 900
+# Pods without a JupyterHub token (mounted buckets, batch jobs) present a ServiceAccount token bound to the pod
+# with this audience; the service reviews it with the API server (docs/storage.md).
+POD_TOKEN_AUDIENCE = "aiinfn-s3"
+POD_CREDENTIALS_PATH = f"/services/{SERVICE_NAME}/api/pod-credentials"
+SERVICE_ACCOUNT = "aiinfn-s3"  # the service's own: TokenReview (cluster) and pods get (hub + project namespaces)
+REVIEW_ROLE = "aiinfn-s3-tokenreview"
+POD_READER_ROLE = "aiinfn-s3-pod-reader"
+JOB_TOKEN_DIR = "/var/run/secrets/aiinfn-s3"  # in batch pods: the projected token for the service's audience
+CSI_DRIVER = "s3.csi.aiinfn.infn.it"  # the node plugin that mounts buckets (services/s3mount/)
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_EXPIRATION_SECONDS = 3600
+# Who may be a pod's owner, as the components that create those pods label them: KubeSpawner 7.0.0
+# (spawner.py:2159-2170: labels component=singleuser-server, annotation hub.jupyter.org/username = the user's
+# name) with z2jh's app=jupyterhub; the job service's Jobs (services/jobs/jobspec.py MANAGED_BY, ANN_OWNER).
+NOTEBOOK_LABELS = {"app": "jupyterhub", "component": "singleuser-server"}
+NOTEBOOK_OWNER_ANNOTATION = "hub.jupyter.org/username"
+JOB_LABELS = {"app.kubernetes.io/managed-by": "aiinfn-jobservice"}
+JOB_OWNER_ANNOTATION = "aiinfn.infn.it/owner"
 
 
 def enabled(cfg: SiteConfig) -> bool:
@@ -71,7 +90,25 @@ def service_settings(cfg: SiteConfig) -> dict[str, Any]:
         "renew_before_seconds": renew_before(cfg),
         "projects": [{"name": p.name, "group": p.group, "role_arn": s3.project_roles.get(p.name, "")}
                      for p in cfg.projects],
+        "pods": {
+            "audience": POD_TOKEN_AUDIENCE,
+            "hub_namespace": naming.HUB_NAMESPACE,
+            "project_namespaces": sorted(naming.project_namespace(p) for p in cfg.projects),
+            "notebook_labels": dict(NOTEBOOK_LABELS),
+            "notebook_owner_annotation": NOTEBOOK_OWNER_ANNOTATION,
+            "job_labels": dict(JOB_LABELS),
+            "job_owner_annotation": JOB_OWNER_ANNOTATION,
+            "offloadable_label": naming.LABEL_OFFLOADABLE,
+            # ask the hub to renew the owner's IAM token once it has less than the hub's own margin left
+            "refresh_margin_seconds": REFRESH_MARGIN,
+        },
     }
+
+
+def pod_credentials_url(cfg: SiteConfig) -> str:
+    """Where pods ask with their token (the CSI node plugin, batch jobs): the hub's public address, as notebooks do,
+    so the proxy stays the service's only door and batch pods need no in-cluster egress."""
+    return f"https://{cfg.hub.host(cfg.site.domain)}{POD_CREDENTIALS_PATH}"
 
 
 def credentials_url(cfg: SiteConfig) -> str:
@@ -96,7 +133,9 @@ def service_spec(cfg: SiteConfig, api_token: Any = None) -> HubServiceSpec:
         oauth_client_allowed_scopes=[],  # it only identifies its callers by their tokens
         # JupyterHub 5.5 jupyterhub/scopes.py:57: admin:auth_state "Read a user's authentication state" (read-only
         # despite its name); read:users:name and read:users:groups: the user model it comes with.
-        service_scopes=["read:users:name", "read:users:groups", "admin:auth_state"],
+        service_scopes=["read:users:name", "read:users:groups", "admin:auth_state",
+                        # services/hub/aiinfn_hub.py REFRESH_AUTH_SCOPE: renew a pod owner's IAM token
+                        "custom:aiinfn:refresh-auth"],
     )
 
 
@@ -139,4 +178,8 @@ def hub_site_data(cfg: SiteConfig) -> dict[str, Any] | None:
         "user_bucket": s3.user_bucket,
         "project_bucket": s3.project_bucket,
         "refresh_margin_seconds": REFRESH_MARGIN,
+        # batch jobs (the job service reads this too): a pod token instead of a JupyterHub token
+        "pod_identity": {"audience": POD_TOKEN_AUDIENCE, "expiration_seconds": TOKEN_EXPIRATION_SECONDS,
+                      "dir": JOB_TOKEN_DIR, "credentials_url": pod_credentials_url(cfg)},
+        "mount": {"driver": CSI_DRIVER, "path": s3.mount_path} if s3.mount else None,
     }

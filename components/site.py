@@ -20,6 +20,7 @@ from .offload import Offload
 from .patching import Patching
 from .platform import PlatformBase
 from .s3access import S3Access
+from .s3mount import S3Mount
 from .storage import Storage
 
 
@@ -43,7 +44,9 @@ class Site(pulumi.ComponentResource):
                          hub_namespace=self.platform.hub_namespace,
                          opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         self.s3_access = S3Access("s3-access", self.ctx, hub_namespace=self.platform.hub_namespace,
+                                  project_namespaces=self.platform.project_namespaces,
                                   opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
+        self.s3_mount = S3Mount("s3-mount", self.ctx, opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))
         hub_services = [self.jobs.service_spec, *([self.s3_access.service_spec] if self.s3_access.service_spec else [])]
         self.hub = Hub("hub", self.ctx, namespace=self.platform.hub_namespace, extra_services=hub_services,
                        opts=pulumi.ResourceOptions(parent=self, depends_on=[self.platform]))

@@ -174,11 +174,13 @@ def test_hub_side_code_is_shipped_from_the_repo(cnaf: Rendered) -> None:
 def test_hub_side_code_imports_only_what_the_hub_image_ships() -> None:
     import ast
 
-    # the z2jh 4.4.0 hub image (images/hub/requirements.txt) ships kubernetes-asyncio 36.1.0,
-    # prometheus-client 0.25.0 and tornado 6.5.7 besides JupyterHub; the rest is the standard library
+    # the z2jh 4.4.0 hub image (images/hub/requirements.txt) ships jupyterhub 5.5.0 (line 83), kubernetes-asyncio
+    # 36.1.0, oauthenticator 17.4.0 (line 126: the refresh route's authenticator subclass), prometheus-client
+    # 0.25.0 and tornado 6.5.7; the rest is the standard library
     stdlib = {"__future__", "hashlib", "importlib", "json", "re", "os", "sys", "typing", "asyncio", "logging", "math",
               "time", "collections", "dataclasses", "base64"}
-    allowed = stdlib | {"aiinfn_hub", "kubernetes_asyncio", "prometheus_client", "tornado"}
+    allowed = stdlib | {"aiinfn_hub", "jupyterhub", "kubernetes_asyncio", "oauthenticator", "prometheus_client",
+                        "tornado"}
     for name in ("aiinfn_hub.py", "aiinfn_availability.py", "extra_config.py"):
         tree = ast.parse((HUBCONF_DIR / name).read_text())
         for node in ast.walk(tree):

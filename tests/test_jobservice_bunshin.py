@@ -70,16 +70,25 @@ def test_no_secret_or_token_is_carried_over():
     assert "serviceAccountName" not in pod and "imagePullSecrets" not in pod
     vols = {v["name"]: v for v in pod["volumes"]}
     assert not any(n.startswith("kube-api-access-") for n in vols)
-    assert not any("projected" in v or "secret" in v for v in vols.values())
+    assert not any("secret" in v for v in vols.values())
+    # one projected volume, the job's own (not the notebook's): a pod-bound token for the S3 service's audience
+    # alone (components/s3access_spec.py POD_TOKEN_AUDIENCE), which the API server does not accept as its own
+    projected = {n: v["projected"] for n, v in vols.items() if "projected" in v}
+    assert projected == {"aiinfn-s3-token": {"sources": [{"serviceAccountToken": {
+        "audience": "aiinfn-s3", "expirationSeconds": 3600, "path": "token"}}]}}
     assert "hub-extra-config" not in vols  # a ConfigMap of the hub namespace
     for c in pod["containers"] + pod.get("initContainers", []):
         assert "envFrom" not in c
-        assert not any(m["mountPath"].startswith("/var/run/secrets") for m in c["volumeMounts"])
+        assert not any(m["mountPath"].startswith("/var/run/secrets") for m in c["volumeMounts"]
+                       if m["name"] != "aiinfn-s3-token")
         for e in c.get("env", []):
             assert "secretKeyRef" not in e.get("valueFrom", {})
             assert "configMapKeyRef" not in e.get("valueFrom", {})
             assert not e["name"].startswith("JPY_")
             assert e["name"] == "JUPYTERHUB_USER" or not e["name"].startswith("JUPYTERHUB_")
+            if e["name"] == "AIINFN_S3_TOKEN_FILE":  # where the job's own pod token is, not a token
+                assert e["value"] == "/var/run/secrets/aiinfn-s3/token"
+                continue
             for word in ("TOKEN", "SECRET", "PASSWORD", "KEY"):
                 assert word not in e["name"].upper(), e["name"]
     dropped = "\n".join(base.dropped)
@@ -176,7 +185,9 @@ def test_clone_of_the_volumes_the_hub_layer_gives_notebooks():
     assert "/home/shared/atlas-anomaly" not in paths
     if gpu_profile:
         assert "/scratch" in paths
-    assert not any("secret" in v or "projected" in v for v in spec["volumes"])
+    assert not any("secret" in v for v in spec["volumes"])
+    # the only projected volume: the job's own token for the S3 service (test_no_secret_or_token_is_carried_over)
+    assert [v["name"] for v in spec["volumes"] if "projected" in v] == ["aiinfn-s3-token"]
 
 
 def test_a_widened_notebook_security_context_is_not_copied():

@@ -43,7 +43,8 @@ def module_home(name: str) -> Path:
     return ROOT / "services" / "hub" / name if name == HUB_MODULE else SERVICE_DIR / name
 
 
-ALLOWED_TOP_LEVEL = {"jupyterhub", "tornado", "kubernetes_asyncio", "aiohttp"}  # aiohttp: kubernetes_asyncio's
+# aiohttp: kubernetes_asyncio's; oauthenticator: the hub's module (its authenticator subclass, built on use)
+ALLOWED_TOP_LEVEL = {"jupyterhub", "tornado", "kubernetes_asyncio", "aiohttp", "oauthenticator"}
 
 
 def manifests(stack: str, kind: str) -> list[dict]:
@@ -216,7 +217,8 @@ def test_shipped_settings_hold_no_secret_and_parse():
     assert {k: (r.secret_name, r.key) for k, r in spec.secret_env.items()} == {
         "JUPYTERHUB_API_TOKEN": (API_TOKEN_SECRET, "token")}
     assert not spec.secret_volumes
-    lowered = text.lower()
+    # the one path that names secrets: where batch pods find their own projected token for the S3 service
+    lowered = text.lower().replace('"/var/run/secrets/aiinfn-s3"', '"<job token dir>"')
     for word in ("password", "secret", "token\"", "clientsecret", "BEGIN "):
         assert word.lower() not in lowered, word
     assert all(not v.startswith("<") for v in spec.env.values())

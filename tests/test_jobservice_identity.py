@@ -121,7 +121,8 @@ def test_the_service_and_the_hub_agree_on_identity_and_init_container():
     assert shipped["aiinfn_hub.py"] == hubconf_source("aiinfn_hub.py")
     assert "identity.py" in shipped
     hub_site = json.loads(spec.files[SETTINGS_PATH])["hubSite"]
-    assert hub_site == {k: site[k] for k in ("ids", "homes", "projects", "env_maintainer_groups")}
+    # and the S3 access data (bucket names, client files, the pod token and mounts: services/jobs/s3access.py)
+    assert hub_site == {k: site[k] for k in ("site", "ids", "homes", "projects", "env_maintainer_groups", "s3")}
 
 
 def test_pinned_uids_are_used_and_never_borrowed():

@@ -142,6 +142,80 @@ class RgwSts(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class KubeApi(BaseHTTPRequestHandler):
+    """The two calls the service makes of the API server, as Kubernetes answers them.
+
+    TokenReview (authentication.k8s.io/v1): ``status.authenticated``, ``status.audiences`` (those of the request
+    the token is valid for), ``status.user`` with ``username`` ``system:serviceaccount:<ns>:<sa>`` and, for a token
+    bound to a pod, ``extra`` holding the pod's name and uid (kubernetes pkg/serviceaccount/util.go: PodNameKey,
+    PodUIDKey, ServiceAccountInfo.UserInfo). A bound token is refused once its pod is gone (the authenticator
+    checks the bound object). ``GET /api/v1/namespaces/<ns>/pods/<name>``: the pod or a 404 Status."""
+
+    own_token: ClassVar[str] = ""  # the service's ServiceAccount token (the only caller accepted)
+    tokens: ClassVar[dict[str, dict[str, str]]] = {}  # pod token -> namespace, sa, pod, uid, audience
+    pods: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {}
+    reviews: ClassVar[list[str]] = []  # the audiences asked for, per review
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") != f"Bearer {KubeApi.own_token}":
+            self._json(401, {"kind": "Status", "status": "Failure", "reason": "Unauthorized", "code": 401})
+            return False
+        return True
+
+    def do_POST(self) -> None:
+        review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if not self._authorized():
+            return
+        assert self.path == "/apis/authentication.k8s.io/v1/tokenreviews", self.path
+        spec = review["spec"]
+        KubeApi.reviews.append(",".join(spec.get("audiences") or []))
+        bound = KubeApi.tokens.get(spec["token"])
+        pod = bound and KubeApi.pods.get((bound["namespace"], bound["pod"]))
+        live = bound and pod and (pod["metadata"]["uid"] == bound["uid"] or bound.get("reviewed_before_replacement"))
+        if not live or bound["audience"] not in (spec.get("audiences") or []):
+            status = {"authenticated": False, "user": {}, "error": "invalid bearer token"}
+        else:
+            status = {"authenticated": True, "audiences": [bound["audience"]], "user": {
+                "username": f"system:serviceaccount:{bound['namespace']}:{bound['sa']}", "uid": "sa-uid",
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{bound['namespace']}",
+                           "system:authenticated"],
+                "extra": {"authentication.kubernetes.io/pod-name": [bound["pod"]],
+                          "authentication.kubernetes.io/pod-uid": [bound["uid"]]}}}
+        self._json(201, {**review, "status": status})
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        parts = self.path.strip("/").split("/")  # api v1 namespaces <ns> pods <name>
+        pod = KubeApi.pods.get((parts[3], parts[5])) if len(parts) == 6 and parts[4] == "pods" else None
+        if pod is None:
+            return self._json(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
+        self._json(200, pod)
+
+
+def bind_pod_token(namespace: str, pod: str, labels: dict[str, str], annotations: dict[str, str],
+                   audience: str = s3access.POD_TOKEN_AUDIENCE, sa: str = "default") -> str:
+    """A pod in the stand-in API server and a token the kubelet would have bound to it."""
+    uid = os.urandom(8).hex()
+    KubeApi.pods[(namespace, pod)] = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": pod, "namespace": namespace, "uid": uid, "labels": labels, "annotations": annotations},
+        "spec": {"serviceAccountName": sa}}
+    token = "pod-token-" + os.urandom(12).hex()
+    KubeApi.tokens[token] = {"namespace": namespace, "sa": sa, "pod": pod, "uid": uid, "audience": audience}
+    return token
+
+
 def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -207,6 +281,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                 stderr=subprocess.STDOUT, env=moto_env)
     moto_url = f"http://127.0.0.1:{moto_port}"
     sts = serve(RgwSts)
+    kube = serve(KubeApi)
     RgwSts.moto = moto_url
     procs = [moto]
     try:
@@ -221,6 +296,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             settings = json.loads(env["AIINFN_S3_SETTINGS"])
             settings.update(sts_endpoint=f"http://127.0.0.1:{sts.server_address[1]}/",
                             duration_seconds=CRED_LIFETIME, renew_before_seconds=RENEW_BEFORE)
+            # the API server: the stand-in, with the service's own token in a file as the projected volume has it
+            (work / "sa").mkdir()
+            KubeApi.own_token = "service-account-token-" + os.urandom(8).hex()
+            (work / "sa" / "token").write_text(KubeApi.own_token)
+            assert settings["pods"]["refresh_margin_seconds"] == s3access.REFRESH_MARGIN  # the stack's, then:
+            settings["pods"].update(kube={"url": f"http://127.0.0.1:{kube.server_address[1]}",
+                                          "token_file": str(work / "sa" / "token")},
+                                    refresh_margin_seconds=REFRESH_MARGIN)
             svc_env = {**os.environ, **env, "AIINFN_S3_SETTINGS": json.dumps(settings),
                        "JUPYTERHUB_API_TOKEN": S3_SERVICE_TOKEN, "JUPYTERHUB_API_URL": f"{h['base']}/hub/api",
                        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{svc_port}"}
@@ -243,12 +326,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 bucket = rec["env"]["AIINFN_S3_BUCKET"]
                 s3.create_bucket(Bucket=bucket)
                 s3.put_object(Bucket=bucket, Key="data/run1.txt", Body=f"events of {user}\n".encode())
-            yield {"hub": h, "url": url, "moto": moto_url, "s3": s3, "notebooks": notebooks, "work": work,
+            yield {"hub": h, "url": url, "pod_url": url.replace("/api/credentials", "/api/pod-credentials"),
+                   "moto": moto_url, "s3": s3, "notebooks": notebooks, "work": work,
                    "rendered": rendered, "configmap": configmap(rendered), "svc_log": svc_log}
     finally:
         for p in procs:
             stop(p)
         sts.shutdown()
+        kube.shutdown()
 
 
 def ask(world: dict[str, Any], token: str | None, **params: str) -> requests.Response:
@@ -476,3 +561,134 @@ def test_rclone_mount_reads_through_credential_renewal(world: dict[str, Any], tm
         subprocess.run(["fusermount3" if shutil.which("fusermount3") else "fusermount", "-u", str(mnt)],
                        capture_output=True, timeout=20, check=False)
         stop(proc)
+
+
+# --- Pods without a JupyterHub token: the CSI node plugin's mounts and batch jobs (api/pod-credentials) ---
+
+def notebook_pod_token(user: str, audience: str = s3access.POD_TOKEN_AUDIENCE) -> str:
+    """The notebook pod as KubeSpawner 7.0.0 labels it under z2jh 4.4.0: component=singleuser-server
+    (kubespawner/spawner.py:2159-2160), app=jupyterhub (z2jh files/hub/jupyterhub_config.py:121, the chart's name),
+    the exact user name in the annotation hub.jupyter.org/username (spawner.py:2170)."""
+    return bind_pod_token("hub", f"jupyter-{user}", {"app": "jupyterhub", "component": "singleuser-server",
+                                                     "hub.jupyter.org/username": user},
+                          {"hub.jupyter.org/username": user}, audience=audience)
+
+
+def job_pod_token(user: str, project: str, offloadable: bool = False) -> str:
+    """A job pod of the job service in a project namespace (its labels and the owner annotation: services/jobs/
+    jobspec.py build_job, checked against the job service's own output in test_jobservice_*)."""
+    return bind_pod_token(f"project-{project}", f"train-{os.urandom(3).hex()}-0-x",
+                          {"app.kubernetes.io/managed-by": "aiinfn-jobservice",
+                           "aiinfn.infn.it/offloadable": "true" if offloadable else "false"},
+                          {"aiinfn.infn.it/owner": user})
+
+
+def ask_pod(world: dict[str, Any], token: str | None, **params: str) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(world["pod_url"], headers=headers, params=params, timeout=30)
+
+
+def test_a_pod_token_gets_the_credentials_of_the_pods_owner(world: dict[str, Any]) -> None:
+    """The notebook's pod token (as the CSI node plugin presents it) and a batch job's: the owner's role, their
+    session name at STS, their bucket readable with the answer; the review asks for the site's audience."""
+    before = len(RgwSts.calls)
+    r = ask_pod(world, notebook_pod_token("arizzi"))
+    assert r.status_code == 200, r.text
+    creds = r.json()
+    assert set(creds) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}
+    assert KubeApi.reviews[-1] == s3access.POD_TOKEN_AUDIENCE
+    s3 = boto3.client("s3", endpoint_url=world["moto"], region_name="us-east-1", aws_access_key_id=creds["AccessKeyId"],
+                      aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
+    assert s3.get_object(Bucket="aiinfn-recas-arizzi", Key="data/run1.txt")["Body"].read() == b"events of arizzi\n"
+    r = ask_pod(world, job_pod_token("lanciotti", "cms-tracking"), project="cms-tracking")
+    assert r.status_code == 200, r.text
+    sessions = [(c["RoleSessionName"], c["RoleArn"]) for c in RgwSts.calls[before:]]
+    assert ("lanciotti", "arn:aws:iam::ai-infn:role/aiinfn-recas-user") in sessions or \
+        sessions[-1][0] == "lanciotti"
+    assert {name for name, _ in sessions} <= {"arizzi", "lanciotti"}
+    # the owner's project rule holds on this route too
+    r = ask_pod(world, job_pod_token("arizzi", "cms-tracking"), project="cms-tracking")
+    assert r.status_code == 403 and "not a member" in r.json()["error"]
+
+
+@pytest.mark.parametrize("case", ["no token", "hub token", "other audience", "pod gone", "pod replaced",
+                                  "other namespace", "not a notebook", "no owner", "offloadable job", "user param"])
+def test_a_pod_token_is_refused_unless_it_names_a_live_notebook_or_local_job(world: dict[str, Any], case: str) -> None:
+    """Only a live, pod-bound token of the right audience, for a hub notebook or a local job of the job service;
+    the user is read from the pod, never from the request; each refusal is one line."""
+    params: dict[str, str] = {}
+    if case == "no token":
+        token, want = None, (401, "send the pod's ServiceAccount token")
+    elif case == "hub token":  # a JupyterHub token is not a pod token
+        token, want = notebook_token(world, "arizzi"), (403, "not valid for this service")
+    elif case == "other audience":  # e.g. the API server's own audience: a token made for something else
+        token, want = notebook_pod_token("arizzi", audience="https://kubernetes.default.svc"), (403, "another audience")
+    elif case == "pod gone":
+        token = notebook_pod_token("arizzi")
+        del KubeApi.pods[("hub", "jupyter-arizzi")]
+        want = (403, "not valid for this service")
+    elif case == "pod replaced":  # reviewed while its pod lived; read after a new pod took the name
+        token = notebook_pod_token("arizzi")
+        KubeApi.tokens[token]["reviewed_before_replacement"] = "yes"
+        KubeApi.pods[("hub", "jupyter-arizzi")]["metadata"]["uid"] = "uid-of-the-new-pod"
+        want = (403, "another pod has its name")
+    elif case == "other namespace":
+        token = bind_pod_token("kube-system", "some-agent", {}, {"hub.jupyter.org/username": "arizzi"})
+        want = (403, "pods of namespace 'kube-system' get no S3 credentials")
+    elif case == "not a notebook":  # a hub-namespace pod that only claims a user (e.g. the hub's own pods)
+        token = bind_pod_token("hub", "hub-6f7d", {"app": "jupyterhub", "component": "hub"},
+                               {"hub.jupyter.org/username": "arizzi"})
+        want = (403, "neither a notebook of the hub nor a job of the job service")
+    elif case == "no owner":
+        token = bind_pod_token("project-cms-tracking", "x-0", {"app.kubernetes.io/managed-by": "aiinfn-jobservice"}, {})
+        want = (403, "has no aiinfn.infn.it/owner annotation")
+    elif case == "offloadable job":  # it may run on a remote site: no credential leaves the site
+        token, want = job_pod_token("lanciotti", "cms-tracking", offloadable=True), (403, "offloadable jobs")
+    else:
+        token, params, want = notebook_pod_token("arizzi"), {"user": "lanciotti"}, (400, "owner of the pod")
+    r = ask_pod(world, token, **params)
+    assert (r.status_code, want[1] in r.json()["error"]) == (want[0], True), r.text
+
+
+def test_the_service_renews_an_absent_owners_iam_token_through_the_hub(world: dict[str, Any]) -> None:
+    """A mounted bucket or a batch job may need credentials hours after its owner's last request to the hub, and
+    JupyterHub 5.5 refreshes auth only for a request's own user (handlers/base.py:529 get_current_user ->
+    refresh_auth :382). With the stored IAM token about to expire, the service asks the hub's authenticator
+    (POST /hub/api/aiinfn/users/<name>/refresh-auth, its custom scope), then assumes the role with the new
+    token; STS never sees an expired one. Nobody but a holder of the scope may ask for a renewal."""
+    token = job_pod_token("lanciotti", "cms-tracking")
+    assert ask_pod(world, token).status_code == 200
+    time.sleep(ACCESS_LIFETIME + 0.5)  # no request of lanciotti's meanwhile: the stored access token has expired
+    grants = len([g for g in TokenIam.grants if g["user"] == "lanciotti"])
+    refused = len(RgwSts.refused)
+    r = ask_pod(world, token)
+    assert r.status_code == 200, r.text
+    assert len([g for g in TokenIam.grants if g["user"] == "lanciotti"]) == grants + 1
+    assert len(RgwSts.refused) == refused  # the new access token went to STS
+    hub = world["hub"]["base"]
+    route = f"{hub}/hub/api/aiinfn/users/lanciotti/refresh-auth"
+    assert requests.post(route, headers={"Authorization": f"token {notebook_token(world, 'arizzi')}"},
+                         timeout=10).status_code == 403  # a user's (a notebook's) token lacks the scope
+    assert requests.post(route, headers={"Authorization": f"token {S3_SERVICE_TOKEN}"}, timeout=10).status_code == 204
+    assert requests.post(f"{hub}/hub/api/aiinfn/users/nobody/refresh-auth",
+                         headers={"Authorization": f"token {S3_SERVICE_TOKEN}"}, timeout=10).status_code == 404
+
+
+def test_a_batch_jobs_helper_asks_with_its_pod_token(world: dict[str, Any]) -> None:
+    """The helper as a local job runs it (services/jobs/s3access.py: AIINFN_S3_TOKEN_FILE, the pod route):
+    it reads the kubelet's token file on each run and prints the owner's credentials, which boto3 uses through
+    the profile's credential_process to read the owner's bucket; no JupyterHub token in its environment."""
+    token = job_pod_token("lanciotti", "cms-tracking")
+    env = client_env(world, "lanciotti")
+    env.pop("JUPYTERHUB_API_TOKEN", None)
+    token_file = world["work"] / "job-token"
+    token_file.write_text(token)
+    env.update(AIINFN_S3_TOKEN_FILE=str(token_file), AIINFN_S3_CREDENTIALS_URL=world["pod_url"])
+    out = subprocess.run([sys.executable, "-c", BOTO3_READ, "aiinfn-recas-lanciotti"], env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["body"] == "events of lanciotti\n"
+    token_file.write_text("a-token-the-kubelet-never-issued")
+    helper = str(world["work"] / "client-lanciotti" / s3access.HELPER)
+    bad = subprocess.run([helper], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert bad.returncode == 1 and "403 the pod token is not valid" in bad.stderr, bad.stderr

@@ -48,7 +48,11 @@ def cnaf_with(**s3: object) -> dict:
     ({"credentialSeconds": 899}, "aiinfn:storage.s3.credentialSeconds", "between 900 and 43200"),
     ({"credentialSeconds": 43201}, "aiinfn:storage.s3.credentialSeconds", "between 900 and 43200"),
     ({"region": "Not A Region"}, "aiinfn:storage.s3.region", "not a region name"),
-    ({"mountPath": "/s3"}, "aiinfn:storage.s3.mountPath", "unknown key"),
+    ({"mountPath": "s3"}, "aiinfn:storage.s3.mountPath", "must be an absolute path"),
+    ({"mountPath": "/home/s3"}, "aiinfn:storage.s3.mountPath", "under /home, which notebooks use already"),
+    ({"mountPath": "/S3 buckets"}, "aiinfn:storage.s3.mountPath", "lower-case names"),
+    ({"mount": True, "enabled": False}, "aiinfn:storage.s3.mount", "only where S3 access is enabled"),
+    ({"mounts": True}, "aiinfn:storage.s3.mounts", "unknown key"),
 ])
 def test_bad_values_are_refused_with_one_line(change: dict, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -74,7 +78,8 @@ def test_rendered_service_and_notebook_files_hold_no_secret() -> None:
     svc = values["hub"]["services"]["s3"]
     assert svc["url"] == "http://aiinfn-s3:10102" and str(svc["apiToken"]).startswith("<")
     role = values["hub"]["loadRoles"]["s3-service"]
-    assert role["scopes"] == ["read:users:name", "read:users:groups", "admin:auth_state"]
+    # and the hub's own renewal route for owners of pods (services/hub/aiinfn_hub.py REFRESH_AUTH_SCOPE)
+    assert role["scopes"] == ["read:users:name", "read:users:groups", "admin:auth_state", "custom:aiinfn:refresh-auth"]
     assert role["services"] == ["s3"]
     assert "access:services!service=s3" in values["hub"]["loadRoles"]["server"]["scopes"]
     assert values["hub"]["config"]["Authenticator"] == {"enable_auth_state": True, "refresh_pre_spawn": True,
@@ -92,7 +97,16 @@ def test_rendered_service_and_notebook_files_hold_no_secret() -> None:
                and r.inputs["metadata"]["name"] == s3access.DEPLOYMENT)
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert pod["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is False  # only an expiring projected token, for TokenReview
+    assert pod["serviceAccountName"] == s3access.SERVICE_ACCOUNT
+    (token,) = [v for v in pod["volumes"] if v["name"] == "sa-token"]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 3600
+    rbac = {(r.inputs["kind"], r.inputs["metadata"].get("namespace", "")): r.inputs for r in rendered.resources
+            if r.inputs.get("kind") in ("ClusterRole", "Role") and r.inputs["metadata"]["name"].startswith("aiinfn-s3")}
+    assert rbac.pop(("ClusterRole", ""))["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
+    assert sorted(ns for _, ns in rbac) == ["hub", "project-cms-tracking", "project-km3net", "project-lhcb-flashsim"]
+    assert all(r["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}] for r in rbac.values())
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]} and c["securityContext"]["readOnlyRootFilesystem"]
     settings = json.loads(next(e["value"] for e in c["env"] if e["name"] == "AIINFN_S3_SETTINGS"))
     assert settings["role_arn"] == "arn:aws:iam::ai-infn:role/aiinfn-recas-user"

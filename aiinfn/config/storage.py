@@ -245,6 +245,9 @@ class BlockConfig:
 S3_PLACEHOLDERS = {"userBucket": ("user", "site"), "projectBucket": ("project", "site")}
 # RGW role ARNs: arn:aws:iam::<tenant or account, may be empty>:role/<path and name>
 ROLE_ARN = re.compile(r"^arn:aws:iam::[A-Za-z0-9_-]{0,64}:role/[A-Za-z0-9+=,.@_/-]{1,128}$")
+# top-level directories a notebook or a job has (image, homes and shares, CVMFS, JuiceFS, envs, the system)
+S3_MOUNT_RESERVED = {"home", "cvmfs", "juicefs", "envs", "scratch", "etc", "usr", "bin", "sbin", "lib", "lib64",
+                     "opt", "var", "tmp", "proc", "sys", "dev", "run", "root", "boot", "srv", "mnt"}
 STS_MIN_SECONDS, STS_MAX_SECONDS = 900, 43200  # the DurationSeconds STS accepts (AWS and Ceph RGW)
 
 
@@ -268,6 +271,10 @@ class S3AccessConfig:
     user_bucket: str = "aiinfn-{site}-{user}"  # placeholders {user}, {site}
     project_bucket: str = "aiinfn-{site}-{project}"  # placeholders {project}, {site}
     credential_seconds: int = 3600  # STS DurationSeconds of each credential set
+    # mount the user's buckets (their own, their projects') in notebooks and local batch jobs at spawn, under
+    # <mountPath>/<bucket>, by the CSI node plugin s3.csi.aiinfn.infn.it (rclone mount with the same credentials)
+    mount: bool = False
+    mount_path: str = "/s3"
 
     def __validate__(self, path: str) -> None:
         found = Collector()
@@ -300,6 +307,13 @@ class S3AccessConfig:
         if not STS_MIN_SECONDS <= self.credential_seconds <= STS_MAX_SECONDS:
             found.add(f"{path}.credentialSeconds", f"must be between {STS_MIN_SECONDS} and {STS_MAX_SECONDS} "
                                                    f"(what STS accepts as DurationSeconds), got {self.credential_seconds}")
+        if not re.match(r"^/[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_-]*)*$", self.mount_path):
+            found.add(f"{path}.mountPath", f"{self.mount_path!r} must be an absolute path of lower-case names (like /s3)")
+        elif self.mount_path.split("/")[1] in S3_MOUNT_RESERVED:
+            found.add(f"{path}.mountPath", f"{self.mount_path!r} is under /{self.mount_path.split('/')[1]}, which "
+                                           "notebooks use already; choose a directory of its own (like /s3)")
+        if self.mount and not self.enabled:
+            found.add(f"{path}.mount", "mounts buckets only where S3 access is enabled (set enabled: true)")
         if self.enabled and not self.role_arn:
             found.add(f"{path}.roleArn", "is required when S3 access is enabled: the RGW role users assume")
         found.raise_if_any()

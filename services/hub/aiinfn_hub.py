@@ -360,24 +360,45 @@ def bucket_name(template: str, **values: str) -> str:
     return _BUCKET_BAD.sub("-", template.format(**values).lower()).strip(".-")[:63]
 
 
-def s3_notebook(site: dict[str, Any], username: str, projects: list[dict[str, Any]]) -> tuple[
-        dict[str, Any], dict[str, Any], dict[str, str]] | None:
-    """(volume, mount, environment) that let a notebook reach its user's buckets, or None where S3 is off.
+def s3_pod(site: dict[str, Any], username: str, projects: list[dict[str, Any]], uid: int, gid: int,
+           pod_token: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]] | None:
+    """(volumes, mounts, environment) that let a pod reach its user's buckets, or None where S3 is off.
 
-    Only the client files (an AWS profile running the credential helper) and non-secret variables: the
-    keys come from the hub's S3 service when a client asks, with the notebook's own JupyterHub token.
+    Only the client files (an AWS profile running the credential helper) and non-secret variables: the keys come
+    from the hub's S3 service when a client asks, with the notebook's own JupyterHub token or, for a pod that has
+    none (``pod_token``: a batch job), a ServiceAccount token the kubelet binds to the pod for the service's
+    audience. Where the site mounts buckets, each of the user's buckets is a volume of the CSI node plugin (which
+    asks the service with a token of the pod too), at ``<mount path>/<bucket>``; mountPropagation HostToContainer
+    lets a mount the plugin makes again (after its restart) reach the running container.
     """
     s3 = site.get("s3")
     if not s3:
         return None
-    volume = {"name": "aiinfn-s3", "configMap": {"name": s3["configmap"], "defaultMode": 0o444,
-                                                 "items": [dict(i) for i in s3["items"]]}}
-    mount = {"name": "aiinfn-s3", "mountPath": s3["client_dir"], "readOnly": True}
+    volumes = [{"name": "aiinfn-s3", "configMap": {"name": s3["configmap"], "defaultMode": 0o444,
+                                                   "items": [dict(i) for i in s3["items"]]}}]
+    mounts = [{"name": "aiinfn-s3", "mountPath": s3["client_dir"], "readOnly": True}]
     env = dict(s3["env"])
-    env["AIINFN_S3_BUCKET"] = bucket_name(s3["user_bucket"], user=username, site=site["site"])
-    env["AIINFN_S3_PROJECT_BUCKETS"] = ",".join(
-        f"{p['name']}={bucket_name(s3['project_bucket'], project=p['name'], site=site['site'])}" for p in projects)
-    return volume, mount, env
+    buckets = [("", bucket_name(s3["user_bucket"], user=username, site=site["site"]))]
+    buckets += [(p["name"], bucket_name(s3["project_bucket"], project=p["name"], site=site["site"])) for p in projects]
+    env["AIINFN_S3_BUCKET"] = buckets[0][1]
+    env["AIINFN_S3_PROJECT_BUCKETS"] = ",".join(f"{project}={bucket}" for project, bucket in buckets[1:])
+    if pod_token:
+        token = s3["pod_identity"]
+        volumes.append({"name": "aiinfn-s3-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": token["audience"], "expirationSeconds": token["expiration_seconds"], "path": "token"}}]}})
+        mounts.append({"name": "aiinfn-s3-token", "mountPath": token["dir"], "readOnly": True})
+        env["AIINFN_S3_CREDENTIALS_URL"] = token["credentials_url"]
+        env["AIINFN_S3_TOKEN_FILE"] = f"{token['dir']}/token"
+    mount = s3.get("mount")
+    if mount:
+        for i, (project, bucket) in enumerate(buckets):
+            attributes = {"bucket": bucket, "uid": str(uid), "gid": str(gid), **({"project": project} if project else {})}
+            volumes.append({"name": f"aiinfn-s3-mount-{i}", "csi": {"driver": mount["driver"],
+                                                                    "volumeAttributes": attributes}})
+            mounts.append({"name": f"aiinfn-s3-mount-{i}", "mountPath": f"{mount['path']}/{bucket}",
+                           "mountPropagation": "HostToContainer"})
+        env["AIINFN_S3_MOUNTS"] = mount["path"]
+    return volumes, mounts, env
 
 
 def _jwt_expiry(token: str) -> float | None:
@@ -430,6 +451,57 @@ def refresh_before_expiry(margin_seconds: float, clock=None):
     return hook
 
 
+# The S3 credential service asks the hub to renew a user's IAM tokens when a pod of that user (a mounted bucket, a
+# batch job) needs credentials while the user makes no request of the hub: JupyterHub 5.5 refreshes auth only for
+# the requester of a request (handlers/base.py get_current_user -> refresh_auth, :382 and :529), and only the hub
+# holds the IAM client secret. One route, under the hub's API, for holders of this custom scope (JupyterHub 5.5
+# scopes.py:1234 define_custom_scopes; the ``user_name`` argument makes needs_scope honour ``!user=`` filters,
+# scopes.py:954). Registered through Authenticator.get_handlers (app.py:1788 init_handlers), the authenticators'
+# extension point, not JupyterHub.extra_handlers (deprecated since 3.1, app.py:1717).
+REFRESH_AUTH_SCOPE = "custom:aiinfn:refresh-auth"
+REFRESH_AUTH_ROUTE = r"/api/aiinfn/users/([^/]+)/refresh-auth"  # under the hub prefix: /hub/api/aiinfn/...
+_IAM_AUTHENTICATOR: Any = None
+
+
+def _refresh_auth_handler() -> Any:
+    from jupyterhub.apihandlers.base import APIHandler
+    from jupyterhub.scopes import needs_scope
+    from tornado import web
+
+    class RefreshAuthHandler(APIHandler):
+        @needs_scope(REFRESH_AUTH_SCOPE)
+        async def post(self, user_name: str) -> None:
+            user = self.find_user(user_name)
+            if user is None:
+                raise web.HTTPError(404, f"no user {user_name}")
+            # force: past the hub's auth_refresh_age or not; the authenticator's refresh_user (with the
+            # refresh_user_hook below) decides whether the IAM token needs renewing
+            if await self.refresh_auth(user, force=True) is None:
+                raise web.HTTPError(409, f"the IAM login of {user_name} cannot be renewed: they must log in again")
+            self.set_status(204)
+
+    return RefreshAuthHandler
+
+
+def iam_authenticator_class() -> Any:
+    """GenericOAuthenticator plus the refresh route (built on first use: only the hub has jupyterhub's handlers)."""
+    global _IAM_AUTHENTICATOR
+    if _IAM_AUTHENTICATOR is not None:
+        return _IAM_AUTHENTICATOR
+    from oauthenticator.generic import GenericOAuthenticator
+
+    class IamAuthenticator(GenericOAuthenticator):
+        """INDIGO IAM through GenericOAuthenticator, with the route that renews a user's tokens on request."""
+
+        def get_handlers(self, app: Any) -> list[Any]:
+            # built here: needs_scope checks the scope exists when it decorates, and the hub defines custom
+            # scopes (init_role_creation, app.py:3420) before it collects handlers (init_handlers, :3428)
+            return [*super().get_handlers(app), (REFRESH_AUTH_ROUTE, _refresh_auth_handler())]
+
+    _IAM_AUTHENTICATOR = IamAuthenticator
+    return IamAuthenticator
+
+
 def pre_spawn_hook(site: dict[str, Any]):
     """The ``Spawner.pre_spawn_hook``: per-user volumes, accounting labels, home and environment."""
 
@@ -470,11 +542,11 @@ def pre_spawn_hook(site: dict[str, Any]):
         env = {k: v for k, v in spawner.environment.items() if not k.startswith(NVIDIA_ENV_PREFIX)}
         spawner.environment = {**env, **chosen_profile_env(site, groups, slug), "HOME": f"/home/{username}",
                                "AIINFN_PROJECTS": ",".join(p["name"] for p in projects)}
-        s3 = s3_notebook(site, username, projects)
+        s3 = s3_pod(site, username, projects, uid, gid)
         if s3 is not None:
-            volume, mount, s3_env = s3
-            spawner.volumes = [*spawner.volumes, volume]
-            spawner.volume_mounts = [*spawner.volume_mounts, mount]
+            s3_volumes, s3_mounts, s3_env = s3
+            spawner.volumes = [*spawner.volumes, *s3_volumes]
+            spawner.volume_mounts = [*spawner.volume_mounts, *s3_mounts]
             spawner.environment = {**spawner.environment, **s3_env}
         # Real-time collaboration (jupyter-collaboration in the image) only where the stack asks for it.
         rtc = "--YDocExtension.disable_rtc=" + ("False" if site["collaborative"] else "True")
@@ -561,6 +633,11 @@ def configure(c: Any, site: dict[str, Any], env: dict[str, str] | None = None) -
     c.GenericOAuthenticator.auth_state_groups_key = groups_key(site)
     if site.get("s3"):
         c.GenericOAuthenticator.refresh_user_hook = refresh_before_expiry(site["s3"]["refresh_margin_seconds"])
+        # the scope is defined whatever the authenticator: the S3 service's role names it
+        c.JupyterHub.custom_scopes = {REFRESH_AUTH_SCOPE: {
+            "description": "Renew a user's IAM tokens through the hub's authenticator (the S3 credential service)"}}
+        if c.JupyterHub.get("authenticator_class") == "generic-oauth":  # z2jh's hub.config, the site's IAM
+            c.JupyterHub.authenticator_class = iam_authenticator_class()
     av = _availability()
     view = av.ClusterView(site, av.kube_fetch(), on_refresh=av.export)
     c.KubeSpawner.profile_list = profile_list(site, view)

@@ -15,7 +15,7 @@ from pathlib import Path
 # aiinfn_hub.py is the hub layer's own module (a link here), shipped so both use one uid scheme.
 SERVICE_MODULES = ("__init__.py", "__main__.py", "errors.py", "settings.py", "identity.py", "aiinfn_hub.py",
                    "hubusers.py",
-                   "jobspec.py", "bunshin.py", "status.py", "kube.py", "app.py")
+                   "s3access.py", "jobspec.py", "bunshin.py", "status.py", "kube.py", "app.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import ApiError, bad_request, forbidden
 from .identity import home_volume, make_home_container, posix_name, user_identity
+from .s3access import job_s3
 from .settings import Capacity, OfferingInfo, PoolInfo, ProjectInfo, Settings
 
 MANAGED_BY = "aiinfn-jobservice"
@@ -582,6 +583,9 @@ def build_job(settings: Settings, caller: Caller, project: ProjectInfo, req: Job
             env = [e for e in env if e["name"] != k]
         env.append({"name": k, "value": v})
     env += [{"name": "AIINFN_JOB_NAME", "value": job_name}, {"name": "AIINFN_PROJECT", "value": project.name}]
+    env, volumes, mounts = job_s3(settings, caller.name, caller.groups, base.run_as,
+                                  int(base.pod_security_context.get("runAsGroup", base.run_as)), req.offload,
+                                  env, volumes, mounts)
     env = [e for e in env if e["name"] not in ("AIINFN_SANDBOX", "AIINFN_WORKSPACE")]
     volumes.append({"name": WORKSPACE_VOLUME, "emptyDir": {}})
     mounts.append({"name": WORKSPACE_VOLUME, "mountPath": WORKSPACE_MOUNT})
@@ -660,7 +664,8 @@ def build_job(settings: Settings, caller: Caller, project: ProjectInfo, req: Job
         "backoffLimit": req.retries,
         "ttlSecondsAfterFinished": req.ttl_seconds,
         "suspend": True,  # Kueue admits it (unsuspends) when the project's queue has room
-        "template": {"metadata": {"labels": dict(identity)}, "spec": pod_spec},
+        # the owner on the pods too: the S3 service reads it from the pod a token is bound to
+        "template": {"metadata": {"labels": dict(identity), "annotations": {ANN_OWNER: caller.name}}, "spec": pod_spec},
     }
     if eviction.get("podFailurePolicy"):
         spec["podFailurePolicy"] = eviction["podFailurePolicy"]

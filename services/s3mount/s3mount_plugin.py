@@ -10,7 +10,7 @@ volume's state dir and starts an ``rclone mount`` child whose AWS profile runs t
 mounted volume only replaces the token file. rclone mounts at a staging dir of the volume and the plugin
 bind-mounts it onto kubelet's target; on start the plugin mounts again every recorded volume whose target is
 still there, on top of the dead mount (rclone children die with the plugin's container), which the pods'
-HostToContainer mounts then see.
+HostToContainer mounts then see; every watch_seconds it does the same for a volume whose rclone died.
 
 Run: ``python3 s3mount_plugin.py`` (the image: ``/usr/local/lib/aiinfn-s3-csi/s3mount_plugin.py``), with
 
@@ -24,13 +24,13 @@ Run: ``python3 s3mount_plugin.py`` (the image: ``/usr/local/lib/aiinfn-s3-csi/s3
     ``http://aiinfn-s3.hub.svc:10102/services/s3/api/pod-credentials`` (``?project=P`` is added per volume).
   - ``endpoint`` (required): the RGW S3 endpoint rclone uses (``aiinfn:storage.s3.endpoint``).
   - ``region`` (required): ``aiinfn:storage.s3.region``.
-  - ``state_dir`` (required): absolute, no whitespace; a hostPath (``/var/lib/aiinfn-s3-csi``) so that the
+  - ``state_dir`` (required): absolute, of letters, digits, ``. _ - /``; a hostPath (``/var/lib/aiinfn-s3-csi``) so that the
     volumes' records outlive the container. Holds pod tokens: root only (the plugin makes it 0700).
   - ``token_audience`` (required): the audience of the CSIDriver's tokenRequests entry, ``aiinfn-s3``.
   - ``mount_timeout_seconds`` (1..110, default 30): how long a publish waits for the mount (kubelet gives a
     CSI call 2 minutes); ``dir_cache_seconds`` (1..86400, default 60): rclone ``--dir-cache-time``;
-    ``vfs_cache_mode`` (off, minimal, writes, full; default writes); ``rclone`` (default ``rclone``, looked
-    up on PATH).
+    ``vfs_cache_mode`` (off, minimal, writes, full; default writes); ``watch_seconds`` (1..3600, default 10):
+    how often volumes whose rclone died are mounted again; ``rclone`` (default ``rclone``, looked up on PATH).
 
 Exit status 2 with one line per bad setting, naming it. The container runs as root, privileged (mount(2)
 and /dev/fuse), with /var/lib/kubelet mounted Bidirectional so that its FUSE mounts reach the pods.
@@ -57,8 +57,12 @@ from s3mount_volumes import MountSettings, VolumeError, Volumes, parse_request
 VERSION = "0.1.0"  # the image's tag: ghcr.io/ai-infn/s3-csi:<VERSION>-bookworm (images/s3-csi/Containerfile)
 SETTINGS_ENV = "AIINFN_S3_CSI_SETTINGS"
 REQUIRED = ("driver_name", "credentials_url", "endpoint", "region", "state_dir", "token_audience")
-OPTIONAL = {"mount_timeout_seconds": (1, 110), "dir_cache_seconds": (1, 86400)}
+OPTIONAL = {"mount_timeout_seconds": (1, 110), "dir_cache_seconds": (1, 86400), "watch_seconds": (1, 3600)}
 CACHE_MODES = ("off", "minimal", "writes", "full")
+# credential_process runs through "sh -c" (aws-sdk-go v1 credentials/processcreds/provider.go prepareCommand, in
+# rclone 1.60.1): the URL and the state dir (the token file's path) keep to characters a shell takes literally.
+PLAIN_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
 # CSIDriver names: a DNS-1123 subdomain of at most 63 characters (k8s.io/api storage/v1 CSIDriver.metadata.name)
 DRIVER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 
@@ -73,6 +77,7 @@ class Settings:
         self.token_audience: str = raw["token_audience"]
         self.socket = csi_endpoint.removeprefix("unix://")
         self.node_id = node_id
+        self.watch_seconds = float(raw.get("watch_seconds", 10))
         self.mount = MountSettings(
             credentials_url=raw["credentials_url"], endpoint=raw["endpoint"], region=raw["region"],
             state_dir=Path(raw["state_dir"]), rclone=raw.get("rclone", "rclone"),
@@ -101,12 +106,12 @@ def load_settings(env: dict[str, str]) -> tuple[Settings | None, list[str]]:
             problems.append(f"{SETTINGS_ENV}.{key}: missing (a non-empty string)")
     if isinstance(raw.get("driver_name"), str) and raw["driver_name"] and not DRIVER_NAME.match(raw["driver_name"]):
         problems.append(f"{SETTINGS_ENV}.driver_name: {raw['driver_name']!r} is not a CSI driver name (DNS, <= 63)")
-    for key in ("credentials_url", "endpoint"):
-        if isinstance(raw.get(key), str) and raw[key] and not re.match(r"^https?://[^\s/]+(/\S*)?$", raw[key]):
-            problems.append(f"{SETTINGS_ENV}.{key}: {raw[key]!r} is not an http(s) URL")
+    for key in ("credentials_url", "endpoint"):  # both end up in a credential_process line or rclone.conf
+        if isinstance(raw.get(key), str) and raw[key] and not PLAIN_URL.match(raw[key]):
+            problems.append(f"{SETTINGS_ENV}.{key}: {raw[key]!r} is not a plain http(s) URL (no query)")
     state = raw.get("state_dir")
-    if isinstance(state, str) and state and (not state.startswith("/") or re.search(r"\s", state)):
-        problems.append(f"{SETTINGS_ENV}.state_dir: {state!r} is not an absolute path without whitespace")
+    if isinstance(state, str) and state and not PLAIN_PATH.match(state):
+        problems.append(f"{SETTINGS_ENV}.state_dir: {state!r} is not an absolute path of letters, digits, . _ - /")
     for key, (low, high) in OPTIONAL.items():
         if key in raw and (not isinstance(raw[key], (int, float)) or isinstance(raw[key], bool)
                            or not low <= raw[key] <= high):
@@ -210,17 +215,24 @@ def main() -> int:
     server.start()
     log(f"{settings.driver_name} {VERSION} on node {settings.node_id}, serving {sock}")
 
-    def recover() -> None:
-        for line in volumes.recover():
-            log(f"restart: {line}")
-
-    threading.Thread(target=recover, name="recover", daemon=True).start()
     stop = threading.Event()
+
+    def watch() -> None:
+        what = "restart"
+        while not stop.is_set():
+            for line in volumes.recover():
+                log(f"{what}: {line}")
+            what = "watch"
+            stop.wait(settings.watch_seconds)
+
+    watcher = threading.Thread(target=watch, name="watch", daemon=True)
+    watcher.start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     while not stop.wait(1):
         pass
     server.stop(5).wait()
+    watcher.join(30)
     volumes.stop_all()  # records stay: the next start mounts them again
     log("stopped")
     return 0

@@ -367,30 +367,38 @@ class Volumes:
             return "unmounted" if known else "nothing published"
 
     def recover(self) -> list[str]:
-        """After a restart: mount again every recorded volume whose target is still there (over the dead FUSE
-        mount the previous rclone left, so that running containers see it); forget the others (pods gone)."""
+        """Mount again every recorded volume that is not live and whose target is still there, over the dead
+        FUSE mount its rclone left (so that running containers see it): after a restart (rclone children die
+        with the plugin's container) and, called every watch_seconds, after an rclone died. Forget the others
+        (their pods are gone)."""
         done = []
-        for state in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            try:
-                vol = Volume.load(state / "volume.json")
-            except (OSError, ValueError, TypeError):
-                shutil.rmtree(state, ignore_errors=True)
-                done.append(f"{state.name}: no record, removed")
-                continue
-            with self._lock(vol.volume_id):
+        for name in sorted(p.name for p in self.root.iterdir() if p.is_dir()):
+            with self._lock(name):
+                state = self.state(name)
+                if not state.is_dir():
+                    continue  # unpublished meanwhile
+                try:
+                    vol = Volume.load(state / "volume.json")
+                except (OSError, ValueError, TypeError):
+                    shutil.rmtree(state, ignore_errors=True)
+                    done.append(f"{name}: no record, removed")
+                    continue
                 if self.live(vol):
                     continue
                 if vol.target_path not in mount_points() and not os.path.isdir(vol.target_path):
+                    self._stop(name)
+                    self._unmount_all(self.staging(name))
                     shutil.rmtree(state, ignore_errors=True)
-                    done.append(f"{vol.volume_id}: target gone, forgotten")
+                    done.append(f"{name}: target gone, forgotten")
                     continue
                 try:
                     self._mount(vol, None, fresh=False)
-                    done.append(f"{vol.volume_id}: mounted again at {vol.target_path}")
+                    done.append(f"{name}: mounted again at {vol.target_path}")
                 except VolumeError as err:
-                    done.append(f"{vol.volume_id}: {err}")
+                    done.append(f"{name}: {err}")
         return done
 
     def stop_all(self) -> None:
         for volume_id in list(self._children):
-            self._stop(volume_id)
+            with self._lock(volume_id):
+                self._stop(volume_id)
