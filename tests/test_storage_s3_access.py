@@ -692,3 +692,61 @@ def test_a_batch_jobs_helper_asks_with_its_pod_token(world: dict[str, Any]) -> N
     helper = str(world["work"] / "client-lanciotti" / s3access.HELPER)
     bad = subprocess.run([helper], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert bad.returncode == 1 and "403 the pod token is not valid" in bad.stderr, bad.stderr
+
+
+FSSPEC_READ = """
+import json, os, sys
+import s3fs
+fs = s3fs.S3FileSystem(profile="aiinfn", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+bucket = sys.argv[1]
+print(json.dumps({"keys": sorted(fs.find(bucket)), "body": fs.cat(f"{bucket}/data/run1.txt").decode()}))
+"""
+
+ARROW_READ = """
+import json, os, sys
+from urllib.parse import urlparse
+from pyarrow import fs as pafs
+url = urlparse(os.environ["AWS_ENDPOINT_URL"])
+s3 = pafs.S3FileSystem(endpoint_override=url.netloc, scheme=url.scheme)  # credentials: the profile's process
+bucket = sys.argv[1]
+with s3.open_input_stream(f"{bucket}/data/run1.txt") as f:
+    body = f.read().decode()
+print(json.dumps({"keys": sorted(i.path for i in s3.get_file_info(pafs.FileSelector(bucket, recursive=True))),
+                  "body": body}))
+"""
+
+
+@pytest.mark.parametrize("client", ["s3fs", "pyarrow"])
+def test_s3fs_and_pyarrow_read_the_bucket_through_the_profile(world: dict[str, Any], client: str) -> None:
+    """The README's other two clients with the same profile and no key: s3fs (aiobotocore's credential chain
+    runs the profile's credential_process, as botocore's does) and pyarrow (the AWS SDK for C++: its default
+    provider chain includes the config file's credential_process)."""
+    pytest.importorskip(client)
+    env = client_env(world, "arizzi")
+    env.pop("AWS_CA_BUNDLE", None)
+    out = subprocess.run([sys.executable, "-c", FSSPEC_READ if client == "s3fs" else ARROW_READ, "aiinfn-recas-arizzi"],
+                         env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert got["body"] == "events of arizzi\n"
+    assert "aiinfn-recas-arizzi/data/run1.txt" in got["keys"]
+
+
+def test_the_node_plugins_helper_gets_credentials_from_the_pod_route(world: dict[str, Any], tmp_path: Path) -> None:
+    """The CSI node plugin's credential_process (services/s3mount/s3mount_credentials.py, tested against a
+    stand-in in test_s3_csi_plugin) against the real service: a notebook pod's token in its token file, the
+    owner's credentials out, and a project's role only for the project's members."""
+    helper = shipped.service_dir("s3mount") / "s3mount_credentials.py"
+    token_file = tmp_path / "token"
+    token_file.write_text(notebook_pod_token("arizzi"))
+    run = lambda *extra: subprocess.run([sys.executable, str(helper), "--token-file", str(token_file),  # noqa: E731
+                                         "--url", world["pod_url"], *extra], capture_output=True, text=True,
+                                        timeout=30, check=False)
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert set(json.loads(ok.stdout)) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}
+    before = len(RgwSts.calls)
+    assert run("--project", "lhcb-flashsim").returncode == 0
+    assert RgwSts.calls[before]["RoleArn"] == "arn:aws:iam::ai-infn:role/aiinfn-recas-lhcb-flashsim"
+    bad = run("--project", "cms-tracking")
+    assert bad.returncode == 1 and "not a member of project 'cms-tracking'" in bad.stderr
