@@ -750,3 +750,49 @@ def test_the_node_plugins_helper_gets_credentials_from_the_pod_route(world: dict
     assert RgwSts.calls[before]["RoleArn"] == "arn:aws:iam::ai-infn:role/aiinfn-recas-lhcb-flashsim"
     bad = run("--project", "cms-tracking")
     assert bad.returncode == 1 and "not a member of project 'cms-tracking'" in bad.stderr
+
+
+def test_the_node_plugin_mounts_a_notebooks_bucket_with_the_real_service(world: dict[str, Any], tmp_path: Path) -> None:
+    """End to end at spawn: the CSI node plugin (run as its image runs it, tests/test_s3_csi_plugin.py's Plugin)
+    publishes a notebook's bucket volume with the pod token the kubelet hands it; its rclone's credential_process
+    asks this world's real service, which reviews the token and assumes arizzi's role; the file reads through the
+    mount, and after those credentials expired a newly written object still does (renewal through the service,
+    never through the mount)."""
+    why = fuse_unusable()
+    if why:
+        pytest.skip(why)
+    from .test_s3_csi_plugin import Plugin, debian_python, kubelet_context, layers, publish_request, unpublish_request
+
+    settings = {"driver_name": "s3.csi.aiinfn.infn.it", "credentials_url": world["pod_url"], "endpoint": world["moto"],
+                "region": "us-east-1", "state_dir": str(tmp_path / "state"), "token_audience": "aiinfn-s3",
+                "dir_cache_seconds": 1, "mount_timeout_seconds": 20, "watch_seconds": 5}
+    plugin = Plugin(tmp_path / "image", debian_python() or sys.executable, settings, tmp_path / "csi" / "csi.sock",
+                    tmp_path / "plugin.log")
+    target = tmp_path / "kubelet" / "pods" / "p1" / "volumes" / "kubernetes.io~csi" / "bucket" / "mount"
+    target.parent.mkdir(parents=True)
+    volume_id = "csi-" + os.urandom(16).hex()
+    log_at = len(world["svc_log"].read_text())
+    plugin.start()
+    try:
+        context = kubelet_context(notebook_pod_token("arizzi"), bucket="aiinfn-recas-arizzi", uid="1234", gid="5678")
+        plugin.call("Node", "NodePublishVolume", publish_request(volume_id, str(target), context))
+        assert (target / "data" / "run1.txt").read_text() == "events of arizzi\n"
+        assert (target / "data" / "run1.txt").stat().st_uid == 1234
+        time.sleep(CRED_LIFETIME + 0.5)  # the first credentials have expired
+        world["s3"].put_object(Bucket="aiinfn-recas-arizzi", Key="data/run3.txt", Body=b"mounted at spawn\n")
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert (target / "data" / "run3.txt").read_text() == "mounted at spawn\n"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "plugin.log").read_text()[-2000:]
+                time.sleep(0.3)
+        assert "pod refused" not in world["svc_log"].read_text()[log_at:]  # every credential_process run granted
+        plugin.call("Node", "NodeUnpublishVolume", unpublish_request(volume_id, str(target)))
+        assert layers(target) == 0
+    finally:
+        plugin.stop()
+        while layers(target):
+            if subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False).returncode:
+                break
