@@ -692,3 +692,107 @@ def test_a_batch_jobs_helper_asks_with_its_pod_token(world: dict[str, Any]) -> N
     helper = str(world["work"] / "client-lanciotti" / s3access.HELPER)
     bad = subprocess.run([helper], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert bad.returncode == 1 and "403 the pod token is not valid" in bad.stderr, bad.stderr
+
+
+FSSPEC_READ = """
+import json, os, sys
+import s3fs
+fs = s3fs.S3FileSystem(profile="aiinfn", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+bucket = sys.argv[1]
+print(json.dumps({"keys": sorted(fs.find(bucket)), "body": fs.cat(f"{bucket}/data/run1.txt").decode()}))
+"""
+
+ARROW_READ = """
+import json, os, sys
+from urllib.parse import urlparse
+from pyarrow import fs as pafs
+url = urlparse(os.environ["AWS_ENDPOINT_URL"])
+s3 = pafs.S3FileSystem(endpoint_override=url.netloc, scheme=url.scheme)  # credentials: the profile's process
+bucket = sys.argv[1]
+with s3.open_input_stream(f"{bucket}/data/run1.txt") as f:
+    body = f.read().decode()
+print(json.dumps({"keys": sorted(i.path for i in s3.get_file_info(pafs.FileSelector(bucket, recursive=True))),
+                  "body": body}))
+"""
+
+
+@pytest.mark.parametrize("client", ["s3fs", "pyarrow"])
+def test_s3fs_and_pyarrow_read_the_bucket_through_the_profile(world: dict[str, Any], client: str) -> None:
+    """The README's other two clients with the same profile and no key: s3fs (aiobotocore's credential chain
+    runs the profile's credential_process, as botocore's does) and pyarrow (the AWS SDK for C++: its default
+    provider chain includes the config file's credential_process)."""
+    pytest.importorskip(client)
+    env = client_env(world, "arizzi")
+    env.pop("AWS_CA_BUNDLE", None)
+    out = subprocess.run([sys.executable, "-c", FSSPEC_READ if client == "s3fs" else ARROW_READ, "aiinfn-recas-arizzi"],
+                         env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert got["body"] == "events of arizzi\n"
+    assert "aiinfn-recas-arizzi/data/run1.txt" in got["keys"]
+
+
+def test_the_node_plugins_helper_gets_credentials_from_the_pod_route(world: dict[str, Any], tmp_path: Path) -> None:
+    """The CSI node plugin's credential_process (services/s3mount/s3mount_credentials.py, tested against a
+    stand-in in test_s3_csi_plugin) against the real service: a notebook pod's token in its token file, the
+    owner's credentials out, and a project's role only for the project's members."""
+    helper = shipped.service_dir("s3mount") / "s3mount_credentials.py"
+    token_file = tmp_path / "token"
+    token_file.write_text(notebook_pod_token("arizzi"))
+    run = lambda *extra: subprocess.run([sys.executable, str(helper), "--token-file", str(token_file),  # noqa: E731
+                                         "--url", world["pod_url"], *extra], capture_output=True, text=True,
+                                        timeout=30, check=False)
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert set(json.loads(ok.stdout)) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}
+    before = len(RgwSts.calls)
+    assert run("--project", "lhcb-flashsim").returncode == 0
+    assert RgwSts.calls[before]["RoleArn"] == "arn:aws:iam::ai-infn:role/aiinfn-recas-lhcb-flashsim"
+    bad = run("--project", "cms-tracking")
+    assert bad.returncode == 1 and "not a member of project 'cms-tracking'" in bad.stderr
+
+
+def test_the_node_plugin_mounts_a_notebooks_bucket_with_the_real_service(world: dict[str, Any], tmp_path: Path) -> None:
+    """End to end at spawn: the CSI node plugin (run as its image runs it, tests/test_s3_csi_plugin.py's Plugin)
+    publishes a notebook's bucket volume with the pod token the kubelet hands it; its rclone's credential_process
+    asks this world's real service, which reviews the token and assumes arizzi's role; the file reads through the
+    mount, and after those credentials expired a newly written object still does (renewal through the service,
+    never through the mount)."""
+    why = fuse_unusable()
+    if why:
+        pytest.skip(why)
+    from .test_s3_csi_plugin import Plugin, debian_python, kubelet_context, layers, publish_request, unpublish_request
+
+    settings = {"driver_name": "s3.csi.aiinfn.infn.it", "credentials_url": world["pod_url"], "endpoint": world["moto"],
+                "region": "us-east-1", "state_dir": str(tmp_path / "state"), "token_audience": "aiinfn-s3",
+                "dir_cache_seconds": 1, "mount_timeout_seconds": 20, "watch_seconds": 5}
+    plugin = Plugin(tmp_path / "image", debian_python() or sys.executable, settings, tmp_path / "csi" / "csi.sock",
+                    tmp_path / "plugin.log")
+    target = tmp_path / "kubelet" / "pods" / "p1" / "volumes" / "kubernetes.io~csi" / "bucket" / "mount"
+    target.parent.mkdir(parents=True)
+    volume_id = "csi-" + os.urandom(16).hex()
+    log_at = len(world["svc_log"].read_text())
+    plugin.start()
+    try:
+        context = kubelet_context(notebook_pod_token("arizzi"), bucket="aiinfn-recas-arizzi", uid="1234", gid="5678")
+        plugin.call("Node", "NodePublishVolume", publish_request(volume_id, str(target), context))
+        assert (target / "data" / "run1.txt").read_text() == "events of arizzi\n"
+        assert (target / "data" / "run1.txt").stat().st_uid == 1234
+        time.sleep(CRED_LIFETIME + 0.5)  # the first credentials have expired
+        world["s3"].put_object(Bucket="aiinfn-recas-arizzi", Key="data/run3.txt", Body=b"mounted at spawn\n")
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert (target / "data" / "run3.txt").read_text() == "mounted at spawn\n"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "plugin.log").read_text()[-2000:]
+                time.sleep(0.3)
+        assert "pod refused" not in world["svc_log"].read_text()[log_at:]  # every credential_process run granted
+        plugin.call("Node", "NodeUnpublishVolume", unpublish_request(volume_id, str(target)))
+        assert layers(target) == 0
+    finally:
+        plugin.stop()
+        while layers(target):
+            if subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False).returncode:
+                break
