@@ -473,6 +473,9 @@ def test_credentials_expire_and_are_renewed_with_a_renewed_iam_token(world: dict
     on the user's own requests once auth_refresh_age has passed (jupyterhub/handlers/base.py:382-425)."""
     mine = notebook_token(world, "arizzi")
     first = ask(world, mine).json()
+    if s3access_epoch(first["Expiration"]) - RENEW_BEFORE - time.time() < 1.0:  # a set cached by an earlier
+        time.sleep(max(0.0, s3access_epoch(first["Expiration"]) - RENEW_BEFORE - time.time()) + 0.1)  # test, about
+        first = ask(world, mine).json()  # to be replaced: start from a fresh one
     calls = len(RgwSts.calls)
     assert ask(world, mine).json()["AccessKeyId"] == first["AccessKeyId"]  # cached
     assert len(RgwSts.calls) == calls
