@@ -41,6 +41,7 @@ from aiinfn import naming
 from tools.engine.output import helm_releases, write
 from tools.engine.run import Rendered, run_program
 
+from .loopback import JsonHandler
 from .schemas import validate_object
 
 IAM_SECRET = "iam-Cl1ent-S3cret-for-the-hub-test"  # stands in for the decrypted stack secret
@@ -74,19 +75,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class FakeIam(BaseHTTPRequestHandler):
+class FakeIam(JsonHandler):
     client_secrets: ClassVar[list[str]] = []
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _json(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:
         if self.path != "/token":

@@ -37,7 +37,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -46,6 +46,7 @@ import boto3
 import grpc
 import pytest
 
+from .loopback import JsonHandler
 from .test_storage_s3_access import fuse_unusable, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,21 +152,10 @@ def attrs(**overrides: str) -> dict[str, str]:
 
 # --- the stand-in for the credential service's pod route ---
 
-class PodCredentials(BaseHTTPRequestHandler):
+class PodCredentials(JsonHandler):
     moto: ClassVar[str] = ""
     valid: ClassVar[set[str]] = set()  # the pod tokens accepted now (kubelet's latest)
     calls: ClassVar[list[tuple[str, str, bool]]] = []  # (token, project, accepted)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _json(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         url = urlparse(self.path)

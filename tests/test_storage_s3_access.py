@@ -36,6 +36,7 @@ from components import shipped
 from tools.engine.output import helm_releases
 from tools.engine.run import Rendered
 
+from .loopback import JsonHandler
 from .stackdata import render_with_iam_secret
 from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, FakeIam, login, running_hub, spawn
 
@@ -53,7 +54,7 @@ def free_port() -> int:
 
 
 def jwt(claims: dict[str, Any]) -> str:
-    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")  # noqa: E731
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
     return f"{enc({'alg': 'none', 'typ': 'JWT'})}.{enc(claims)}.sig"
 
 
@@ -142,7 +143,7 @@ class RgwSts(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class KubeApi(BaseHTTPRequestHandler):
+class KubeApi(JsonHandler):
     """The two calls the service makes of the API server, as Kubernetes answers them.
 
     TokenReview (authentication.k8s.io/v1): ``status.authenticated``, ``status.audiences`` (those of the request
@@ -155,17 +156,6 @@ class KubeApi(BaseHTTPRequestHandler):
     tokens: ClassVar[dict[str, dict[str, str]]] = {}  # pod token -> namespace, sa, pod, uid, audience
     pods: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {}
     reviews: ClassVar[list[str]] = []  # the audiences asked for, per review
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _json(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _authorized(self) -> bool:
         if self.headers.get("Authorization") != f"Bearer {KubeApi.own_token}":
@@ -742,7 +732,7 @@ def test_the_node_plugins_helper_gets_credentials_from_the_pod_route(world: dict
     helper = shipped.service_dir("s3mount") / "s3mount_credentials.py"
     token_file = tmp_path / "token"
     token_file.write_text(notebook_pod_token("arizzi"))
-    run = lambda *extra: subprocess.run([sys.executable, str(helper), "--token-file", str(token_file),  # noqa: E731
+    run = lambda *extra: subprocess.run([sys.executable, str(helper), "--token-file", str(token_file),
                                          "--url", world["pod_url"], *extra], capture_output=True, text=True,
                                         timeout=30, check=False)
     ok = run()

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiinfn_jobservice import aiinfn_hub as hub
 from aiinfn_jobservice.jobspec import Caller, build_job, check_permission, parse_request, plain_base
 
 from components import s3access_spec as s3access
 from components import s3mount
 from components.hub.values import site_data as hub_site_data
 from policies.rules.pod_security import restricted_violations
-from aiinfn_jobservice import aiinfn_hub as hub
+from tests.conftest import rendered_stack
 from tests.jobservice_fixtures import site_settings
 from tests.schemas import validate_object
-from tests.conftest import rendered_stack
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "services" / "s3mount"
 CALLER = Caller("mrossi", ("ai-infn/users", "ai-infn/cms-tracking"))
