@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlparse
@@ -42,6 +42,7 @@ from tools.engine.output import helm_releases
 from tools.engine.run import run_program
 
 from .availability_fixtures import CNAF_FIGURES, cnaf_cluster
+from .loopback import JsonHandler
 from .stackdata import pool, write_variant
 from .test_hub_jupyterhub import ADMIN_TOKEN, IAM_SECRET, USERS, running_hub
 
@@ -59,7 +60,7 @@ SCREENSHOT = DOCS / "hub-spawn-form.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-class KubeApiStandin(BaseHTTPRequestHandler):
+class KubeApiStandin(JsonHandler):
     """GET /api/v1/nodes and /api/v1/pods as the API server answers them (List objects, fieldSelector on phase)."""
 
     nodes: ClassVar[list[dict[str, Any]]] = []
@@ -67,42 +68,32 @@ class KubeApiStandin(BaseHTTPRequestHandler):
     calls: ClassVar[Counter] = Counter()
     auth: ClassVar[set[str]] = set()
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
     def do_GET(self) -> None:
         url = urlparse(self.path)
         KubeApiStandin.calls[url.path] += 1
         KubeApiStandin.auth.add(self.headers.get("Authorization", ""))
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return self._send(401, {"kind": "Status", "status": "Failure", "reason": "Unauthorized", "code": 401})
+            return self._json(401, {"kind": "Status", "status": "Failure", "reason": "Unauthorized", "code": 401})
         time.sleep(0.05)  # a real API server takes a while to list a cluster
         if url.path == "/api/v1/nodes":
-            return self._send(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+            return self._json(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
                                     "items": self.nodes})
         if url.path == "/api/v1/pods":
             selector = parse_qs(url.query).get("fieldSelector", [""])[0]
             excluded = {t.split("!=", 1)[1] for t in selector.split(",") if t.startswith("status.phase!=")}
             items = [p for p in self.pods if p["status"].get("phase") not in excluded]
-            return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+            return self._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
                                     "items": items})
         m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)", url.path)
         if m:  # a notebook pod the scheduler could not place (the race the form's figures cannot close)
-            return self._send(200, {"apiVersion": "v1", "kind": "Pod",
+            return self._json(200, {"apiVersion": "v1", "kind": "Pod",
                                     "metadata": {"namespace": m.group(1), "name": m.group(2)},
                                     "spec": {"containers": [{"name": "notebook", "image": "img:1"}]},
                                     "status": {"phase": "Pending", "conditions": [{
                                         "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                         "message": UNSCHEDULABLE}]}})
-        return self._send(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
+        return self._json(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
 
-    def _send(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def _reserve_rtx5000_b(config: dict[str, Any]) -> None:

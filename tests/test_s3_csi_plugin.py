@@ -47,7 +47,7 @@ import grpc
 import pytest
 
 from .loopback import JsonHandler
-from .test_storage_s3_access import fuse_unusable, stop, wait_http
+from .test_storage_s3_access import fuse_unusable, moto_server_exe, start_moto, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINERFILE = ROOT / "images" / "s3-csi" / "Containerfile"
@@ -280,20 +280,9 @@ class Notebook:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    moto_exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(moto_exe).exists():
-        if os.environ.get("CI"):
-            pytest.fail("moto_server is not installed")
-        pytest.skip("moto_server is not installed")
+    moto_exe = moto_server_exe()
     work = tmp_path_factory.mktemp("s3csi")
-    from .test_storage_s3_access import free_port
-
-    port = free_port()
-    moto_log = work / "moto.log"
-    with open(moto_log, "w") as log:
-        moto = subprocess.Popen([moto_exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"})
-    moto_url = f"http://127.0.0.1:{port}"
+    moto, moto_url = start_moto(moto_exe, work)
     PodCredentials.moto = moto_url
     creds = ThreadingHTTPServer(("127.0.0.1", 0), PodCredentials)
     threading.Thread(target=creds.serve_forever, daemon=True).start()
@@ -311,7 +300,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         subprocess.run(["mount", "--make-rshared", str(kubelet)], check=True)
     notebooks: list[Notebook] = []
     try:
-        wait_http(f"{moto_url}/moto-api/", moto, "moto_server", moto_log)
         s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="admin",
                           aws_secret_access_key="admin")
         s3.create_bucket(Bucket=BUCKET)

@@ -234,6 +234,31 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def moto_server_exe() -> str:
+    """moto_server's path, or the module skipped (failed in CI, where it must be installed)."""
+    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    if not Path(exe).exists():
+        if os.environ.get("CI"):
+            pytest.fail("moto_server is not installed")
+        pytest.skip("moto_server is not installed")
+    return exe
+
+
+def start_moto(exe: str, work: Path) -> tuple[subprocess.Popen, str]:
+    """A moto_server (S3 and STS) on a free loopback port, answering; its log in ``work``."""
+    port, log_path = free_port(), work / "moto.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/moto-api/", proc, "moto_server", log_path)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
 def deployment(rendered: Rendered) -> dict[str, Any]:
     return next(r.inputs for r in rendered.resources if r.inputs.get("kind") == "Deployment"
                 and r.inputs["metadata"]["name"] == s3access.DEPLOYMENT)
@@ -246,11 +271,7 @@ def configmap(rendered: Rendered) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    moto_exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(moto_exe).exists():
-        if os.environ.get("CI"):
-            pytest.fail("moto_server is not installed")
-        pytest.skip("moto_server is not installed")
+    moto_exe = moto_server_exe()
     work = tmp_path_factory.mktemp("s3access")
     rendered = render_with_iam_secret("recas", IAM_SECRET)
     values = json.loads(json.dumps(next(r for r in helm_releases(rendered)
@@ -263,19 +284,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     assert hub["services"]["s3"]["url"] == f"http://{s3access.DEPLOYMENT}:{s3access.SERVICE_PORT}"
     hub["services"]["s3"].update(url=f"http://127.0.0.1:{svc_port}", apiToken=S3_SERVICE_TOKEN)
 
-    moto_port = free_port()
-    moto_env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-    moto_log = work / "moto.log"
-    with open(moto_log, "w") as log:
-        moto = subprocess.Popen([moto_exe, "-H", "127.0.0.1", "-p", str(moto_port)], stdout=log,
-                                stderr=subprocess.STDOUT, env=moto_env)
-    moto_url = f"http://127.0.0.1:{moto_port}"
+    moto, moto_url = start_moto(moto_exe, work)
     sts = serve(RgwSts)
     kube = serve(KubeApi)
     RgwSts.moto = moto_url
     procs = [moto]
     try:
-        wait_http(f"{moto_url}/moto-api/", moto, "moto_server", moto_log)
         (work / "hub").mkdir()
         with running_hub(values, rendered, work / "hub", iam_handler=TokenIam) as h:
             # the credential service as its Deployment runs it, pointed at the loopback hub and RGW
