@@ -15,6 +15,7 @@ import json
 
 import pulumi
 
+from aiinfn.config.model import SiteConfig
 from aiinfn.derive.virtualnodes import not_virtual_affinity
 
 from . import s3access_spec as s3access
@@ -33,15 +34,19 @@ STATE_DIR = "/var/lib/aiinfn-s3-csi"  # per-volume records and pod tokens (root 
 TOKEN_SECONDS = 3600  # the kubelet renews a requested token at 80 % of its life (republish)
 
 
-def plugin_settings(cfg) -> dict[str, object]:
+def plugin_settings(cfg: SiteConfig) -> dict[str, object]:
     """``AIINFN_S3_CSI_SETTINGS`` (services/s3mount/s3mount_plugin.py): no secret in it."""
     s3 = cfg.storage.s3
     return {"driver_name": DRIVER, "credentials_url": s3access.pod_credentials_url(cfg), "endpoint": s3.endpoint,
             "region": s3.region, "state_dir": STATE_DIR, "token_audience": s3access.POD_TOKEN_AUDIENCE}
 
 
-def mounts_enabled(cfg) -> bool:
+def mounts_enabled(cfg: SiteConfig) -> bool:
     return s3access.enabled(cfg) and cfg.storage.s3.mount
+
+
+def host(name: str, path: str, kind: str) -> dict[str, object]:
+    return {"name": name, "hostPath": {"path": path, "type": kind}}
 
 
 class S3Mount(pulumi.ComponentResource):
@@ -67,7 +72,6 @@ class S3Mount(pulumi.ComponentResource):
                         automountServiceAccountToken=False, opts=ctx.k8s_opts(self))
         settings = json.dumps(plugin_settings(cfg), sort_keys=True)
         pod_labels = {**labels, "app.kubernetes.io/component": "node-plugin"}
-        host = lambda name, path, kind: {"name": name, "hostPath": {"path": path, "type": kind}}  # noqa: E731
         self.daemonset = KubeObject(
             "s3-csi-node", "apps/v1", "DaemonSet", object_meta(NAME, namespace=CSI_NAMESPACE, labels=labels),
             spec={
