@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
@@ -26,7 +27,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from .bunshin import clone_notebook, find_notebook_pod, notebook_selector
 from .errors import ApiError, bad_request, not_found
-from .hubusers import PAGE, HubUsers
+from .hubusers import PAGE, HubRead, HubUsers
 from .identity import user_identity
 from .jobspec import (
     ANN_OWNER,
@@ -55,6 +56,7 @@ log = logging.getLogger("aiinfn.jobservice")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 NAME_ATTEMPTS = 5
+READ_ATTEMPTS = 5  # consistent listings of the hub's users tried before a 503
 LIST_CONCURRENCY = 8  # list calls in flight at once for GET api/jobs across project namespaces
 
 
@@ -402,20 +404,50 @@ class HealthHandler(web.RequestHandler):
         self.finish('{"ok": true}')
 
 
-async def read_hub_users(hub_auth: HubOAuth) -> list[tuple[str, Any]]:
-    """(name, created) of every hub user, page by page, with the service's own token (``list:users``)."""
+class HubUsersChanging(ValueError):
+    """Users were deleted during every read: no consistent listing (the caller gets a 503 and retries)."""
+
+
+async def read_hub_users(hub_auth: HubOAuth) -> HubRead:
+    """Every hub user, (name, created), with the service's own token (``list:users``); ``hubusers.py`` says why.
+
+    Pages by id (the hub's default order) that overlap by one user: a page that does not begin with the
+    previous page's last user was shifted by a deletion before it, and the read starts again.
+    """
     client = AsyncHTTPClient()
-    out: list[tuple[str, Any]] = []
-    offset = 0
-    while True:
-        resp = await client.fetch(f"{hub_auth.api_url.rstrip('/')}/users?offset={offset}&limit={PAGE}", headers={
-            "Authorization": f"token {hub_auth.api_token}", "Accept": "application/jupyterhub-pagination+json"})
-        page = json.loads(resp.body)
-        out += [(u.get("name"), _hub_time(u.get("created"))) for u in page.get("items", [])]
-        nxt = (page.get("_pagination") or {}).get("next")
-        if not nxt:
-            return out
-        offset = int(nxt["offset"])
+    base = f"{hub_auth.api_url.rstrip('/')}/users?sort=id"
+    headers = {"Authorization": f"token {hub_auth.api_token}", "Accept": "application/jupyterhub-pagination+json"}
+    for _ in range(READ_ATTEMPTS):
+        out: list[tuple[str, Any]] = []
+        began: datetime | None = None
+        offset, last = 0, None
+        while True:
+            resp = await client.fetch(f"{base}&offset={offset}&limit={PAGE}", headers=headers)
+            if began is None:
+                began = _http_date(resp.headers.get("Date"))
+            page = json.loads(resp.body)
+            items = [(u.get("name"), _hub_time(u.get("created"))) for u in page.get("items", [])]
+            if last is not None and (not items or items[0] != last):
+                break  # shifted: read again from the start
+            out += items if last is None else items[1:]
+            pagination = page.get("_pagination") or {}
+            if not pagination.get("next"):
+                return HubRead(out, began)
+            limit = int(pagination.get("limit") or PAGE)
+            if limit < 2 or not items:
+                raise HubUsersChanging(f"the hub answers pages of {limit} user(s): too few to read consistently")
+            last, offset = items[-1], offset + limit - 1
+    raise HubUsersChanging(f"the hub's users changed during {READ_ATTEMPTS} reads in a row")
+
+
+def _http_date(text: str | None) -> datetime | None:
+    """An HTTP ``Date`` as naive UTC (the hub's ``created``), or None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        return parsedate_to_datetime(text).astimezone(UTC).replace(tzinfo=None)
+    except (TypeError, ValueError):
+        return None
 
 
 def make_app(site: Settings, kube: KubeClient, hub_auth: HubOAuth, prefix: str,

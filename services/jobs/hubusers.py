@@ -6,24 +6,31 @@ listing of its whole user table; here a snapshot is read in the background (one 
 pages of ``PAGE`` users), with the uid -> claimants map computed once per read, and a submission
 costs a dictionary lookup.
 
-When may the snapshot answer instead of a fresh read? The hub creates users from its single thread,
-each committed with ``created`` set at insertion, so a user missing from a snapshot was created after
-every user in it. For a caller found in the snapshot, the snapshot answers exactly as a fresh read
-would unless one of these holds, and then the service reads afresh before answering:
+When may the snapshot answer instead of a fresh read? The hub creates users from its single thread
+(``BaseHandler.user_from_username``: add and commit at once), ``created`` set at insertion and ids
+increasing, so listing by id in pages that overlap by one user (``app.read_hub_users``: a page that
+does not begin with the previous page's last user means a user before it was deleted meanwhile, and
+the read starts again) sees every user that existed when the read began and was not deleted during
+it. Every other hub user was committed after the read began, so its ``created`` is no earlier than
+``began``: the hub's clock when the read's first page was answered, in whole seconds (the HTTP
+``Date`` of that reply, set before its query ran). For a caller found in the snapshot, the snapshot
+answers exactly as a fresh read would unless one of these holds, and then the service reads afresh:
 
 - the caller is missing from the snapshot (created since: it may hold nothing yet, or be a name
   re-created after a deletion);
 - another hub user in the snapshot has the caller's uid (a collision: who came first may have changed
   since, by a deletion or a re-creation of either; collisions are rare, so fresh reads are too);
-- the caller is the newest user of the snapshot (a user created since could share its creation time);
+- the caller was created at or after ``began`` (a user created since could share its creation time and
+  rank before it by name); a second after its creation, the next read no longer asks this;
 - the caller's token was first seen after the snapshot was read. A name deleted and created again is
   a new hub user, later than the users created in between, and its tokens are new: the snapshot that
   answers for a token was read after the token was issued, so it knows the re-created user.
 
-Otherwise a fresh read could only add users created later than the caller, who rank after it, or
-remove users who do not share its uid; pinned and listed users come from the settings, not the hub.
-A deleted caller is refused by a fresh read (it is no longer a hub user); its tokens are deleted
-with it, so the service refuses them once its token cache (``HubAuth.cache_max_age``) expires.
+Otherwise a fresh read could only add users created after the caller, who rank after it, or remove
+users who do not share its uid; pinned and listed users come from the settings, not the hub. A
+deleted caller is refused by a fresh read (it is no longer a hub user); its tokens are deleted with
+it, so the service refuses them once its token cache (``HubAuth.cache_max_age``) expires. The hub's
+clock is taken to move forward (as the hub's own ordering of users by ``created`` does).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from . import aiinfn_hub as hub
@@ -42,7 +50,17 @@ log = logging.getLogger("aiinfn.jobservice")
 PAGE = 200  # JupyterHub's default api_page_max_limit
 MAX_TOKENS = 100_000  # token ids remembered; older entries are forgotten (their tokens then read afresh)
 
-Fetch = Callable[[], Awaitable[list[tuple[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class HubRead:
+    """One read of every hub user: (name, created) of each, and the hub's clock when the read began."""
+
+    users: list[tuple[str, Any]]
+    began: datetime | None  # whole seconds, naive UTC as ``created``; None: unknown (the clock rule then always reads)
+
+
+Fetch = Callable[[], Awaitable[HubRead]]
 
 
 @dataclass(frozen=True)
@@ -51,17 +69,16 @@ class Snapshot:
 
     created: dict[str, Any]
     holders: dict[int, list[str]]
-    newest: Any
+    began: datetime | None  # the hub's clock when the read began (``HubRead.began``)
     read_at: float  # time.monotonic() when the read began
 
     @classmethod
-    def build(cls, hub_site: dict[str, Any], users: list[tuple[str, Any]], started: float) -> Snapshot:
-        created = dict(users)
+    def build(cls, hub_site: dict[str, Any], read: HubRead, started: float) -> Snapshot:
+        created = dict(read.users)
         holders: dict[int, list[str]] = {}
         for name in created:
             holders.setdefault(hub.user_uid(hub_site, name), []).append(name)
-        stamps = [str(c) for c in created.values() if c is not None]
-        return cls(created, holders, max(stamps) if stamps else None, started)
+        return cls(created, holders, read.began, started)
 
     def needs_fresh_read(self, user: str, uid: int, token_seen: float | None) -> str | None:
         """Why the snapshot may not answer for ``user`` (module docstring), or None.
@@ -75,8 +92,8 @@ class Snapshot:
         if any(name != user for name in self.holders.get(uid, [])):
             return "uid shared with another hub user"
         when = self.created[user]
-        if when is None or str(when) == self.newest:
-            return "caller is the newest hub user"
+        if not isinstance(when, datetime) or self.began is None or when >= self.began:
+            return "caller created as the snapshot's read began"
         return None
 
     def conflict(self, hub_site: dict[str, Any], user: str, uid: int) -> str | None:
@@ -122,8 +139,7 @@ class HubUsers:
             self._inflight = None
 
     async def _read(self, started: float) -> Snapshot:
-        users = await self.fetch()
-        snap = Snapshot.build(self.hub_site, users, started)
+        snap = Snapshot.build(self.hub_site, await self.fetch(), started)
         if self.snapshot is None or snap.read_at >= self.snapshot.read_at:
             self.snapshot = snap
         self.reads += 1
