@@ -151,6 +151,7 @@ async def main():
     start = getattr(app, "aiinfn_start", None)  # background work of the service, where it has some
     if start is not None:
         await start()
+    getattr(entry, "freeze_startup_heap", lambda: 0)()  # as the shipped entry point, once it listens
     await asyncio.Event().wait()
 
 asyncio.run(main())

@@ -178,7 +178,7 @@ def test_hub_side_code_imports_only_what_the_hub_image_ships() -> None:
     # 36.1.0, oauthenticator 17.4.0 (line 126: the refresh route's authenticator subclass), prometheus-client
     # 0.25.0 and tornado 6.5.7; the rest is the standard library
     stdlib = {"__future__", "hashlib", "importlib", "json", "re", "os", "sys", "typing", "asyncio", "logging", "math",
-              "time", "collections", "dataclasses", "base64"}
+              "time", "collections", "dataclasses", "base64", "functools"}
     allowed = stdlib | {"aiinfn_hub", "jupyterhub", "kubernetes_asyncio", "oauthenticator", "prometheus_client",
                         "tornado"}
     for name in ("aiinfn_hub.py", "aiinfn_availability.py", "extra_config.py"):

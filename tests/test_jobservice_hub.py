@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -530,6 +531,10 @@ def test_the_shipped_managed_service_runs_from_the_spec(hub, tokens):
     status, reply = call("POST", hub["shipped"] + "/api/jobs", tokens["mrossi"], JOB)
     assert status == 201, reply
     assert reply["job"]["project"] == "cms-tracking" and reply["job"]["user"] == "mrossi"
+    # Its start-up heap is out of the collector's sight (services/jobs/__main__.py freeze_startup_heap)
+    frozen = re.search(r"job service for site cnaf listening on .* \(start-up heap: (\d+) objects frozen\)",
+                       (hub["root"] / "hub.log").read_text())
+    assert frozen and int(frozen.group(1)) > 10_000, "the shipped service did not freeze its start-up heap"
 
 
 def test_the_stock_server_role_scopes_are_jupyterhubs():

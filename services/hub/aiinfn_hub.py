@@ -8,6 +8,7 @@ Everything site-specific comes from ``site.json`` written by the program beside 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -252,9 +253,15 @@ def user_uid(site: dict[str, Any], username: str) -> int:
     ids = site["ids"]
     uid = ids["uid_overrides"].get(username)
     if uid is None:
-        digest = hashlib.sha256(f"user:{username}".encode()).digest()
-        uid = ids["user_min"] + int.from_bytes(digest[:8], "big") % ids["user_span"]
+        uid = _derived_uid(username, ids["user_min"], ids["user_span"])
     return uid
+
+
+@functools.lru_cache(maxsize=65536)
+def _derived_uid(username: str, user_min: int, user_span: int) -> int:
+    """Remembered: the uid rule derives the pinned and listed users' uids on every check."""
+    digest = hashlib.sha256(f"user:{username}".encode()).digest()
+    return user_min + int.from_bytes(digest[:8], "big") % user_span
 
 
 def user_ids(site: dict[str, Any], username: str, groups: set[str]) -> tuple[int, int, list[int]]:
