@@ -613,7 +613,7 @@ def test_a_user_created_after_the_last_read_submits_at_once(hub):
 def test_steady_state_submissions_read_no_hub_users(hub):
     """Known token, caller in the snapshot, no collision: a submission costs the hub nothing but the token check,
     also for the newest hub user once a read began in a later second than its creation (the hub's ``Date``,
-    tornado/web.py RequestHandler.clear at 6.x, against its ``created``, jupyterhub/orm.py User at 5.5.1)."""
+    tornado 6.6.1 web.py RequestHandler.clear line 326, against its ``created``, jupyterhub 5.5.1 orm.py line 307)."""
     service = hub["service"]
     token = new_member(hub, "steady")  # the newest hub user
     time.sleep(1.05 - time.time() % 1)  # into the next second (hub and test share the clock)

@@ -2,9 +2,11 @@
 
 The stand-in answers ``GET /hub/api/users`` as JupyterHub 5.5.1 does: ordered by id (the default
 ``sort=id``, jupyterhub/apihandlers/users.py lines 100 and 205), ``offset``/``limit`` with the limit
-capped at ``api_page_max_limit`` (apihandlers/base.py ``get_api_pagination``, line ~502), the
-``_pagination`` block with ``next`` only while ``offset + limit < total`` (``paginated_model``), and a
-``Date`` header set when the handler is made, before its query (tornado/web.py ``RequestHandler.clear``).
+capped at ``api_page_max_limit`` (apihandlers/base.py ``get_api_pagination``, line 502), the
+``_pagination`` block with ``next`` only while ``offset + limit < total`` (``paginated_model``, lines
+525 and 546), and a ``Date`` header set when the handler is made, before its query (tornado 6.6.1
+web.py ``RequestHandler.clear``, line 326). Users are created from the hub's one thread, added and
+committed at once (handlers/base.py ``user_from_username``, line 588).
 Users may be deleted between two pages: offset pages then shift, and a plain offset walk would skip a
 user who existed throughout, whom the uid rule must see (``hubusers.py``).
 """

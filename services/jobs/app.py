@@ -428,14 +428,16 @@ async def read_hub_users(hub_auth: HubOAuth) -> HubRead:
             page = json.loads(resp.body)
             items = [(u.get("name"), _hub_time(u.get("created"))) for u in page.get("items", [])]
             if last is not None and (not items or items[0] != last):
-                break  # shifted: read again from the start
+                break  # shifted (or emptied) by a deletion: read again from the start
             out += items if last is None else items[1:]
             pagination = page.get("_pagination") or {}
             if not pagination.get("next"):
                 return HubRead(out, began)
             limit = int(pagination.get("limit") or PAGE)
-            if limit < 2 or not items:
-                raise HubUsersChanging(f"the hub answers pages of {limit} user(s): too few to read consistently")
+            if limit < 2:
+                raise HubUsersChanging(f"the hub answers pages of {limit} user: too few to read consistently")
+            if not items:
+                break  # a next page after an empty one: the users changed under the read
             last, offset = items[-1], offset + limit - 1
     raise HubUsersChanging(f"the hub's users changed during {READ_ATTEMPTS} reads in a row")
 

@@ -51,7 +51,6 @@ PAGE = 200  # JupyterHub's default api_page_max_limit
 MAX_TOKENS = 100_000  # token ids remembered; older entries are forgotten (their tokens then read afresh)
 
 
-
 @dataclass(frozen=True)
 class HubRead:
     """One read of every hub user: (name, created) of each, and the hub's clock when the read began."""
